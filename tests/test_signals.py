@@ -1,0 +1,273 @@
+"""Tests for workbench.signals: spike detection, tail summaries, staleness."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from workbench.signals import (
+    Spike,
+    SpikeConfig,
+    SpikeDetector,
+    StalenessTracker,
+    TailWindow,
+    sample_staleness,
+    summarize,
+)
+
+# ---------------------------------------------------------------- spikes
+
+
+def clean_curve(n: int) -> np.ndarray:
+    t = np.arange(n, dtype=float)
+    return 2.0 + 8.0 * np.exp(-t / 3000.0)
+
+
+def noisy(clean: np.ndarray, seed: int, noise: float = 0.03) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return clean * (1.0 + noise * rng.standard_normal(clean.size))
+
+
+def run(values: np.ndarray, config: SpikeConfig | None = None) -> list[Spike]:
+    det = SpikeDetector(config)
+    return [s for i, v in enumerate(values) if (s := det.update(i, float(v))) is not None]
+
+
+def test_no_false_positives_on_noisy_decay() -> None:
+    assert run(noisy(clean_curve(20_000), seed=0)) == []
+
+
+def test_no_false_positives_heavier_noise_and_small_bumps() -> None:
+    rng = np.random.default_rng(1)
+    loss = noisy(clean_curve(20_000), seed=2, noise=0.05)
+    bumps = rng.random(loss.size) < 0.01
+    loss[bumps] *= 1.08
+    assert run(loss) == []
+
+
+def test_catches_injected_jumps() -> None:
+    clean = clean_curve(20_000)
+    loss = noisy(clean, seed=3)
+    loss[5000] = clean[5000] * 1.5
+    loss[12000] = clean[12000] * 3.0
+    spikes = run(loss)
+    assert [s.step for s in spikes] == [5000, 12000]
+    assert all(s.kind == "spike" for s in spikes)
+    s = spikes[1]
+    assert s.value == pytest.approx(clean[12000] * 3.0)
+    assert s.rel_jump == pytest.approx(2.0, abs=0.1)
+    assert s.baseline == pytest.approx(clean[12000], rel=0.02)
+    assert s.score > 6.0
+
+
+def test_level_shift_fires_once() -> None:
+    clean = clean_curve(13_000)
+    clean[8000:] *= 1.6
+    spikes = run(noisy(clean, seed=4))
+    assert [s.step for s in spikes] == [8000]
+
+
+def test_higher_jump_during_plateau_fires_again() -> None:
+    # Documented choice: a clearly higher jump on top of an elevated phase fires.
+    det = SpikeDetector()
+    rng = np.random.default_rng(5)
+    events = []
+    for i in range(300):
+        v = 2.0 if i < 200 else 3.2 if i < 203 else 8.0 if i == 203 else 3.2
+        v *= 1 + 0.01 * rng.standard_normal()
+        if (s := det.update(i, v)) is not None:
+            events.append(s.step)
+    assert events == [200, 203]
+    assert det.baseline == pytest.approx(3.2, rel=0.03)
+
+
+def test_nan_events() -> None:
+    det = SpikeDetector()
+    for i in range(100):
+        assert det.update(i, 2.0 + 0.01 * (i % 3)) is None
+    s = det.update(100, math.nan)
+    assert s is not None and s.kind == "nan" and s.step == 100
+    assert det.update(101, math.nan) is None
+    assert det.update(102, math.inf) is None
+    assert det.update(103, 2.01) is None  # run of non-finite values ends
+    again = det.update(104, -math.inf)
+    assert again is not None and again.kind == "nan"
+    # Still working: baseline unpolluted and real spikes still caught.
+    assert det.baseline == pytest.approx(2.01, abs=0.01)
+    spike = det.update(105, 5.0)
+    assert spike is not None and spike.kind == "spike"
+
+
+def test_nan_fires_during_warmup() -> None:
+    det = SpikeDetector()
+    s = det.update(0, math.nan)
+    assert s is not None and s.kind == "nan" and math.isnan(s.baseline)
+
+
+def test_warmup_suppresses_detection() -> None:
+    det = SpikeDetector(SpikeConfig(warmup=50))
+    events = [det.update(i, 100.0 if i == 10 else 2.0) for i in range(50)]
+    assert events == [None] * 50
+    assert det.update(50, 100.0) is not None  # first point after warm-up
+
+
+def test_zero_sigma_gives_inf_score() -> None:
+    det = SpikeDetector(SpikeConfig(warmup=5))
+    for i in range(10):
+        det.update(i, 1.0)
+    s = det.update(10, 2.0)
+    assert s is not None and s.score == math.inf and s.rel_jump == pytest.approx(1.0)
+
+
+def test_reset_restarts_warmup() -> None:
+    det = SpikeDetector(SpikeConfig(warmup=5))
+    for i in range(10):
+        det.update(i, 1.0)
+    det.reset()
+    assert math.isnan(det.baseline)
+    assert det.update(0, 50.0) is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"window": 0}, "window"),
+        ({"warmup": -1}, "warmup"),
+        ({"persist": 0}, "persist"),
+        ({"window": 2.5}, "window"),
+        ({"threshold": 0.0}, "threshold"),
+        ({"min_rel_jump": -0.1}, "min_rel_jump"),
+    ],
+)
+def test_config_validation(kwargs: dict, field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        SpikeConfig(**kwargs)
+
+
+# ---------------------------------------------------------------- tails
+
+
+def test_summary_quantiles_match_numpy() -> None:
+    x = np.random.default_rng(6).lognormal(size=5000)
+    s = summarize(x, bins=20)
+    assert s.count == 5000 and s.nonfinite == 0
+    for name, q in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99)):
+        assert getattr(s, name) == pytest.approx(np.quantile(x, q))
+    assert s.mean == pytest.approx(x.mean())
+    assert (s.min, s.max) == (x.min(), x.max())
+    assert len(s.edges) == 21 and len(s.counts) == 20
+    assert sum(s.counts) == s.count
+    assert np.all(np.diff(s.edges) > 0)
+    assert s.edges[0] == s.min and s.edges[-1] == s.max
+
+
+def test_summary_integer_bins_exact() -> None:
+    s = summarize([0, 0, 1, 2, 2, 2, 4], bins=32)
+    assert s.edges == [-0.5, 0.5, 1.5, 2.5, 3.5, 4.5]
+    assert s.counts == [2, 1, 3, 0, 1]
+    # Generators work; recurrence-style 1..32 still exact at bins=32.
+    s = summarize(k for k in range(1, 33))
+    assert s.counts == [1] * 32 and s.edges[0] == 0.5
+    # Range too wide for unit bins falls back to equal-width bins.
+    s = summarize(list(range(100)), bins=10)
+    assert len(s.counts) == 10 and sum(s.counts) == 100
+    # Explicitly non-integer mode on integer data.
+    s = summarize([1, 2, 3], bins=4, integer=False)
+    assert len(s.counts) == 4 and s.edges[0] == 1.0
+
+
+def test_summary_drops_nonfinite() -> None:
+    s = summarize([1.0, math.nan, 2.0, math.inf, -math.inf, 3.0])
+    assert s.count == 3 and s.nonfinite == 3
+    assert s.mean == pytest.approx(2.0)
+    assert sum(s.counts) == 3
+
+
+def test_summary_empty() -> None:
+    for values in ([], [math.nan]):
+        s = summarize(values)
+        assert s.count == 0 and s.edges == [] and s.counts == []
+        assert math.isnan(s.mean) and math.isnan(s.p99)
+    assert summarize([math.nan]).nonfinite == 1
+    d = summarize([]).as_dict()
+    assert d["count"] == 0 and d["counts"] == []
+
+
+def test_summary_as_dict_and_bad_bins() -> None:
+    d = summarize(np.array([1.5, 2.5])).as_dict()
+    assert set(d) == {
+        "count",
+        "min",
+        "max",
+        "mean",
+        "p50",
+        "p90",
+        "p99",
+        "edges",
+        "counts",
+        "nonfinite",
+    }
+    with pytest.raises(ValueError):
+        summarize([1.0], bins=0)
+
+
+def test_tail_window_keeps_last_n() -> None:
+    w = TailWindow(size=4)
+    w.extend([100, 200, 1, 2])
+    w.add(3)
+    w.add(4)
+    assert len(w) == 4
+    s = w.summary()
+    assert s.count == 4 and (s.min, s.max) == (1.0, 4.0)
+    assert s.counts == [1, 1, 1, 1]
+    with pytest.raises(ValueError):
+        TailWindow(size=0)
+
+
+# ---------------------------------------------------------------- staleness
+
+
+def test_staleness_hand_example() -> None:
+    tr = StalenessTracker()
+    got = [tr.add(5, tv) for tv in ([5, 5], [3, 4, 5], [2, 2])]
+    assert got == [0, 2, 3]
+    s = tr.summary()
+    assert s.count == 3
+    assert s.mean == pytest.approx(5 / 3)
+    assert s.max == 3
+    assert s.hist == {0: 1, 2: 1, 3: 1}
+    assert s.over_bound == 0
+    assert s.spanned_versions_mean == pytest.approx((1 + 3 + 1) / 3)
+    assert s.as_dict()["hist"] == {0: 1, 2: 1, 3: 1}
+
+
+def test_staleness_bound_and_reset() -> None:
+    tr = StalenessTracker(max_staleness=2)
+    for tv in ([5], [4], [3], [2], [1]):
+        tr.add(5, tv)
+    assert tr.summary().over_bound == 2
+    tr.reset()
+    s = tr.summary()
+    assert s.count == 0 and s.max == 0 and s.hist == {} and math.isnan(s.mean)
+
+
+def test_sample_staleness_and_errors() -> None:
+    assert sample_staleness(7, [7, 6, 4]) == 3
+    assert sample_staleness(7, np.array([7])) == 0
+    with pytest.raises(ValueError, match="empty"):
+        sample_staleness(3, [])
+    with pytest.raises(ValueError, match="newer"):
+        sample_staleness(3, [2, 4])
+    with pytest.raises(ValueError):
+        StalenessTracker().add(1, [2])
+    with pytest.raises(ValueError):
+        StalenessTracker(max_staleness=-1)
+
+
+def test_would_exceed() -> None:
+    tr = StalenessTracker(max_staleness=2)
+    assert not tr.would_exceed(5, 3)
+    assert tr.would_exceed(5, 2)
+    assert not StalenessTracker().would_exceed(100, 0)

@@ -1,0 +1,346 @@
+"""`wb`: the headless command line (Typer).
+
+Exit codes: 0 ok, 1 the run or command failed, 2 bad input (unknown run,
+invalid spec, wrong option). A bad-input error is one line on stderr naming
+the problem and the fix, and nothing is created.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from workbench import __version__
+from workbench.spec import SpecError
+from workbench.store import Store, StoreError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+app = typer.Typer(
+    name="wb",
+    help="The workbench: launch, record and watch LLM training-dynamics experiments.\n\n"
+    "Exit codes: 0 ok, 1 failure, 2 bad input.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="Run store folder (default: $WB_STORE, then ./runs).",
+                 show_default=False),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+RunArg = Annotated[str, typer.Argument(help="Run id, unique id prefix, or name.",
+                                       show_default=False)]
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def open_store(store: Path | None, *, create: bool = False) -> Store:
+    try:
+        return Store(store, create=create)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def find_run(st: Store, ref: str) -> dict[str, Any]:
+    try:
+        return st.resolve(ref)
+    except StoreError as exc:
+        raise fail(str(exc)) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, default=str, allow_nan=False) + "\n")
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"workbench-lab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    pass
+
+
+# -- launch / stop / resume ---------------------------------------------------------------
+
+
+@app.command()
+def launch(
+    spec: Annotated[str, typer.Argument(help="A built-in recipe name (see `wb recipes`) or a "
+                                        "spec file.", show_default=False)],
+    set_: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", help="Override a spec key: --set section.key=value (repeatable).")] = None,
+    name: Annotated[str | None, typer.Option(help="Run name (default: KIND-N).")] = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Print the run id and return at once.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Validate a spec and launch it as a run.
+
+    In the foreground it shows live progress and the run's output; Ctrl-C stops the
+    run (it checkpoints), a second Ctrl-C detaches.
+
+    Examples:
+
+      wb launch charlm
+
+      wb launch charlm --set config.steps=500 --name longer --detach
+
+      wb launch my_spec.toml --set resources.procs=2
+    """
+    from workbench.launch import local
+    from workbench.spec import load_spec
+    from workbench.store import validate_name
+
+    try:
+        loaded = load_spec(spec, set_ or [])
+        if name:
+            validate_name(name)
+    except (SpecError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    st = open_store(store, create=True)
+    row = local.start(st, loaded, name=name)
+    if detach:
+        print(row["id"])
+        return
+    from workbench.follow import follow_run
+
+    status = follow_run(st, row, console)
+    raise typer.Exit(EXIT_FAILED if status == "failed" else EXIT_OK)
+
+
+@app.command()
+def stop(
+    run: RunArg,
+    grace: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.",
+                                         min=0)] = 10.0,
+    store: StoreOpt = None,
+) -> None:
+    """Stop a run: SIGTERM (the recipe checkpoints and exits), then SIGKILL after --grace.
+
+    Example: wb stop charlm-3
+    """
+    from workbench.launch import local
+
+    st = open_store(store)
+    console.print(local.stop(st, find_run(st, run), grace=grace))
+
+
+@app.command()
+def resume(
+    run: RunArg,
+    detach: Annotated[bool, typer.Option("--detach", "-d",
+                                         help="Print the new run id and return.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Continue a stopped, failed or lost run from its last checkpoint, as a new linked run.
+
+    Example: wb resume charlm-3 --detach
+    """
+    from workbench.launch import local
+
+    st = open_store(store)
+    try:
+        row = local.resume(st, find_run(st, run))
+    except (SpecError, StoreError) as exc:
+        raise fail(str(exc)) from None
+    if detach:
+        print(row["id"])
+        return
+    from workbench.follow import follow_run
+
+    status = follow_run(st, row, console)
+    raise typer.Exit(EXIT_FAILED if status == "failed" else EXIT_OK)
+
+
+@app.command()
+def rm(
+    runs: Annotated[list[str], typer.Argument(help="Runs to delete.", show_default=False)],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Delete runs: their rows and their folders (checkpoints included).
+
+    Example: wb rm charlm-1 charlm-2 --yes
+    """
+    from workbench.store import ACTIVE_STATUSES
+
+    st = open_store(store)
+    rows = [find_run(st, r) for r in runs]
+    for row in rows:
+        if row["status"] in ACTIVE_STATUSES:
+            raise fail(f"run {row['id']} ({row['name']}) is {row['status']}; "
+                       f"stop it first: wb stop {row['id']}")
+    names = ", ".join(f"{r['name']} ({r['id']})" for r in rows)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise fail("wb rm needs --yes when not run from a terminal")
+        if not typer.confirm(f"Delete {names}?"):
+            raise typer.Exit(EXIT_FAILED)
+    for row in rows:
+        st.delete_run(row["id"])
+    console.print(f"deleted {names}")
+
+
+# -- reading -----------------------------------------------------------------------------
+
+
+@app.command("ls")
+def ls_(
+    status: Annotated[str | None, typer.Option(
+        help="Only runs with this status (queued, running, finished, failed, stopped, lost)."
+    )] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """List runs, oldest first.
+
+    Examples: wb ls ; wb ls --status running --json
+    """
+    from workbench.render import runs_table, summarize_run
+    from workbench.store import RUN_STATUSES
+
+    if status is not None and status not in RUN_STATUSES:
+        raise fail(f"unknown status {status!r} — use one of {', '.join(RUN_STATUSES)}")
+    st = open_store(store)
+    rows = st.runs(status=status)
+    if as_json:
+        print_json([summarize_run(st, r) for r in rows])
+    elif not rows:
+        console.print(f"no runs in {st.root}" + (f" with status {status}" if status else ""))
+    else:
+        console.print(runs_table(st, rows))
+
+
+@app.command()
+def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None) -> None:
+    """Status, step, latest value of every metric, and event counts of one run.
+
+    Example: wb show charlm-3
+    """
+    from workbench.render import run_detail, summarize_run
+
+    st = open_store(store)
+    row = find_run(st, run)
+    if as_json:
+        print_json(summarize_run(st, row, full=True))
+    else:
+        console.print(run_detail(st, row))
+
+
+@app.command()
+def events(
+    run: RunArg,
+    kind: Annotated[str | None, typer.Option(help="Only events of this kind, e.g. loss_spike.")]
+    = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """The events of a run: loss spikes, NaNs, checkpoints, stages, ...
+
+    Example: wb events charlm-3 --kind loss_spike
+    """
+    from workbench.render import events_table, jsonable
+
+    st = open_store(store)
+    rows = st.events(find_run(st, run)["id"], kind=kind)
+    if as_json:
+        print_json([jsonable(e) for e in rows])
+    else:
+        console.print(events_table(rows))
+
+
+@app.command()
+def export(
+    run: RunArg,
+    format: Annotated[str, typer.Option(
+        "--format", "-f", help="jsonl (every record kind) or csv (scalars).")] = "jsonl",
+    keys: Annotated[list[str] | None, typer.Option(
+        "--keys", "-k", help="GLOB on metric keys (event kinds for events); repeatable.")] = None,
+    since: Annotated[int, typer.Option(help="Only records with id > SINCE (resume a stream).",
+                                       min=0)] = 0,
+    follow: Annotated[bool, typer.Option("--follow", help="Keep streaming new records until "
+                                         "the run ends.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Write a run's records to stdout, in commit order.
+
+    Record ids are store-wide and increase in commit order, so `--since` the last id
+    you saw resumes a stream with no gaps and no duplicates.
+
+    Examples:
+
+      wb export charlm-3 --format csv --keys 'train/*' > train.csv
+
+      wb export charlm-3 --since 1200 --follow
+    """
+    from workbench.export import export_run
+
+    if format not in ("jsonl", "csv"):
+        raise fail(f"unknown format {format!r} — use jsonl or csv")
+    st = open_store(store)
+    row = find_run(st, run)
+    try:
+        export_run(st, row, sys.stdout, fmt=format, keys=keys or [], since=since, follow=follow)
+    except BrokenPipeError:
+        sys.stderr.close()  # reader went away (| head): not an error
+
+
+@app.command()
+def recipes() -> None:
+    """List the built-in specs (launch one with `wb launch NAME`) and the experiment kinds."""
+    from workbench.render import recipes_table
+
+    console.print(recipes_table())
+
+
+@app.command()
+def bench(
+    name: Annotated[str, typer.Argument(help="What to measure: store.", show_default=False)],
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under a minute.")]
+    = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Measure a figure the project promises and print it.
+
+    Example: wb bench store --quick --json
+    """
+    from workbench.bench import BENCHES
+
+    if name not in BENCHES:
+        raise fail(f"unknown bench {name!r} — use one of {', '.join(BENCHES)}")
+    result = BENCHES[name](quick=quick, progress=None if as_json else err_console)
+    if as_json:
+        print_json(result)
+    else:
+        from workbench.render import bench_table
+
+        console.print(bench_table(name, result))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training scripts that log through the SDK exactly as a user's own script would."""

@@ -1,0 +1,1 @@
+"""Process backends: `local` (detached subprocess) here; ssh and distributed come later."""

@@ -1,0 +1,71 @@
+"""The worker: the process a launched run lives in (`python -m workbench.launch.worker ID`).
+
+It marks the run running, keeps a heartbeat, runs the recipe for the spec's
+kind, and records how it ended. SIGTERM (`wb stop`) sets the stop flag the
+recipe polls, so it can checkpoint and return; the run then ends as `stopped`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from workbench.recipes import Context, get
+from workbench.spec import parse_spec
+from workbench.store import HEARTBEAT_S, Store
+from workbench.tracking import Run
+
+
+def _heartbeat(root: Path, run_id: str, done: threading.Event) -> None:
+    store = Store(root)
+    try:
+        while not done.wait(HEARTBEAT_S):
+            store.heartbeat(run_id)
+    finally:
+        store.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    run_id = argv[0] if argv else os.environ["WB_RUN_ID"]
+    store = Store(os.environ.get("WB_STORE"), create=False)
+    row = store.get_run(run_id)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    store.update_run(run_id, status="running", pid=os.getpid(), started=time.time(),
+                     heartbeat=time.time())
+    done = threading.Event()
+    beat = threading.Thread(target=_heartbeat, args=(store.root, run_id, done), daemon=True)
+    beat.start()
+    run = Run(store, row, owner=False)
+    resume_dir = store.run_dir(row["resumed_from"]) if row["resumed_from"] else None
+    ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
+    print(f"workbench: run {run_id} ({row['name']}, kind {row['kind']}) pid {os.getpid()}",
+          flush=True)
+    status, code = "finished", 0
+    try:
+        spec = parse_spec(row["spec"], label=f"run {run_id} spec")
+        get(row["kind"]).entry_point()(spec, ctx)
+        if stop.is_set():
+            status = "stopped"
+    except BaseException:  # noqa: BLE001 - every ending is recorded
+        traceback.print_exc()
+        status, code = ("stopped", 0) if stop.is_set() else ("failed", 1)
+    finally:
+        last = store.get_run(run_id)["last_step"]
+        run.event("stage", step=last or 0, stage=status, exit_code=code)
+        run.finish()
+        done.set()
+        store.update_run(run_id, status=status, ended=time.time(), exit_code=code,
+                         heartbeat=time.time())
+        print(f"workbench: run {run_id} {status}", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

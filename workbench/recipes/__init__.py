@@ -1,0 +1,80 @@
+"""Recipe registry: each experiment kind names its spec model and its entry point.
+
+Entries are "module:attr" strings imported on demand, so listing recipes or
+validating a spec never imports torch. Later issues add `pretrain`, `rl` and
+`depth` by calling `register` here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from workbench.spec import SpecBase
+    from workbench.tracking import Run
+
+
+@dataclass(frozen=True)
+class Recipe:
+    kind: str
+    spec: str  # "module:Class", a SpecBase subclass
+    entry: str  # "module:function", called as entry(spec, ctx)
+    summary: str
+    key_metric: str = "train/loss"  # shown in run tables
+
+    def spec_model(self) -> type[SpecBase]:
+        return _load(self.spec)
+
+    def entry_point(self) -> Callable[[SpecBase, Context], None]:
+        return _load(self.entry)
+
+
+@dataclass
+class Context:
+    """What a recipe gets from the worker besides its spec."""
+
+    run: Run
+    run_dir: Path
+    stop: threading.Event = field(default_factory=threading.Event)
+    resume_dir: Path | None = None  # the folder of the run this one resumes
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def should_stop(self) -> bool:
+        """True once `wb stop` (SIGTERM) arrived: checkpoint and return."""
+        return self.stop.is_set()
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register(recipe: Recipe) -> Recipe:
+    RECIPES[recipe.kind] = recipe
+    return recipe
+
+
+def get(kind: str) -> Recipe:
+    try:
+        return RECIPES[kind]
+    except KeyError:
+        raise KeyError(f"no recipe for kind {kind!r}") from None
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+register(Recipe(
+    kind="script",
+    spec="workbench.recipes.script:ScriptSpec",
+    entry="workbench.recipes.script:run",
+    summary="any Python training script, logging through workbench.init()",
+))

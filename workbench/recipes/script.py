@@ -1,0 +1,81 @@
+"""The `script` kind: run any Python training script as a tracked run.
+
+The script logs through `workbench.init()`, which attaches to the launched run
+(WB_RUN_ID is in its environment). `wb stop` reaches it as SIGTERM; a resumed
+run finds the old run's folder in WB_RESUME_DIR. With `resources.procs > 1`
+the script starts under torchrun, and every rank logs into the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from workbench.recipes import Context
+from workbench.spec import Section, SpecBase
+
+
+class ScriptSection(Section):
+    command: list[str] = Field(
+        min_length=1,
+        description='argv of the script; a leading "python" means this interpreter, '
+        'e.g. ["python", "train.py", "--lr", "3e-4"].',
+    )
+    cwd: str | None = Field(None, description="Working directory; default: where wb ran.")
+    env: dict[str, str] = Field(default_factory=dict, description="Extra environment variables.")
+
+
+class ScriptSpec(SpecBase):
+    kind: Literal["script"]
+    script: ScriptSection
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Free-form values the script reads as run.config."
+    )
+    total_steps: int | None = Field(None, ge=1, description="Expected steps, for progress/ETA.")
+
+    def run_config(self) -> dict[str, Any]:
+        return dict(self.config)
+
+    @model_validator(mode="after")
+    def _torchrun_needs_python(self) -> ScriptSpec:
+        if self.resources.procs > 1 and self.script.command[0] != "python":
+            raise ValueError(
+                "resources.procs > 1 starts the script under torchrun, so script.command "
+                'must start with "python"'
+            )
+        return self
+
+
+def argv(spec: ScriptSpec) -> list[str]:
+    """The command line, under torchrun's elastic launcher when procs > 1."""
+    cmd = list(spec.script.command)
+    if cmd[0] != "python":
+        return cmd
+    rest = cmd[1:]
+    if spec.resources.procs == 1:
+        return [sys.executable, *rest]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc_per_node={spec.resources.procs}"]
+    if rest[:1] == ["-m"]:
+        return [*launcher, "--module", *rest[1:]]
+    return [*launcher, *rest]
+
+
+def run(spec: ScriptSpec, ctx: Context) -> None:
+    env = {**os.environ, **spec.script.env}
+    if ctx.resume_dir is not None:
+        env["WB_RESUME_DIR"] = str(ctx.resume_dir)
+    # Same process group as the worker: `wb stop`'s final SIGKILL reaches every rank.
+    proc = subprocess.Popen(argv(spec), cwd=spec.script.cwd, env=env)
+    signalled = False
+    while proc.poll() is None:
+        if ctx.stop.wait(0.2) and not signalled:
+            proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its ranks
+            signalled = True
+    if proc.returncode != 0 and not (signalled and proc.returncode in (-signal.SIGTERM, 143)):
+        raise RuntimeError(f"script exited with code {proc.returncode}: {' '.join(argv(spec))}")

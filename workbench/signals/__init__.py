@@ -1,0 +1,21 @@
+"""Pure, streaming signal detectors and summaries (no I/O, no torch).
+
+Used by the tracking SDK (distribution records), training recipes (live loss-spike
+detection) and the async-RL recipe (staleness accounting).
+"""
+
+from .spikes import Spike, SpikeConfig, SpikeDetector
+from .staleness import StalenessSummary, StalenessTracker, sample_staleness
+from .tails import TailSummary, TailWindow, summarize
+
+__all__ = [
+    "Spike",
+    "SpikeConfig",
+    "SpikeDetector",
+    "StalenessSummary",
+    "StalenessTracker",
+    "TailSummary",
+    "TailWindow",
+    "sample_staleness",
+    "summarize",
+]

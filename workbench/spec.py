@@ -1,0 +1,297 @@
+"""Experiment specs: TOML -> validated, typed config, with `--set a.b=value` overrides.
+
+Specs are pydantic models rather than dataclasses because pydantic gives, for
+free, what we would otherwise hand-write: type coercion of `--set` strings,
+range constraints (`gt=0`), `extra="forbid"` for unknown keys with the exact
+location of each error, and a JSON schema that the dashboard's launch form is
+generated from.
+
+Every refusal is a `SpecError` whose message is one line naming the key and
+the fix; the CLI prints it and exits 2 before anything is created.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tomllib
+import types
+import typing
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from workbench.store import StoreError, validate_name
+
+
+class SpecError(ValueError):
+    """A spec that cannot run. The message is one line: the key, the problem, the fix."""
+
+
+class Section(BaseModel):
+    """Base for spec sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Resources(Section):
+    """Where and how wide a run executes."""
+
+    host: str = Field("local", description="Host to run on; 'local' is this machine.")
+    procs: int = Field(1, ge=1, le=1024, description="Worker processes on each node.")
+
+    @field_validator("host")
+    @classmethod
+    def _known_host(cls, host: str) -> str:
+        known = configured_hosts()
+        if host not in known:
+            raise ValueError(f"host {host!r} is not configured (known: {', '.join(known)})")
+        return host
+
+
+class SpecBase(Section):
+    """Fields every spec has. Recipes subclass it with `kind: Literal[...]` and sections."""
+
+    kind: str
+    name: str | None = Field(None, description="Run name; defaults to KIND-N.")
+    description: str = Field("", description="One line shown by `wb recipes`.")
+    seed: int = Field(0, ge=0, description="Seed for every random generator of the run.")
+    resources: Resources = Field(default_factory=Resources)
+
+    def run_config(self) -> dict[str, Any]:
+        """What the run's `config` holds (what `run.config` returns to the code)."""
+        return self.model_dump(mode="json")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str | None) -> str | None:
+        if name is None:
+            return None
+        try:
+            return validate_name(name)
+        except StoreError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def configured_hosts() -> list[str]:
+    """Hosts a spec may name. Remote hosts are added by `wb hosts add` (later issue)."""
+    return ["local"]
+
+
+@dataclass(frozen=True)
+class LoadedSpec:
+    """A validated spec plus the TOML that reproduces it (overrides applied)."""
+
+    spec: SpecBase
+    source: str  # built-in name or file path
+
+    @property
+    def kind(self) -> str:
+        return self.spec.kind
+
+    @property
+    def default_name(self) -> str:
+        """Runs are named after their spec: a built-in's name or the file's stem."""
+        stem = Path(self.source).stem if self.source.endswith(".toml") else self.source
+        return stem if _is_name(stem) else self.spec.kind
+
+    def to_toml(self) -> str:
+        return dump_toml(self.spec)
+
+
+def _is_name(text: str) -> bool:
+    try:
+        validate_name(text)
+    except StoreError:
+        return False
+    return True
+
+
+def dump_toml(spec: BaseModel) -> str:
+    return tomli_w.dumps(spec.model_dump(mode="json", exclude_none=True))
+
+
+# -- finding specs ---------------------------------------------------------------------
+
+
+def builtin_specs() -> dict[str, str]:
+    """Built-in spec name -> TOML text, from the package data in workbench/specs."""
+    root = resources.files("workbench.specs")
+    return {
+        p.name.removesuffix(".toml"): p.read_text()
+        for p in sorted(root.iterdir(), key=lambda p: p.name)
+        if p.name.endswith(".toml")
+    }
+
+
+def read_source(source: str) -> tuple[str, str]:
+    """(text, label) for a spec file path or a built-in spec name."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return path.read_text(), str(path)
+    builtins = builtin_specs()
+    if source in builtins:
+        return builtins[source], source
+    hint = _did_you_mean(source, builtins)
+    raise SpecError(
+        f"no spec {source!r}: not a file and not a built-in recipe"
+        + (f" — did you mean {hint}?" if hint else " (see `wb recipes`)")
+    )
+
+
+# -- loading -----------------------------------------------------------------------------
+
+
+def load_spec(source: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
+    text, label = read_source(source)
+    return LoadedSpec(parse_spec(text, overrides, label=label), label)
+
+
+def parse_spec(text: str, overrides: list[str] | tuple[str, ...] = (),
+               label: str = "spec") -> SpecBase:
+    """Parse TOML text, apply `--set` overrides, and validate against the kind's model."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{label}: invalid TOML: {exc}") from None
+    model = spec_model_for(data.get("kind"), label)
+    for item in overrides:
+        apply_override(model, data, item)
+    return validate(model, data)
+
+
+def spec_model_for(kind: object, label: str = "spec") -> type[SpecBase]:
+    from workbench.recipes import RECIPES
+
+    if not isinstance(kind, str):
+        raise SpecError(f"{label}: missing key kind — add kind = one of "
+                        f"{', '.join(repr(k) for k in RECIPES)}")
+    if kind not in RECIPES:
+        hint = _did_you_mean(kind, RECIPES)
+        raise SpecError(f"unknown kind {kind!r}" + (f" — did you mean {hint}?" if hint else
+                        f" — use one of {', '.join(repr(k) for k in RECIPES)}"))
+    return RECIPES[kind].spec_model()
+
+
+def validate(model: type[SpecBase], data: dict[str, Any]) -> SpecBase:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError(_one_line(model, exc)) from None
+
+
+def apply_override(model: type[BaseModel], data: dict[str, Any], item: str) -> None:
+    """Apply `a.b=value` to the raw spec dict, coercing the string to the field's type."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set resources.procs=2")
+    path = key.split(".")
+    annotation = field_annotation(model, path)
+    node = data
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SpecError(f"--set {key}: {part} is not a table")
+        node = child
+    node[path[-1]] = coerce(raw.strip(), annotation)
+
+
+def field_annotation(model: type[BaseModel], path: list[str]) -> Any:
+    """The annotation at a dotted path, or SpecError("unknown key ... did you mean ...")."""
+    current: Any = model
+    for i, part in enumerate(path):
+        inner = _unwrap(current)
+        if _is_dict(inner):
+            current = typing.get_args(inner)[1] if typing.get_args(inner) else Any
+            continue
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            raise SpecError(f"unknown key {'.'.join(path)} — {'.'.join(path[:i])} "
+                            "is a value, not a table")
+        if part not in inner.model_fields:
+            raise SpecError(_unknown_key(inner, path[:i], part))
+        current = inner.model_fields[part].annotation
+    return current
+
+
+def coerce(raw: str, annotation: Any) -> Any:
+    """Strings stay strings for str fields; anything else is read as a TOML value."""
+    if _accepts_str_only(annotation):
+        return raw
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw  # let validation name the type it wanted
+
+
+# -- messages ----------------------------------------------------------------------------
+
+
+def _one_line(model: type[BaseModel], exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"]]
+    key = ".".join(loc)
+    if err["type"] == "extra_forbidden":
+        owner = _model_at(model, loc[:-1])
+        if owner is not None:
+            return _unknown_key(owner, loc[:-1], loc[-1])
+        return f"unknown key {key} — remove it"
+    if err["type"] == "missing":
+        return f"missing key {key} — add it to the spec or pass --set {key}=VALUE"
+    msg = err["msg"].removeprefix("Value error, ")
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+    more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+    return f"{key}: {msg}{shown} — fix it in the spec or with --set {key}=VALUE{more}"
+
+
+def _unknown_key(owner: type[BaseModel], prefix: list[str], part: str) -> str:
+    full = ".".join([*prefix, part])
+    hint = _did_you_mean(part, owner.model_fields)
+    if hint:
+        return f"unknown key {full} — did you mean {'.'.join([*prefix, hint])}?"
+    fields = ", ".join(owner.model_fields)
+    return f"unknown key {full} — valid keys{' in ' + '.'.join(prefix) if prefix else ''}: {fields}"
+
+
+def _did_you_mean(word: str, options: Any) -> str | None:
+    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    current: Any = model
+    for part in loc:
+        inner = _unwrap(current)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        if part not in inner.model_fields:
+            return None
+        current = inner.model_fields[part].annotation
+    inner = _unwrap(current)
+    return inner if isinstance(inner, type) and issubclass(inner, BaseModel) else None
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Optional[X] -> X."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return annotation
+
+
+def _is_dict(annotation: Any) -> bool:
+    return annotation is dict or typing.get_origin(annotation) is dict
+
+
+def _accepts_str_only(annotation: Any) -> bool:
+    inner = _unwrap(annotation)
+    if inner is str:
+        return True
+    if typing.get_origin(inner) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(inner))
+    return False
