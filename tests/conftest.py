@@ -1,0 +1,30 @@
+"""Shared fixtures: every test gets its own store folder and a clean environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from workbench.store import Store
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reads or writes ./runs, or inherits a launched run's identity."""
+    monkeypatch.setenv("WB_STORE", str(tmp_path / "store"))
+    monkeypatch.delenv("WB_RUN_ID", raising=False)
+    monkeypatch.delenv("WB_RESUME_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"
+
+
+@pytest.fixture
+def store(store_dir: Path) -> Store:
+    st = Store(store_dir)
+    yield st
+    st.close()
