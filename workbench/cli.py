@@ -8,12 +8,14 @@ the problem and the fix, and nothing is created.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from workbench import __version__
 from workbench.spec import SpecError
@@ -24,6 +26,10 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 app = typer.Typer(
     name="wb",
     help="The workbench: launch, record and watch LLM training-dynamics experiments.\n\n"
+    "Examples:\n\n"
+    "  wb recipes\n\n"
+    "  wb launch charlm --set config.steps=500 --detach\n\n"
+    "  wb ls --status running\n\n"
     "Exit codes: 0 ok, 1 failure, 2 bad input.",
     no_args_is_help=True,
     rich_markup_mode="rich",
@@ -31,7 +37,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
+# Piped output is not wrapped at 80 columns: one table row stays one line (grep, awk).
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
 err_console = Console(stderr=True)
 
 StoreOpt = Annotated[
@@ -45,7 +52,9 @@ RunArg = Annotated[str, typer.Argument(help="Run id, unique id prefix, or name."
 
 
 def fail(message: str, code: int = EXIT_BAD_INPUT) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Print ONE line on stderr (the message, never read as markup) and return the exit."""
+    line = " ".join(message.split())
+    err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -82,6 +91,11 @@ def _main(
 
 
 # -- launch / stop / resume ---------------------------------------------------------------
+
+
+def _exit_for(status: str) -> int:
+    """A followed run that failed or was lost (its worker died) exits 1."""
+    return EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED
 
 
 @app.command()
@@ -125,8 +139,7 @@ def launch(
         return
     from workbench.follow import follow_run
 
-    status = follow_run(st, row, console)
-    raise typer.Exit(EXIT_FAILED if status == "failed" else EXIT_OK)
+    raise typer.Exit(_exit_for(follow_run(st, row, console)))
 
 
 @app.command()
@@ -169,8 +182,7 @@ def resume(
         return
     from workbench.follow import follow_run
 
-    status = follow_run(st, row, console)
-    raise typer.Exit(EXIT_FAILED if status == "failed" else EXIT_OK)
+    raise typer.Exit(_exit_for(follow_run(st, row, console)))
 
 
 @app.command()
@@ -218,10 +230,16 @@ def ls_(
     Examples: wb ls ; wb ls --status running --json
     """
     from workbench.render import runs_table, summarize_run
-    from workbench.store import RUN_STATUSES
+    from workbench.store import DB_NAME, RUN_STATUSES, resolve_root
 
     if status is not None and status not in RUN_STATUSES:
         raise fail(f"unknown status {status!r} — use one of {', '.join(RUN_STATUSES)}")
+    if not (resolve_root(store) / DB_NAME).exists():  # nothing launched here yet
+        if as_json:
+            print_json([])
+        else:
+            console.print(f"no runs in {resolve_root(store)} (launch one: wb launch charlm)")
+        return
     st = open_store(store)
     rows = st.runs(status=status)
     if as_json:
@@ -308,7 +326,10 @@ def export(
 
 @app.command()
 def recipes() -> None:
-    """List the built-in specs (launch one with `wb launch NAME`) and the experiment kinds."""
+    """List the built-in specs (launch one with `wb launch NAME`) and the experiment kinds.
+
+    Example: wb recipes
+    """
     from workbench.render import recipes_table
 
     console.print(recipes_table())
@@ -338,8 +359,28 @@ def bench(
         console.print(bench_table(name, result))
 
 
+# Typer vendors click in recent versions; find its ClickException without a private import.
+_ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 def main() -> None:
-    app()
+    """The `wb` entry point. A usage error (unknown option, bad value, missing argument)
+    is bad input like any other: one line on stderr and exit 2, not a help box."""
+    try:
+        # prog_name: `python -m workbench.cli` too says "Usage: wb ...".
+        code = app(prog_name="wb", standalone_mode=False)
+    except typer.Abort:
+        err_console.print("aborted", highlight=False)
+        sys.exit(EXIT_FAILED)
+    except _ClickException as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `wb`: the help was printed
+            sys.exit(EXIT_BAD_INPUT)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" — see `{ctx.command_path} --help`" if ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {escape(' '.join(exc.format_message().split()))}"
+                          f"{escape(hint)}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 JSONL starts with a `{"type": "run", ...}` line, then one line per record in
 commit order. NaN and inf values are written as null with their `flag`
 (1 nan, 2 +inf, 3 -inf), so every line is strict JSON and nothing is lost.
+Non-finite numbers inside an event's payload (which has no flag) become null.
 """
 
 from __future__ import annotations
@@ -19,9 +20,15 @@ POLL_S = 0.5
 PAGE = 10_000
 
 
-def _strict(record: dict[str, Any]) -> dict[str, Any]:
-    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
-            for k, v in record.items()}
+def _strict(obj: Any) -> Any:
+    """NaN/inf -> null at any depth (event payloads hold them too), so lines stay JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_strict(v) for v in obj]
+    return obj
 
 
 def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "jsonl",

@@ -28,6 +28,7 @@ def follow_run(st: Store, row: dict[str, Any], console: Console) -> str:
     metric = key_metric(row["kind"])
     log_path = st.run_dir(run_id) / "stdout.log"
     offset, cursor, interrupts = 0, 0, 0
+    current = row  # a Ctrl-C before the first poll still finds the pid
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                         TextColumn("{task.fields[step]}"), TextColumn("{task.fields[metric]}"),
                         TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),

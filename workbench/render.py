@@ -64,8 +64,8 @@ def eta(row: dict[str, Any]) -> float | None:
 
 
 def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf become null so the output is strict JSON."""
-    return {k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
+    """NaN/inf become null, at any depth (event payloads), so the output is strict JSON."""
+    return _strict(row)
 
 
 def summarize_run(st: Store, row: dict[str, Any], full: bool = False) -> dict[str, Any]:
@@ -77,9 +77,18 @@ def summarize_run(st: Store, row: dict[str, Any], full: bool = False) -> dict[st
     out["key_metric"] = {"key": metric, "value": latest[metric][1] if metric in latest else None}
     if full:
         out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in latest.items()}
-        out["spec"] = row["spec"]
-        out["config"] = row["config"]
+        out["spec"] = row["spec"]  # TOML text
+        out["config"] = _config(row["config"])  # an object, not JSON in a string
     return _strict(out)
+
+
+def _config(text: str | None) -> Any:
+    import json
+
+    try:
+        return json.loads(text or "{}")
+    except ValueError:
+        return text
 
 
 def _strict(obj: Any) -> Any:
@@ -87,7 +96,7 @@ def _strict(obj: Any) -> Any:
         return finite_or_none(obj)
     if isinstance(obj, dict):
         return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list):
+    if isinstance(obj, list | tuple):
         return [_strict(v) for v in obj]
     return obj
 

@@ -65,6 +65,12 @@ class SpecBase(Section):
         """What the run's `config` holds (what `run.config` returns to the code)."""
         return self.model_dump(mode="json")
 
+    def for_launch(self) -> SpecBase:
+        """The spec as launched: values that depend on where `wb` ran (a working
+        directory) filled in, so the stored spec reproduces the run and `wb resume`
+        works from any folder. Kinds with such values override it."""
+        return self
+
     @field_validator("name")
     @classmethod
     def _valid_name(cls, name: str | None) -> str | None:
@@ -131,7 +137,11 @@ def read_source(source: str) -> tuple[str, str]:
     """(text, label) for a spec file path or a built-in spec name."""
     path = Path(source).expanduser()
     if path.is_file():
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise SpecError(f"cannot read spec {source!r}: {reason} — check the file") from None
     builtins = builtin_specs()
     if source in builtins:
         return builtins[source], source
@@ -157,6 +167,10 @@ def parse_spec(text: str, overrides: list[str] | tuple[str, ...] = (),
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"{label}: invalid TOML: {exc}") from None
+    # `--set kind=...` picks the model, so it applies before the others are checked.
+    for item in overrides:
+        if item.partition("=")[0].strip() == "kind":
+            data["kind"] = coerce(item.partition("=")[2].strip(), str)
     model = spec_model_for(data.get("kind"), label)
     for item in overrides:
         apply_override(model, data, item)
@@ -205,6 +219,8 @@ def field_annotation(model: type[BaseModel], path: list[str]) -> Any:
     current: Any = model
     for i, part in enumerate(path):
         inner = _unwrap(current)
+        if inner is Any:  # free-form values (e.g. a dict[str, Any] section): any depth
+            return Any
         if _is_dict(inner):
             current = typing.get_args(inner)[1] if typing.get_args(inner) else Any
             continue
@@ -212,7 +228,7 @@ def field_annotation(model: type[BaseModel], path: list[str]) -> Any:
             raise SpecError(f"unknown key {'.'.join(path)} — {'.'.join(path[:i])} "
                             "is a value, not a table")
         if part not in inner.model_fields:
-            raise SpecError(_unknown_key(inner, path[:i], part))
+            raise SpecError(_unknown_key(inner, path[:i], part, path[i + 1:]))
         current = inner.model_fields[part].annotation
     return current
 
@@ -220,6 +236,12 @@ def field_annotation(model: type[BaseModel], path: list[str]) -> Any:
 def coerce(raw: str, annotation: Any) -> Any:
     """Strings stay strings for str fields; anything else is read as a TOML value."""
     if _accepts_str_only(annotation):
+        if raw[:1] in ('"', "'"):  # a quoted TOML string: --set name='"007"'
+            try:
+                value = tomllib.loads(f"v = {raw}")["v"]
+            except tomllib.TOMLDecodeError:
+                return raw
+            return value if isinstance(value, str) else raw
         return raw
     try:
         return tomllib.loads(f"v = {raw}")["v"]
@@ -234,6 +256,7 @@ def _one_line(model: type[BaseModel], exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"]]
     key = ".".join(loc)
+    more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
     if err["type"] == "extra_forbidden":
         owner = _model_at(model, loc[:-1])
         if owner is not None:
@@ -242,17 +265,21 @@ def _one_line(model: type[BaseModel], exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"missing key {key} — add it to the spec or pass --set {key}=VALUE"
     msg = err["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across keys (model validator): its message names keys and fix
+        return f"{msg}{more}"
     got = err.get("input")
-    shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
-    more = f" [+{exc.error_count() - 1} more]" if exc.error_count() > 1 else ""
+    shown = ("" if isinstance(got, dict) or got is None or repr(got) in msg
+             else f" (got {got!r})")
     return f"{key}: {msg}{shown} — fix it in the spec or with --set {key}=VALUE{more}"
 
 
-def _unknown_key(owner: type[BaseModel], prefix: list[str], part: str) -> str:
-    full = ".".join([*prefix, part])
+def _unknown_key(owner: type[BaseModel], prefix: list[str], part: str,
+                 rest: list[str] | None = None) -> str:
+    """`rest`: the keys below `part` in a --set path (confg.steps -> config.steps)."""
+    full = ".".join([*prefix, part, *(rest or [])])
     hint = _did_you_mean(part, owner.model_fields)
     if hint:
-        return f"unknown key {full} — did you mean {'.'.join([*prefix, hint])}?"
+        return f"unknown key {full} — did you mean {'.'.join([*prefix, hint, *(rest or [])])}?"
     fields = ", ".join(owner.model_fields)
     return f"unknown key {full} — valid keys{' in ' + '.'.join(prefix) if prefix else ''}: {fields}"
 

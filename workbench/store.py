@@ -34,7 +34,7 @@ HEARTBEAT_S = 2.0
 # Non-finite flags on scalars. SQLite stores NaN as NULL, so the flag keeps it.
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 RECORD_TABLES = ("scalars", "dists", "matrices", "events")
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class StoreError(Exception):
@@ -51,10 +51,11 @@ def resolve_root(store: str | os.PathLike[str] | None = None) -> Path:
 
 def validate_name(name: str) -> str:
     """Run names become paths and remote arguments: keep them boring."""
-    if not _NAME_RE.match(name):
+    # fullmatch, not match: `$` would also accept a trailing newline.
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise StoreError(
             f"invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
-            "starting with a letter or digit"
+            "starting with a letter or digit (no '..')"
         )
     return name
 
@@ -214,7 +215,11 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             os.chmod(self.root, 0o700)
         self.conn = connect(self.path)
-        self._init_db()
+        try:
+            self._init_db()
+        except BaseException:  # a newer schema, a failed migration: don't leak the handle
+            self.conn.close()
+            raise
         self.db = sqlite_utils.Database(self.conn)
         self._nums: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
@@ -320,21 +325,27 @@ class Store:
         return [r for r in rows if status is None or r["status"] == status]
 
     def resolve(self, ref: str) -> dict[str, Any]:
-        """RUN is an id, a unique id prefix, or a name (the newest run of that name)."""
+        """RUN is an id, a name (the newest run of that name), or a unique id prefix.
+
+        A name is tried before a prefix (as `docker` does): otherwise a short name
+        such as `lr3` would silently resolve to another run whose id starts `lr3`.
+        Prefixes are case-sensitive (LIKE would fold case).
+        """
         row = self.conn.execute("SELECT id FROM runs WHERE id = ?", (ref,)).fetchone()
         if row:
             return self.get_run(row[0])
+        named = self.conn.execute(
+            "SELECT id FROM runs WHERE name = ? ORDER BY num DESC LIMIT 1", (ref,)).fetchone()
+        if named:
+            return self.get_run(named[0])
         ids = [r[0] for r in self.conn.execute(
-            "SELECT id FROM runs WHERE id LIKE ? ESCAPE '\\'", (_like_prefix(ref),))]
+            "SELECT id FROM runs WHERE substr(id, 1, ?) = ? ORDER BY num", (len(ref), ref))
+        ] if ref else []
         if len(ids) == 1:
             return self.get_run(ids[0])
         if len(ids) > 1:
             raise StoreError(f"run prefix {ref!r} is ambiguous ({', '.join(ids[:5])}); "
                              "give more characters")
-        named = [r[0] for r in self.conn.execute(
-            "SELECT id FROM runs WHERE name = ? ORDER BY num DESC", (ref,))]
-        if named:
-            return self.get_run(named[0])
         raise StoreError(f"no run {ref!r} in {self.root} (see `wb ls`)")
 
     def delete_run(self, run_id: str) -> None:
@@ -370,9 +381,10 @@ class Store:
         """Key name -> id, adding new names; call inside the write transaction."""
         ids = self._key_ids
         for name in set(names) - ids.keys():
-            self.conn.execute("INSERT OR IGNORE INTO keys (name) VALUES (?)", (name,))
+            text = str(name)  # a non-str key must not poison the batch (sqlite3 can't bind it)
+            self.conn.execute("INSERT OR IGNORE INTO keys (name) VALUES (?)", (text,))
             ids[name] = self.conn.execute("SELECT id FROM keys WHERE name = ?",
-                                          (name,)).fetchone()[0]
+                                          (text,)).fetchone()[0]
         return ids
 
     def write_batch(self, batch: Batch, *, last_step: int | None = None,
@@ -454,15 +466,23 @@ class Store:
         """All record kinds past `since`, in id (commit) order, as plain dicts.
 
         `keys` are GLOB patterns on metric keys (events match on their kind).
+
+        The four tables are read by four statements, which need not share one
+        snapshot: a batch committed between them could show its events but not
+        its scalars, and a reader resuming past the newest id would then skip
+        those scalars for good. So the read is bounded by the sequence value
+        read first: every id up to it is committed, and visible to each later
+        statement.
         """
         import heapq
 
         num = self.run_num(run_id)
+        upto = self.last_id()
         streams = []
         for table in RECORD_TABLES:
             col = "r.kind" if table == "events" else "k.name"
-            where = " WHERE r.run = ? AND r.id > ?"
-            args: list[Any] = [num, since]
+            where = " WHERE r.run = ? AND r.id > ? AND r.id <= ?"
+            args: list[Any] = [num, since, upto]
             if keys:
                 where += " AND (" + " OR ".join(f"{col} GLOB ?" for _ in keys) + ")"
                 args += list(keys)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import atexit
 import json
+import operator
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -37,7 +39,8 @@ class Run:
     """One run as seen by one process. Thread-safe; cheap to call from a hot loop."""
 
     def __init__(self, store: Store, row: dict[str, Any], *, owner: bool,
-                 flush_interval: float = 0.25, max_buffer: int = 100_000):
+                 flush_interval: float = 0.25, max_buffer: int = 100_000,
+                 max_pending: int = 1_000_000):
         self.id: str = row["id"]
         self.name: str = row["name"]
         self.kind: str = row["kind"]
@@ -47,7 +50,8 @@ class Run:
         self._config: dict[str, Any] = json.loads(row.get("config") or "{}")
         self._store = store
         self._interval = flush_interval
-        self._max_buffer = max_buffer
+        self._max_buffer = max_buffer  # buffered scalars that wake the writer early
+        self._max_pending = max_pending  # logged but uncommitted rows that make log() wait
         self._lock = threading.Lock()
         self._scalars: list[tuple] = []
         self._dists: list[tuple] = []
@@ -58,11 +62,13 @@ class Run:
         self._max_step: int | None = None
         self._enqueued = 0
         self.flushed_rows = 0  # rows committed so far (read by tests and benches)
+        self.dropped_rows = 0  # rows SQLite refused for good (reported on stderr)
         self._flushed = threading.Condition()
         self._wake = threading.Event()
         self._closing = False
         self._finished = False
         self._error_reported = False
+        self._drop_reported = False
         self._thread = threading.Thread(target=self._loop, name=f"wb-writer-{self.id}",
                                         daemon=True)
         self._thread.start()
@@ -83,28 +89,41 @@ class Run:
         wall = time.time()
         with self._lock:
             if step is None:
-                step = self._step + 1
-            self._step = step
+                at = self._step + 1
+            else:
+                at = step if type(step) is int else _step_of(step)
             rows = self._scalars
+            n0 = len(rows)
+            nonfinite = None
             for key, value in metrics.items():
                 try:
                     v = float(value)
                 except (TypeError, ValueError):
+                    del rows[n0:]  # a call logs all of its metrics or none
                     raise TypeError(
                         f"log() takes numbers; {key!r} is {type(value).__name__} "
                         "(use log_dist for many values, log_matrix for arrays)"
                     ) from None
                 if v - v == 0.0:  # finite (inf - inf and nan - nan are nan)
-                    rows.append((step, key, v, wall, 0))
+                    rows.append((at, key, v, wall, 0))
+                elif nonfinite is None:
+                    nonfinite = [(key, v)]
                 else:
-                    self._nonfinite(key, v, step, wall)
+                    nonfinite.append((key, v))
+            if nonfinite:  # after the loop, so that a refused call leaves no warning behind
+                for key, v in nonfinite:
+                    self._nonfinite(key, v, at, wall)
+            self._step = at
             self._enqueued += len(metrics)
             n = len(rows)
         if n > self._max_buffer:
             self._wake.set()
+            if self._enqueued - self.flushed_rows - self.dropped_rows > self._max_pending:
+                self._backpressure()
 
     def log_dist(self, key: str, values: Any, step: int | None = None, bins: int = 32) -> None:
         """Log a distribution (rollout lengths, staleness, depth per token) as one record."""
+        _check_name("key", key)
         s = summarize(_as_numpy(values), bins=bins)
         row = (key, s.count, s.min, s.max, s.mean, s.p50, s.p90, s.p99,
                json.dumps(s.edges), json.dumps(s.counts), s.nonfinite, time.time())
@@ -114,6 +133,7 @@ class Run:
 
     def log_matrix(self, key: str, array: Any, step: int | None = None) -> None:
         """Log a 2-D (or any-D) array, e.g. the layer x head max-logit map."""
+        _check_name("key", key)
         arr = np.ascontiguousarray(_as_numpy(array), dtype=np.float32)
         row = (key, json.dumps(list(arr.shape)), "float32", arr.tobytes(), time.time())
         with self._lock:
@@ -123,11 +143,14 @@ class Run:
     def event(self, kind: str, step: int | None = None, severity: str = "info",
               **payload: Any) -> None:
         """Record an event (loss_spike, checkpoint, weight_sync, ...) with a JSON payload."""
+        _check_name("kind", kind)
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
         body = json.dumps(payload, default=str)
         with self._lock:
-            self._events.append((self._at(step), kind, severity, body, time.time()))
+            # An event marks a step; it does not advance the run's progress.
+            at = max(self._step, 0) if step is None else _step_of(step)
+            self._events.append((at, kind, severity, body, time.time()))
             self._enqueued += 1
 
     def update_config(self, config: Mapping[str, Any]) -> None:
@@ -145,8 +168,9 @@ class Run:
             target = self._enqueued
         self._wake.set()
         with self._flushed:
-            return self._flushed.wait_for(lambda: self.flushed_rows >= target or
-                                          not self._thread.is_alive(), timeout)
+            self._flushed.wait_for(lambda: self.flushed_rows + self.dropped_rows >= target
+                                   or not self._thread.is_alive(), timeout)
+            return self.flushed_rows >= target  # False if the writer died or dropped rows
 
     def finish(self, status: str = "finished", exit_code: int | None = None) -> None:
         """Flush and stop the writer. An owning run records its final status."""
@@ -181,6 +205,7 @@ class Run:
         """Step for records other than log(): the given one, or the current step."""
         if step is None:
             return max(self._step, 0)
+        step = _step_of(step)
         self._step = max(self._step, step)
         return step
 
@@ -194,6 +219,25 @@ class Run:
             self._events.append((step, "nan", "warning",
                                  json.dumps({"key": key, "value": label}), wall))
             self._enqueued += 1
+
+    def _backpressure(self) -> None:
+        """Wait until the writer has committed half of what is pending.
+
+        Only a producer far faster than the disk gets here (about a million rows
+        ahead). Without it, memory grows without bound until the OOM killer ends
+        the training process, and in the same process a Python loop that never
+        waits starves the writer thread of the GIL. A writer that is failing
+        (disk full, store locked beyond its timeout) does not block the caller:
+        its rows stay in memory, as before.
+        """
+        low = self._max_pending // 2
+        self._wake.set()
+        with self._flushed:
+            while (self._enqueued - self.flushed_rows - self.dropped_rows > low
+                   and self._thread.is_alive()
+                   and not self._error_reported and not self._closing):
+                self._wake.set()
+                self._flushed.wait(0.5)
 
     def _take(self) -> tuple[Batch, int | None]:
         with self._lock:
@@ -217,21 +261,27 @@ class Run:
                 beat = self.owner and time.monotonic() - last_beat > HEARTBEAT_S
                 while pending or beat:
                     b = pending[0] if pending else Batch(self.id)
+                    done, dropped = len(b), 0
                     try:
                         store.write_batch(b, last_step=step, heartbeat=beat)
-                    except Exception as exc:  # disk full, locked beyond timeout: keep and retry
+                    except sqlite3.OperationalError as exc:  # locked too long, disk full: retry
                         self._report(exc)
-                        if closing:
-                            break
-                        time.sleep(1.0)
+                        if not closing:
+                            time.sleep(1.0)
                         break
+                    except Exception as exc:
+                        # A row SQLite refuses, or the run was deleted: retrying cannot help,
+                        # and keeping the batch would hold back every later row.
+                        self._report_drop(exc, len(b))
+                        done, dropped = 0, len(b)
                     if pending:
                         pending.pop(0)
                     if beat:
                         last_beat = time.monotonic()
                         beat = False
                     with self._flushed:
-                        self.flushed_rows += len(b)
+                        self.flushed_rows += done
+                        self.dropped_rows += dropped
                         self._flushed.notify_all()
                 if closing and not pending:
                     return
@@ -247,6 +297,25 @@ class Run:
             self._error_reported = True
             print(f"workbench: cannot write run {self.id} to {self.root}: {exc} "
                   "(keeping data in memory and retrying)", file=sys.stderr)
+
+    def _report_drop(self, exc: Exception, rows: int) -> None:
+        if not self._drop_reported:
+            self._drop_reported = True
+            print(f"workbench: dropped {rows} rows of run {self.id}: {exc}", file=sys.stderr)
+
+
+def _step_of(step: Any) -> int:
+    """Steps are integers; numpy and torch integers become Python ints (sqlite3 would
+    store a numpy int64 as an 8-byte BLOB)."""
+    try:
+        return operator.index(step)
+    except TypeError:
+        raise TypeError(f"step must be an integer, not {type(step).__name__} ({step!r})") from None
+
+
+def _check_name(what: str, name: Any) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"{what} must be a str, not {type(name).__name__} ({name!r})")
 
 
 def _as_numpy(values: Any) -> np.ndarray:
@@ -299,4 +368,7 @@ def _install_exit_hooks() -> None:
 
 def _finish_all() -> None:
     for run in list(_live_runs):
-        run.finish(_exit_status)
+        try:  # one run's failure must not keep the others from recording their status
+            run.finish(_exit_status)
+        except Exception as exc:
+            print(f"workbench: could not finish run {run.id}: {exc}", file=sys.stderr)

@@ -7,19 +7,20 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
-from workbench.spec import LoadedSpec, parse_spec
+from workbench.spec import LoadedSpec, dump_toml, parse_spec
 from workbench.store import ACTIVE_STATUSES, Store, StoreError, pid_alive
 
 
 def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
           resumed_from: str | None = None) -> dict[str, Any]:
     """Create the run (queued), write its spec, and start its worker in a new session."""
-    spec = loaded.spec
+    spec = loaded.spec.for_launch()
     row = store.create_run(
         kind=spec.kind, name=name or spec.name, base=loaded.default_name, status="queued",
-        launcher="local", spec=loaded.to_toml(), config=spec.run_config(),
+        launcher="local", spec=dump_toml(spec), config=spec.run_config(),
         resumed_from=resumed_from,
         total_steps=getattr(spec, "total_steps", None),
     )
@@ -44,7 +45,7 @@ def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
     if row["status"] not in ACTIVE_STATUSES:
         return f"run {row['id']} is already {row['status']}"
     pid = row["pid"]
-    if not pid_alive(pid):
+    if not pid_alive(pid) or not _is_worker_of(pid, row):
         store.update_run(row["id"], status="stopped", ended=time.time())
         return f"run {row['id']} had no live process; marked stopped"
     os.kill(pid, signal.SIGTERM)
@@ -52,15 +53,70 @@ def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
     if pid_alive(pid):
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        kill_tree(pid)
         store.update_run(row["id"], status="stopped", ended=time.time(), exit_code=-9)
         return f"run {row['id']} did not exit within {grace:g}s; killed"
     if store.get_run(row["id"])["status"] in ACTIVE_STATUSES:  # died without recording
         store.update_run(row["id"], status="stopped", ended=time.time())
     return f"run {row['id']} stopped"
+
+
+def _is_worker_of(pid: int, row: dict[str, Any]) -> bool:
+    """False when a local run's pid now belongs to another process (the pid was reused,
+    e.g. after a reboot): never signal a stranger. True where it cannot be told."""
+    if row.get("launcher") != "local":
+        return True
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True
+    return b"workbench.launch.worker" in argv and row["id"].encode() in argv
+
+
+def kill_tree(pid: int, timeout: float = 5.0) -> None:
+    """SIGKILL the worker's process group and every descendant of the worker.
+
+    The group alone is not enough: torchrun starts each rank in a session of its
+    own, so ranks are found through the process tree (read before anything dies,
+    since orphans are re-parented).
+    """
+    tree = descendants(pid)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for child in tree:
+        try:
+            os.kill(child, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(pid_alive(p) for p in (pid, *tree)):
+        time.sleep(0.05)
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live descendant of `pid` (from /proc; [] where there is none)."""
+    children: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return []
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in out:
+                out.append(child)
+                todo.append(child)
+    return out
 
 
 def resume(store: Store, row: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:

@@ -7,6 +7,7 @@ recipe polls, so it can checkpoint and return; the run then ends as `stopped`.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from workbench.recipes import Context, get
 from workbench.spec import parse_spec
-from workbench.store import HEARTBEAT_S, Store
+from workbench.store import HEARTBEAT_S, Batch, Store
 from workbench.tracking import Run
 
 
@@ -57,9 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         status, code = ("stopped", 0) if stop.is_set() else ("failed", 1)
     finally:
+        run.finish()  # flush what the recipe logged in this process
         last = store.get_run(run_id)["last_step"]
-        run.event("stage", step=last or 0, stage=status, exit_code=code)
-        run.finish()
+        # Written directly, not through `run`: an event would move last_step to 0 for a
+        # run that never logged a step.
+        store.write_batch(Batch(run_id, events=[(
+            last or 0, "stage", "info", json.dumps({"stage": status, "exit_code": code}),
+            time.time())]))
         done.set()
         store.update_run(run_id, status=status, ended=time.time(), exit_code=code,
                          heartbeat=time.time())

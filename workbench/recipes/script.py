@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -41,12 +42,20 @@ class ScriptSpec(SpecBase):
     def run_config(self) -> dict[str, Any]:
         return dict(self.config)
 
+    def for_launch(self) -> ScriptSpec:
+        """Pin the working directory to where `wb launch` ran (absolute), so relative
+        script paths still resolve when the run is resumed from another folder."""
+        spec = self.model_copy(deep=True)
+        spec.script.cwd = str(Path(self.script.cwd or os.getcwd()).resolve())
+        return spec
+
     @model_validator(mode="after")
     def _torchrun_needs_python(self) -> ScriptSpec:
         if self.resources.procs > 1 and self.script.command[0] != "python":
             raise ValueError(
-                "resources.procs > 1 starts the script under torchrun, so script.command "
-                'must start with "python"'
+                f"resources.procs={self.resources.procs} starts the script under torchrun, "
+                'so script.command must start with "python" — change script.command or set '
+                "resources.procs=1"
             )
         return self
 
@@ -70,12 +79,25 @@ def run(spec: ScriptSpec, ctx: Context) -> None:
     env = {**os.environ, **spec.script.env}
     if ctx.resume_dir is not None:
         env["WB_RESUME_DIR"] = str(ctx.resume_dir)
-    # Same process group as the worker: `wb stop`'s final SIGKILL reaches every rank.
+    # Same process group as the worker. torchrun starts its ranks in sessions of their
+    # own; `wb stop`'s final SIGKILL reaches them through the worker's process tree.
     proc = subprocess.Popen(argv(spec), cwd=spec.script.cwd, env=env)
     signalled = False
-    while proc.poll() is None:
-        if ctx.stop.wait(0.2) and not signalled:
+    while True:
+        try:
+            proc.wait(timeout=0.2)  # not stop.wait: once set, it would spin
+            break
+        except subprocess.TimeoutExpired:
+            pass
+        if ctx.stop.is_set() and not signalled:
             proc.send_signal(signal.SIGTERM)  # torchrun forwards it to its ranks
             signalled = True
-    if proc.returncode != 0 and not (signalled and proc.returncode in (-signal.SIGTERM, 143)):
+    if signalled:
+        # `wb stop`: the run ends as stopped whatever code the script (or torchrun,
+        # which exits 1 after forwarding SIGTERM) returned.
+        if proc.returncode != 0:
+            print(f"workbench: script exited with code {proc.returncode} after SIGTERM",
+                  flush=True)
+        return
+    if proc.returncode != 0:
         raise RuntimeError(f"script exited with code {proc.returncode}: {' '.join(argv(spec))}")
