@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 
 def wb(*args: str, check: bool = False, timeout: float = 120,
@@ -16,3 +19,17 @@ def wb(*args: str, check: bool = False, timeout: float = 120,
         raise AssertionError(f"wb {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n"
                              f"{proc.stderr}")
     return proc
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
+             interval: float = 0.05) -> Any:
+    """Poll `predicate` until it returns something truthy; bounded in time and count."""
+    deadline = time.monotonic() + timeout
+    for _ in range(int(timeout / interval) + 1):
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            break
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

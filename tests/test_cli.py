@@ -10,33 +10,18 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wait_for, wb
 from workbench.store import Store
 from workbench.tracking import Run
 
 COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", "recipes",
             "bench"]
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.1) -> Any:
-    """Poll `predicate` until it returns something truthy; bounded in time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def wb_json(*args: str) -> Any:
@@ -406,6 +391,7 @@ def test_unknown_bench_exits_2() -> None:
 # -- bench ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_store_quick_json_prints_one_object_with_figures() -> None:
     proc = wb("bench", "store", "--quick", "--json", timeout=240)
     assert proc.returncode == 0, proc.stderr

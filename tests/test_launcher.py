@@ -9,14 +9,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wait_for, wb
 from workbench.launch import local
 from workbench.spec import load_spec
 from workbench.store import Store
@@ -40,20 +39,6 @@ def wait_file(name, timeout=60.0):
 
 
 # -- helpers -----------------------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
-             interval: float = 0.05) -> Any:
-    """Poll `predicate` until it returns something truthy; bounded in time and count."""
-    deadline = time.monotonic() + timeout
-    for _ in range(int(timeout / interval) + 1):
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            break
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def script_spec(tmp_path: Path, name: str, body: str, *, procs: int = 1) -> Path:
@@ -321,11 +306,9 @@ def test_stop_kills_a_script_that_ignores_sigterm(tmp_path: Path, store_dir: Pat
                               "the script's pid"))
     worker_pid = get_run(store_dir, run_id)["pid"]
     assert os.getpgid(script_pid) == worker_pid  # the script is in the worker's group
-    t0 = time.monotonic()
     proc = wb("stop", run_id, "--grace", "1", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "did not exit within 1s; killed" in proc.stdout
-    assert time.monotonic() - t0 < 15
     row = get_run(store_dir, run_id)
     assert row["status"] == "stopped"
     wait_for(lambda: not alive(script_pid) and not alive(worker_pid), 10, "the processes to die")
@@ -357,6 +340,7 @@ def test_worker_gone_while_running_is_shown_lost(tmp_path: Path, store_dir: Path
 # -- charlm end to end ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -> None:
     run_id = wb("launch", "charlm", "--set", "config.steps=250", "--detach", check=True,
                 timeout=60).stdout.strip()
@@ -390,6 +374,7 @@ def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -
 # -- torchrun ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_procs_2_runs_two_ranks_under_torchrun_into_one_run(tmp_path: Path,
                                                             store_dir: Path) -> None:
     spec = script_spec(tmp_path, "ranks", """\
@@ -414,6 +399,7 @@ def test_procs_2_runs_two_ranks_under_torchrun_into_one_run(tmp_path: Path,
     assert row["last_step"] == 4
 
 
+@pytest.mark.slow
 def test_stop_kills_torchrun_ranks_that_ignore_sigterm(tmp_path: Path,
                                                        store_dir: Path) -> None:
     """torchrun puts each rank in a session of its own: stop must still reach them."""
@@ -442,7 +428,7 @@ def test_stop_kills_torchrun_ranks_that_ignore_sigterm(tmp_path: Path,
 def test_stop_never_signals_a_process_that_reused_the_pid(store: Store,
                                                           store_dir: Path) -> None:
     """A local run whose pid now belongs to another program (a reboot, pid reuse) is
-    marked stopped without signalling that program."""
+    recorded as lost without signalling that program."""
     stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
     try:
         row = store.create_run(kind="script", name="stale", status="running",
@@ -450,9 +436,9 @@ def test_stop_never_signals_a_process_that_reused_the_pid(store: Store,
         assert get_run(store_dir, row["id"])["status"] == "running"  # the pid is alive
         proc = wb("stop", row["id"], "--grace", "1", timeout=60)
         assert proc.returncode == 0, proc.stderr
-        assert "had no live process; marked stopped" in proc.stdout
+        assert "had no live process; recorded as lost" in proc.stdout
         assert stranger.poll() is None
-        assert get_run(store_dir, row["id"])["status"] == "stopped"
+        assert get_run(store_dir, row["id"])["status"] == "lost"
     finally:
         stranger.kill()
         stranger.wait(timeout=10)

@@ -504,3 +504,51 @@ def test_bad_run_names_are_refused(store: Store, bad: str) -> None:
 @pytest.mark.parametrize("good", ["a", "run-1", "lr_3e-4.b", "A9", "x" * 64])
 def test_good_run_names_are_accepted(store: Store, good: str) -> None:
     assert store.resolve(store.create_run(kind="custom", name=good)["id"])["name"] == good
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_auto_names_and_run_numbers_are_never_reused(store: Store) -> None:
+    first = store.create_run(kind="script", base="charlm")
+    second = store.create_run(kind="script", base="charlm")
+    store.create_run(kind="script", name="charlm-zzz")  # not BASE-N: does not count
+    assert (first["name"], second["name"]) == ("charlm-1", "charlm-2")
+    store.delete_run(first["id"])
+    third = store.create_run(kind="script", base="charlm")
+    assert third["name"] == "charlm-3"
+    store.delete_run(third["id"])
+    fourth = store.create_run(kind="script", base="charlm")
+    assert fourth["num"] > third["num"] > second["num"]  # readers cache run -> num
+
+
+def test_a_heartbeat_alone_leaves_last_step_unset(store: Store) -> None:
+    from workbench.store import Batch
+
+    row = store.create_run(kind="custom", status="running", launcher="sdk")
+    store.write_batch(Batch(row["id"]), heartbeat=True)
+    assert store.get_run(row["id"])["last_step"] is None
+    store.write_batch(Batch(row["id"], scalars=[(4, "x", 1.0, 0.0, 0)]), last_step=4)
+    store.write_batch(Batch(row["id"]), last_step=2, heartbeat=True)
+    assert store.get_run(row["id"])["last_step"] == 4
+
+
+def test_a_file_that_is_not_a_store_is_one_clear_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "workbench.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a usable workbench store"):
+        Store(bad)
+
+
+def test_merge_config_keeps_other_processes_keys(store: Store) -> None:
+    row = store.create_run(kind="script", config={"lr": 0.1, "opt": {"name": "muon"}})
+    other = Store(store.root)
+    try:
+        other.merge_config(row["id"], {"rank1": True})
+        merged = store.merge_config(row["id"], {"opt": {"beta": 0.9}})
+        assert merged == {"lr": 0.1, "opt": {"name": "muon", "beta": 0.9}, "rank1": True}
+        kept = store.merge_config(row["id"], {"lr": 3.0, "new": 1}, keep_existing=True)
+        assert kept["lr"] == 0.1 and kept["new"] == 1
+    finally:
+        other.close()

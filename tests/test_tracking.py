@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import workbench
+from tests.helpers import wait_for
 from workbench import tracking
 from workbench.store import Store
 from workbench.tracking import Run, init
@@ -231,12 +232,11 @@ def test_context_manager_sets_the_status(store: Store) -> None:
     with pytest.raises(RuntimeError), init(name="bad") as bad:
         bad.log({"x": 1.0})
         raise RuntimeError("boom")
-    with pytest.raises(KeyboardInterrupt), init(name="ctrl-c") as stopped:
+    with pytest.raises(KeyboardInterrupt), init(name="ctrl-c"):
         raise KeyboardInterrupt
     status = {r["name"]: r["status"] for r in store.runs()}
     assert status == {"ok": "finished", "bad": "failed", "ctrl-c": "stopped"}
     assert len(store.scalars(bad.id)) == 1  # what was logged before the error is kept
-    assert stopped.id
 
 
 # ---------------------------------------------------------------- buffering
@@ -254,14 +254,11 @@ def test_log_never_waits_on_disk(store: Store, store_dir: Path) -> None:
         blocker = sqlite3.connect(store_dir / "workbench.db", isolation_level=None)
         blocker.execute("BEGIN IMMEDIATE")  # every other writer now waits
         try:
-            t0 = time.perf_counter()
-            for step in range(1, 2001):
+            for step in range(1, 2001):  # returns although the lock is held throughout
                 run.log({"x": float(step), "y": 1.0}, step=step)
-            logging_s = time.perf_counter() - t0
             assert run.flush(timeout=0.5) is False  # the writer is stuck behind the lock
             assert run.flushed_rows == 1
             assert len(store.scalars(run.id)) == 1  # nothing of it on disk yet
-            assert logging_s < 5.0  # a generous sanity bound: it did not wait for the lock
         finally:
             blocker.execute("COMMIT")
             blocker.close()
@@ -312,7 +309,8 @@ def test_log_waits_only_when_far_behind_the_disk(store: Store, store_dir: Path) 
     producer = threading.Thread(target=produce, daemon=True)
     try:
         producer.start()
-        producer.join(timeout=1.0)
+        wait_for(lambda: len(progress) >= 250, 30, "the producer to fill the buffer")
+        time.sleep(0.5)
         assert producer.is_alive()  # waiting, not buffering without end
         assert len(progress) == 250  # call 251 took the pending rows past 1000
     finally:
@@ -441,3 +439,36 @@ def test_many_processes_log_to_one_run(tmp_path: Path, store: Store) -> None:
     assert after["launcher"] == "local" and after["last_step"] == 2499
     assert json.loads(after["config"]) == {"shared": 1}
     assert store.runs() == [after]  # attaching made no new run
+
+
+# ---------------------------------------------------------------- review fixes
+
+
+def test_logging_after_finish_is_refused(store: Store) -> None:
+    run = init(name="done")
+    run.log({"x": 1.0})
+    run.finish()
+    for call in (lambda: run.log({"x": 2.0}), lambda: run.log_dist("d", [1.0]),
+                 lambda: run.log_matrix("m", [[1.0]]), lambda: run.event("stage")):
+        with pytest.raises(RuntimeError, match="is finished"):
+            call()
+    assert len(store.scalars(run.id)) == 1
+
+
+def test_init_and_finish_do_not_leak_connections(store: Store) -> None:
+    def open_fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    init(name="warm").finish()
+    before = open_fds()
+    for i in range(10):
+        init(name=f"r{i}").finish()
+    assert open_fds() <= before + 1
+
+
+def test_attached_init_keeps_the_launched_config(store: Store, monkeypatch) -> None:
+    row = store.create_run(kind="script", config={"steps": 500})
+    monkeypatch.setenv("WB_RUN_ID", row["id"])
+    with init(config={"steps": 10, "lr": 0.1}) as run:
+        assert run.config == {"steps": 500, "lr": 0.1}  # the spec wins over defaults
+    assert store.get_run(row["id"])["status"] == "queued"  # attached: status untouched

@@ -18,7 +18,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from workbench import __version__
-from workbench.spec import SpecError
 from workbench.store import Store, StoreError
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -93,9 +92,15 @@ def _main(
 # -- launch / stop / resume ---------------------------------------------------------------
 
 
-def _exit_for(status: str) -> int:
-    """A followed run that failed or was lost (its worker died) exits 1."""
-    return EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED
+def _started(st: Store, row: dict[str, Any], detach: bool) -> None:
+    """Print the id (--detach) or follow the run; a run that failed or was lost exits 1."""
+    if detach:
+        print(row["id"])
+        return
+    from workbench.follow import follow_run
+
+    status = follow_run(st, row, console)
+    raise typer.Exit(EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED)
 
 
 @app.command()
@@ -123,7 +128,7 @@ def launch(
       wb launch my_spec.toml --set resources.procs=2
     """
     from workbench.launch import local
-    from workbench.spec import load_spec
+    from workbench.spec import SpecError, load_spec
     from workbench.store import validate_name
 
     try:
@@ -133,13 +138,7 @@ def launch(
     except (SpecError, StoreError) as exc:
         raise fail(str(exc)) from None
     st = open_store(store, create=True)
-    row = local.start(st, loaded, name=name)
-    if detach:
-        print(row["id"])
-        return
-    from workbench.follow import follow_run
-
-    raise typer.Exit(_exit_for(follow_run(st, row, console)))
+    _started(st, local.start(st, loaded, name=name), detach)
 
 
 @app.command()
@@ -171,18 +170,14 @@ def resume(
     Example: wb resume charlm-3 --detach
     """
     from workbench.launch import local
+    from workbench.spec import SpecError
 
     st = open_store(store)
     try:
         row = local.resume(st, find_run(st, run))
     except (SpecError, StoreError) as exc:
         raise fail(str(exc)) from None
-    if detach:
-        print(row["id"])
-        return
-    from workbench.follow import follow_run
-
-    raise typer.Exit(_exit_for(follow_run(st, row, console)))
+    _started(st, row, detach)
 
 
 @app.command()
@@ -278,12 +273,13 @@ def events(
 
     Example: wb events charlm-3 --kind loss_spike
     """
-    from workbench.render import events_table, jsonable
+    from workbench.render import events_table
+    from workbench.store import strict_json
 
     st = open_store(store)
     rows = st.events(find_run(st, run)["id"], kind=kind)
     if as_json:
-        print_json([jsonable(e) for e in rows])
+        print_json(strict_json(rows))
     else:
         console.print(events_table(rows))
 

@@ -10,25 +10,13 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import time
 from typing import IO, Any
 
-from workbench.store import ACTIVE_STATUSES, Store
+from workbench.store import ACTIVE_STATUSES, Store, strict_json
 
 POLL_S = 0.5
 PAGE = 10_000
-
-
-def _strict(obj: Any) -> Any:
-    """NaN/inf -> null at any depth (event payloads hold them too), so lines stay JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "jsonl",
@@ -42,7 +30,7 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
     if writer:
         writer.writerow(["id", "step", "key", "value", "wall"])
     else:
-        out.write(json.dumps(_strict({"type": "run", **row})) + "\n")
+        out.write(json.dumps(strict_json({"type": "run", **row})) + "\n")
     cursor, status = since, row["status"]
     while True:
         # Read the status before the records, so the final drain sees everything.
@@ -56,7 +44,7 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
                 break
         if writer is None and current["status"] != status:
             status = current["status"]
-            out.write(json.dumps(_strict({"type": "run", **current})) + "\n")
+            out.write(json.dumps(strict_json({"type": "run", **current})) + "\n")
         out.flush()
         if not follow or current["status"] not in ACTIVE_STATUSES:
             return cursor
@@ -65,6 +53,6 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
 
 def _write(out: IO[str], writer: Any, rec: dict[str, Any]) -> None:
     if writer is None:
-        out.write(json.dumps(_strict(rec)) + "\n")
+        out.write(json.dumps(strict_json(rec)) + "\n")
     elif rec["type"] == "scalar":
         writer.writerow([rec["id"], rec["step"], rec["key"], rec["value"], rec["wall"]])

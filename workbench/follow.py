@@ -44,19 +44,14 @@ def follow_run(st: Store, row: dict[str, Any], console: Console) -> str:
                     cursor = e["id"]
                     if e["kind"] != "stage":
                         progress.console.print(event_line(e), highlight=False)
-                latest = st.latest(run_id).get(metric)
+                latest = st.latest_value(run_id, metric)
                 step = current["last_step"]
                 progress.update(task, completed=step or 0, total=current.get("total_steps"),
                                 step=f"step {step if step is not None else '-'}",
                                 metric=f"{metric} {fmt_value(latest[1])}" if latest else "",
                                 eta=duration(eta(current)))
-                if current["status"] not in ACTIVE_STATUSES:
+                if current["status"] not in ACTIVE_STATUSES:  # a dead worker reads `lost`
                     break
-                if proc is not None and proc.poll() is not None:
-                    # the worker exited; give its last write a moment to land
-                    time.sleep(0.2)
-                    if st.get_run(run_id)["status"] in ACTIVE_STATUSES:
-                        break
                 time.sleep(POLL_S)
             except KeyboardInterrupt:
                 interrupts += 1
@@ -70,6 +65,8 @@ def follow_run(st: Store, row: dict[str, Any], console: Console) -> str:
                         os.kill(current["pid"], signal.SIGTERM)
                     except ProcessLookupError:
                         pass
+    if proc is not None:
+        proc.wait(timeout=30)  # reap the worker we started
     offset = _tail(log_path, offset, console)
     final = st.get_run(run_id)
     style = {"finished": "green", "failed": "red"}.get(final["status"], "yellow")

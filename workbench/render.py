@@ -10,7 +10,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from workbench.store import Store, finite_or_none
+from workbench.store import Store, strict_json
 
 STATUS_STYLE = {
     "queued": "cyan", "running": "bold green", "finished": "blue", "failed": "bold red",
@@ -63,23 +63,18 @@ def eta(row: dict[str, Any]) -> float | None:
     return (time.time() - started) / step * (total - step)
 
 
-def jsonable(row: dict[str, Any]) -> dict[str, Any]:
-    """NaN/inf become null, at any depth (event payloads), so the output is strict JSON."""
-    return _strict(row)
-
-
 def summarize_run(st: Store, row: dict[str, Any], full: bool = False) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k not in ("spec", "config")}
     out["eta_s"] = eta(row)
     out["event_counts"] = st.event_counts(row["id"])
-    latest = st.latest(row["id"])
     metric = key_metric(row["kind"])
-    out["key_metric"] = {"key": metric, "value": latest[metric][1] if metric in latest else None}
+    point = st.latest_value(row["id"], metric)
+    out["key_metric"] = {"key": metric, "value": point[1] if point else None}
     if full:
-        out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in latest.items()}
+        out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in st.latest(row["id"]).items()}
         out["spec"] = row["spec"]  # TOML text
         out["config"] = _config(row["config"])  # an object, not JSON in a string
-    return _strict(out)
+    return strict_json(out)
 
 
 def _config(text: str | None) -> Any:
@@ -89,16 +84,6 @@ def _config(text: str | None) -> Any:
         return json.loads(text or "{}")
     except ValueError:
         return text
-
-
-def _strict(obj: Any) -> Any:
-    if isinstance(obj, float):
-        return finite_or_none(obj)
-    if isinstance(obj, dict):
-        return {k: _strict(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_strict(v) for v in obj]
-    return obj
 
 
 def status_text(status: str) -> Text:
@@ -112,9 +97,8 @@ def runs_table(st: Store, rows: list[dict[str, Any]]) -> Table:
     for col in ("id", "name", "kind", "status", "host", "step", header, "spikes", "age", "eta"):
         table.add_column(col, justify="right" if col in ("step", "spikes", header) else "left")
     for row in rows:
-        latest = st.latest(row["id"])
-        metric = key_metric(row["kind"])
-        value = fmt_value(latest[metric][1]) if metric in latest else "-"
+        point = st.latest_value(row["id"], key_metric(row["kind"]))
+        value = fmt_value(point[1]) if point else "-"
         step = row["last_step"]
         steps = "-" if step is None else (f"{step}/{row['total_steps']}" if row["total_steps"]
                                           else str(step))

@@ -78,8 +78,12 @@ def value_of(value: float | None, flag: int) -> float:
 def connect(path: Path, timeout: float = 60.0) -> sqlite3.Connection:
     """A connection in autocommit mode; transactions are explicit BEGINs."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-    conn.execute("PRAGMA synchronous = NORMAL")
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
@@ -129,7 +133,7 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["num"], unique=True, index_name="ux_runs_num")
     db["runs"].create_index(["status"], index_name="ix_runs_status")
     db["runs"].create_index(["name"], index_name="ix_runs_name")
-    db["meta"].insert({"key": "seq", "value": "0"})
+    db["meta"].insert_all([{"key": "seq", "value": "0"}, {"key": "runs", "value": "0"}])
 
 
 # MIGRATIONS[v] upgrades a store at schema version v to v + 1.
@@ -212,11 +216,22 @@ class Store:
         if not self.path.exists():
             if not create:
                 raise StoreError(f"no store at {self.root} (pass --store DIR or set WB_STORE)")
-            self.root.mkdir(parents=True, exist_ok=True)
-            os.chmod(self.root, 0o700)
-        self.conn = connect(self.path)
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+                os.chmod(self.root, 0o700)
+            except OSError as exc:
+                raise StoreError(f"cannot create the store at {self.root}: {exc}") from None
+        try:
+            self.conn = connect(self.path)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"{self.path} is not a usable workbench store ({exc}); "
+                             "point --store at another folder") from None
         try:
             self._init_db()
+        except (sqlite3.DatabaseError, OSError) as exc:
+            self.conn.close()
+            raise StoreError(f"{self.path} is not a usable workbench store ({exc}); "
+                             "point --store at another folder") from None
         except BaseException:  # a newer schema, a failed migration: don't leak the handle
             self.conn.close()
             raise
@@ -293,14 +308,12 @@ class Store:
         run_dir.mkdir(mode=0o700)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
-            next_num = "SELECT coalesce(max(num), 0) + 1 FROM runs"
-            row["num"] = self.conn.execute(next_num).fetchone()[0]
+            # Never reused, even after deletes: readers cache run -> num.
+            row["num"] = int(self.conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE key = 'runs' RETURNING value"
+            ).fetchone()[0])
             if not name:
-                count = self.conn.execute(
-                    "SELECT count(*) FROM runs WHERE name LIKE ? ESCAPE '\\'",
-                    (_like_prefix(f"{base}-"),),
-                ).fetchone()[0]
-                row["name"] = f"{base}-{count + 1}"
+                row["name"] = f"{base}-{self._next_suffix(base)}"
             self.db["runs"].insert(row)
             self.conn.execute("COMMIT")
         except BaseException:
@@ -309,16 +322,42 @@ class Store:
             raise
         return row
 
+    def _next_suffix(self, base: str) -> int:
+        """1 + the largest N among runs named BASE-N."""
+        names = self.conn.execute(
+            "SELECT substr(name, ?) FROM runs WHERE substr(name, 1, ?) = ?",
+            (len(base) + 2, len(base) + 1, f"{base}-"),
+        )
+        return 1 + max((int(n) for (n,) in names if n.isdigit()), default=0)
+
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "config" in fields and not isinstance(fields["config"], str):
             fields["config"] = json.dumps(fields["config"], default=str)
         self.db["runs"].update(run_id, fields)
 
-    def heartbeat(self, run_id: str) -> None:
-        self.conn.execute("UPDATE runs SET heartbeat = ? WHERE id = ?", (time.time(), run_id))
+    def merge_config(self, run_id: str, values: dict[str, Any], *,
+                     keep_existing: bool = False) -> dict[str, Any]:
+        """Merge `values` into the run's config in one statement (JSON merge patch), so
+        processes attached to one run cannot overwrite each other's keys."""
+        expr = "json_patch(?, config)" if keep_existing else "json_patch(config, ?)"
+        row = self.conn.execute(
+            f"UPDATE runs SET config = {expr} WHERE id = ? RETURNING config",
+            (json.dumps(values, default=str), run_id),
+        ).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.root}")
+        return json.loads(row[0])
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        return _with_liveness(self.db["runs"].get(run_id))
+        try:
+            return _with_liveness(self.db["runs"].get(run_id))
+        except sqlite_utils.db.NotFoundError:
+            raise StoreError(f"no run {run_id!r} in {self.root}") from None
+
+    def stored_status(self, run_id: str) -> str | None:
+        """The status as recorded, before the read-time `lost` judgement."""
+        row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
+        return row[0] if row else None
 
     def runs(self, status: str | None = None) -> list[dict[str, Any]]:
         rows = [_with_liveness(r) for r in self.db["runs"].rows_where(order_by="num")]
@@ -411,9 +450,10 @@ class Store:
             conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
             if last_step is not None or heartbeat:
                 conn.execute(
-                    "UPDATE runs SET last_step = max(coalesce(last_step, -1), coalesce(?, -1)),"
+                    "UPDATE runs SET last_step = CASE WHEN ? IS NULL THEN last_step"
+                    " ELSE max(coalesce(last_step, ?), ?) END,"
                     " heartbeat = CASE WHEN ? THEN ? ELSE heartbeat END WHERE id = ?",
-                    (last_step, heartbeat, time.time(), batch.run_id),
+                    (last_step, last_step, last_step, heartbeat, time.time(), batch.run_id),
                 )
             conn.execute("COMMIT")
         except BaseException:
@@ -445,6 +485,15 @@ class Store:
             (self.run_num(run_id),),
         )
         return {k: (s, value_of(v, f)) for _, s, k, v, _, f in rows}
+
+    def latest_value(self, run_id: str, key: str) -> tuple[int, float] | None:
+        """(step, value) of one key's newest point: an index seek, for live views."""
+        row = self.conn.execute(
+            "SELECT step, value, flag FROM scalars WHERE run = ? AND key = "
+            "(SELECT id FROM keys WHERE name = ?) ORDER BY step DESC, id DESC LIMIT 1",
+            (self.run_num(run_id), key),
+        ).fetchone()
+        return None if row is None else (row[0], value_of(row[1], row[2]))
 
     def event_counts(self, run_id: str) -> dict[str, int]:
         rows = self.conn.execute(
@@ -498,10 +547,6 @@ class Store:
 def _tagged(table: str, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, str, dict]]:
     for row in rows:
         yield row["id"], table, row
-
-
-def _like_prefix(prefix: str) -> str:
-    return prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
 def _event_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -563,12 +608,18 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def finite_or_none(value: float) -> float | None:
-    """For JSON output: NaN/inf are not JSON."""
-    return value if value == value and abs(value) != math.inf else None
+def strict_json(obj: Any) -> Any:
+    """NaN/inf -> None at any depth (event payloads hold them too): output stays strict JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 __all__ = [
     "Batch", "Store", "StoreError", "resolve_root", "validate_name", "flag_of", "value_of",
-    "pid_alive", "finite_or_none", "RUN_STATUSES", "SCHEMA_VERSION",
+    "pid_alive", "strict_json", "RUN_STATUSES", "SCHEMA_VERSION",
 ]

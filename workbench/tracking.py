@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from workbench.signals.tails import summarize
-from workbench.store import HEARTBEAT_S, NAN, NEG_INF, POS_INF, Batch, Store
+from workbench.store import HEARTBEAT_S, NAN, POS_INF, Batch, Store, StoreError, flag_of
 
 SEVERITIES = ("debug", "info", "warning", "error")
 _live_runs: weakref.WeakSet[Run] = weakref.WeakSet()
@@ -39,14 +39,20 @@ class Run:
     """One run as seen by one process. Thread-safe; cheap to call from a hot loop."""
 
     def __init__(self, store: Store, row: dict[str, Any], *, owner: bool,
+                 heartbeat: bool | None = None, own_store: bool = False,
                  flush_interval: float = 0.25, max_buffer: int = 100_000,
                  max_pending: int = 1_000_000):
+        """`owner`: this process records the run's final status. `heartbeat` (default:
+        owner): the writer keeps the run's heartbeat fresh. `own_store`: close `store`
+        on finish (init() opened it for this run)."""
         self.id: str = row["id"]
         self.name: str = row["name"]
         self.kind: str = row["kind"]
         self.root: Path = store.root
         self.dir: Path = store.run_dir(self.id)
         self.owner = owner
+        self._beats = owner if heartbeat is None else heartbeat
+        self._own_store = own_store
         self._config: dict[str, Any] = json.loads(row.get("config") or "{}")
         self._store = store
         self._interval = flush_interval
@@ -59,7 +65,6 @@ class Run:
         self._events: list[tuple] = []
         self._nonfinite_keys: set[str] = set()
         self._step = -1  # last step used; log() without a step advances it
-        self._max_step: int | None = None
         self._enqueued = 0
         self.flushed_rows = 0  # rows committed so far (read by tests and benches)
         self.dropped_rows = 0  # rows SQLite refused for good (reported on stderr)
@@ -88,6 +93,8 @@ class Run:
         """Log scalars. Without `step`, each call advances the run's step by one."""
         wall = time.time()
         with self._lock:
+            if self._closing:
+                self._refuse()
             if step is None:
                 at = self._step + 1
             else:
@@ -128,6 +135,8 @@ class Run:
         row = (key, s.count, s.min, s.max, s.mean, s.p50, s.p90, s.p99,
                json.dumps(s.edges), json.dumps(s.counts), s.nonfinite, time.time())
         with self._lock:
+            if self._closing:
+                self._refuse()
             self._dists.append((self._at(step), *row))
             self._enqueued += 1
 
@@ -137,6 +146,8 @@ class Run:
         arr = np.ascontiguousarray(_as_numpy(array), dtype=np.float32)
         row = (key, json.dumps(list(arr.shape)), "float32", arr.tobytes(), time.time())
         with self._lock:
+            if self._closing:
+                self._refuse()
             self._matrices.append((self._at(step), *row))
             self._enqueued += 1
 
@@ -148,15 +159,17 @@ class Run:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
         body = json.dumps(payload, default=str)
         with self._lock:
+            if self._closing:
+                self._refuse()
             # An event marks a step; it does not advance the run's progress.
             at = max(self._step, 0) if step is None else _step_of(step)
             self._events.append((at, kind, severity, body, time.time()))
             self._enqueued += 1
 
-    def update_config(self, config: Mapping[str, Any]) -> None:
-        """Merge keys into the run's stored config."""
-        self._config.update(config)
-        self._store.update_run(self.id, config=self._config)
+    def update_config(self, config: Mapping[str, Any], *, keep_existing: bool = False) -> None:
+        """Merge keys into the run's stored config (`keep_existing`: only add new keys)."""
+        self._config = self._store.merge_config(self.id, dict(config),
+                                                keep_existing=keep_existing)
 
     def set_total_steps(self, total: int) -> None:
         """How many steps the run expects: drives progress bars and ETA."""
@@ -180,10 +193,14 @@ class Run:
         self._closing = True
         self._wake.set()
         self._thread.join(timeout=120)
-        if self.owner:
-            self._store.update_run(self.id, status=status, ended=time.time(),
-                                   exit_code=exit_code, heartbeat=time.time())
-        _live_runs.discard(self)
+        try:
+            if self.owner:
+                self._store.update_run(self.id, status=status, ended=time.time(),
+                                       exit_code=exit_code, heartbeat=time.time())
+        finally:
+            if self._own_store:
+                self._store.close()
+            _live_runs.discard(self)
 
     def __enter__(self) -> Run:
         return self
@@ -201,6 +218,9 @@ class Run:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _refuse(self) -> None:
+        raise RuntimeError(f"run {self.id} is finished; start another with workbench.init()")
+
     def _at(self, step: int | None) -> int:
         """Step for records other than log(): the given one, or the current step."""
         if step is None:
@@ -211,7 +231,7 @@ class Run:
 
     def _nonfinite(self, key: str, v: float, step: int, wall: float) -> None:
         """Keep the point (value NULL for NaN, inf as is), flag it, and say so once per key."""
-        flag = NAN if v != v else (POS_INF if v > 0 else NEG_INF)
+        flag = flag_of(v)
         self._scalars.append((step, key, None if flag == NAN else v, wall, flag))
         if key not in self._nonfinite_keys:
             self._nonfinite_keys.add(key)
@@ -247,7 +267,13 @@ class Run:
         return batch, step
 
     def _loop(self) -> None:
-        store = Store(self.root)
+        try:
+            store = Store(self.root)
+        except StoreError as exc:
+            self._report(exc)
+            with self._flushed:
+                self._flushed.notify_all()
+            return
         last_beat = 0.0
         pending: list[Batch] = []
         try:
@@ -258,12 +284,13 @@ class Run:
                 batch, step = self._take()
                 if len(batch):
                     pending.append(batch)
-                beat = self.owner and time.monotonic() - last_beat > HEARTBEAT_S
+                beat = self._beats and time.monotonic() - last_beat > HEARTBEAT_S
                 while pending or beat:
                     b = pending[0] if pending else Batch(self.id)
                     done, dropped = len(b), 0
                     try:
                         store.write_batch(b, last_step=step, heartbeat=beat)
+                        self._error_reported = False  # recovered: report the next failure
                     except sqlite3.OperationalError as exc:  # locked too long, disk full: retry
                         self._report(exc)
                         if not closing:
@@ -286,6 +313,9 @@ class Run:
                 if closing and not pending:
                     return
                 if closing and self._error_reported:
+                    lost = sum(len(b) for b in pending)
+                    print(f"workbench: {lost} rows of run {self.id} could not be written "
+                          "before exit", file=sys.stderr)
                     return
         finally:
             store.close()
@@ -334,15 +364,18 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
     """
     run_id = os.environ.get("WB_RUN_ID")
     st = Store(store or os.environ.get("WB_STORE"))
-    if run_id:
-        row = st.get_run(run_id)
-        run = Run(st, row, owner=False)
-        if config:  # the launched spec's values win over the script's defaults
-            run.update_config({**config, **run.config})
-    else:
-        row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",
-                            config=dict(config or {}), pid=os.getpid())
-        run = Run(st, row, owner=True)
+    try:
+        if run_id:
+            run = Run(st, st.get_run(run_id), owner=False, own_store=True)
+            if config:  # the launched spec's values win over the script's defaults
+                run.update_config(config, keep_existing=True)
+        else:
+            row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",
+                                config=dict(config or {}), pid=os.getpid())
+            run = Run(st, row, owner=True, own_store=True)
+    except BaseException:
+        st.close()
+        raise
     _install_exit_hooks()
     return run
 

@@ -42,13 +42,17 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
 
 def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
     """SIGTERM the worker (it checkpoints and exits), SIGKILL its group after `grace` s."""
-    if row["status"] not in ACTIVE_STATUSES:
-        return f"run {row['id']} is already {row['status']}"
+    stored = store.stored_status(row["id"])  # row["status"] may read `lost`
+    if stored not in ACTIVE_STATUSES:
+        return f"run {row['id']} is already {stored}"
     pid = row["pid"]
     if not pid_alive(pid) or not _is_worker_of(pid, row):
-        store.update_run(row["id"], status="stopped", ended=time.time())
-        return f"run {row['id']} had no live process; marked stopped"
-    os.kill(pid, signal.SIGTERM)
+        store.update_run(row["id"], status="lost", ended=time.time())
+        return f"run {row['id']} had no live process; recorded as lost"
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and pid_alive(pid):
         time.sleep(0.1)
@@ -56,7 +60,7 @@ def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
         kill_tree(pid)
         store.update_run(row["id"], status="stopped", ended=time.time(), exit_code=-9)
         return f"run {row['id']} did not exit within {grace:g}s; killed"
-    if store.get_run(row["id"])["status"] in ACTIVE_STATUSES:  # died without recording
+    if store.stored_status(row["id"]) in ACTIVE_STATUSES:  # died without recording
         store.update_run(row["id"], status="stopped", ended=time.time())
     return f"run {row['id']} stopped"
 

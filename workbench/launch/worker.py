@@ -7,65 +7,50 @@ recipe polls, so it can checkpoint and return; the run then ends as `stopped`.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
 import threading
 import time
 import traceback
-from pathlib import Path
-
-from workbench.recipes import Context, get
-from workbench.spec import parse_spec
-from workbench.store import HEARTBEAT_S, Batch, Store
-from workbench.tracking import Run
-
-
-def _heartbeat(root: Path, run_id: str, done: threading.Event) -> None:
-    store = Store(root)
-    try:
-        while not done.wait(HEARTBEAT_S):
-            store.heartbeat(run_id)
-    finally:
-        store.close()
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Catch SIGTERM before the heavy imports: a stop that arrives while the worker
+    # starts must still end the run as `stopped`, not kill it unrecorded.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+
+    from workbench.recipes import Context, get
+    from workbench.spec import parse_spec
+    from workbench.store import Store
+    from workbench.tracking import Run
+
     argv = sys.argv[1:] if argv is None else argv
     run_id = argv[0] if argv else os.environ["WB_RUN_ID"]
     store = Store(os.environ.get("WB_STORE"), create=False)
     row = store.get_run(run_id)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     store.update_run(run_id, status="running", pid=os.getpid(), started=time.time(),
                      heartbeat=time.time())
-    done = threading.Event()
-    beat = threading.Thread(target=_heartbeat, args=(store.root, run_id, done), daemon=True)
-    beat.start()
-    run = Run(store, row, owner=False)
+    # The worker owns the status (written below), and its writer keeps the heartbeat.
+    run = Run(store, row, owner=False, heartbeat=True)
     resume_dir = store.run_dir(row["resumed_from"]) if row["resumed_from"] else None
     ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
     print(f"workbench: run {run_id} ({row['name']}, kind {row['kind']}) pid {os.getpid()}",
           flush=True)
     status, code = "finished", 0
     try:
-        spec = parse_spec(row["spec"], label=f"run {run_id} spec")
-        get(row["kind"]).entry_point()(spec, ctx)
+        if not stop.is_set():
+            spec = parse_spec(row["spec"], label=f"run {run_id} spec")
+            get(row["kind"]).entry_point()(spec, ctx)
         if stop.is_set():
             status = "stopped"
     except BaseException:  # noqa: BLE001 - every ending is recorded
         traceback.print_exc()
         status, code = ("stopped", 0) if stop.is_set() else ("failed", 1)
     finally:
-        run.finish()  # flush what the recipe logged in this process
-        last = store.get_run(run_id)["last_step"]
-        # Written directly, not through `run`: an event would move last_step to 0 for a
-        # run that never logged a step.
-        store.write_batch(Batch(run_id, events=[(
-            last or 0, "stage", "info", json.dumps({"stage": status, "exit_code": code}),
-            time.time())]))
-        done.set()
+        run.event("stage", stage=status, exit_code=code)
+        run.finish()
         store.update_run(run_id, status=status, ended=time.time(), exit_code=code,
                          heartbeat=time.time())
         print(f"workbench: run {run_id} {status}", flush=True)
