@@ -171,6 +171,7 @@ def test_events_json(in_charlm_store: dict) -> None:
     kinds = [e["kind"] for e in events]
     assert "checkpoint" in kinds and kinds[-1] == "stage"
     assert events[-1]["payload"] == {"stage": "finished", "exit_code": 0}
+    assert events[-1]["step"] >= 59  # recorded at the run's last step, not 0
     ids = [e["id"] for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     only = wb_json("events", in_charlm_store["id"], "--kind", "checkpoint")

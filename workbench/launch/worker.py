@@ -49,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         status, code = ("stopped", 0) if stop.is_set() else ("failed", 1)
     finally:
-        run.event("stage", stage=status, exit_code=code)
+        # At the run's last step: the recipe may have logged from another process.
+        last = store.get_run(run_id)["last_step"]
+        run.event("stage", step=max(last or 0, run.step), stage=status, exit_code=code)
         run.finish()
         store.update_run(run_id, status=status, ended=time.time(), exit_code=code,
                          heartbeat=time.time())
