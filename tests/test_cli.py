@@ -401,3 +401,9 @@ def test_bench_store_quick_json_prints_one_object_with_figures() -> None:
     assert isinstance(result, dict)
     for key in ("sdk_points_per_s", "raw_points_per_s", "ratio", "log_call_us_p50"):
         assert isinstance(result[key], int | float) and result[key] > 0, (key, result)
+
+
+def test_bare_wb_shows_the_overview_and_exits_0() -> None:
+    proc = wb(timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "Usage: wb" in proc.stdout and "launch" in proc.stdout

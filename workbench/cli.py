@@ -30,7 +30,7 @@ app = typer.Typer(
     "  wb launch charlm --set config.steps=500 --detach\n\n"
     "  wb ls --status running\n\n"
     "Exit codes: 0 ok, 1 failure, 2 bad input.",
-    no_args_is_help=True,
+    invoke_without_command=True,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
@@ -83,10 +83,13 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _main(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    pass
+    if ctx.invoked_subcommand is None:  # bare `wb`: the overview, not an error
+        console.print(ctx.get_help())
+        raise typer.Exit(EXIT_OK)
 
 
 # -- launch / stop / resume ---------------------------------------------------------------
