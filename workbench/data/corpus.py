@@ -1,0 +1,499 @@
+"""Pretraining corpora: a byte-level tokenizer, text sources and an on-disk token cache.
+
+Tokenizer
+    Token ids 0..255 are the bytes themselves. Three specials follow: BOS=256,
+    EOS=257, PAD=258. The embedding table has VOCAB_SIZE=260 rows: 259 rounded up
+    to a multiple of 4 (id 259 is a spare that never occurs in the data). Every
+    document in a cache is followed by one EOS; BOS is never written by the cache
+    (it is there for prompts). Decoding drops every special and decodes the bytes
+    as UTF-8 with errors="replace".
+
+Sources (a frozen `Source`; `resolve_source(path)` builds one from `data.path`)
+    stdlib  the default, and real text every machine has: every *.py file under
+            `sysconfig.get_paths()["stdlib"]`, recursively, except anything under
+            site-packages / dist-packages / __pycache__, read as bytes (no decoding,
+            so odd test files are fine). One document per file.
+    text    one text file (any suffix except .jsonl), read as bytes. A lone file
+            is cut into line-aligned chunks of about CHUNK_BYTES (each chunk ends
+            at the first newline after CHUNK_BYTES bytes) so that it can be split
+            into train and val; chunk k of `name` has document id `name#k`, and only
+            the file's last chunk is followed by EOS.
+    dir     every file under a directory, recursively, whose suffix (any case) is in
+            DEFAULT_SUFFIXES (.txt .text .md .markdown .rst .py .jsonl; `suffixes=`
+            overrides), skipping hidden files and folders and __pycache__. One
+            document per file, except that .jsonl files contain one document per
+            record, as below.
+    jsonl   a .jsonl file: one JSON object per line whose `text_field` (default
+            "text") is a string; that string (UTF-8) is one document with id
+            `name:LINE`. Blank lines are skipped. A line that is not JSON, not an
+            object, or lacks a string `text_field` raises ValueError("FILE:LINE: ...").
+
+    Files are always taken in sorted order of their relative POSIX path.
+    `max_files` keeps the first N files; `max_bytes` keeps files, in order, while
+    their total size stays within max_bytes (at least one file is always kept).
+    Both work for every kind; they exist for tiny runs and tests.
+
+Train/val split (by document)
+    A document goes to val when blake2b(id, digest_size=8) as a big-endian integer
+    mod 1000 < val_permille, where id is the document's relative path (or the
+    `name:LINE` / `name#k` ids above). The rule depends on nothing but the id, so
+    it is independent of file order and identical on every machine. The default
+    val_permille=10 (1%) gives the stdlib of Python 3.11 19 val files (~0.28 M tokens)
+    out of 1790 (~31.5 M tokens).
+    Two safety rules for small corpora, both order-independent: with two or more
+    documents and val_permille > 0, if no document landed in val, the one with the
+    smallest hash goes there; if every document landed in val, the one with the
+    largest hash goes back to train. A one-document corpus is all train.
+
+Cache
+    `build_cache(source, cache_dir)` writes `cache_dir/<fingerprint>/` holding
+    train.bin and val.bin (raw little-endian uint16 tokens) and meta.json. The
+    fingerprint hashes the source kind, its resolved path, the sorted list of
+    (relative path, size, mtime_ns) of the selected input files, text_field,
+    val_permille, max_files/max_bytes/suffixes and the tokenizer and cache format
+    versions: editing, adding or removing an input gives a new cache. Computing it
+    only stats the inputs, so a second call reuses the cache without reading a
+    single source file. The cache is built in a private temporary folder inside
+    cache_dir and renamed into place with os.replace: a crash leaves no half cache,
+    and when two processes race, the first rename wins and the loser drops its own
+    (identical) copy and opens the winner's. Temporary folders left by dead
+    processes on this host are removed on the next build. Nothing downloads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import sysconfig
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# ---------------------------------------------------------------- tokenizer
+
+BOS = 256
+EOS = 257
+PAD = 258
+VOCAB_SIZE = 260  # 256 bytes + 3 specials = 259, rounded up to a multiple of 4
+TOKENIZER = "bytes"
+TOKENIZER_VERSION = 1
+CACHE_FORMAT = 1
+CHUNK_BYTES = 4096
+DISK_DTYPE = np.dtype("<u2")  # train.bin / val.bin: little-endian uint16 on every machine
+
+DEFAULT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".py", ".jsonl")
+DEFAULT_VAL_PERMILLE = 10
+SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
+
+
+def encode(data: bytes | bytearray | memoryview | str) -> np.ndarray:
+    """Bytes (or a str, as UTF-8) -> uint16 token ids 0..255. No specials are added."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return np.frombuffer(bytes(data), dtype=np.uint8).astype(np.uint16)
+
+
+def decode(tokens: Any) -> str:
+    """Token ids (array, tensor or list) -> text. Specials are skipped; bad UTF-8 -> U+FFFD."""
+    arr = np.asarray(tokens).astype(np.int64, copy=False).reshape(-1)
+    return arr[(arr >= 0) & (arr < 256)].astype(np.uint8).tobytes().decode(
+        "utf-8", errors="replace")
+
+
+def tokenizer_info() -> dict[str, Any]:
+    return {"name": TOKENIZER, "version": TOKENIZER_VERSION, "vocab_size": VOCAB_SIZE,
+            "bos": BOS, "eos": EOS, "pad": PAD, "dtype": "uint16"}
+
+
+# ---------------------------------------------------------------- sources
+
+
+@dataclass(frozen=True)
+class Source:
+    """What to read. Build one with `stdlib_source`, `path_source` or `resolve_source`."""
+
+    kind: str  # "stdlib" | "text" | "dir" | "jsonl"
+    path: str  # absolute
+    text_field: str = "text"
+    val_permille: int = DEFAULT_VAL_PERMILLE
+    max_files: int | None = None
+    max_bytes: int | None = None
+    suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("stdlib", "text", "dir", "jsonl"):
+            raise ValueError(f"unknown source kind {self.kind!r}")
+        if not 0 <= self.val_permille < 1000:
+            raise ValueError(f"val_permille must be in [0, 1000), got {self.val_permille}")
+        if self.max_files is not None and self.max_files < 1:
+            raise ValueError(f"max_files must be >= 1, got {self.max_files}")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be >= 1, got {self.max_bytes}")
+        if not self.text_field:
+            raise ValueError("text_field must not be empty")
+        object.__setattr__(self, "suffixes", tuple(s.lower() for s in self.suffixes))
+
+    def describe(self) -> str:
+        name = "python stdlib" if self.kind == "stdlib" else self.kind
+        limits = [f"{k}={v}" for k, v in (("max_files", self.max_files),
+                                           ("max_bytes", self.max_bytes)) if v]
+        return f"{name} {self.path}" + (f" ({', '.join(limits)})" if limits else "")
+
+
+def stdlib_root() -> Path:
+    return Path(sysconfig.get_paths()["stdlib"]).resolve()
+
+
+def stdlib_source(*, val_permille: int = DEFAULT_VAL_PERMILLE, max_files: int | None = None,
+                  max_bytes: int | None = None) -> Source:
+    """The default corpus: the Python standard library's own .py source files."""
+    return Source("stdlib", str(stdlib_root()), val_permille=val_permille,
+                  max_files=max_files, max_bytes=max_bytes, suffixes=(".py",))
+
+
+def path_source(path: str | os.PathLike[str], *, text_field: str = "text",
+                val_permille: int = DEFAULT_VAL_PERMILLE, max_files: int | None = None,
+                max_bytes: int | None = None,
+                suffixes: tuple[str, ...] = DEFAULT_SUFFIXES) -> Source:
+    """User data (`data.path`): a directory, a .jsonl file or any other (text) file."""
+    p = Path(path).expanduser().resolve()
+    if p.is_dir():
+        kind = "dir"
+    elif p.is_file():
+        kind = "jsonl" if p.suffix.lower() == ".jsonl" else "text"
+    else:
+        raise FileNotFoundError(f"data.path {str(path)!r} does not exist")
+    return Source(kind, str(p), text_field=text_field, val_permille=val_permille,
+                  max_files=max_files, max_bytes=max_bytes, suffixes=tuple(suffixes))
+
+
+def resolve_source(path: str | os.PathLike[str] | None = None, **options: Any) -> Source:
+    """`data.path` -> Source: None or "" (or "stdlib") means the stdlib corpus."""
+    if path is None or str(path) in ("", "stdlib"):
+        options.pop("text_field", None)
+        options.pop("suffixes", None)
+        return stdlib_source(**options)
+    return path_source(path, **options)
+
+
+@dataclass(frozen=True)
+class InputFile:
+    rel: str  # POSIX path relative to the source root (the file name for a lone file)
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def list_files(source: Source) -> list[InputFile]:
+    """The selected input files, sorted by relative path (stats only, reads nothing)."""
+    root = Path(source.path)
+    if source.kind in ("text", "jsonl"):
+        st = root.stat()
+        files = [InputFile(root.name, root, st.st_size, st.st_mtime_ns)]
+    else:
+        files = []
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not _skip_dir(source, d)]
+            for name in filenames:
+                if source.kind == "dir" and name.startswith("."):
+                    continue
+                if os.path.splitext(name)[1].lower() not in source.suffixes:
+                    continue
+                p = Path(dirpath, name)
+                try:
+                    st = p.stat()
+                except OSError:  # a dangling symlink
+                    continue
+                if os.path.isfile(p):
+                    files.append(InputFile(p.relative_to(root).as_posix(), p, st.st_size,
+                                           st.st_mtime_ns))
+        files.sort(key=lambda f: f.rel)
+    if source.max_files is not None:
+        files = files[: source.max_files]
+    if source.max_bytes is not None:
+        kept, total = [], 0
+        for f in files:
+            if kept and total + f.size > source.max_bytes:
+                break
+            kept.append(f)
+            total += f.size
+        files = kept
+    if not files:
+        raise ValueError(f"no input files in {source.describe()}")
+    return files
+
+
+def _skip_dir(source: Source, name: str) -> bool:
+    return name in SKIP_DIRS or (source.kind == "dir" and name.startswith("."))
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The one place sources are read (tests patch it to prove a cache hit reads nothing)."""
+    return path.read_bytes()
+
+
+def iter_documents(source: Source, files: list[InputFile] | None = None,
+                   progress: Callable[[int, int], None] | None = None,
+                   ) -> Iterator[tuple[str, bytes, bool]]:
+    """(document id, bytes, followed_by_eos) in corpus order."""
+    files = list_files(source) if files is None else files
+    total = len(files)
+    if progress:
+        progress(0, total)
+    for i, f in enumerate(files):
+        data = _read_bytes(f.path)
+        if f.path.suffix.lower() == ".jsonl" and source.kind in ("jsonl", "dir"):
+            yield from _jsonl_records(f, data, source.text_field)
+        elif source.kind == "text":
+            yield from _chunks(f.rel, data)
+        else:
+            yield f.rel, data, True
+        if progress:
+            progress(i + 1, total)
+
+
+def _jsonl_records(f: InputFile, data: bytes, text_field: str,
+                   ) -> Iterator[tuple[str, bytes, bool]]:
+    for lineno, line in enumerate(data.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        where = f"{f.path}:{lineno}"
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{where}: not a JSON line ({exc})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        text = record.get(text_field)
+        if not isinstance(text, str):
+            what = "has no" if text is None else "has a non-string"
+            raise ValueError(f"{where}: record {what} field {text_field!r} "
+                             f"(set data.text_field to the name of the text field)")
+        yield f"{f.rel}:{lineno}", text.encode("utf-8", errors="surrogatepass"), True
+
+
+def _chunks(name: str, data: bytes) -> Iterator[tuple[str, bytes, bool]]:
+    start, k = 0, 0
+    while start < len(data) or k == 0:
+        cut = data.find(b"\n", start + CHUNK_BYTES)
+        end = len(data) if cut < 0 else cut + 1
+        yield f"{name}#{k}", data[start:end], end >= len(data)
+        start, k = end, k + 1
+
+
+def doc_hash(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def is_val(doc_id: str, val_permille: int = DEFAULT_VAL_PERMILLE) -> bool:
+    """The plain split rule (before the small-corpus safety rules of `assign_split`)."""
+    return doc_hash(doc_id) % 1000 < val_permille
+
+
+def assign_split(doc_ids: list[str], val_permille: int = DEFAULT_VAL_PERMILLE) -> set[str]:
+    """The ids that go to val, safety rules included (see the module docstring)."""
+    val = {d for d in doc_ids if is_val(d, val_permille)}
+    if len(doc_ids) >= 2 and val_permille > 0:
+        if not val:
+            val = {min(doc_ids, key=doc_hash)}
+        elif len(val) == len(set(doc_ids)):
+            val.discard(max(doc_ids, key=doc_hash))
+    elif len(doc_ids) < 2:
+        val = set()
+    return val
+
+
+# ---------------------------------------------------------------- cache
+
+
+def default_cache_dir() -> Path:
+    """$WB_DATA_CACHE, else $XDG_CACHE_HOME/workbench/data, else ~/.cache/workbench/data."""
+    if os.environ.get("WB_DATA_CACHE"):
+        return Path(os.environ["WB_DATA_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "workbench" / "data"
+
+
+def fingerprint(source: Source, files: list[InputFile] | None = None) -> str:
+    """16 hex digits identifying the source's exact inputs and the cache's contents."""
+    files = list_files(source) if files is None else files
+    key = {
+        "format": CACHE_FORMAT,
+        "tokenizer": [TOKENIZER, TOKENIZER_VERSION],
+        "chunk_bytes": CHUNK_BYTES,
+        "source": asdict(source),
+        "files": [[f.rel, f.size, f.mtime_ns] for f in files],
+    }
+    blob = json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _open_tokens(path: Path) -> np.ndarray:
+    if path.stat().st_size == 0:  # numpy cannot memory-map an empty file
+        empty = np.zeros(0, dtype=DISK_DTYPE)
+        empty.flags.writeable = False
+        return empty
+    return np.memmap(path, dtype=DISK_DTYPE, mode="r")
+
+
+@dataclass
+class CachedCorpus:
+    """A built cache: read-only uint16 memmaps of the train and val token streams."""
+
+    path: Path
+    meta: dict[str, Any]
+    train: np.ndarray = field(repr=False)
+    val: np.ndarray = field(repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> CachedCorpus:
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        return cls(path, meta, _open_tokens(path / "train.bin"), _open_tokens(path / "val.bin"))
+
+    @property
+    def fingerprint(self) -> str:
+        return self.meta["fingerprint"]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.meta["tokenizer"]["vocab_size"])
+
+
+def build_cache(source: Source | str | os.PathLike[str] | None = None,
+                cache_dir: str | os.PathLike[str] | None = None, *,
+                progress: Callable[[int, int], None] | None = None) -> CachedCorpus:
+    """Tokenize `source` (a Source, a data.path, or None for the stdlib) into a cache.
+
+    Returns the existing cache when one with the same fingerprint is there (the
+    sources are only stat'ed, never read). `progress(files_done, total_files)` is
+    called as files are read on a real build.
+    """
+    if not isinstance(source, Source):
+        source = resolve_source(source)
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    files = list_files(source)
+    fp = fingerprint(source, files)
+    final = cache_dir / fp
+    if (final / "meta.json").is_file():
+        return CachedCorpus.open(final)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    _clean_stale_tmp(cache_dir)
+    tmp = cache_dir / f".tmp-{fp}-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}"
+    tmp.mkdir()
+    try:
+        _write_cache(tmp, source, files, fp, progress)
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "meta.json").is_file():
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+        else:
+            _fsync_dir(cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return CachedCorpus.open(final)
+
+
+def open_corpus(path: str | os.PathLike[str] | None = None,
+                cache_dir: str | os.PathLike[str] | None = None, *,
+                progress: Callable[[int, int], None] | None = None,
+                **options: Any) -> CachedCorpus:
+    """`data.path` (None -> stdlib) plus source options -> a built (or reused) cache."""
+    return build_cache(resolve_source(path, **options), cache_dir, progress=progress)
+
+
+def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
+                 progress: Callable[[int, int], None] | None) -> None:
+    t0 = time.perf_counter()
+    eos = np.array([EOS], dtype=DISK_DTYPE).tobytes()
+    spans: list[tuple[str, int, int]] = []  # (doc id, start, end) in all.bin, in tokens
+    pos = 0
+    n_bytes = 0
+    with open(tmp / "all.bin", "wb") as out:
+        for doc_id, data, with_eos in iter_documents(source, files, progress):
+            out.write(encode(data).astype(DISK_DTYPE, copy=False).tobytes())
+            if with_eos:
+                out.write(eos)
+            end = pos + len(data) + with_eos
+            spans.append((doc_id, pos, end))
+            pos = end
+            n_bytes += len(data)
+    val_ids = assign_split([s[0] for s in spans], source.val_permille)
+    all_tokens = _open_tokens(tmp / "all.bin")
+    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
+    for split in ("train", "val"):
+        with open(tmp / f"{split}.bin", "wb") as out:
+            for doc_id, start, end in spans:
+                if (doc_id in val_ids) == (split == "val"):
+                    out.write(all_tokens[start:end].tobytes())
+                    counts[split][0] += 1
+                    counts[split][1] += end - start
+            out.flush()
+            os.fsync(out.fileno())
+    del all_tokens
+    (tmp / "all.bin").unlink()
+    meta = {
+        "format": CACHE_FORMAT,
+        "fingerprint": fp,
+        "description": source.describe(),
+        "source": asdict(source),
+        "tokenizer": tokenizer_info(),
+        "files": len(files),
+        "bytes": n_bytes,
+        "documents": {k: v[0] for k, v in counts.items()},
+        "tokens": {k: v[1] for k, v in counts.items()},
+        "val_documents_sample": sorted(val_ids)[:50],
+        "created": time.time(),
+        "build_seconds": round(time.perf_counter() - t0, 3),
+        "python": sys.version.split()[0],
+    }
+    with open(tmp / "meta.json", "w") as out:
+        json.dump(meta, out, indent=1)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _clean_stale_tmp(cache_dir: Path) -> None:
+    """Remove build folders left by dead processes of this host."""
+    host = socket.gethostname()
+    for entry in cache_dir.glob(".tmp-*"):
+        parts = entry.name.split("-", 4)  # [".tmp", fingerprint, pid, token, host]
+        if len(parts) != 5 or parts[4] != host or not parts[2].isdigit():
+            continue
+        if not _pid_alive(int(parts[2])):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

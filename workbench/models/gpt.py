@@ -1,0 +1,376 @@
+"""A small decoder-only GPT that reports its per-head max attention logit.
+
+Read top to bottom, nanoGPT style: config, RoPE, attention, MLP, block, model.
+
+- RMSNorm (torch.nn.RMSNorm), pre-norm blocks, RoPE (rotate-half convention),
+  SwiGLU MLP, multi-head or grouped-query attention, tied or untied embeddings.
+- ``GPT.forward(idx, targets, track_max_logits=True)`` also returns ``max_logits``,
+  a float32 [n_layer, n_head] tensor: for each layer and query head h, the largest
+  pre-softmax score q_i . k_j / sqrt(head_dim) over all batch rows and all causally
+  visible pairs (j <= i). It is the signed max, not max |.|: the value softmax sees
+  and the one flex_attention's ``max_scores`` returns. QK-Clip (MuonClip, Kimi K2)
+  compares it with tau and rescales the q_proj / k_proj rows of that head.
+
+Parameter layout (QK-Clip relies on it): ``blocks[l].attn.q_proj.weight`` rows
+``[h*head_dim:(h+1)*head_dim]`` belong to query head h; ``k_proj`` / ``v_proj`` rows
+likewise per kv head; query head h reads kv head ``h // (n_head // n_kv_head)``.
+
+Attention backends (``GPTConfig.attn_backend``):
+
+- "flex": torch.nn.attention.flex_attention with a causal BlockMask (built once per
+  (T, device) and cached). On CUDA it is torch.compile'd (lazily, once per process)
+  into a fused kernel that never materializes the T x T matrix; with tracking it
+  passes ``return_aux=AuxRequest(max_scores=True)`` and reduces the [B, H, T] row
+  maxima (already scaled) with an amax over B and T: the max is nearly free.
+  On CPU flex runs eagerly (unfused, forward only): torch 2.13 has no flex backward
+  on CPU (NotImplementedError) and refuses ``max_scores`` on CPU, so there the max
+  comes from the chunked computation described under "sdpa". Never train with flex
+  on CPU.
+- "sdpa": F.scaled_dot_product_attention(is_causal=True, enable_gqa=...) for the
+  output. With tracking, the max is computed alongside under torch.no_grad() from q
+  and k, 128 query rows at a time (causal mask, amax): memory O(B*H*128*T), cost one
+  extra Q.K^T matmul in the forward pass only, no effect on gradients.
+- "naive": softmax(Q K^T / sqrt(d) + causal mask) V with the T x T scores
+  materialized (O(B*H*T^2) memory). The reference; tests compare against it.
+- "auto": flex on CUDA, sdpa elsewhere.
+
+The model knows nothing of optimizers or distributed training.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.attention.flex_attention import (
+    AuxRequest,
+    BlockMask,
+    create_block_mask,
+    flex_attention,
+)
+
+ATTN_BACKENDS = ("auto", "flex", "sdpa", "naive")
+MAX_LOGIT_CHUNK = 128  # query rows per chunk when the sdpa path computes the max alongside
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 260
+    seq_len: int = 256
+    n_layer: int = 4
+    n_head: int = 4
+    n_kv_head: int | None = None  # None = n_head (plain MHA); must divide n_head
+    d_model: int = 256
+    ffn_mult: float = 8 / 3  # SwiGLU hidden = ffn_mult * d_model, rounded up to a multiple of 64
+    tie_embeddings: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-6
+    attn_backend: str = "auto"  # "auto" | "flex" | "sdpa" | "naive"
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        if self.d_model % self.n_head:
+            raise ValueError(
+                f"n_head ({self.n_head}) must divide d_model ({self.d_model}); "
+                f"pick n_head in {_divisors(self.d_model)}"
+            )
+        if self.head_dim % 2:
+            raise ValueError(
+                f"head_dim = d_model / n_head ({self.head_dim}) must be even for RoPE; "
+                "change d_model or n_head"
+            )
+        if self.n_kv_head is not None:
+            if (
+                not isinstance(self.n_kv_head, int)
+                or isinstance(self.n_kv_head, bool)
+                or self.n_kv_head < 1
+            ):
+                raise ValueError(
+                    f"n_kv_head ({self.n_kv_head!r}) must be a positive integer or None (= n_head)"
+                )
+            if self.n_head % self.n_kv_head:
+                raise ValueError(
+                    f"n_kv_head ({self.n_kv_head}) must divide n_head ({self.n_head}); "
+                    f"pick n_kv_head in {_divisors(self.n_head)}"
+                )
+        for name in ("ffn_mult", "rope_theta", "norm_eps", "init_std"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} ({value!r}) must be a positive finite number")
+        if self.attn_backend not in ATTN_BACKENDS:
+            raise ValueError(
+                f"attn_backend ({self.attn_backend!r}) must be one of {', '.join(ATTN_BACKENDS)}"
+            )
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        """n_kv_head with None resolved to n_head."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
+
+    @property
+    def ffn_hidden(self) -> int:
+        # round() first so that e.g. 8/3 * 192 = 511.99999... lands on 512, not 576
+        return 64 * math.ceil(round(self.ffn_mult * self.d_model, 6) / 64)
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class GPTOutput:
+    logits: Tensor  # [B, T, vocab_size]
+    loss: Tensor | None = None  # mean cross-entropy when targets were given
+    max_logits: Tensor | None = None  # [n_layer, n_head] float32, detached, when tracked
+
+
+# ----------------------------------------------------------------------------- RoPE
+
+
+def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
+    """cos and sin, each [seq_len, head_dim], float32, for the rotate-half convention."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate x [B, H, T, D] by position; cos/sin [T, D]. Computed in fp32, cast back."""
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).type_as(x)
+
+
+# ----------------------------------------------------------------------------- attention
+
+
+def _causal(b, h, q_idx, kv_idx):
+    return q_idx >= kv_idx
+
+
+@functools.cache
+def _causal_block_mask(T: int, device: torch.device) -> BlockMask:
+    return create_block_mask(_causal, B=None, H=None, Q_LEN=T, KV_LEN=T, device=device)
+
+
+@functools.cache
+def _compiled_flex():
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def _flex(q: Tensor, k: Tensor, v: Tensor, **kwargs):
+    fn = _compiled_flex() if q.device.type == "cuda" else flex_attention
+    return fn(q, k, v, **kwargs)
+
+
+def reduce_max_scores(max_scores: Tensor) -> Tensor:
+    """flex_attention's aux.max_scores [B, H, T] (already scaled) -> [H] float32 max."""
+    return max_scores.detach().amax(dim=(0, 2)).float()
+
+
+@torch.no_grad()
+def chunked_max_logits(q: Tensor, k: Tensor, chunk: int = MAX_LOGIT_CHUNK) -> Tensor:
+    """Causal max of q.k/sqrt(d) per query head, [H] float32, `chunk` query rows at a time.
+
+    q: [B, H, T, D]; k: [B, Hkv, T, D]. Query head h = g_kv * G + g reads kv head g_kv,
+    G = H // Hkv, so q is viewed as [B, Hkv, G, T, D] and k broadcast over G (no copy).
+    """
+    B, H, T, D = q.shape
+    Hkv = k.size(1)
+    qg = q.view(B, Hkv, H // Hkv, T, D)
+    kt = k.unsqueeze(2).transpose(-1, -2)  # [B, Hkv, 1, D, T]
+    scale = 1.0 / math.sqrt(D)
+    best = torch.full((Hkv, H // Hkv), float("-inf"), device=q.device, dtype=torch.float32)
+    for i0 in range(0, T, chunk):
+        i1 = min(i0 + chunk, T)
+        s = (qg[..., i0:i1, :] @ kt[..., :i1]).float() * scale  # [B, Hkv, G, i1-i0, i1]
+        rows = torch.arange(i0, i1, device=q.device).unsqueeze(1)
+        cols = torch.arange(i1, device=q.device).unsqueeze(0)
+        s = s.masked_fill(cols > rows, float("-inf"))
+        best = torch.maximum(best, s.amax(dim=(0, 3, 4)))
+    return best.view(H)
+
+
+class Attention(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_kv_head = config.kv_heads
+        self.head_dim = config.head_dim
+        self.backend = config.attn_backend
+        d, hd = config.d_model, config.head_dim
+        self.q_proj = nn.Linear(d, self.n_head * hd, bias=False)
+        self.k_proj = nn.Linear(d, self.n_kv_head * hd, bias=False)
+        self.v_proj = nn.Linear(d, self.n_kv_head * hd, bias=False)
+        self.o_proj = nn.Linear(self.n_head * hd, d, bias=False)
+        cos, sin = rope_cache(config.seq_len, hd, config.rope_theta)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def forward(self, x: Tensor, track_max_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        """x [B, T, d_model] -> (y [B, T, d_model], max logit per head [n_head] or None)."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        cos, sin = self.cos[:T], self.sin[:T]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        gqa = self.n_kv_head != self.n_head
+
+        backend = self.backend
+        if backend == "auto":
+            backend = "flex" if x.device.type == "cuda" else "sdpa"
+
+        max_logits = None
+        if backend == "flex":
+            mask = _causal_block_mask(T, x.device)
+            if track_max_logits and x.device.type not in ("cpu", "mps"):
+                y, aux = _flex(
+                    q, k, v, block_mask=mask, enable_gqa=gqa,
+                    return_aux=AuxRequest(max_scores=True),
+                )  # fmt: skip
+                max_logits = reduce_max_scores(aux.max_scores)
+            else:
+                y = _flex(q, k, v, block_mask=mask, enable_gqa=gqa)
+                if track_max_logits:  # torch refuses max_scores on CPU/MPS
+                    max_logits = chunked_max_logits(q, k)
+        elif backend == "sdpa":
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+            if track_max_logits:
+                max_logits = chunked_max_logits(q, k)
+        else:  # naive
+            if gqa:
+                groups = self.n_head // self.n_kv_head
+                k = k.repeat_interleave(groups, dim=1)
+                v = v.repeat_interleave(groups, dim=1)
+            att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(self.head_dim))
+            causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            att = att.masked_fill(~causal, float("-inf"))
+            if track_max_logits:
+                max_logits = att.detach().amax(dim=(0, 2, 3)).float()
+            y = F.softmax(att.float(), dim=-1).type_as(v) @ v
+
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y), max_logits
+
+
+# ----------------------------------------------------------------------------- MLP, block
+
+
+class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        hidden = config.ffn_hidden
+        self.gate_proj = nn.Linear(config.d_model, hidden, bias=False)
+        self.up_proj = nn.Linear(config.d_model, hidden, bias=False)
+        self.down_proj = nn.Linear(hidden, config.d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.norm1 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.attn = Attention(config)
+        self.norm2 = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: Tensor, track_max_logits: bool = False) -> tuple[Tensor, Tensor | None]:
+        a, max_logits = self.attn(self.norm1(x), track_max_logits)
+        x = x + a
+        x = x + self.mlp(self.norm2(x))
+        return x, max_logits
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.norm = nn.RMSNorm(config.d_model, eps=config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+        # GPT-2 init: N(0, init_std) everywhere, residual output projections scaled
+        # by 1/sqrt(2 * n_layer) so the residual stream does not grow with depth.
+        std = config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+        for block in self.blocks:
+            for w in (block.attn.o_proj.weight, block.mlp.down_proj.weight):
+                nn.init.normal_(w, mean=0.0, std=std / math.sqrt(2 * config.n_layer))
+
+    def forward(
+        self, idx: Tensor, targets: Tensor | None = None, track_max_logits: bool = False
+    ) -> GPTOutput:
+        """idx [B, T] token ids (T <= seq_len); targets [B, T] (-100 = ignore) or None."""
+        T = idx.size(1)
+        if T > self.config.seq_len:
+            raise ValueError(
+                f"sequence length {T} exceeds seq_len ({self.config.seq_len}); "
+                "raise model.seq_len or feed shorter sequences"
+            )
+        x = self.embed(idx)
+        per_layer = []
+        for block in self.blocks:
+            x, m = block(x, track_max_logits)
+            per_layer.append(m)
+        logits = self.lm_head(self.norm(x))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
+        max_logits = torch.stack(per_layer) if track_max_logits else None
+        return GPTOutput(logits=logits, loss=loss, max_logits=max_logits)
+
+    @torch.no_grad()
+    def attention_max_logits(self, idx: Tensor) -> Tensor:
+        """Per (layer, head) max pre-softmax logit for this batch, [n_layer, n_head] float32."""
+        return self(idx, track_max_logits=True).max_logits
+
+    def num_params(self) -> int:
+        """Number of distinct parameters (a tied embedding / lm_head counts once)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, the PaLM / nanoGPT MFU estimate: 6N + 12 L d T.
+
+        N counts the parameters that take part in matmuls: every parameter except an
+        untied input embedding (a lookup). The attention term uses the full T x T
+        (the usual convention; a causal kernel does about half of it).
+        """
+        c = self.config
+        n = self.num_params()
+        if not c.tie_embeddings:
+            n -= self.embed.weight.numel()
+        return 6 * n + 12 * c.n_layer * c.d_model * c.seq_len
