@@ -78,3 +78,11 @@ register(Recipe(
     entry="workbench.recipes.script:run",
     summary="any Python training script, logging through workbench.init()",
 ))
+
+register(Recipe(
+    kind="pretrain",
+    spec="workbench.recipes.pretrain:PretrainSpec",
+    entry="workbench.recipes.pretrain:run",
+    summary="Muon / MuonClip / AdamW GPT pretraining with per-head max logits and QK-Clip",
+    key_metric="train/loss",
+))
