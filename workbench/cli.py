@@ -336,8 +336,9 @@ def recipes() -> None:
 
 @app.command()
 def bench(
-    name: Annotated[str, typer.Argument(help="What to measure: store.", show_default=False)],
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under a minute.")]
+    name: Annotated[str, typer.Argument(
+        help="What to measure: store, muon, maxlogit, optimizers.", show_default=False)],
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under two minutes.")]
     = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -190,5 +190,7 @@ def bench_table(name: str, result: dict[str, Any]) -> Table:
     table.add_column("figure")
     table.add_column("value", justify="right")
     for key, value in result.items():
+        if isinstance(value, list | dict):  # curves stay in --json
+            value = f"({len(value)} points, see --json)"
         table.add_row(key, fmt_value(value) if isinstance(value, float) else str(value))
     return table

@@ -1,6 +1,11 @@
 """`wb bench NAME`: reproducible measurements of the figures the project promises.
 
 Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
+
+- store: SDK logging throughput vs raw SQLite (bench/store.py).
+- muon: optimizer-step time, our Muon vs torch.optim.Muon vs AdamW (bench/muon.py).
+- maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
+- optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
 """
 
 from __future__ import annotations
@@ -15,4 +20,27 @@ def _store(**kw: Any) -> dict[str, Any]:
     return bench_store(**kw)
 
 
-BENCHES: dict[str, Callable[..., dict[str, Any]]] = {"store": _store}
+def _muon(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.muon import bench_muon
+
+    return bench_muon(**kw)
+
+
+def _maxlogit(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.maxlogit import bench_maxlogit
+
+    return bench_maxlogit(**kw)
+
+
+def _optimizers(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.optimizers import bench_optimizers
+
+    return bench_optimizers(**kw)
+
+
+BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
+    "store": _store,
+    "muon": _muon,
+    "maxlogit": _maxlogit,
+    "optimizers": _optimizers,
+}
