@@ -78,6 +78,8 @@ from typing import Any
 
 import numpy as np
 
+from workbench.store import pid_alive
+
 # ---------------------------------------------------------------- tokenizer
 
 BOS = 256
@@ -485,15 +487,6 @@ def _clean_stale_tmp(cache_dir: Path) -> None:
         parts = entry.name.split("-", 4)  # [".tmp", fingerprint, pid, token, host]
         if len(parts) != 5 or parts[4] != host or not parts[2].isdigit():
             continue
-        if not _pid_alive(int(parts[2])):
+        if not pid_alive(int(parts[2])):
             shutil.rmtree(entry, ignore_errors=True)
 
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
