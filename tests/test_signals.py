@@ -271,3 +271,18 @@ def test_would_exceed() -> None:
     assert not tr.would_exceed(5, 3)
     assert tr.would_exceed(5, 2)
     assert not StalenessTracker().would_exceed(100, 0)
+
+
+def test_spike_detector_state_round_trip() -> None:
+    """A restored detector continues exactly like the original (checkpoint resume)."""
+    rng = np.random.default_rng(7)
+    values = 2.0 + 0.05 * rng.standard_normal(400)
+    values[250] *= 3.0
+    values[300:] *= 1.6  # a level shift in progress at the copy point
+    a, b = SpikeDetector(), SpikeDetector()
+    for step in range(305):
+        a.update(step, float(values[step]))
+    b.load_state_dict(a.state_dict())
+    for step in range(305, 400):
+        assert a.update(step, float(values[step])) == b.update(step, float(values[step]))
+    assert a.state_dict() == b.state_dict()

@@ -507,7 +507,7 @@ def save_checkpoint(folder: Path, model: GPT, optimizers: list[torch.optim.Optim
         "rollbacks": state.rollbacks,
         "optimizers": [opt.state_dict() for opt in optimizers],
         "loader": loader.state_dict(),
-        "detector": detector_state(detector),
+        "detector": detector.state_dict(),
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
@@ -541,7 +541,7 @@ def load_checkpoint(path: Path, model: GPT, optimizers: list[torch.optim.Optimiz
     for opt, sd in zip(optimizers, state["optimizers"], strict=True):
         opt.load_state_dict(sd)
     loader.load_state_dict(state["loader"])
-    load_detector_state(detector, state["detector"])
+    detector.load_state_dict(state["detector"])
     rng = state["rng"]
     torch.set_rng_state(rng["torch"].cpu())
     if rng["cuda"] is not None and torch.cuda.is_available():
@@ -549,18 +549,6 @@ def load_checkpoint(path: Path, model: GPT, optimizers: list[torch.optim.Optimiz
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     return TrainState(step=int(state["step"]), rollbacks=int(state["rollbacks"]))
-
-
-def detector_state(d: SpikeDetector) -> dict[str, Any]:
-    return {"window": list(d._window), "pending": list(d._pending), "seen": d._seen,
-            "in_nan": d._in_nan}
-
-
-def load_detector_state(d: SpikeDetector, s: dict[str, Any]) -> None:
-    d.reset()
-    d._window.extend(s["window"])
-    d._pending[:] = s["pending"]
-    d._seen, d._in_nan = int(s["seen"]), bool(s["in_nan"])
 
 
 def clean_tmp(folder: Path) -> None:

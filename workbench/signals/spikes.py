@@ -28,6 +28,7 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,17 @@ class SpikeDetector:
         self._pending: list[float] = []  # consecutive elevated values after a spike
         self._seen = 0  # finite values seen
         self._in_nan = False
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything `update` depends on, for checkpoints (exact resume)."""
+        return {"window": list(self._window), "pending": list(self._pending),
+                "seen": self._seen, "in_nan": self._in_nan}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self._window.extend(float(v) for v in state["window"])
+        self._pending[:] = [float(v) for v in state["pending"]]
+        self._seen, self._in_nan = int(state["seen"]), bool(state["in_nan"])
 
     @property
     def baseline(self) -> float:
