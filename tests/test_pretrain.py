@@ -90,6 +90,9 @@ def test_builtin_specs_parse() -> None:
     (["train.grad_accum=3"], "train.grad_accum (3) must divide train.batch_size (4)"),
     (["optim.warmup_steps=30"], "optim.warmup_steps (30) must be less than train.steps (30)"),
     (["stability.spike_policy=panic"], "stability.spike_policy: "),
+    (["stability.spike_policy=rollback", "train.checkpoint_every=0"],
+     "stability.spike_policy = rollback needs checkpoints"),
+    (["data.path=no/such/corpus.txt"], "data.path: no such file or directory"),
 ])
 def test_bad_specs_are_refused_in_one_line(overrides: list[str], expected: str) -> None:
     with pytest.raises(SpecError) as info:

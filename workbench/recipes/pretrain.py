@@ -236,6 +236,14 @@ class PretrainSpec(SpecBase):
             raise ValueError(
                 f"train.grad_accum ({self.train.grad_accum}) must divide train.batch_size "
                 f"({self.train.batch_size}) — change one of them")
+        if self.stability.spike_policy == "rollback" and self.train.checkpoint_every == 0:
+            raise ValueError(
+                "stability.spike_policy = rollback needs checkpoints to roll back to — set "
+                "train.checkpoint_every > 0")
+        if self.data.path not in (None, "", "stdlib") and \
+                not Path(self.data.path).expanduser().exists():
+            raise ValueError(f"data.path: no such file or directory {self.data.path!r} — "
+                             "point it at a text file, a directory or a JSONL file")
         if self.optim.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be less than train.steps "
@@ -383,16 +391,25 @@ def forward_backward(model: GPT, optimizers: list[torch.optim.Optimizer], loader
     return StepOut(float(total), float(grad_norm), max_logits.float())
 
 
-def apply_update(model: GPT, optimizers: list[torch.optim.Optimizer], spec: PretrainSpec,
-                 lr: float, max_logits: torch.Tensor):
-    """Optimizer step at `lr`, then QK-Clip for muonclip. Returns the ClipResult or None."""
+def optimizer_step(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
     for opt in optimizers:
         for group in opt.param_groups:
             group["lr"] = lr
         opt.step()
+
+
+def clip_heads(model: GPT, spec: PretrainSpec, max_logits: torch.Tensor):
+    """QK-Clip after the step, for muonclip (the ClipResult), else None."""
     if spec.optim.name != "muonclip":
         return None
     return qk_clip([block.attn for block in model.blocks], max_logits, tau=spec.optim.tau)
+
+
+def apply_update(model: GPT, optimizers: list[torch.optim.Optimizer], spec: PretrainSpec,
+                 lr: float, max_logits: torch.Tensor):
+    """Optimizer step at `lr`, then QK-Clip for muonclip. Returns the ClipResult or None."""
+    optimizer_step(optimizers, lr)
+    return clip_heads(model, spec, max_logits)
 
 
 def drop_update(optimizers: list[torch.optim.Optimizer]) -> None:
@@ -537,9 +554,14 @@ def load_checkpoint(path: Path, model: GPT, optimizers: list[torch.optim.Optimiz
                     loader: BatchLoader, detector: SpikeDetector) -> TrainState:
     device = next(model.parameters()).device
     load_model(model, str(path / "model.safetensors"), device=str(device))
-    state = torch.load(path / "state.pt", map_location=device, weights_only=False)
+    # On the CPU: load_state_dict moves tensors to the parameters' device, except AdamW's
+    # step counters, which must stay on the CPU (else one sync per parameter per step).
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
     for opt, sd in zip(optimizers, state["optimizers"], strict=True):
+        hparams = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
         opt.load_state_dict(sd)
+        for group, fresh in zip(opt.param_groups, hparams, strict=True):
+            group.update(fresh)  # this run's spec and device decide wd, betas, NS dtype
     loader.load_state_dict(state["loader"])
     detector.load_state_dict(state["detector"])
     rng = state["rng"]
@@ -642,7 +664,8 @@ class Trainer:
         skipped = past_window - self.loader.step
         self.loader.step = past_window
         self.state.rollbacks = rollbacks + 1
-        self.saved_step = -1  # the checkpoint at this step must be re-saved (new data position)
+        self.saved_step = -1
+        self.save("rollback")  # a resume must not replay the offending window
         self.ctx.run.event("rollback", step=step, severity="warning", from_step=step,
                            to_step=self.state.step, checkpoint=str(path),
                            skipped_batches=skipped)
@@ -673,9 +696,10 @@ class Trainer:
                       reason="nan" if not out.finite else "loss_spike")
         else:
             snap = Snapshot(self.groups) if log_now else None
-            clip = apply_update(self.model, self.optimizers, spec, lr, out.max_logits)
-            if snap is not None:
+            optimizer_step(self.optimizers, lr)
+            if snap is not None:  # the optimizer's update, before QK-Clip rescales heads
                 metrics.update(snap.metrics())
+            clip = clip_heads(self.model, spec, out.max_logits)
         if self.faults.sleep_s:
             time.sleep(self.faults.sleep_s)
         if self.device.type == "cuda":
