@@ -86,7 +86,7 @@ def test_builtin_specs_parse() -> None:
     (["optim.name=sgd"], "optim.name: "),
     (["model.n_head=6", "model.d_model=256"], "n_head (6) must divide d_model (256)"),
     (["model.n_kv_head=3"], "n_kv_head (3) must divide n_head (4)"),
-    (["resources.procs=2"], "resources.procs = 2: multi-process pretraining is not available"),
+    (["resources.procs=3"], "resources.procs (3) must divide the micro-batch"),
     (["train.grad_accum=3"], "train.grad_accum (3) must divide train.batch_size (4)"),
     (["optim.warmup_steps=30"], "optim.warmup_steps (30) must be less than train.steps (30)"),
     (["stability.spike_policy=panic"], "stability.spike_policy: "),
@@ -113,6 +113,27 @@ def test_schedules() -> None:
     assert pt.lr_at(wsd, 80) == pytest.approx(lr)
     assert pt.lr_at(wsd, 90) == pytest.approx(lr / 2)
     assert pt.lr_at(wsd, 100) == pytest.approx(0.0)
+
+
+def test_muon_lr_defaults_per_variant_and_scales_with_the_schedule() -> None:
+    spec = parse_spec(tiny(lr=3e-3, steps=100), ["optim.warmup_steps=10"])
+    assert spec.muon_lr == 3e-3  # match_rms_adamw shares AdamW's lr
+    original = parse_spec(tiny(lr=3e-3, steps=100),
+                          ["optim.adjust_lr_fn=original", "optim.warmup_steps=10"])
+    assert original.muon_lr == pt.ORIGINAL_MUON_LR == 0.02
+    own = parse_spec(tiny(lr=3e-3), ["optim.adjust_lr_fn=original", "optim.muon_lr=0.05"])
+    assert own.muon_lr == 0.05
+
+    torch.manual_seed(0)
+    model = pt.build_model(original, torch.device("cpu"))
+    opts = pt.build_optimizer_list(original, model, torch.device("cpu"), distributed=False)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pt.optimizer_step(opts, pt.lr_at(original, 5))
+    muon, adamw = opts
+    assert muon.param_groups[0]["adjust_lr_fn"] == "original"
+    assert muon.param_groups[0]["lr"] == pytest.approx(0.02 * 0.5)  # half-way up the warm-up
+    assert adamw.param_groups[0]["lr"] == pytest.approx(3e-3 * 0.5)
 
 
 def test_svd_entropy() -> None:

@@ -86,6 +86,33 @@ def test_update_config_and_total_steps(store: Store) -> None:
     assert json.loads(row["config"]) == {"a": 1, "b": 2} and row["total_steps"] == 100
 
 
+def test_ranks_above_0_get_a_disabled_run_that_writes_nothing(
+        store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    row = store.create_run(kind="custom", status="running", launcher="local")
+    monkeypatch.setenv("WB_RUN_ID", row["id"])
+    monkeypatch.setenv("RANK", "1")
+    run = init(config={"lr": 1})
+    assert run.disabled and run.id == row["id"]
+    run.log({"loss": 1.0}, step=1)
+    run.log_dist("rollout/length", [1, 2, 3], step=1)
+    run.log_matrix("attn/max_logit_heads", np.ones((2, 2)), step=1)
+    run.event("checkpoint", step=1)
+    run.update_config({"x": 2})
+    run.set_total_steps(10)
+    assert run.flush()
+    run.finish()
+    assert list(store.records(row["id"])) == []
+    after = store.get_run(row["id"])
+    assert after["status"] == "running" and after["total_steps"] is None
+    assert json.loads(after["config"] or "{}") == {}
+
+    monkeypatch.setenv("RANK", "0")  # rank 0 logs
+    with init() as rank0:
+        assert not rank0.disabled
+        rank0.log({"loss": 1.0}, step=1)
+    assert len(store.scalars(row["id"], "loss")) == 1
+
+
 # ---------------------------------------------------------------- logging
 
 

@@ -41,10 +41,13 @@ class Run:
     def __init__(self, store: Store, row: dict[str, Any], *, owner: bool,
                  heartbeat: bool | None = None, own_store: bool = False,
                  flush_interval: float = 0.25, max_buffer: int = 100_000,
-                 max_pending: int = 1_000_000):
+                 max_pending: int = 1_000_000, disabled: bool = False):
         """`owner`: this process records the run's final status. `heartbeat` (default:
         owner): the writer keeps the run's heartbeat fresh. `own_store`: close `store`
-        on finish (init() opened it for this run)."""
+        on finish (init() opened it for this run). `disabled`: every call is accepted
+        and nothing is written (the ranks other than 0 of a data-parallel run, so that
+        training code logs unconditionally and the run still has one writer)."""
+        self.disabled = disabled
         self.id: str = row["id"]
         self.name: str = row["name"]
         self.kind: str = row["kind"]
@@ -76,7 +79,8 @@ class Run:
         self._drop_reported = False
         self._thread = threading.Thread(target=self._loop, name=f"wb-writer-{self.id}",
                                         daemon=True)
-        self._thread.start()
+        if not disabled:
+            self._thread.start()
         _live_runs.add(self)
 
     # -- public API ---------------------------------------------------------------------
@@ -91,6 +95,8 @@ class Run:
 
     def log(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log scalars. Without `step`, each call advances the run's step by one."""
+        if self.disabled:
+            return
         wall = time.time()
         with self._lock:
             if self._closing:
@@ -131,6 +137,8 @@ class Run:
     def log_dist(self, key: str, values: Any, step: int | None = None, bins: int = 32) -> None:
         """Log a distribution (rollout lengths, staleness, depth per token) as one record."""
         _check_name("key", key)
+        if self.disabled:
+            return
         s = summarize(_as_numpy(values), bins=bins)
         row = (key, s.count, s.min, s.max, s.mean, s.p50, s.p90, s.p99,
                json.dumps(s.edges), json.dumps(s.counts), s.nonfinite, time.time())
@@ -143,6 +151,8 @@ class Run:
     def log_matrix(self, key: str, array: Any, step: int | None = None) -> None:
         """Log a 2-D (or any-D) array, e.g. the layer x head max-logit map."""
         _check_name("key", key)
+        if self.disabled:
+            return
         arr = np.ascontiguousarray(_as_numpy(array), dtype=np.float32)
         row = (key, json.dumps(list(arr.shape)), "float32", arr.tobytes(), time.time())
         with self._lock:
@@ -157,6 +167,8 @@ class Run:
         _check_name("kind", kind)
         if severity not in SEVERITIES:
             raise ValueError(f"severity must be one of {', '.join(SEVERITIES)}, not {severity!r}")
+        if self.disabled:
+            return
         body = json.dumps(payload, default=str)
         with self._lock:
             if self._closing:
@@ -168,15 +180,21 @@ class Run:
 
     def update_config(self, config: Mapping[str, Any], *, keep_existing: bool = False) -> None:
         """Merge keys into the run's stored config (`keep_existing`: only add new keys)."""
+        if self.disabled:
+            return
         self._config = self._store.merge_config(self.id, dict(config),
                                                 keep_existing=keep_existing)
 
     def set_total_steps(self, total: int) -> None:
         """How many steps the run expects: drives progress bars and ETA."""
+        if self.disabled:
+            return
         self._store.update_run(self.id, total_steps=int(total))
 
     def flush(self, timeout: float | None = 60.0) -> bool:
         """Block until everything logged so far is committed. True if it was."""
+        if self.disabled:
+            return True
         with self._lock:
             target = self._enqueued
         self._wake.set()
@@ -192,9 +210,10 @@ class Run:
         self._finished = True
         self._closing = True
         self._wake.set()
-        self._thread.join(timeout=120)
+        if not self.disabled:
+            self._thread.join(timeout=120)
         try:
-            if self.owner:
+            if self.owner and not self.disabled:
                 self._store.update_run(self.id, status=status, ended=time.time(),
                                        exit_code=exit_code, heartbeat=time.time())
         finally:
@@ -361,12 +380,16 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
     Outside the workbench this creates a run with launcher "sdk" that shows in
     `wb ls` and the dashboard like a launched one; its status follows the
     process (finished on exit, failed on an uncaught exception, lost on kill).
+
+    In a multi-process launched run (`resources.procs > 1`) rank 0 logs: on the other
+    ranks (torch's RANK > 0) the returned run is disabled and writes nothing.
     """
     run_id = os.environ.get("WB_RUN_ID")
     st = Store(store or os.environ.get("WB_STORE"))
     try:
         if run_id:
-            run = Run(st, st.get_run(run_id), owner=False, own_store=True)
+            rank = int(os.environ.get("RANK") or 0)
+            run = Run(st, st.get_run(run_id), owner=False, own_store=True, disabled=rank > 0)
             if config:  # the launched spec's values win over the script's defaults
                 run.update_config(config, keep_existing=True)
         else:

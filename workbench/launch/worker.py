@@ -42,7 +42,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not stop.is_set():
             spec = parse_spec(row["spec"], label=f"run {run_id} spec")
-            get(row["kind"]).entry_point()(spec, ctx)
+            recipe, procs = get(row["kind"]), spec.resources.procs
+            if procs > 1 and recipe.per_rank:  # under torchrun (launch/distributed.py)
+                from workbench.launch.distributed import run_ranks
+
+                rc = run_ranks(run_id, procs, stop)
+                if rc != 0 and not stop.is_set():
+                    raise RuntimeError(f"{procs} ranks ended with exit code {rc} (see the "
+                                       "rank's traceback above)")
+            else:
+                recipe.entry_point()(spec, ctx)
         if stop.is_set():
             status = "stopped"
     except BaseException:  # noqa: BLE001 - every ending is recorded

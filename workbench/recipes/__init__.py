@@ -26,6 +26,9 @@ class Recipe:
     entry: str  # "module:function", called as entry(spec, ctx)
     summary: str
     key_metric: str = "train/loss"  # shown in run tables
+    # With resources.procs > 1 the worker runs `entry` once per rank under torchrun
+    # (launch/distributed.py). False: the recipe starts its own processes (script).
+    per_rank: bool = False
 
     def spec_model(self) -> type[SpecBase]:
         return _load(self.spec)
@@ -81,8 +84,9 @@ register(Recipe(
 
 register(Recipe(
     kind="pretrain",
-    spec="workbench.recipes.pretrain:PretrainSpec",
-    entry="workbench.recipes.pretrain:run",
+    spec="workbench.recipes.pretrain.spec:PretrainSpec",
+    entry="workbench.recipes.pretrain.train:run",
     summary="Muon / MuonClip / AdamW GPT pretraining with per-head max logits and QK-Clip",
     key_metric="train/loss",
+    per_rank=True,
 ))

@@ -1,0 +1,97 @@
+"""The `pretrain` kind: GPT pretraining with Muon, MuonClip (Muon + QK-Clip) or AdamW.
+
+Components, torchtitan style (config in, one small module per idea):
+- spec.py: the typed spec (no torch: a bad spec is refused before torch loads);
+- schedule.py: warm-up then cosine or WSD, a pure function of the step;
+- step.py: one step (forward, backward, clip), the update, evaluation, test faults;
+- metrics.py: update / weight RMS, SVD entropy, MFU;
+- checkpoint.py: atomic checkpoints and exact resume;
+- parallel.py: data parallelism through accelerate (a pass-through in one process);
+- train.py: `run`, which builds the components and drives the `Trainer` loop.
+
+Data parallel (`resources.procs = N`): the run's worker starts N ranks under torch's
+elastic launcher; they split every global batch (train.batch_size stays the global
+batch, so the loss curve matches one process's), all-reduce gradients through DDP,
+split Muon's Newton-Schulz work, and agree on every spike / clip / stop decision.
+Rank 0 logs and checkpoints; the run has one row. See parallel.py.
+
+Steps are 1-based: step s is the s-th optimizer update, `train/loss` at step s is the
+loss of the batch that update s was computed from, and a checkpoint "at step s" holds
+the state after s updates (training resumes with step s + 1).
+
+Metrics (names from DESIGN.md): every `train.log_every` steps `train/loss`, `train/lr`,
+`train/grad_norm`, `perf/tokens_per_s`, `perf/mfu` (CUDA only), `attn/max_logit`,
+`qkclip/clipped_heads` (muonclip), `optim/update_rms/<group>` and
+`optim/weight_rms/<group>` (group = "muon" / "adamw", the optimizer that owns the
+parameters; the update is the parameter change made by the optimizer step, weight
+decay included, QK-Clip excluded); `val/loss` every `train.eval_every` steps and at
+the end; `svd/entropy/<param>` every `train.svd_every` steps for a few hidden matrices
+(q_proj and up_proj of the first and last layers); the matrix `attn/max_logit_heads`
+[n_layer, n_head] every `train.max_logit_every` steps.
+
+Max logits are tracked in every forward pass, for every optimizer: QK-Clip needs them
+every step, and the scalar `attn/max_logit` is what people watch. On CUDA they come
+nearly free from flex_attention's `max_scores`; on the CPU (sdpa path) they cost one
+extra Q.K^T matmul per layer in the forward pass, no backward (see models/gpt.py).
+With grad accumulation the max is taken over the micro-batches.
+
+Loss spikes (`stability.spike_policy`), from a SpikeDetector on train/loss:
+- alert: record a `loss_spike` event and apply the update anyway;
+- skip: record `loss_spike` and `skip`; the update is not applied (grads dropped);
+- rollback: record `loss_spike` and `rollback`; restore the latest checkpoint (model,
+  optimizers, data position, detector, RNG) and move the data past the offending
+  window: training continues from the checkpoint step with the batches that come after
+  the spike's batch, plus `stability.rollback_skip_batches` more steps' worth. After
+  `stability.max_rollbacks` rollbacks in one run, further spikes are skipped instead.
+A non-finite loss (or gradient norm) gives a `nan` event and the same policy, except
+that `alert` never applies a NaN update: it is treated as `skip` (the event says so).
+
+Exact resume: a checkpoint holds the weights (model.safetensors; tied weights saved
+once) and state.pt (optimizer states, torch / CUDA / Python / NumPy RNG states, the
+loader position, the spike detector, the step and the rollback count). The data stream
+is a pure function of (seed, batch index) and the schedule a pure function of the step,
+so a resumed run reproduces the uninterrupted loss curve bit for bit on the CPU.
+Checkpoints are written to a temporary folder and renamed into place, so a kill -9
+during a write never leaves a broken latest checkpoint.
+
+Test-only fault hooks (environment variables, read at start; never set them in real
+runs): WB_FAULT_CORRUPT_STEPS="12,30" replaces the batches of those steps with random
+input tokens and a constant target token that never occurs in the data (id 259), so
+the loss is genuinely high; WB_FAULT_NAN_STEPS="15" makes the loss of those steps NaN;
+WB_FAULT_SLEEP_S="0.05" sleeps that long every step (lets a test kill a run mid-way).
+Steps name *data positions*: the batches step s reads in a run without rollbacks. So a
+corrupted batch behaves like bad data: a rollback that skips past it does not meet it
+again.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Submodules load on first use: the registry imports `spec` alone, which keeps torch
+# out of spec validation. `pretrain.lr_at` etc. still work for callers and tests.
+_EXPORTS = {
+    "spec": ("PretrainSpec", "ModelSection", "OptimSection", "TrainSection", "DataSection",
+             "StabilitySection", "ORIGINAL_MUON_LR"),
+    "schedule": ("lr_at",),
+    "step": ("Faults", "StepOut", "autocast", "forward_backward", "optimizer_step",
+             "clip_heads", "apply_update", "drop_update", "evaluate"),
+    "metrics": ("param_groups", "svd_params", "peak_flops", "rms", "svd_entropy", "Snapshot",
+                "PEAK_BF16_FLOPS"),
+    "checkpoint": ("TrainState", "checkpoints_in", "save_checkpoint", "load_checkpoint",
+                   "clean_tmp", "STEP_PREFIX"),
+    "parallel": ("Parallel",),
+    "train": ("Trainer", "run", "seed_everything", "pick_device", "build_data", "build_model",
+              "build_optimizer_list",
+              "ns_dtype"),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'workbench.recipes.pretrain' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

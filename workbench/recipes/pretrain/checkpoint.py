@@ -1,0 +1,115 @@
+"""Checkpoints: safetensors weights plus optimizer, RNG, data position and detector state.
+
+Written to a temporary folder and renamed into place, so a kill -9 during a write
+never leaves a broken latest checkpoint. In a data-parallel run every replica holds
+the same state, so rank 0 writes and every rank reads.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_model, save_model
+
+from workbench.data.loader import BatchLoader
+from workbench.models.gpt import GPT
+from workbench.recipes.pretrain.schedule import lr_at
+from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.signals import SpikeDetector
+
+STEP_PREFIX = "step-"
+
+
+def checkpoints_in(folder: Path | None) -> list[Path]:
+    """Complete checkpoints in `folder`, oldest first (temporary folders are ignored)."""
+    if folder is None or not folder.is_dir():
+        return []
+    found = [p for p in folder.iterdir() if p.name.startswith(STEP_PREFIX)
+             and (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)))
+
+
+@dataclass
+class TrainState:
+    """Everything besides weights and optimizers that a resume must restore."""
+
+    step: int = 0
+    rollbacks: int = 0
+
+
+def save_checkpoint(folder: Path, model: GPT, optimizers: list[torch.optim.Optimizer],
+                    loader: BatchLoader, detector: SpikeDetector, state: TrainState,
+                    spec: PretrainSpec, keep: int) -> Path:
+    """Write step-NNNNNNNN/ atomically (temporary folder, then rename) and prune old ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{STEP_PREFIX}{state.step:08d}"
+    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+    torch.save({
+        "step": state.step,
+        "rollbacks": state.rollbacks,
+        "optimizers": [opt.state_dict() for opt in optimizers],
+        "loader": loader.state_dict(),
+        "detector": detector.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(),
+            "numpy": np.random.get_state(),
+        },
+        "schedule": {"step": state.step, "lr": lr_at(spec, max(1, state.step)),
+                     "total_steps": spec.train.steps},
+        "optimizer": spec.optim.name,
+    }, tmp / "state.pt")
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    old = None
+    if final.exists():  # re-saving a step (after a rollback): keep the old one until done
+        old = folder / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoints_in(folder)[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, model: GPT, optimizers: list[torch.optim.Optimizer],
+                    loader: BatchLoader, detector: SpikeDetector) -> TrainState:
+    device = next(model.parameters()).device
+    load_model(model, str(path / "model.safetensors"), device=str(device))
+    # On the CPU: load_state_dict moves tensors to the parameters' device, except AdamW's
+    # step counters, which must stay on the CPU (else one sync per parameter per step).
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    for opt, sd in zip(optimizers, state["optimizers"], strict=True):
+        hparams = [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
+        opt.load_state_dict(sd)
+        for group, fresh in zip(opt.param_groups, hparams, strict=True):
+            group.update(fresh)  # this run's spec and device decide wd, betas, NS dtype
+    loader.load_state_dict(state["loader"])
+    detector.load_state_dict(state["detector"])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return TrainState(step=int(state["step"]), rollbacks=int(state["rollbacks"]))
+
+
+def clean_tmp(folder: Path) -> None:
+    """Remove half-written checkpoints left by a killed process."""
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if p.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,199 @@
+"""The `pretrain` spec: model, optimizer, training, data and stability sections.
+
+Free of torch (GPTConfig lives in models/config.py), so `wb launch` validates a spec
+and refuses a bad one before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from workbench.data.corpus import VOCAB_SIZE
+from workbench.models.config import GPTConfig
+from workbench.signals.spikes import SpikeConfig
+from workbench.spec import Section, SpecBase
+
+ORIGINAL_MUON_LR = 0.02  # Keller Jordan's Muon lr, the default under adjust_lr_fn=original
+
+
+class ModelSection(Section):
+    """The network. Only the GPT architecture so far."""
+
+    arch: Literal["gpt"] = Field("gpt", description="Architecture: 'gpt' (decoder-only GPT).")
+    n_layer: int = Field(4, ge=1, le=1024, description="Transformer blocks.")
+    n_head: int = Field(4, ge=1, description="Query heads; must divide d_model.")
+    n_kv_head: int | None = Field(
+        None, ge=1, description="Key/value heads for GQA (must divide n_head); unset = MHA.")
+    d_model: int = Field(128, ge=2, description="Residual width.")
+    seq_len: int = Field(128, ge=2, description="Context length in tokens (bytes).")
+    ffn_mult: float = Field(8 / 3, gt=0, le=64,
+                            description="SwiGLU hidden size / d_model (rounded up to 64).")
+    tie_embeddings: bool = Field(True, description="Share the input embedding and LM head.")
+    attn_backend: Literal["auto", "flex", "sdpa", "naive"] = Field(
+        "auto", description="Attention: auto (flex on CUDA, sdpa elsewhere), flex, sdpa, naive.")
+
+    def gpt_config(self) -> GPTConfig:
+        return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.n_layer,
+                         n_head=self.n_head, n_kv_head=self.n_kv_head, d_model=self.d_model,
+                         ffn_mult=self.ffn_mult, tie_embeddings=self.tie_embeddings,
+                         attn_backend=self.attn_backend)
+
+
+class OptimSection(Section):
+    """Optimizer, learning-rate schedule and clipping."""
+
+    name: Literal["muon", "muonclip", "adamw"] = Field(
+        "muon", description="muon (Muon + AdamW for non-matrix params), muonclip "
+        "(muon + QK-Clip after every step) or adamw (AdamW everywhere).")
+    lr: float = Field(3e-3, gt=0, le=10, description="Peak learning rate (shared by Muon and "
+                      "AdamW under adjust_lr_fn=match_rms_adamw).")
+    weight_decay: float = Field(0.1, ge=0, le=10, description="Decoupled weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.95), description="AdamW betas, each in [0, 1).")
+    adjust_lr_fn: Literal["match_rms_adamw", "original"] = Field(
+        "match_rms_adamw", description="Muon variant: match_rms_adamw (Moonlight, reuses "
+        "AdamW's lr) or original (Keller Jordan, lr about 0.02; its lr is not interchangeable).")
+    muon_lr: float | None = Field(
+        None, gt=0, le=10, description="Muon's peak lr; unset = optim.lr under "
+        f"match_rms_adamw, {ORIGINAL_MUON_LR} under original. The schedule scales it with lr.")
+    ns_dtype: Literal["auto", "bfloat16", "float32"] = Field(
+        "auto", description="Newton-Schulz precision: auto = bfloat16 on CUDA, float32 on a "
+        "CPU (CPUs without native bf16 matmul run it about 35x slower).")
+    tau: float = Field(100.0, gt=0, description="QK-Clip threshold on the max attention logit "
+                       "(muonclip clips heads above it; other optimizers only log).")
+    grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm to this; 0 = off.")
+    schedule: Literal["cosine", "wsd"] = Field(
+        "cosine", description="After warm-up: cosine decay, or WSD (constant, then linear "
+        "decay over the last decay_frac of the steps).")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Final lr / peak lr.")
+    decay_frac: float = Field(0.2, gt=0, le=1,
+                              description="WSD only: fraction of the steps spent decaying.")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, betas: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("each beta must be in [0, 1), e.g. [0.9, 0.95]")
+        return betas
+
+
+class TrainSection(Section):
+    """Length, batch and the cadence of evals, expensive metrics and checkpoints."""
+
+    steps: int = Field(500, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(16, ge=1, description="Sequences per optimizer step (global).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per step; must divide "
+                            "batch_size.")
+    eval_every: int = Field(100, ge=1, description="Validation every N steps (and at the end).")
+    eval_batches: int = Field(4, ge=1, description="Validation batches (of batch_size // "
+                              "grad_accum sequences) per evaluation.")
+    log_every: int = Field(1, ge=1, description="Scalar metrics every N steps.")
+    max_logit_every: int = Field(10, ge=1, description="Log the layer x head max-logit matrix "
+                                 "attn/max_logit_heads every N steps.")
+    svd_every: int = Field(100, ge=0, description="SVD entropy of a few hidden matrices every "
+                           "N steps; 0 = off.")
+    checkpoint_every: int = Field(100, ge=0, description="Checkpoint every N steps (also at the "
+                                  "end and on stop); 0 = only at the end and on stop.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept on disk (newest).")
+    cpu_threads: int | None = Field(None, ge=1, le=1024, description="torch CPU threads; unset "
+                                    "= torch's default (one per core). Fewer helps on a busy "
+                                    "machine; a resumed run uses the same value.")
+
+
+class DataSection(Section):
+    """The corpus: the Python stdlib's source by default."""
+
+    path: str | None = Field(None, description="Text file, directory or JSONL; unset = the "
+                             "Python standard library's source files.")
+    text_field: str = Field("text", min_length=1, description="JSONL field holding the text.")
+    val_permille: int = Field(10, ge=0, lt=1000, description="Documents held out for "
+                              "validation, per thousand.")
+    max_bytes: int | None = Field(None, ge=1, description="Read at most this many bytes of "
+                                  "input (whole files, in order); for tiny runs.")
+
+
+class StabilitySection(Section):
+    """Loss-spike detection and what to do about a spike (see the module docstring)."""
+
+    spike_policy: Literal["alert", "skip", "rollback"] = Field(
+        "alert", description="alert (record only), skip (drop the update) or rollback "
+        "(restore the last checkpoint and skip the data window).")
+    window: int = Field(100, ge=1, description="Spike detector: rolling window of losses.")
+    threshold: float = Field(6.0, gt=0, description="Spike detector: robust sigmas above the "
+                             "rolling median.")
+    min_rel_jump: float = Field(0.25, ge=0, description="Spike detector: the loss must also be "
+                                "this fraction above the median.")
+    warmup: int = Field(50, ge=1, description="Spike detector: steps seen before any detection.")
+    persist: int = Field(10, ge=1, description="Spike detector: elevated steps that count as a "
+                         "level shift (no further events).")
+    rollback_skip_batches: int = Field(0, ge=0, description="After a rollback, skip this many "
+                                       "more steps' worth of data past the offending batch.")
+    max_rollbacks: int = Field(5, ge=0, description="Rollbacks per run; later spikes are skipped.")
+
+    def spike_config(self) -> SpikeConfig:
+        return SpikeConfig(window=self.window, threshold=self.threshold,
+                           min_rel_jump=self.min_rel_jump, warmup=self.warmup,
+                           persist=self.persist)
+
+
+class PretrainSpec(SpecBase):
+    kind: Literal["pretrain"]
+    model: ModelSection = Field(default_factory=ModelSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    data: DataSection = Field(default_factory=DataSection)
+    stability: StabilitySection = Field(default_factory=StabilitySection)
+
+    @property
+    def muon_lr(self) -> float:
+        """Muon's peak lr (optim.muon_lr, else the variant's default)."""
+        o = self.optim
+        if o.muon_lr is not None:
+            return o.muon_lr
+        return ORIGINAL_MUON_LR if o.adjust_lr_fn == "original" else o.lr
+
+    @property
+    def total_steps(self) -> int:
+        """Read by the launcher for progress and ETA."""
+        return self.train.steps
+
+    def for_launch(self) -> PretrainSpec:
+        """A relative data.path is pinned to where `wb launch` ran."""
+        if self.data.path in (None, "", "stdlib"):
+            return self
+        spec = self.model_copy(deep=True)
+        spec.data.path = str(Path(self.data.path).expanduser().resolve())
+        return spec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSpec:
+        try:
+            self.model.gpt_config()
+        except ValueError as exc:
+            raise ValueError(f"model: {exc}") from None
+        if self.train.batch_size % self.train.grad_accum:
+            raise ValueError(
+                f"train.grad_accum ({self.train.grad_accum}) must divide train.batch_size "
+                f"({self.train.batch_size}) — change one of them")
+        micro = self.train.batch_size // self.train.grad_accum
+        if micro % self.resources.procs:
+            raise ValueError(
+                f"resources.procs ({self.resources.procs}) must divide the micro-batch "
+                f"train.batch_size / train.grad_accum ({micro}): each process takes an equal "
+                "share — change train.batch_size or resources.procs")
+        if self.stability.spike_policy == "rollback" and self.train.checkpoint_every == 0:
+            raise ValueError(
+                "stability.spike_policy = rollback needs checkpoints to roll back to — set "
+                "train.checkpoint_every > 0")
+        if self.data.path not in (None, "", "stdlib") and \
+                not Path(self.data.path).expanduser().exists():
+            raise ValueError(f"data.path: no such file or directory {self.data.path!r} — "
+                             "point it at a text file, a directory or a JSONL file")
+        if self.optim.warmup_steps >= self.train.steps:
+            raise ValueError(
+                f"optim.warmup_steps ({self.optim.warmup_steps}) must be less than train.steps "
+                f"({self.train.steps}) — lower it")
+        return self

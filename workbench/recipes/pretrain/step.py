@@ -1,0 +1,143 @@
+"""One training step (forward, backward, clip, update), evaluation and test-only faults."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from workbench.data.corpus import VOCAB_SIZE
+from workbench.data.loader import BatchLoader
+from workbench.models.gpt import GPT
+from workbench.optim import qk_clip
+from workbench.recipes.pretrain.spec import PretrainSpec
+
+if TYPE_CHECKING:
+    from workbench.recipes.pretrain.parallel import Parallel
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast on CUDA; full fp32 on the CPU (where bf16 matmuls are slow)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class Faults:
+    """Test-only fault injection (module docstring): never set these in real runs."""
+
+    corrupt: set[int] = field(default_factory=set)
+    nan: set[int] = field(default_factory=set)
+    sleep_s: float = 0.0
+
+    @classmethod
+    def from_env(cls) -> Faults:
+        def steps(name: str) -> set[int]:
+            raw = os.environ.get(name, "")
+            return {int(s) for s in raw.split(",") if s.strip()}
+
+        return cls(steps("WB_FAULT_CORRUPT_STEPS"), steps("WB_FAULT_NAN_STEPS"),
+                   float(os.environ.get("WB_FAULT_SLEEP_S") or 0))
+
+    def batch(self, step: int, x: torch.Tensor, y: torch.Tensor, seed: int,
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        if step not in self.corrupt:
+            return x, y
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+        return (torch.randint(0, 256, x.shape, generator=gen, dtype=x.dtype),
+                torch.full_like(y, VOCAB_SIZE - 1))  # id 259: a spare that never occurs
+
+
+@dataclass
+class StepOut:
+    loss: float
+    grad_norm: float
+    max_logits: torch.Tensor  # [n_layer, n_head] float32
+
+    @property
+    def finite(self) -> bool:
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def forward_backward(model: nn.Module, optimizers: list[torch.optim.Optimizer],
+                     loader: BatchLoader, spec: PretrainSpec, step: int, device: torch.device,
+                     faults: Faults, par: Parallel | None = None) -> StepOut:
+    """Gradients of one step (grad_accum micro-batches), clipped. No update yet.
+
+    `model` may be DDP-wrapped (`par` distributed): the loss and max logits returned
+    are then the global ones, identical on every rank."""
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+    accum = spec.train.grad_accum
+    total = torch.zeros((), device=device)
+    max_logits = None
+    for i in range(accum):
+        data_step = loader.step // accum + 1  # the step that reads this batch in a plain run
+        x, y = faults.batch(data_step, *next(loader), seed=spec.seed)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        sync = par.sync_grads(model, last=i == accum - 1) if par else contextlib.nullcontext()
+        with sync:
+            with autocast(device):
+                out = model(x, y, track_max_logits=True)
+            loss = out.loss / accum
+            if data_step in faults.nan:
+                loss = loss * float("nan")
+            loss.backward()
+        total += loss.detach()
+        m = out.max_logits
+        max_logits = m if max_logits is None else torch.maximum(max_logits, m)
+    if par is not None:
+        total, max_logits = par.mean(total), par.max(max_logits)
+    clip = spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    assert max_logits is not None
+    return StepOut(float(total), float(grad_norm), max_logits.float())
+
+
+def optimizer_step(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
+    """Step every optimizer at the scheduled `lr`, times a group's `lr_scale` if it has
+    one (Muon's, when optim.muon_lr differs from optim.lr)."""
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * group.get("lr_scale", 1.0)
+        opt.step()
+
+
+def clip_heads(model: GPT, spec: PretrainSpec, max_logits: torch.Tensor):
+    """QK-Clip after the step, for muonclip (the ClipResult), else None."""
+    if spec.optim.name != "muonclip":
+        return None
+    return qk_clip([block.attn for block in model.blocks], max_logits, tau=spec.optim.tau)
+
+
+def apply_update(model: GPT, optimizers: list[torch.optim.Optimizer], spec: PretrainSpec,
+                 lr: float, max_logits: torch.Tensor):
+    """Optimizer step at `lr`, then QK-Clip for muonclip. Returns the ClipResult or None."""
+    optimizer_step(optimizers, lr)
+    return clip_heads(model, spec, max_logits)
+
+
+def drop_update(optimizers: list[torch.optim.Optimizer]) -> None:
+    for opt in optimizers:
+        opt.zero_grad(set_to_none=True)
+
+
+@torch.no_grad()
+def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]],
+             device: torch.device, par: Parallel | None = None) -> float:
+    """Mean loss over fixed batches; with `par`, each rank holds its rows of the same
+    global batches and the mean is all-reduced (equal to one process's figure)."""
+    model.eval()
+    losses = []
+    for x, y in batches:
+        with autocast(device):
+            losses.append(model(x.to(device), y.to(device)).loss.float())
+    model.train()
+    mean = torch.stack(losses).mean()
+    return float(par.mean(mean) if par is not None else mean)

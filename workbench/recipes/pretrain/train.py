@@ -1,0 +1,359 @@
+"""Pretraining: build the components from the spec, then the loop (the `Trainer`).
+
+`run(spec, ctx)` is the entry point of the `pretrain` kind; see the package docstring
+for what a run does and logs.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from workbench.data.corpus import CachedCorpus, open_corpus
+from workbench.data.loader import BatchLoader, eval_batches
+from workbench.models.gpt import GPT
+from workbench.optim import Muon, build_optimizers, route
+from workbench.recipes import Context
+from workbench.recipes.pretrain.checkpoint import (
+    TrainState,
+    checkpoints_in,
+    clean_tmp,
+    load_checkpoint,
+    save_checkpoint,
+)
+from workbench.recipes.pretrain.metrics import (
+    Snapshot,
+    param_groups,
+    peak_flops,
+    svd_entropy,
+    svd_params,
+)
+from workbench.recipes.pretrain.parallel import Parallel
+from workbench.recipes.pretrain.schedule import lr_at
+from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.step import (
+    Faults,
+    StepOut,
+    clip_heads,
+    drop_update,
+    evaluate,
+    forward_backward,
+    optimizer_step,
+)
+from workbench.signals import SpikeDetector
+
+# ----------------------------------------------------------------------------- setup
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def ns_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """bf16 Newton-Schulz where it is fast (CUDA), fp32 elsewhere."""
+    if choice == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, choice)
+
+
+def build_data(spec: PretrainSpec, ctx: Context) -> CachedCorpus:
+    """Tokenize (or reuse) the corpus; the cache lives in the store, shared by runs."""
+    d = spec.data
+    options: dict[str, Any] = {"val_permille": d.val_permille, "max_bytes": d.max_bytes}
+    if d.path not in (None, "", "stdlib"):
+        options["text_field"] = d.text_field
+    return open_corpus(d.path, ctx.run.root / "cache" / "data", **options)
+
+
+def build_model(spec: PretrainSpec, device: torch.device) -> GPT:
+    return GPT(spec.model.gpt_config()).to(device)
+
+
+def build_optimizer_list(spec: PretrainSpec, model: GPT, device: torch.device,
+                         distributed: bool) -> list[torch.optim.Optimizer]:
+    """Muon (+ AdamW) or AdamW; Muon's groups carry `lr_scale` = muon_lr / lr."""
+    optimizers = build_optimizers(model, spec.optim.name, spec.optim.lr,
+                                  spec.optim.weight_decay, betas=spec.optim.betas,
+                                  adjust_lr_fn=spec.optim.adjust_lr_fn,
+                                  distributed=distributed,
+                                  ns_dtype=ns_dtype(spec.optim.ns_dtype, device))
+    for opt in optimizers:
+        if isinstance(opt, Muon):
+            for group in opt.param_groups:
+                group["lr_scale"] = spec.muon_lr / spec.optim.lr
+    return optimizers
+
+
+@dataclass
+class Trainer:
+    """The pieces `run` builds, and the loop over them. One method per idea.
+
+    `model` is the plain GPT (QK-Clip, metrics and checkpoints read it); `ddp` is what
+    the forward pass goes through: the same model, DDP-wrapped when distributed."""
+
+    spec: PretrainSpec
+    ctx: Context
+    par: Parallel
+    model: GPT
+    ddp: torch.nn.Module
+    optimizers: list[torch.optim.Optimizer]
+    loader: BatchLoader
+    val: list[tuple[torch.Tensor, torch.Tensor]]
+    detector: SpikeDetector
+    groups: dict[str, list[torch.nn.Parameter]]
+    faults: Faults
+    state: TrainState = field(default_factory=TrainState)
+    saved_step: int = -1
+    print_every: int = 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.par.device
+
+    def say(self, text: str) -> None:
+        """Print to the run's output, once (rank 0)."""
+        if self.par.main:
+            print(text, flush=True)
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def save(self, reason: str) -> None:
+        """Rank 0 writes (replicas are identical); everyone waits until it is on disk."""
+        if self.saved_step == self.state.step:
+            return
+        if self.par.main:
+            path = save_checkpoint(self.ctx.checkpoint_dir, self.model, self.optimizers,
+                                   self.loader, self.detector, self.state, self.spec,
+                                   self.spec.train.keep_checkpoints)
+            self.ctx.run.event("checkpoint", step=self.state.step, path=str(path),
+                               reason=reason)
+        self.par.barrier()
+        self.saved_step = self.state.step
+
+    def latest_checkpoint(self) -> Path | None:
+        sources = [self.ctx.checkpoint_dir]
+        if self.ctx.resume_dir is not None:
+            sources.append(self.ctx.resume_dir / "checkpoints")
+        for folder in sources:
+            found = checkpoints_in(folder)
+            if found:
+                return found[-1]
+        return None
+
+    def restore(self, path: Path) -> None:
+        self.state = load_checkpoint(path, self.model, self.optimizers, self.loader,
+                                     self.detector)
+
+    # -- spikes -----------------------------------------------------------------------
+
+    def on_bad_step(self, step: int, out: StepOut) -> str:
+        """Record a spike / NaN and return the action: "apply", "skip" or "rollback"."""
+        run, policy = self.ctx.run, self.spec.stability.spike_policy
+        if not out.finite:
+            action = "skip" if policy == "alert" else policy
+            action = self._limit_rollbacks(action)
+            run.event("nan", step=step, severity="warning", key="train/loss", value=out.loss,
+                      grad_norm=out.grad_norm, policy=policy, action=action)
+            return action
+        spike = self.detector.update(step, out.loss)
+        if spike is None:
+            return "apply"
+        action = self._limit_rollbacks("apply" if policy == "alert" else policy)
+        run.event("loss_spike", step=step, severity="warning", value=spike.value,
+                  baseline=spike.baseline, score=spike.score, rel_jump=spike.rel_jump,
+                  policy=policy, action=action)
+        return action
+
+    def _limit_rollbacks(self, action: str) -> str:
+        if action == "rollback" and self.state.rollbacks >= self.spec.stability.max_rollbacks:
+            return "skip"
+        return action
+
+    def rollback(self, step: int) -> None:
+        """Restore the latest checkpoint; continue with the data after the spike's batch."""
+        past_window = self.loader.step + self.spec.stability.rollback_skip_batches * \
+            self.spec.train.grad_accum
+        path = self.latest_checkpoint()
+        if path is None:
+            raise RuntimeError("rollback: no checkpoint to roll back to")
+        rollbacks = self.state.rollbacks
+        self.restore(path)
+        self.par.barrier()  # every rank has read it before rank 0 re-saves that step
+        skipped = past_window - self.loader.step
+        self.loader.step = past_window
+        self.state.rollbacks = rollbacks + 1
+        self.saved_step = -1
+        self.save("rollback")  # a resume must not replay the offending window
+        self.ctx.run.event("rollback", step=step, severity="warning", from_step=step,
+                           to_step=self.state.step, checkpoint=str(path),
+                           skipped_batches=skipped)
+        self.say(f"pretrain: rollback from step {step} to {self.state.step}, skipping "
+                 f"{skipped} batches")
+
+    # -- one step, metrics -----------------------------------------------------------
+
+    def step(self) -> None:
+        spec, run = self.spec, self.ctx.run
+        step = self.state.step + 1
+        t0 = time.perf_counter()
+        out = forward_backward(self.ddp, self.optimizers, self.loader, spec, step,
+                               self.device, self.faults, self.par)
+        action = self.on_bad_step(step, out)
+        if action == "rollback":
+            if out.finite:  # the spike stays visible in the curve
+                run.log({"train/loss": out.loss}, step=step)
+            self.rollback(step)
+            return
+        lr = lr_at(spec, step)
+        log_now = step % spec.train.log_every == 0 or step == spec.train.steps
+        clip = None
+        metrics: dict[str, float] = {}
+        if action == "skip":
+            drop_update(self.optimizers)
+            run.event("skip", step=step, severity="warning", loss=out.loss,
+                      reason="nan" if not out.finite else "loss_spike")
+        else:
+            snap = Snapshot(self.groups) if log_now and self.par.main else None
+            t_opt = time.perf_counter()
+            optimizer_step(self.optimizers, lr)
+            if log_now:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize()
+                metrics["perf/optim_step_ms"] = (time.perf_counter() - t_opt) * 1000
+            if snap is not None:  # the optimizer's update, before QK-Clip rescales heads
+                metrics.update(snap.metrics())
+            clip = clip_heads(self.model, spec, out.max_logits)
+        if self.faults.sleep_s:
+            time.sleep(self.faults.sleep_s)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        self.state.step = step
+
+        if log_now:
+            tokens = spec.train.batch_size * spec.model.seq_len  # global: all ranks
+            metrics.update({"train/lr": lr, "train/grad_norm": out.grad_norm,
+                            "perf/tokens_per_s": tokens / dt,
+                            "attn/max_logit": float(out.max_logits.max())})
+            if out.finite:  # a NaN step is described by its `nan` event, not the curves
+                metrics["train/loss"] = out.loss
+            else:
+                metrics = {k: v for k, v in metrics.items() if math.isfinite(v)}
+            if (peak := peak_flops(self.device)) is not None:
+                flops = self.model.flops_per_token() * tokens / dt
+                metrics["perf/mfu"] = flops / (peak * self.par.world)
+            if spec.optim.name == "muonclip":
+                metrics["qkclip/clipped_heads"] = clip.clipped if clip is not None else 0
+            run.log(metrics, step=step)
+        if clip is not None and clip.clipped:
+            run.event("qk_clip", step=step, count=clip.clipped,
+                      min_gamma=float(clip.gamma.min()), tau=spec.optim.tau)
+        if step % spec.train.max_logit_every == 0:
+            run.log_matrix("attn/max_logit_heads", out.max_logits, step=step)
+        if spec.train.svd_every and step % spec.train.svd_every == 0 and self.par.main:
+            run.log({f"svd/entropy/{name}": svd_entropy(p)
+                     for name, p in svd_params(self.model).items()}, step=step)
+        if step % spec.train.eval_every == 0 or step == spec.train.steps:
+            run.log({"val/loss": evaluate(self.model, self.val, self.device, self.par)},
+                    step=step)
+        if step % self.print_every == 0 or step == spec.train.steps:
+            self.say(f"step {step}/{spec.train.steps} loss {out.loss:.4f} lr {lr:.2e} "
+                     f"max_logit {float(out.max_logits.max()):.1f} {dt * 1000:.0f} ms")
+        if spec.train.checkpoint_every and step % spec.train.checkpoint_every == 0:
+            self.save("periodic")
+
+    def fit(self) -> bool:
+        """Train to the last step; False when stopped early (after checkpointing)."""
+        while self.state.step < self.spec.train.steps:
+            if self.par.any(self.ctx.should_stop()):  # every rank stops at the same step
+                self.save("stop")
+                self.say(f"pretrain: stopped at step {self.state.step}")
+                return False
+            self.step()
+        self.save("end")
+        return True
+
+
+def run(spec: PretrainSpec, ctx: Context) -> None:
+    """Entry point of the `pretrain` kind (see the package docstring)."""
+    if spec.train.cpu_threads:
+        torch.set_num_threads(spec.train.cpu_threads)
+    par = Parallel()
+    try:
+        _run(spec, ctx, par)
+    finally:
+        par.close()
+
+
+def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
+    seed_everything(spec.seed)
+    device, run_ = par.device, ctx.run
+    run_.set_total_steps(spec.train.steps)
+    say = print if par.main else (lambda *_a, **_k: None)
+
+    if par.main:  # one process tokenizes; the others then read its cache
+        corpus = build_data(spec, ctx)
+    par.barrier()
+    if not par.main:
+        corpus = build_data(spec, ctx)
+    micro = spec.train.batch_size // spec.train.grad_accum // par.world  # per rank
+    loader = BatchLoader(corpus.train, micro, spec.model.seq_len, seed=spec.seed,
+                         rank=par.rank, world_size=par.world)
+    val_tokens = corpus.val if len(corpus.val) > spec.model.seq_len else corpus.train
+    val = eval_batches(val_tokens, micro, spec.model.seq_len, spec.train.eval_batches,
+                       rank=par.rank, world_size=par.world)
+    run_.event("stage", step=0, stage="data_ready", train_tokens=len(corpus.train),
+               val_tokens=len(corpus.val), cache=str(corpus.path))
+    say(f"pretrain: data {len(corpus.train):,} train / {len(corpus.val):,} val tokens "
+        f"({corpus.path})", flush=True)
+
+    model = build_model(spec, device)
+    routing = route(model)
+    say(routing.format_table(), flush=True)
+    optimizers = build_optimizer_list(spec, model, device, distributed=par.distributed)
+    variant = None if spec.optim.name == "adamw" else spec.optim.adjust_lr_fn
+    run_.update_config({"routing": routing.table(), "muon_variant": variant,
+                        "muon_lr": None if variant is None else spec.muon_lr,
+                        "ns_dtype": str(ns_dtype(spec.optim.ns_dtype, device)),
+                        "device": str(device), "world_size": par.world,
+                        "params": model.num_params(),
+                        "flops_per_token": model.flops_per_token()})
+    say(f"pretrain: {spec.optim.name} (muon variant {variant}), {model.num_params():,} "
+        f"params on {device}" + (f" x {par.world} processes" if par.distributed else ""),
+        flush=True)
+
+    trainer = Trainer(spec=spec, ctx=ctx, par=par, model=model, ddp=par.wrap(model),
+                      optimizers=optimizers, loader=loader, val=val,
+                      detector=SpikeDetector(spec.stability.spike_config()),
+                      groups=param_groups(spec, routing), faults=Faults.from_env(),
+                      print_every=max(1, spec.train.steps // 50))
+    if par.main:
+        clean_tmp(ctx.checkpoint_dir)
+    par.barrier()
+    source = trainer.latest_checkpoint()
+    if source is not None:
+        trainer.restore(source)
+        trainer.saved_step = trainer.state.step if source.parent == ctx.checkpoint_dir else -1
+        run_.event("checkpoint", step=trainer.state.step, action="resumed", path=str(source))
+        say(f"pretrain: resumed from {source} at step {trainer.state.step}", flush=True)
+    elif ctx.resume_dir is not None:
+        say(f"pretrain: no checkpoint in {ctx.resume_dir}; starting from scratch", flush=True)
+    if source is None and spec.stability.spike_policy == "rollback":
+        trainer.save("initial")  # something to roll back to before the first checkpoint
+    run_.event("stage", step=trainer.state.step, stage="training",
+               start_step=trainer.state.step)
+    if trainer.fit():
+        run_.event("stage", step=trainer.state.step, stage="done")
