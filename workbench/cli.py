@@ -29,6 +29,7 @@ app = typer.Typer(
     "  wb recipes\n\n"
     "  wb launch charlm --set config.steps=500 --detach\n\n"
     "  wb ls --status running\n\n"
+    "  wb launch optimizers-tiny; wb compare optimizers-tiny-1\n\n"
     "Exit codes: 0 ok, 1 failure, 2 bad input.",
     invoke_without_command=True,
     rich_markup_mode="rich",
@@ -106,21 +107,47 @@ def _started(st: Store, row: dict[str, Any], detach: bool) -> None:
     raise typer.Exit(EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED)
 
 
+def _started_group(st: Store, rows: list[dict[str, Any]], group: str, detach: bool) -> None:
+    """Print the ids, one a line (--detach), or follow the group; any run that failed or
+    was lost exits 1."""
+    if detach:
+        for row in rows:
+            print(row["id"])
+        return
+    from workbench.follow import follow_group
+
+    statuses = follow_group(st, rows, console, group)
+    ok = all(s in ("finished", "stopped", "detached") for s in statuses.values())
+    raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
+
+
 @app.command()
 def launch(
-    spec: Annotated[str, typer.Argument(help="A built-in recipe name (see `wb recipes`) or a "
-                                        "spec file.", show_default=False)],
+    specs: Annotated[list[str], typer.Argument(
+        help="Built-in recipe or group names (see `wb recipes`) or spec files; several "
+        "specs launch as a group.", show_default=False)],
     set_: Annotated[list[str] | None, typer.Option(
-        "--set", "-s", help="Override a spec key: --set section.key=value (repeatable).")] = None,
-    name: Annotated[str | None, typer.Option(help="Run name (default: KIND-N).")] = None,
-    detach: Annotated[bool, typer.Option("--detach", "-d",
-                                         help="Print the run id and return at once.")] = False,
+        "--set", "-s", help="Override a spec key: --set section.key=value (repeatable). In "
+        "a group it applies to every spec that has the key.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Run name (default: SPEC-N). With several specs, a prefix: runs are named "
+        "NAME-SPEC.")] = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", "-g", help="Group name, new in the store (default: the built-in group's "
+        "name or `group`, plus -N).")] = None,
+    parallel: Annotated[int | None, typer.Option(
+        min=1, help="Runs of the group that train at once; the others wait queued "
+        "(default: 1, one after another; a CPU has few cores).")] = None,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="Print the run ids, one a line, and return at once.")] = False,
     store: StoreOpt = None,
 ) -> None:
-    """Validate a spec and launch it as a run.
+    """Validate one or more specs and launch them: one run, or a group for comparison.
 
-    In the foreground it shows live progress and the run's output; Ctrl-C stops the
-    run (it checkpoints), a second Ctrl-C detaches.
+    Every spec is validated before anything starts. In the foreground it shows live
+    progress (one run: its output too; a group: a bar per run, then the `wb compare`
+    table). Ctrl-C stops the run or the whole group (runs checkpoint), a second
+    Ctrl-C detaches.
 
     Examples:
 
@@ -129,36 +156,71 @@ def launch(
       wb launch charlm --set config.steps=500 --name longer --detach
 
       wb launch my_spec.toml --set resources.procs=2
+
+      wb launch muon-tiny muonclip-tiny adamw-tiny --set train.steps=100
+
+      wb launch optimizers-tiny --group opt-sweep --parallel 2 --detach
     """
     from workbench.launch import local
-    from workbench.spec import SpecError, load_spec
+    from workbench.spec import SpecError, expand_sources, load_specs
     from workbench.store import validate_name
 
     try:
-        loaded = load_spec(spec, set_ or [])
+        sources, builtin = expand_sources(specs)
+        loaded = load_specs(sources, set_ or [])
+        names: list[str | None] = [name] * len(loaded)
         if name:
             validate_name(name)
+            if len(loaded) > 1:
+                names = [validate_name(f"{name}-{spec.default_name}") for spec in loaded]
+        if group is not None:
+            validate_name(group, "group name")
     except (SpecError, StoreError) as exc:
         raise fail(str(exc)) from None
+    if group is None and builtin is None and len(loaded) == 1:  # one plain run
+        st = open_store(store, create=True)
+        _started(st, local.start(st, loaded[0], name=name), detach)
+        return
     st = open_store(store, create=True)
-    _started(st, local.start(st, loaded, name=name), detach)
+    if group is not None and st.has_group(group):
+        raise fail(f"group {group!r} already exists in {st.root}; pick another --group NAME "
+                   "or leave it out for a new one")
+    group = group or st.new_group_name(builtin.name if builtin else "group")
+    default_parallel = builtin.parallel if builtin else 1
+    rows = local.start_group(st, loaded, group=group, parallel=parallel or default_parallel,
+                             names=names)
+    _started_group(st, rows, group, detach)
 
 
 @app.command()
 def stop(
-    run: RunArg,
+    run: Annotated[str, typer.Argument(
+        help="Run id, unique id prefix, or name; or a group (every active run of it).",
+        show_default=False)],
     grace: Annotated[float, typer.Option(help="Seconds to wait after SIGTERM before SIGKILL.",
                                          min=0)] = 10.0,
     store: StoreOpt = None,
 ) -> None:
     """Stop a run: SIGTERM (the recipe checkpoints and exits), then SIGKILL after --grace.
 
-    Example: wb stop charlm-3
+    A group name stops the group's queued runs (they never start), then its running
+    ones. A name is read as a group first, then as a run.
+
+    Examples: wb stop charlm-3 ; wb stop optimizers-tiny-1
     """
     from workbench.launch import local
+    from workbench.store import ACTIVE_STATUSES
 
     st = open_store(store)
-    console.print(local.stop(st, find_run(st, run), grace=grace))
+    if not st.has_group(run):
+        console.print(local.stop(st, find_run(st, run), grace=grace))
+        return
+    live = [r for r in st.runs(group=run) if st.stored_status(r["id"]) in ACTIVE_STATUSES]
+    # Queued first: one whose predecessor stopped first could otherwise start.
+    for row in sorted(live, key=lambda r: r["status"] != "queued"):
+        console.print(local.stop(st, row, grace=grace))
+    if not live:
+        console.print(f"group {run} has no queued or running run")
 
 
 @app.command()
@@ -220,12 +282,14 @@ def ls_(
     status: Annotated[str | None, typer.Option(
         help="Only runs with this status (queued, running, finished, failed, stopped, lost)."
     )] = None,
+    group: Annotated[str | None, typer.Option(
+        "--group", "-g", help="Only the runs of this group (see `wb launch A B C`).")] = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """List runs, oldest first.
 
-    Examples: wb ls ; wb ls --status running --json
+    Examples: wb ls ; wb ls --status running --json ; wb ls --group optimizers-tiny-1
     """
     from workbench.render import runs_table, summarize_run
     from workbench.store import DB_NAME, RUN_STATUSES, resolve_root
@@ -239,13 +303,65 @@ def ls_(
             console.print(f"no runs in {resolve_root(store)} (launch one: wb launch charlm)")
         return
     st = open_store(store)
-    rows = st.runs(status=status)
+    if group is not None and not st.has_group(group):
+        raise fail(_no_group(st, group))
+    rows = st.runs(status=status, group=group)
     if as_json:
         print_json([summarize_run(st, r) for r in rows])
     elif not rows:
-        console.print(f"no runs in {st.root}" + (f" with status {status}" if status else ""))
+        console.print(f"no runs in {st.root}" + (f" in group {group}" if group else "")
+                      + (f" with status {status}" if status else ""))
     else:
         console.print(runs_table(st, rows))
+
+
+def _no_group(st: Store, group: str) -> str:
+    known = st.groups()
+    return (f"no group {group!r} in {st.root}"
+            + (f" — groups: {', '.join(known[-5:])}" if known else " — it has no groups")
+            + " (see `wb ls`)")
+
+
+@app.command()
+def compare(
+    refs: Annotated[list[str], typer.Argument(
+        help="Groups, or runs (id, unique id prefix, or name); several are joined.",
+        show_default=False)],
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Runs side by side: optimizer, status, step, and the latest train/loss, val/loss,
+    max attention logit and tokens/s (the lowest losses in bold).
+
+    A name is read as a group first, then as a run.
+
+    Examples:
+
+      wb compare optimizers-tiny-1
+
+      wb compare muon-tiny-3 adamw-tiny-2 --json
+    """
+    from workbench.render import compare_rows, compare_table
+
+    st = open_store(store)
+    rows: dict[str, dict[str, Any]] = {}
+    for ref in refs:
+        if st.has_group(ref):
+            found = st.runs(group=ref)
+        else:
+            try:
+                found = [st.resolve(ref)]
+            except StoreError as exc:
+                message = str(exc)
+                if message.startswith("no run "):
+                    message = f"no group or run {ref!r} in {st.root} (see `wb ls`)"
+                raise fail(message) from None
+        rows.update((r["id"], r) for r in found)
+    summaries = compare_rows(st, list(rows.values()))
+    if as_json:
+        print_json(summaries)
+    else:
+        console.print(compare_table(summaries))
 
 
 @app.command()

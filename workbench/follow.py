@@ -1,14 +1,24 @@
-"""Foreground view of a launched run: live progress, its output, and its events (Rich)."""
+"""Foreground view of a launched run (live progress, its output, its events) or of a
+group of runs (a bar per run) (Rich)."""
 
 from __future__ import annotations
 
 import os
 import signal
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
 
 from workbench.render import duration, eta, event_line, fmt_value, key_metric
 from workbench.store import ACTIVE_STATUSES, Store
@@ -88,3 +98,114 @@ def _tail(path: os.PathLike[str], offset: int, console: Console) -> int:
     if end:
         console.out(data[:end].decode(errors="replace").rstrip("\n"), highlight=False)
     return offset + end
+
+
+
+@dataclass
+class _Member:
+    """What the group view tracks of one run."""
+
+    row: dict[str, Any]  # as launched (name, the worker's Popen)
+    task: TaskID
+    current: dict[str, Any]  # as last read
+    cursor: int = 0  # last event id shown
+    started: bool = False
+    final: str | None = None  # the status it ended with
+
+
+def follow_group(st: Store, rows: list[dict[str, Any]], console: Console,
+                 group: str) -> dict[str, str]:
+    """Follow a group's runs in one display, a bar per run, until all have ended.
+
+    Several logs interleaved would be unreadable, so unlike `follow_run` this shows
+    each run's progress and events, not its output; a run that fails gets the tail of
+    its log. It ends with the `wb compare` table. Ctrl-C once stops every run of the
+    group (queued ones first, so none starts in between); twice detaches. Returns
+    run id -> final status ("detached" for those still going after a detach).
+    """
+    console.print(f"group [bold]{group}[/]: {len(rows)} runs; outputs in "
+                  f"{st.root}/RUN/stdout.log; compare with: wb compare {group}")
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
+                        TextColumn("{task.fields[status]}"), BarColumn(),
+                        TextColumn("{task.fields[step]}"), TextColumn("{task.fields[metric]}"),
+                        TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
+                        console=console, transient=True)
+    members = [_Member(r, progress.add_task(r["name"], total=r.get("total_steps"), start=False,
+                                            status="queued", step="", metric="", eta="-"), r)
+               for r in rows]
+    interrupts = 0
+    with progress:
+        while any(m.final is None for m in members):
+            try:
+                for m in members:
+                    if m.final is None:
+                        _poll_member(st, m, progress)
+                if any(m.final is None for m in members):
+                    time.sleep(POLL_S)
+            except KeyboardInterrupt:
+                interrupts += 1
+                live = [m for m in members if m.final is None]
+                if interrupts > 1:
+                    progress.console.print("detached; the runs go on. Stop them with: wb stop "
+                                           + " ".join(m.row["id"] for m in live))
+                    return {m.row["id"]: m.final or "detached" for m in members}
+                progress.console.print("stopping the group (running runs checkpoint, queued "
+                                       "runs never start); Ctrl-C again to detach")
+                # Queued first: a queued run whose predecessor stops must not start.
+                for m in sorted(live, key=lambda m: m.current["status"] != "queued"):
+                    if m.current.get("pid"):
+                        try:
+                            os.kill(m.current["pid"], signal.SIGTERM)
+                        except ProcessLookupError:
+                            pass
+    for m in members:
+        if m.row.get("_process") is not None:
+            m.row["_process"].wait(timeout=30)  # reap the workers we started
+    from workbench.render import compare_rows, compare_table
+
+    console.print(compare_table(compare_rows(st, [st.get_run(m.row["id"]) for m in members])))
+    return {m.row["id"]: m.final or "detached" for m in members}
+
+
+def _poll_member(st: Store, m: _Member, progress: Progress) -> None:
+    """One poll of one run of a followed group: its bar, new events, and its ending."""
+    run_id, name = m.row["id"], m.row["name"]
+    cur = m.current = st.get_run(run_id)
+    for e in st.events(run_id, since=m.cursor):
+        m.cursor = e["id"]
+        if e["kind"] != "stage":
+            progress.console.print(Text(f"{name}: ").append_text(event_line(e)),
+                                   highlight=False)
+    if cur["status"] == "running" and not m.started:
+        m.started = True
+        progress.start_task(m.task)  # the elapsed time counts from here, not while queued
+        progress.console.print(f"[bold]{name}[/] ({run_id}) started")
+    metric = key_metric(cur["kind"])
+    latest = st.latest_value(run_id, metric)
+    step = cur["last_step"]
+    progress.update(m.task, completed=step or 0, total=cur.get("total_steps"),
+                    status=cur["status"], step=f"step {step if step is not None else '-'}",
+                    metric=f"{metric} {fmt_value(latest[1])}" if latest else "",
+                    eta=duration(eta(cur)))
+    if cur["status"] in ACTIVE_STATUSES:
+        return
+    m.final = cur["status"]
+    style = {"finished": "green", "failed": "red", "lost": "red"}.get(cur["status"], "yellow")
+    progress.console.print(f"[{style}]{cur['status']}[/] {name} ({run_id}) at step "
+                           f"{step if step is not None else '-'}; see wb show {run_id}")
+    if cur["status"] in ("failed", "lost"):
+        tail = _last_lines(st.run_dir(run_id) / "stdout.log", 10)
+        if tail:
+            progress.console.out(tail, highlight=False)
+
+
+def _last_lines(path: os.PathLike[str], n: int) -> str:
+    """The last `n` lines of a log (read from its end: logs can be large)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            data = f.read()
+    except OSError:
+        return ""
+    return "\n".join(data.decode(errors="replace").splitlines()[-n:])

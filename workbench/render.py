@@ -94,7 +94,10 @@ def runs_table(st: Store, rows: list[dict[str, Any]]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     metrics = {key_metric(r["kind"]) for r in rows}
     header = metrics.pop().rsplit("/", 1)[-1] if len(metrics) == 1 else "metric"
-    for col in ("id", "name", "kind", "status", "host", "step", header, "spikes", "age", "eta"):
+    grouped = any(r.get("grp") for r in rows)  # the column only where it says something
+    cols = ("id", "name", *(("group",) if grouped else ()), "kind", "status", "host", "step",
+            header, "spikes", "age", "eta")
+    for col in cols:
         table.add_column(col, justify="right" if col in ("step", "spikes", header) else "left")
     for row in rows:
         point = st.latest_value(row["id"], key_metric(row["kind"]))
@@ -103,9 +106,78 @@ def runs_table(st: Store, rows: list[dict[str, Any]]) -> Table:
         steps = "-" if step is None else (f"{step}/{row['total_steps']}" if row["total_steps"]
                                           else str(step))
         spikes = st.event_counts(row["id"]).get("loss_spike", 0)
-        table.add_row(row["id"], row["name"], row["kind"], status_text(row["status"]),
+        group = (row.get("grp") or "",) if grouped else ()
+        table.add_row(row["id"], row["name"], *group, row["kind"], status_text(row["status"]),
                       row["host"], steps, value, str(spikes) if spikes else "",
                       ago(row["created"]), duration(eta(row)))
+    return table
+
+
+# What `wb compare` puts side by side (DESIGN.md metric names), with column labels.
+COMPARE_KEYS = {"train/loss": "train/loss", "val/loss": "val/loss",
+                "attn/max_logit": "max logit", "perf/tokens_per_s": "tokens/s"}
+LOWER_IS_BETTER = ("train/loss", "val/loss")
+
+
+def optimizer_of(row: dict[str, Any]) -> str | None:
+    """The optimizer a pretrain run trains with (its config's optim.name), else None."""
+    config = row.get("config")
+    if isinstance(config, str):
+        config = _config(config)
+    optim = config.get("optim") if isinstance(config, dict) else None
+    name = optim.get("name") if isinstance(optim, dict) else None
+    return name if isinstance(name, str) else None
+
+
+def runtime(row: dict[str, Any]) -> float | None:
+    """Seconds the run has trained (not counting time queued)."""
+    if not row.get("started"):
+        return None
+    return (row.get("ended") or time.time()) - row["started"]
+
+
+def compare_rows(st: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One JSON-ready summary per run: the newest value of each compared metric."""
+    out = []
+    for row in rows:
+        metrics = {}
+        for key in COMPARE_KEYS:
+            point = st.latest_value(row["id"], key)
+            metrics[key] = None if point is None else {"step": point[0], "value": point[1]}
+        out.append({
+            "id": row["id"], "name": row["name"], "group": row.get("grp"), "kind": row["kind"],
+            "optimizer": optimizer_of(row), "status": row["status"],
+            "last_step": row["last_step"], "total_steps": row["total_steps"],
+            "runtime_s": runtime(row), "after": row.get("after"), "metrics": metrics,
+        })
+    return strict_json(out)
+
+
+def compare_table(summaries: list[dict[str, Any]]) -> Table:
+    """`compare_rows` as a table; the lowest losses are highlighted."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col in ("name", "id", "optim/kind", "status", "step", *COMPARE_KEYS.values(), "time"):
+        numeric = col in ("step", "time", *COMPARE_KEYS.values())
+        table.add_column(col, justify="right" if numeric else "left")
+    best = {}
+    for key in LOWER_IS_BETTER:
+        values = [s["metrics"][key]["value"] for s in summaries
+                  if s["metrics"][key] and s["metrics"][key]["value"] is not None]
+        if len(values) > 1:
+            best[key] = min(values)
+    for s in summaries:
+        cells: list[Text | str] = []
+        for key in COMPARE_KEYS:
+            point = s["metrics"][key]
+            value = None if point is None else point["value"]
+            text = "-" if point is None else fmt_value(value)
+            cells.append(Text(text, style="bold green" if best.get(key) == value else ""))
+        step = s["last_step"]
+        steps = "-" if step is None else (f"{step}/{s['total_steps']}" if s["total_steps"]
+                                          else str(step))
+        what = s["optimizer"] or Text(s["kind"], style="dim")
+        table.add_row(s["name"], s["id"], what, status_text(s["status"]), steps, *cells,
+                      duration(s["runtime_s"]))
     return table
 
 
@@ -129,6 +201,10 @@ def run_detail(st: Store, row: dict[str, Any]) -> Group:
     ]
     if row["resumed_from"]:
         fields.append(("resumed from", row["resumed_from"]))
+    if row.get("grp"):
+        fields.append(("group", row["grp"]))
+    if row.get("after"):
+        fields.append(("queued after", row["after"]))
     for label, value in fields:
         head.add_row(label, value)
     metrics = Table(title="latest metrics", box=None, header_style="bold", title_justify="left")
@@ -171,7 +247,7 @@ def recipes_table() -> Table:
     from workbench.recipes import RECIPES
     from workbench.spec import builtin_specs
 
-    table = Table(title="built-in specs (wb launch NAME)", box=None, header_style="bold",
+    table = Table(title="built-in specs and groups (wb launch NAME)", box=None, header_style="bold",
                   title_justify="left", pad_edge=False)
     table.add_column("name", style="bold")
     table.add_column("kind")
@@ -179,6 +255,11 @@ def recipes_table() -> Table:
     for name, text in builtin_specs().items():
         data = tomllib.loads(text)
         table.add_row(name, data.get("kind", "?"), data.get("description", ""))
+    from workbench.spec import builtin_groups
+
+    table.add_section()
+    for name, group in builtin_groups().items():
+        table.add_row(name, "group", f"{group.description} ({', '.join(group.specs)})")
     table.add_section()
     for kind, recipe in RECIPES.items():
         table.add_row(f"kind {kind}", "", recipe.summary, style="dim")

@@ -123,14 +123,66 @@ def dump_toml(spec: BaseModel) -> str:
 # -- finding specs ---------------------------------------------------------------------
 
 
+# Built-in groups live beside the specs but are not specs themselves.
+GROUPS_FILE = "groups.toml"
+
+
 def builtin_specs() -> dict[str, str]:
     """Built-in spec name -> TOML text, from the package data in workbench/specs."""
     root = resources.files("workbench.specs")
     return {
         p.name.removesuffix(".toml"): p.read_text()
         for p in sorted(root.iterdir(), key=lambda p: p.name)
-        if p.name.endswith(".toml")
+        if p.name.endswith(".toml") and p.name != GROUPS_FILE
     }
+
+
+@dataclass(frozen=True)
+class GroupDef:
+    """A built-in group: several specs launched together for comparison."""
+
+    name: str
+    specs: tuple[str, ...]
+    description: str = ""
+    parallel: int = 1  # runs of the group that train at once by default
+
+
+def builtin_groups() -> dict[str, GroupDef]:
+    """Group name -> GroupDef, from workbench/specs/groups.toml (`[NAME]` tables)."""
+    path = resources.files("workbench.specs") / GROUPS_FILE
+    if not path.is_file():
+        return {}
+    out = {}
+    for name, table in tomllib.loads(path.read_text()).items():
+        out[name] = GroupDef(name=name, specs=tuple(table["specs"]),
+                             description=table.get("description", ""),
+                             parallel=int(table.get("parallel", 1)))
+    return out
+
+
+def expand_sources(args: list[str] | tuple[str, ...]) -> tuple[list[str], GroupDef | None]:
+    """`wb launch` arguments -> spec sources, expanding built-in group names.
+
+    A file wins over a built-in spec, which wins over a built-in group of the same name.
+    The GroupDef is returned when the arguments are exactly one built-in group, so its
+    defaults (name, parallel) apply.
+    """
+    specs = builtin_specs()
+    groups = builtin_groups()
+    sources: list[str] = []
+    used: list[GroupDef] = []
+    for arg in args:
+        if Path(arg).expanduser().is_file() or arg in specs:
+            sources.append(arg)
+        elif arg in groups:
+            used.append(groups[arg])
+            sources.extend(groups[arg].specs)
+        else:
+            hint = _did_you_mean(arg, [*specs, *groups])
+            raise SpecError(
+                f"no spec {arg!r}: not a file and not a built-in recipe"
+                + (f" — did you mean {hint}?" if hint else " (see `wb recipes`)"))
+    return sources, (used[0] if len(used) == 1 and len(args) == 1 else None)
 
 
 def read_source(source: str) -> tuple[str, str]:
@@ -158,6 +210,51 @@ def read_source(source: str) -> tuple[str, str]:
 def load_spec(source: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
     text, label = read_source(source)
     return LoadedSpec(parse_spec(text, overrides, label=label), label)
+
+
+def load_specs(sources: list[str] | tuple[str, ...],
+               overrides: list[str] | tuple[str, ...] = ()) -> list[LoadedSpec]:
+    """Load and validate every spec of a group launch before anything starts.
+
+    Specs of different kinds have different keys (`train.steps` vs `config.steps`),
+    so each `--set` applies to the specs that have its key; a key that no spec has is
+    refused, as a typo would be for one spec. One spec: exactly `load_spec`.
+    """
+    if len(sources) == 1:
+        return [load_spec(sources[0], overrides)]
+    texts = [read_source(s) for s in sources]
+    models = [_model_of(text, overrides, label) for text, label in texts]
+    chosen: list[list[str]] = [[] for _ in sources]
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"--set {item!r}: expected KEY=VALUE, e.g. --set resources.procs=2")
+        misses: list[str] = []
+        for i, model in enumerate(models):
+            try:
+                field_annotation(model, key.split("."))
+            except SpecError as exc:
+                misses.append(str(exc))
+            else:
+                chosen[i].append(item)
+        if len(misses) == len(models):  # the message with a "did you mean" helps most
+            best = next((m for m in misses if "did you mean" in m), misses[0])
+            raise SpecError(f"{best} (no spec of the group has it)")
+    return [LoadedSpec(parse_spec(text, chosen[i], label=label), label)
+            for i, (text, label) in enumerate(texts)]
+
+
+def _model_of(text: str, overrides: list[str] | tuple[str, ...], label: str) -> type[SpecBase]:
+    """The spec model a text (with a possible `--set kind=...`) is validated against."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{label}: invalid TOML: {exc}") from None
+    for item in overrides:
+        if item.partition("=")[0].strip() == "kind":
+            data["kind"] = coerce(item.partition("=")[2].strip(), str)
+    return spec_model_for(data.get("kind"), label)
 
 
 def parse_spec(text: str, overrides: list[str] | tuple[str, ...] = (),

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "workbench.db"
 RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped", "lost")
 ACTIVE_STATUSES = ("queued", "running")
@@ -49,12 +49,12 @@ def resolve_root(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(env).expanduser() if env else Path("runs")
 
 
-def validate_name(name: str) -> str:
-    """Run names become paths and remote arguments: keep them boring."""
+def validate_name(name: str, what: str = "run name") -> str:
+    """Run (and group) names become paths and remote arguments: keep them boring."""
     # fullmatch, not match: `$` would also accept a trailing newline.
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or ".." in name:
         raise StoreError(
-            f"invalid run name {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit (no '..')"
         )
     return name
@@ -136,8 +136,20 @@ def _create_v1(db: sqlite_utils.Database) -> None:
     db["meta"].insert_all([{"key": "seq", "value": "0"}, {"key": "runs", "value": "0"}])
 
 
+def _v1_to_v2(db: sqlite_utils.Database) -> None:
+    """Run groups: launched together for comparison (`wb launch A B C`, `wb compare`).
+
+    `grp` names the group (NULL: none; not `group`, an SQL keyword). `after` is the id of
+    the run a queued run waits for, so at most `--parallel N` of a group train at once.
+    Nullable columns: existing runs keep working as runs without a group.
+    """
+    db["runs"].add_column("grp", str)
+    db["runs"].add_column("after", str)
+    db["runs"].create_index(["grp"], index_name="ix_runs_grp")
+
+
 # MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {0: _create_v1}
+MIGRATIONS: dict[int, Any] = {0: _create_v1, 1: _v1_to_v2}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -284,16 +296,21 @@ class Store:
         resumed_from: str | None = None,
         pid: int | None = None,
         total_steps: int | None = None,
+        group: str | None = None,
+        after: str | None = None,
     ) -> dict[str, Any]:
         """Insert a run row and make its folder (mode 700).
 
-        Without `name`, the run is called BASE-N (BASE defaults to the kind).
+        Without `name`, the run is called BASE-N (BASE defaults to the kind). `group`
+        tags runs launched together; `after` is the run a queued worker waits for.
         """
         run_id = new_run_id()
         if name:
             validate_name(name)
         else:
             base = validate_name(base or kind)
+        if group is not None:
+            validate_name(group, "group name")
         now = time.time()
         row = {
             "id": run_id, "num": None, "name": name, "kind": kind, "status": status,
@@ -302,7 +319,7 @@ class Store:
             "started": now if status == "running" else None, "ended": None,
             "heartbeat": now, "exit_code": None, "resumed_from": resumed_from,
             "last_step": None, "total_steps": total_steps,
-            "dir": str(self.run_dir(run_id).resolve()),
+            "dir": str(self.run_dir(run_id).resolve()), "grp": group, "after": after,
         }
         run_dir = self.run_dir(run_id)
         run_dir.mkdir(mode=0o700)
@@ -322,13 +339,26 @@ class Store:
             raise
         return row
 
-    def _next_suffix(self, base: str) -> int:
-        """1 + the largest N among runs named BASE-N."""
+    def _next_suffix(self, base: str, column: str = "name") -> int:
+        """1 + the largest N among runs named (or grouped, column `grp`) BASE-N."""
         names = self.conn.execute(
-            "SELECT substr(name, ?) FROM runs WHERE substr(name, 1, ?) = ?",
+            f"SELECT substr({column}, ?) FROM runs WHERE substr({column}, 1, ?) = ?",
             (len(base) + 2, len(base) + 1, f"{base}-"),
         )
         return 1 + max((int(n) for (n,) in names if n.isdigit()), default=0)
+
+    def new_group_name(self, base: str = "group") -> str:
+        """BASE-N, unused so far: each group launch is its own comparison."""
+        return f"{validate_name(base, 'group name')}-{self._next_suffix(base, 'grp')}"
+
+    def groups(self) -> list[str]:
+        """Group names, in the order their first run was created."""
+        return [g for (g,) in self.conn.execute(
+            "SELECT grp FROM runs WHERE grp IS NOT NULL GROUP BY grp ORDER BY min(num)")]
+
+    def has_group(self, group: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM runs WHERE grp = ? LIMIT 1",
+                                 (group,)).fetchone() is not None
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         if "config" in fields and not isinstance(fields["config"], str):
@@ -359,8 +389,11 @@ class Store:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
-    def runs(self, status: str | None = None) -> list[dict[str, Any]]:
-        rows = [_with_liveness(r) for r in self.db["runs"].rows_where(order_by="num")]
+    def runs(self, status: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
+        """Runs oldest first; `status` filters on the read-time status (so `lost` works)."""
+        where, args = ("grp = ?", [group]) if group is not None else (None, None)
+        rows = [_with_liveness(r)
+                for r in self.db["runs"].rows_where(where, args, order_by="num")]
         return [r for r in rows if status is None or r["status"] == status]
 
     def resolve(self, ref: str) -> dict[str, Any]:

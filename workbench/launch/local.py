@@ -15,14 +15,18 @@ from workbench.store import ACTIVE_STATUSES, Store, StoreError, pid_alive
 
 
 def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
-          resumed_from: str | None = None) -> dict[str, Any]:
-    """Create the run (queued), write its spec, and start its worker in a new session."""
+          resumed_from: str | None = None, group: str | None = None,
+          after: str | None = None) -> dict[str, Any]:
+    """Create the run (queued), write its spec, and start its worker in a new session.
+
+    With `after`, the worker stays queued until that run has ended (launch/queue.py).
+    """
     spec = loaded.spec.for_launch()
     row = store.create_run(
         kind=spec.kind, name=name or spec.name, base=loaded.default_name, status="queued",
         launcher="local", spec=dump_toml(spec), config=spec.run_config(),
         resumed_from=resumed_from,
-        total_steps=getattr(spec, "total_steps", None),
+        total_steps=getattr(spec, "total_steps", None), group=group, after=after,
     )
     run_dir = store.run_dir(row["id"])
     (run_dir / "spec.toml").write_text(row["spec"])
@@ -38,6 +42,23 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
     row["pid"] = proc.pid
     row["_process"] = proc  # lets a foreground caller reap it
     return row
+
+
+def start_group(store: Store, specs: list[LoadedSpec], *, group: str, parallel: int = 1,
+                names: list[str | None] | None = None) -> list[dict[str, Any]]:
+    """Start every spec of a group; run i is chained after run i - `parallel`.
+
+    Every worker starts at once, but a chained one waits (queued) for its predecessor,
+    so at most `parallel` runs train at a time, in launch order per lane. Lanes are
+    fixed, not a shared pool: simple to reason about, and with equal-sized specs (the
+    usual comparison) just as fast.
+    """
+    names = names or [None] * len(specs)
+    rows: list[dict[str, Any]] = []
+    for i, (loaded, name) in enumerate(zip(specs, names, strict=True)):
+        after = rows[i - parallel]["id"] if i >= parallel else None
+        rows.append(start(store, loaded, name=name, group=group, after=after))
+    return rows
 
 
 def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
@@ -132,5 +153,6 @@ def resume(store: Store, row: dict[str, Any], *, name: str | None = None) -> dic
         raise StoreError(f"run {row['id']} was not launched from a spec (launcher "
                          f"{row['launcher']}); only launched runs can be resumed")
     spec = parse_spec(row["spec"], label=f"run {row['id']} spec")
+    # The new run stays in the old one's group: it continues that comparison.
     return start(store, LoadedSpec(spec, f"run:{row['id']}"), name=name or row["name"],
-                 resumed_from=row["id"])
+                 resumed_from=row["id"], group=row.get("grp"))

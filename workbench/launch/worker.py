@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
+    from workbench.launch.queue import wait_turn
     from workbench.recipes import Context, get
     from workbench.spec import parse_spec
     from workbench.store import Store
@@ -29,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     run_id = argv[0] if argv else os.environ["WB_RUN_ID"]
     store = Store(os.environ.get("WB_STORE"), create=False)
+    if not wait_turn(store, run_id, stop):  # queued in a group: stopped before its turn
+        return 0
     row = store.get_run(run_id)
     store.update_run(run_id, status="running", pid=os.getpid(), started=time.time(),
                      heartbeat=time.time())
