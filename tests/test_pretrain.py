@@ -356,3 +356,12 @@ def test_muonclip_holds_the_max_logit_at_tau(store: Store) -> None:
     assert max(curves["muon"].values()) > 2 * tau
     after = [v for s, v in curves["muonclip"].items() if first is not None and s > first]
     assert after and statistics.median(after) <= tau * 1.2 and max(after) <= tau * 1.5
+
+
+def test_a_validation_split_too_small_is_reported_not_hidden(store: Store) -> None:
+    row = run_inline(store, tiny(steps=3, ckpt=0).replace("max_bytes = 200000",
+                                                          "max_bytes = 200000\nval_permille = 0"))
+    (event,) = store.events(row["id"], kind="data_warning")
+    assert event["severity"] == "warning" and "val/loss is measured on training data" in \
+        event["payload"]["message"]
+    assert 3 in losses(store, row["id"], "val/loss")

@@ -48,7 +48,7 @@ def test_init_is_reexported_from_the_package() -> None:
     assert "init" in workbench.__all__
     params = inspect.signature(workbench.init).parameters
     assert {n: p.default for n, p in params.items()} == {
-        "name": None, "config": None, "kind": "custom", "store": None}
+        "name": None, "config": None, "kind": "custom", "store": None, "disabled": False}
 
 
 def test_init_creates_an_sdk_run(store: Store) -> None:
@@ -86,12 +86,11 @@ def test_update_config_and_total_steps(store: Store) -> None:
     assert json.loads(row["config"]) == {"a": 1, "b": 2} and row["total_steps"] == 100
 
 
-def test_ranks_above_0_get_a_disabled_run_that_writes_nothing(
+def test_a_disabled_run_accepts_every_call_and_writes_nothing(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     row = store.create_run(kind="custom", status="running", launcher="local")
     monkeypatch.setenv("WB_RUN_ID", row["id"])
-    monkeypatch.setenv("RANK", "1")
-    run = init(config={"lr": 1})
+    run = init(config={"lr": 1}, disabled=True)  # e.g. a rank other than 0
     assert run.disabled and run.id == row["id"]
     run.log({"loss": 1.0}, step=1)
     run.log_dist("rollout/length", [1, 2, 3], step=1)
@@ -106,11 +105,16 @@ def test_ranks_above_0_get_a_disabled_run_that_writes_nothing(
     assert after["status"] == "running" and after["total_steps"] is None
     assert json.loads(after["config"] or "{}") == {}
 
-    monkeypatch.setenv("RANK", "0")  # rank 0 logs
     with init() as rank0:
         assert not rank0.disabled
         rank0.log({"loss": 1.0}, step=1)
     assert len(store.scalars(row["id"], "loss")) == 1
+
+    monkeypatch.delenv("WB_RUN_ID")  # outside a launched run: no row is created either
+    runs = len(store.runs())
+    with init(name="rank1", disabled=True) as other:
+        other.log({"loss": 2.0})
+    assert len(store.runs()) == runs
 
 
 # ---------------------------------------------------------------- logging

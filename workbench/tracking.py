@@ -374,24 +374,29 @@ def _as_numpy(values: Any) -> np.ndarray:
 
 
 def init(name: str | None = None, config: Mapping[str, Any] | None = None,
-         kind: str = "custom", store: str | os.PathLike[str] | None = None) -> Run:
+         kind: str = "custom", store: str | os.PathLike[str] | None = None,
+         disabled: bool = False) -> Run:
     """Start (or, inside a launched worker, attach to) a run and return its `Run`.
 
     Outside the workbench this creates a run with launcher "sdk" that shows in
     `wb ls` and the dashboard like a launched one; its status follows the
     process (finished on exit, failed on an uncaught exception, lost on kill).
 
-    In a multi-process launched run (`resources.procs > 1`) rank 0 logs: on the other
-    ranks (torch's RANK > 0) the returned run is disabled and writes nothing.
+    In a script run under torchrun every rank attaches and may log (e.g. per-rank
+    throughput); log from rank 0 alone where one copy is wanted, or pass
+    `disabled=True` on the other ranks.
     """
     run_id = os.environ.get("WB_RUN_ID")
     st = Store(store or os.environ.get("WB_STORE"))
     try:
         if run_id:
-            rank = int(os.environ.get("RANK") or 0)
-            run = Run(st, st.get_run(run_id), owner=False, own_store=True, disabled=rank > 0)
+            run = Run(st, st.get_run(run_id), owner=False, own_store=True, disabled=disabled)
             if config:  # the launched spec's values win over the script's defaults
                 run.update_config(config, keep_existing=True)
+        elif disabled:  # nothing to attach to, and nothing to create
+            row = {"id": "disabled", "name": name or "disabled", "kind": kind,
+                   "config": json.dumps(dict(config or {}))}
+            run = Run(st, row, owner=False, own_store=True, disabled=True)
         else:
             row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",
                                 config=dict(config or {}), pid=os.getpid())

@@ -312,7 +312,16 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     micro = spec.train.batch_size // spec.train.grad_accum // par.world  # per rank
     loader = BatchLoader(corpus.train, micro, spec.model.seq_len, seed=spec.seed,
                          rank=par.rank, world_size=par.world)
-    val_tokens = corpus.val if len(corpus.val) > spec.model.seq_len else corpus.train
+    val_tokens = corpus.val
+    if len(corpus.val) <= spec.model.seq_len:  # too small a split: say so, don't hide it
+        val_tokens = corpus.train
+        run_.event("data_warning", step=0, severity="warning",
+                   message=f"validation split has {len(corpus.val)} tokens, fewer than one "
+                   f"window of {spec.model.seq_len + 1}; val/loss is measured on training "
+                   "data — raise data.val_permille or use more data")
+        say(f"pretrain: warning: the validation split ({len(corpus.val)} tokens) is shorter "
+            "than one window; val/loss uses training data (raise data.val_permille)",
+            flush=True)
     val = eval_batches(val_tokens, micro, spec.model.seq_len, spec.train.eval_batches,
                        rank=par.rank, world_size=par.world)
     run_.event("stage", step=0, stage="data_ready", train_tokens=len(corpus.train),
