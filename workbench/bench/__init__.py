@@ -4,6 +4,7 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 
 - store: SDK logging throughput vs raw SQLite (bench/store.py).
 - muon: optimizer-step time, our Muon vs torch.optim.Muon vs AdamW (bench/muon.py).
+- muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
 """
@@ -26,6 +27,12 @@ def _muon(**kw: Any) -> dict[str, Any]:
     return bench_muon(**kw)
 
 
+def _muon_dist(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.muon_dist import bench_muon_dist
+
+    return bench_muon_dist(**kw)
+
+
 def _maxlogit(**kw: Any) -> dict[str, Any]:
     from workbench.bench.maxlogit import bench_maxlogit
 
@@ -41,6 +48,7 @@ def _optimizers(**kw: Any) -> dict[str, Any]:
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
+    "muon-dist": _muon_dist,
     "maxlogit": _maxlogit,
     "optimizers": _optimizers,
 }
