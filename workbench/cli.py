@@ -453,7 +453,8 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, maxlogit, optimizers.", show_default=False)],
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers.",
+        show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under two minutes.")]
     = False,
     as_json: JsonOpt = False,
