@@ -21,7 +21,7 @@ from workbench.store import Store
 from workbench.tracking import Run
 
 COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", "recipes",
-            "bench", "compare"]
+            "bench", "compare", "watch"]
 
 
 def wb_json(*args: str) -> Any:

@@ -404,6 +404,43 @@ def events(
 
 
 @app.command()
+def watch(
+    run: RunArg,
+    key: Annotated[str | None, typer.Option(
+        help="Metric to chart (default: the kind's key metric, e.g. train/loss).")] = None,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.", min=0.1)]
+    = 1.0,
+    once: Annotated[bool, typer.Option("--once", help="Print the view once and exit.")]
+    = False,
+    store: StoreOpt = None,
+) -> None:
+    """A compact live view of one run: a chart with spikes marked, key stats, events.
+
+    For terminals where the dashboard is unwanted, and for logs (piped, it prints a
+    stats line per new step and the chart at the end). Exits when the run ends:
+    0 if it finished or was stopped, 1 if it failed or was lost.
+
+    Example: wb watch muon-tiny-1 --key attn/max_logit
+    """
+    from workbench.feed import RunFeed
+    from workbench.watch import watch as watch_run
+
+    st = open_store(store)
+    row = find_run(st, run)
+    if key is not None and row["status"] not in ("queued", "running"):
+        known = st.latest(row["id"])  # a finished run will never get the key
+        if key not in known:
+            raise fail(f"run {row['id']} has no metric {key!r} — pick one of: "
+                       f"{', '.join(sorted(known)[:12]) or 'none logged'}")
+    try:
+        status = watch_run(RunFeed(st, row["id"]), console, key=key, interval=interval,
+                           once=once)
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_OK) from None
+    raise typer.Exit(EXIT_FAILED if status in ("failed", "lost") else EXIT_OK)
+
+
+@app.command()
 def export(
     run: RunArg,
     format: Annotated[str, typer.Option(

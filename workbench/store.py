@@ -510,6 +510,37 @@ class Store:
         sql += " ORDER BY r.id" + (f" LIMIT {int(limit)}" if limit else "")
         return [(i, s, k, value_of(v, f), w) for i, s, k, v, w, f in self.conn.execute(sql, args)]
 
+    def scalar_columns(self, run_id: str, since: int = 0,
+                       ) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
+        """Scalars past `since` as numpy columns per key: {key: (steps, values, walls)}.
+
+        The fast path for charts: a million points load in about a second, where
+        `scalars()` builds a million tuples. NaN is restored from the flag. Returns
+        the cursor to pass as `since` next time (like `records()`, the read is bounded
+        by the sequence value read first, so nothing committed is ever skipped).
+        """
+        import numpy as np
+
+        num = self.run_num(run_id)
+        upto = self.last_id()
+        rows = self.conn.execute(
+            "SELECT step, key, ifnull(value, 0.0), wall, flag FROM scalars "
+            "WHERE run = ? AND id > ? AND id <= ? ORDER BY id", (num, since, upto)).fetchall()
+        if not rows:
+            return upto, {}
+        cols = np.array(rows, dtype=np.float64)
+        steps, key_ids, values, walls, flags = cols.T
+        values[flags == NAN] = math.nan
+        ids = np.unique(key_ids).astype(np.int64)
+        names = dict(self.conn.execute(
+            f"SELECT id, name FROM keys WHERE id IN ({','.join('?' * len(ids))})",
+            [int(i) for i in ids]).fetchall())
+        out = {}
+        for key_id in ids:
+            mask = key_ids == key_id
+            out[names[int(key_id)]] = (steps[mask].astype(np.int64), values[mask], walls[mask])
+        return upto, out
+
     def latest(self, run_id: str) -> dict[str, tuple[int, float]]:
         """Latest (step, value) per scalar key."""
         rows = self.conn.execute(
@@ -544,10 +575,12 @@ class Store:
         return [_event_row(r) for r in self.db.query(sql + " ORDER BY r.id", args)]
 
     def records(self, run_id: str, since: int = 0, keys: Sequence[str] = (),
-                limit: int = 10_000) -> Iterator[dict[str, Any]]:
+                limit: int = 10_000, tables: Sequence[str] = RECORD_TABLES,
+                ) -> Iterator[dict[str, Any]]:
         """All record kinds past `since`, in id (commit) order, as plain dicts.
 
-        `keys` are GLOB patterns on metric keys (events match on their kind).
+        `keys` are GLOB patterns on metric keys (events match on their kind);
+        `tables` picks record kinds (e.g. all but scalars, read by scalar_columns).
 
         The four tables are read by four statements, which need not share one
         snapshot: a batch committed between them could show its events but not
@@ -561,7 +594,7 @@ class Store:
         num = self.run_num(run_id)
         upto = self.last_id()
         streams = []
-        for table in RECORD_TABLES:
+        for table in tables:
             col = "r.kind" if table == "events" else "k.name"
             where = " WHERE r.run = ? AND r.id > ? AND r.id <= ?"
             args: list[Any] = [num, since, upto]

@@ -1,0 +1,190 @@
+"""`RunFeed`: an incremental, in-memory view of one run, for live displays.
+
+The dashboard's run screen, the compare screen and `wb watch` all show a run that
+may still be writing. Each keeps one `RunFeed` and calls `poll()` on a timer; a
+poll reads only what was committed since the last one, through the store API:
+
+- scalars as numpy columns (`Store.scalar_columns`), appended to growable arrays,
+  so a million-point run loads once and then refreshes in milliseconds;
+- distributions, matrices and events as records (`Store.records`), keeping every
+  distribution (p50/p90/p99/max over steps), the latest matrix per key, and events.
+
+Two cursors, one per read, because each read is bounded by the sequence value it
+read first: a single shared cursor could step past rows the other read has not
+seen yet. No Textual here (the core never imports it).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.store import Store
+
+RECORD_PAGE = 10_000  # records per read; a poll reads at most MAX_PAGES of them
+MAX_PAGES = 100
+
+
+@dataclass
+class Series:
+    """One scalar key's points in arrival order. Arrays grow by doubling, so appending
+    a few points to a million costs no copy of the million."""
+
+    _step: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))
+    _value: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    _wall: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    n: int = 0
+
+    @property
+    def step(self) -> np.ndarray:
+        return self._step[: self.n]
+
+    @property
+    def value(self) -> np.ndarray:
+        return self._value[: self.n]
+
+    @property
+    def wall(self) -> np.ndarray:
+        return self._wall[: self.n]
+
+    def __len__(self) -> int:
+        return self.n
+
+    def last(self) -> tuple[int, float] | None:
+        return None if self.n == 0 else (int(self._step[self.n - 1]),
+                                          float(self._value[self.n - 1]))
+
+    def extend(self, steps: np.ndarray, values: np.ndarray, walls: np.ndarray) -> None:
+        k = len(steps)
+        if self.n + k > len(self._step):
+            cap = max(1024, 2 * (self.n + k))
+            self._step = _grow(self._step, cap)
+            self._value = _grow(self._value, cap)
+            self._wall = _grow(self._wall, cap)
+        self._step[self.n:self.n + k] = steps
+        self._value[self.n:self.n + k] = values
+        self._wall[self.n:self.n + k] = walls
+        self.n += k
+
+
+def _grow(a: np.ndarray, cap: int) -> np.ndarray:
+    out = np.empty(cap, dtype=a.dtype)
+    out[: len(a)] = a
+    return out
+
+
+class RunFeed:
+    """What a live view of one run needs, kept current by `poll()`."""
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.row: dict[str, Any] = store.get_run(run_id)
+        self.events: list[dict[str, Any]] = []
+        self._series: dict[str, Series] = {}
+        self._matrices: dict[str, tuple[int, np.ndarray]] = {}
+        self._dists: dict[str, list[dict[str, Any]]] = {}
+        self._scalar_cursor = 0
+        self._record_cursor = 0
+        self.polls = 0
+
+    # -- reading ----------------------------------------------------------------------
+
+    def poll(self) -> bool:
+        """Read what was committed since the last poll. True when anything changed
+        (new records, or the run's status or step)."""
+        before = (self.row.get("status"), self.row.get("last_step"), self.row.get("heartbeat"))
+        self.row = self.store.get_run(self.run_id)
+        changed = before != (self.row.get("status"), self.row.get("last_step"),
+                             self.row.get("heartbeat")) or self.polls == 0
+        self.polls += 1
+        self._scalar_cursor, columns = self.store.scalar_columns(self.run_id,
+                                                                 self._scalar_cursor)
+        for key, (steps, values, walls) in columns.items():
+            self._series.setdefault(key, Series()).extend(steps, values, walls)
+        changed |= bool(columns)
+        for _ in range(MAX_PAGES):
+            page = list(self.store.records(self.run_id, since=self._record_cursor,
+                                           limit=RECORD_PAGE,
+                                           tables=("dists", "matrices", "events")))
+            for rec in page:
+                self._take(rec)
+                self._record_cursor = rec["id"]
+            changed |= bool(page)
+            if len(page) < RECORD_PAGE:
+                break
+        return changed
+
+    def _take(self, rec: dict[str, Any]) -> None:
+        kind = rec["type"]
+        if kind == "event":
+            self.events.append(rec)
+        elif kind == "matrix":
+            data = np.frombuffer(base64.b64decode(rec["data"]), dtype=rec["dtype"])
+            self._matrices[rec["key"]] = (rec["step"], data.reshape(rec["shape"]))
+        elif kind == "dist":
+            self._dists.setdefault(rec["key"], []).append(rec)
+
+    # -- views ------------------------------------------------------------------------
+
+    def keys(self) -> list[str]:
+        return sorted(self._series)
+
+    def series(self, key: str) -> Series:
+        """The key's points (empty when it has none yet)."""
+        return self._series.get(key) or Series()
+
+    def matrix(self, key: str) -> tuple[int, np.ndarray] | None:
+        """(step, array) of the latest matrix logged under `key`."""
+        return self._matrices.get(key)
+
+    def matrix_keys(self) -> list[str]:
+        return sorted(self._matrices)
+
+    def dist(self, key: str) -> dict[str, Any] | None:
+        """The latest distribution record of `key` (count, min, max, mean, p50, p90,
+        p99, edges, counts)."""
+        history = self._dists.get(key)
+        return history[-1] if history else None
+
+    def dist_history(self, key: str) -> list[dict[str, Any]]:
+        return self._dists.get(key, [])
+
+    def dist_keys(self) -> list[str]:
+        return sorted(self._dists)
+
+    def events_of(self, *kinds: str) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["kind"] in kinds]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        raw = self.row.get("config")
+        return json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+
+    @property
+    def tau(self) -> float | None:
+        """The QK-Clip threshold of a pretrain run (optim.tau), else None."""
+        tau = (self.config.get("optim") or {}).get("tau")
+        return float(tau) if isinstance(tau, int | float) else None
+
+    @property
+    def tokens_per_step(self) -> int | None:
+        """Global tokens per step of a pretrain run (batch x seq_len), for token x-axes."""
+        cfg = self.config
+        try:
+            return int(cfg["train"]["batch_size"]) * int(cfg["model"]["seq_len"])
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    @property
+    def spec_text(self) -> str:
+        return self.row.get("spec") or ""
+
+    @property
+    def log_path(self) -> Path:
+        return self.store.run_dir(self.run_id) / "stdout.log"
