@@ -33,7 +33,9 @@ def test_pyproject_lists_every_package() -> None:
     listed = set(project["tool"]["setuptools"]["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts)
              for p in (ROOT / "workbench").rglob("__init__.py")}
-    found |= {MAPPED[d] for d in MAPPED if (ROOT / d / "__init__.py").exists()}
+    # Mapped folders and their sub-packages (screens/widgets -> workbench.screens.widgets).
+    found |= {".".join([MAPPED[d], *p.parent.relative_to(ROOT / d).parts])
+              for d in MAPPED for p in (ROOT / d).rglob("__init__.py")}
     assert found == listed
     assert project["project"]["name"] == "workbench-lab"
     assert project["project"]["scripts"]["wb"] == "workbench.cli:main"
