@@ -30,6 +30,7 @@ app = typer.Typer(
     "  wb launch charlm --set config.steps=500 --detach\n\n"
     "  wb ls --status running\n\n"
     "  wb launch optimizers-tiny; wb compare optimizers-tiny-1\n\n"
+    "  wb tui  (the dashboard; `wb` alone on a terminal)\n\n"
     "Exit codes: 0 ok, 1 failure, 2 bad input.",
     invoke_without_command=True,
     rich_markup_mode="rich",
@@ -88,9 +89,35 @@ def _main(
     version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                           help="Print the version and exit.")] = False,
 ) -> None:
-    if ctx.invoked_subcommand is None:  # bare `wb`: the overview, not an error
+    if ctx.invoked_subcommand is None:
+        # On a terminal, bare `wb` is the dashboard; piped or scripted it stays the
+        # overview (exit 0), so scripts and tests never start a full-screen app.
+        if sys.stdin.isatty() and sys.stdout.isatty():
+            _run_tui(None)
+            raise typer.Exit(EXIT_OK)
         console.print(ctx.get_help())
         raise typer.Exit(EXIT_OK)
+
+
+def _run_tui(store: Path | None) -> None:
+    """Open the dashboard. Textual is imported here, not at the top: `wb ls` and the
+    other headless commands must stay light (tests/test_layout.py)."""
+    from workbench.app import run_app
+
+    run_app(store)
+
+
+@app.command()
+def tui(store: StoreOpt = None) -> None:
+    """Open the dashboard: live runs, run details, compare, launch (`wb` alone on a
+    terminal does the same). Keys: ? lists them, ctrl+p finds any action, q quits.
+
+    Example: wb tui --store runs
+    """
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise fail("wb tui needs a terminal (stdin and stdout); for a text view use "
+                   "`wb watch RUN` or `wb ls`")
+    _run_tui(store)
 
 
 # -- launch / stop / resume ---------------------------------------------------------------
@@ -490,7 +517,7 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, muon-dist, maxlogit, optimizers.",
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, tui.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under two minutes.")]
     = False,

@@ -7,6 +7,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
+- tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
+  (bench/tui.py).
 """
 
 from __future__ import annotations
@@ -45,10 +47,17 @@ def _optimizers(**kw: Any) -> dict[str, Any]:
     return bench_optimizers(**kw)
 
 
+def _tui(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.tui import bench_tui
+
+    return bench_tui(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
     "muon-dist": _muon_dist,
     "maxlogit": _maxlogit,
     "optimizers": _optimizers,
+    "tui": _tui,
 }
