@@ -13,6 +13,7 @@ from workbench.store import Store
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reads or writes ./runs, or inherits a launched run's identity."""
     monkeypatch.setenv("WB_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the TUI's saved theme
     monkeypatch.delenv("WB_RUN_ID", raising=False)
     monkeypatch.delenv("WB_RESUME_DIR", raising=False)
     monkeypatch.chdir(tmp_path)

@@ -248,6 +248,15 @@ class LineChart(PlotextPlot):
     def series_names(self) -> list[str]:
         return list(self._series)
 
+    def points(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(x, y) of a series as set (before downsampling); KeyError if absent."""
+        return self._series[name]
+
+    @property
+    def marker_groups(self) -> dict[str, np.ndarray]:
+        """Marker xs per label."""
+        return {label: xs for label, (xs, _) in self._markers.items()}
+
     # -- change detection ----------------------------------------------------------------
 
     def _request_check(self) -> None:

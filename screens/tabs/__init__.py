@@ -1,0 +1,18 @@
+"""The run screen's tabs. Each is a container that composes widgets and knows which
+metrics it shows; `update_from(feed)` refreshes it from a `RunFeed`.
+
+`wants(feed)` says whether a tab fits the run: by kind first (pretrain shows
+Attention, rl shows Rollouts, depth shows Depth), else by the metrics present, so
+a custom SDK run that logs `rollout/*` gets the Rollouts tab as soon as they arrive.
+"""
+
+from workbench.screens.tabs.attention import AttentionTab
+from workbench.screens.tabs.config import ConfigTab
+from workbench.screens.tabs.depth import DepthTab
+from workbench.screens.tabs.events import EventsTab
+from workbench.screens.tabs.logs import LogsTab
+from workbench.screens.tabs.overview import OverviewTab
+from workbench.screens.tabs.rollouts import RolloutsTab
+
+__all__ = ["AttentionTab", "ConfigTab", "DepthTab", "EventsTab", "LogsTab", "OverviewTab",
+           "RolloutsTab"]

@@ -1,0 +1,85 @@
+"""Depth (recurrent-depth inference): recurrence steps per token, a generated sample
+colored by the depth each token took, and accuracy against the recurrence count.
+
+Records it reads (DESIGN.md names, plus two the depth recipe writes):
+- distribution `depth/steps_per_token`; scalar `depth/steps_mean`;
+- event `depth_sample` with payload {"tokens": [str, ...], "depths": [int, ...]};
+- scalars `eval/accuracy/r<N>`: accuracy with the recurrence fixed at N steps.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Static
+
+from workbench.feed import RunFeed
+from workbench.screens.tabs.base import RunTab
+from workbench.screens.widgets import Histogram, LineChart
+
+ACCURACY_AT = re.compile(r"^eval/accuracy/r(\d+)$")
+# Shallow to deep, colorblind-safe (blue -> yellow -> vermillion), 5 bands.
+DEPTH_STYLES = ("#0072b2", "#56b4e9", "#009e73", "#e69f00", "#d55e00")
+
+
+def depth_text(tokens: list[str], depths: list[int]) -> Text:
+    """The sample with each token colored by its recurrence depth (5 bands)."""
+    text = Text()
+    if not depths:
+        return text
+    lo, hi = min(depths), max(depths)
+    for tok, d in zip(tokens, depths, strict=False):
+        band = 0 if hi == lo else min(4, int((d - lo) * 5 / (hi - lo + 1e-9)))
+        text.append(tok, style=DEPTH_STYLES[band])
+    text.append("\n\n")
+    text.append("depth: ")
+    for band, style in enumerate(DEPTH_STYLES):
+        edge = lo + (hi - lo) * band / 5
+        text.append(f" {edge:.0f}+ ", style=f"reverse {style}")
+    return text
+
+
+def accuracy_by_steps(feed: RunFeed) -> tuple[np.ndarray, np.ndarray]:
+    """(recurrence counts, latest accuracy at each) from the eval/accuracy/rN keys."""
+    points = []
+    for key in feed.keys():
+        if (m := ACCURACY_AT.match(key)) and (last := feed.series(key).last()):
+            points.append((int(m.group(1)), last[1]))
+    points.sort()
+    return (np.array([p[0] for p in points], dtype=np.float64),
+            np.array([p[1] for p in points], dtype=np.float64))
+
+
+class DepthTab(RunTab):
+    TITLE = "Depth"
+    KINDS = ("depth",)
+    PREFIXES = ("depth/",)
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Histogram(id="steps-hist")
+            yield LineChart(id="accuracy")
+        with Vertical(id="sample-box"):
+            yield Static("no sample yet", id="sample")
+
+    def update_from(self, feed: RunFeed) -> None:
+        if (d := feed.dist("depth/steps_per_token")) is not None:
+            self.query_one("#steps-hist", Histogram).set_histogram(
+                d["edges"], d["counts"], title=f"recurrence steps per token, step {d['step']}",
+                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+        chart = self.query_one("#accuracy", LineChart)
+        chart.set_title("accuracy vs recurrence steps")
+        chart.x_label = "recurrence steps"
+        x, y = accuracy_by_steps(feed)
+        if len(x):
+            chart.set_series("accuracy", x, y)
+        samples = feed.events_of("depth_sample")
+        if samples:
+            p = samples[-1]["payload"]
+            self.query_one("#sample", Static).update(
+                depth_text([str(t) for t in p.get("tokens", [])],
+                           [int(d) for d in p.get("depths", [])]))

@@ -1,0 +1,73 @@
+"""Rollouts (async RL): length histogram and tails over steps, truncation, staleness,
+the policy-version timeline with weight syncs, and idle fractions per role."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Grid
+from textual.widgets import DataTable
+
+from workbench.feed import RunFeed
+from workbench.screens.tabs.base import RunTab
+from workbench.screens.widgets import Histogram, LineChart
+
+TAILS = ("rollout/len_p50", "rollout/len_p90", "rollout/len_p99", "rollout/len_max")
+IDLE = ("perf/trainer_idle_frac", "perf/generator_idle_frac")
+SYNCS_SHOWN = 20
+
+
+class RolloutsTab(RunTab):
+    TITLE = "Rollouts"
+    KINDS = ("rl",)
+    PREFIXES = ("rollout/", "staleness", "policy/")
+
+    def compose(self) -> ComposeResult:
+        with Grid(id="rollouts-grid"):
+            yield Histogram(id="len-hist")
+            yield LineChart(id="len-tails")
+            yield LineChart(id="truncated")
+            yield Histogram(id="stale-hist")
+            yield LineChart(id="stale-lines")
+            yield LineChart(id="version")
+            yield DataTable(id="syncs", cursor_type="row", zebra_stripes=True)
+            yield LineChart(id="idle")
+
+    def on_mount(self) -> None:
+        self.query_one("#syncs", DataTable).add_columns("step", "version", "seconds")
+
+    def update_from(self, feed: RunFeed) -> None:
+        if (d := feed.dist("rollout/length")) is not None:
+            self.query_one("#len-hist", Histogram).set_histogram(
+                d["edges"], d["counts"], title=f"rollout length, step {d['step']}",
+                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+        self._lines("#len-tails", "length tails", TAILS, feed)
+        self._lines("#truncated", "truncated fraction", ("rollout/truncated_frac",), feed)
+        if (d := feed.dist("staleness")) is not None:
+            self.query_one("#stale-hist", Histogram).set_histogram(
+                d["edges"], d["counts"], title=f"staleness (versions), step {d['step']}",
+                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+        self._lines("#stale-lines", "staleness mean / max",
+                    ("staleness/mean", "staleness/max"), feed)
+        self._lines("#version", "policy version", ("policy/version",), feed)
+        syncs = feed.events_of("weight_sync")
+        self.query_one("#version", LineChart).set_markers(
+            [e["step"] for e in syncs if e.get("step") is not None], label="sync")
+        table = self.query_one("#syncs", DataTable)
+        shown = syncs[-SYNCS_SHOWN:]
+        if table.row_count != len(shown) or (shown and table.row_count and
+                                              str(shown[-1]["id"]) not in table.rows):
+            table.clear()
+            for e in shown:
+                p = e["payload"]
+                seconds = p.get("seconds", p.get("duration_s"))
+                table.add_row(str(e["step"]), str(p.get("version", "-")),
+                              "-" if seconds is None else f"{float(seconds):.2f}",
+                              key=str(e["id"]))
+        self._lines("#idle", "idle fraction per role", IDLE, feed)
+
+    def _lines(self, selector: str, title: str, keys: tuple[str, ...], feed: RunFeed) -> None:
+        chart = self.query_one(selector, LineChart)
+        chart.set_title(title)
+        for key in keys:
+            if len(s := feed.series(key)):
+                chart.set_series(key.rsplit("/", 1)[-1], s.step, s.value)
