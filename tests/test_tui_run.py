@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
@@ -301,6 +302,11 @@ def fixed_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store_module, "new_run_id", lambda: f"run{next(numbers):05d}")
 
 
+async def settle(pilot: Pilot[Any]) -> None:
+    """Let the first refresh and its repaint finish before the snapshot."""
+    await pilot.pause(0.5)
+
+
 class ScreenApp(WorkbenchApp):
     """The dashboard opened straight on one screen (for snapshots)."""
 
@@ -308,8 +314,9 @@ class ScreenApp(WorkbenchApp):
         super().__init__(store_dir)
         self.make = make
 
-    def on_mount(self) -> None:
-        super().on_mount()
+    def on_mount(self, event: events.Mount) -> None:
+        event.prevent_default()  # not WorkbenchApp's: no runs screen, its "age" column ticks
+        self.store_if_exists()
         self.theme = "workbench-dark"
         self.push_screen(self.make())
 
@@ -317,18 +324,28 @@ class ScreenApp(WorkbenchApp):
 def test_snapshot_run_overview(fixed_ids: None, store: Store, store_dir: Path,
                                snap_compare: Any) -> None:
     run = pretrain_run(store)
-    assert snap_compare(ScreenApp(store_dir, lambda: RunScreen(run.id)), terminal_size=(80, 24))
+    assert snap_compare(ScreenApp(store_dir, lambda: RunScreen(run.id)), terminal_size=(80, 24),
+                        run_before=settle)
 
 
 def test_snapshot_run_attention(fixed_ids: None, store: Store, store_dir: Path,
                                 snap_compare: Any) -> None:
     run = pretrain_run(store)
-    assert snap_compare(ScreenApp(store_dir, lambda: RunScreen(run.id)), press=["2"],
-                        terminal_size=(80, 24))
+
+    async def show_attention(pilot: Pilot[Any]) -> None:
+        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen), 5, "run screen")
+        pilot.app.screen.action_show_tab(1)
+        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and
+                    pilot.app.screen.query_one(TabbedContent).active == "tab-attention", 5,
+                    "the attention tab")
+        await pilot.pause(0.3)
+
+    assert snap_compare(ScreenApp(store_dir, lambda: RunScreen(run.id)),
+                        run_before=show_attention, terminal_size=(80, 24))
 
 
 def test_snapshot_compare(fixed_ids: None, store: Store, store_dir: Path,
                           snap_compare: Any) -> None:
     a, b = pretrain_run(store, name="muon"), pretrain_run(store, name="adamw")
     assert snap_compare(ScreenApp(store_dir, lambda: CompareScreen([a.id, b.id])),
-                        terminal_size=(80, 24))
+                        terminal_size=(80, 24), run_before=settle)

@@ -177,8 +177,8 @@ async def test_chart_colours_follow_the_theme() -> None:
         assert chart._rgb("linechart--series-1") == primary
         assert chart.build_count > builds, "a theme switch redraws with the new colours"
         raw = chart.render()
-        colours = {span.style.color.get_truecolor() for span in raw.spans
-                   if not isinstance(span.style, str) and span.style.color}
+        colours = {seg.style.color.get_truecolor() for line in raw.lines for seg in line
+                   if seg.style is not None and seg.style.color}
         assert primary in {tuple(c) for c in colours}
 
 

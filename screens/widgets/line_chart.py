@@ -27,6 +27,7 @@ from textual.color import Color
 from textual.reactive import reactive
 from textual_plotext import PlotextPlot
 
+from workbench.screens.widgets.ansi import AnsiLines
 from workbench.series import downsample_minmax, ema
 from workbench.themes import stylesheet
 
@@ -180,7 +181,7 @@ class LineChart(PlotextPlot):
         self._drawn_series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._drawn_markers: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self._drawn_key: tuple[Any, ...] | None = None
-        self._cache: Text | None = None
+        self._cache: Text | AnsiLines | None = None
         self._y_range = [math.inf, -math.inf]
         self._check_pending = False
         self.build_count = 0
@@ -353,7 +354,7 @@ class LineChart(PlotextPlot):
         text.append("no data yet".center(width).rstrip(), muted)
         return text
 
-    def _build(self) -> Text:
+    def _build(self) -> Text | AnsiLines:
         width, height = self.size.width, self.size.height
         has_data = any(np.isfinite(y).any() for _, y in self._series.values())
         if not has_data and not self._markers:
@@ -423,7 +424,7 @@ class LineChart(PlotextPlot):
             plt.xlabel(self.x_label)
         self.drawn = drawn
         self.build_count += 1
-        return Text.from_ansi(plt.build(), no_wrap=True, end="")
+        return AnsiLines(plt.build())  # 10x faster than Text.from_ansi (see ansi.py)
 
     def _extend_y(self, y: np.ndarray) -> None:
         """Track the y range plotext will use, for the tick positions."""
