@@ -349,3 +349,23 @@ def test_snapshot_compare(fixed_ids: None, store: Store, store_dir: Path,
     a, b = pretrain_run(store, name="muon"), pretrain_run(store, name="adamw")
     assert snap_compare(ScreenApp(store_dir, lambda: CompareScreen([a.id, b.id])),
                         terminal_size=(80, 24), run_before=settle)
+
+
+def test_snapshot_runs_screen(fixed_ids: None, store: Store, store_dir: Path,
+                              snap_compare: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.screens import runs as runs_module
+
+    monkeypatch.setattr(runs_module, "ago", lambda _ts: "5m")  # ages tick; the rest is fixed
+    pretrain_run(store, name="muon")
+    pretrain_run(store, name="adamw")
+    rl_run(store)
+    depth_run(store)
+    assert snap_compare(ScreenApp(store_dir, runs_module.RunsScreen), terminal_size=(80, 24),
+                        run_before=settle)
+
+
+def test_snapshot_launch_screen(store_dir: Path, snap_compare: Any) -> None:
+    from workbench.screens.launch import LaunchScreen
+
+    assert snap_compare(ScreenApp(store_dir, lambda: LaunchScreen("muon-tiny")),
+                        terminal_size=(80, 24), run_before=settle)
