@@ -335,6 +335,7 @@ class LaunchScreen(Screen[str | None]):
         self.rows: dict[str, FieldRow] = {}
         self.message = ""  # the one-line SpecError of the current values, or ""
         self.launched: str | None = None
+        self.loading = False  # a form is being (re)built: its rows are not mounted yet
 
     def compose(self) -> ComposeResult:
         with Horizontal(id="launch-main"):
@@ -380,7 +381,18 @@ class LaunchScreen(Screen[str | None]):
         except SpecError as exc:
             self._say(str(exc), error=True)
             return False
-        self.draft = draft
+        # Until the new rows are mounted, a keypress (ctrl+l) or a field event must not
+        # validate or launch: neither the old rows (being removed) nor the new ones
+        # (not composed yet) can be read.
+        self.loading = True
+        try:
+            await self._build_form(draft)
+        finally:
+            self.loading = False
+        self.revalidate()
+        return True
+
+    async def _build_form(self, draft: Draft) -> None:
         form = self.query_one("#launch-form", VerticalScroll)
         await form.remove_children()
         self.rows = {}
@@ -399,11 +411,10 @@ class LaunchScreen(Screen[str | None]):
             groups.append(Collapsible(*rows, title=title, collapsed=not opened,
                                       id=f"section-{i}"))
         await form.mount_all(groups)
+        self.draft = draft
         self.query_one("#launch-title", Static).update(
             f"{draft.source} ({draft.kind})" + (f": {draft.description}"
                                                  if draft.description else ""))
-        self.revalidate()
-        return True
 
     @on(OptionList.OptionSelected, "#launch-recipes")
     async def _recipe_chosen(self, event: OptionList.OptionSelected) -> None:
@@ -435,7 +446,7 @@ class LaunchScreen(Screen[str | None]):
 
     def revalidate(self) -> LoadedSpec | None:
         """Validate the current values with the real spec model; show what is wrong."""
-        if self.draft is None:
+        if self.draft is None or self.loading:
             return None
         raw = self.raw_values()
         loaded, errors, message = self.draft.build(raw)
@@ -474,6 +485,9 @@ class LaunchScreen(Screen[str | None]):
         """Launch what the form says, if it is valid; then back to the runs."""
         from workbench.launch import local
 
+        if self.loading:
+            self.notify("the form is still loading", severity="warning")
+            return
         loaded = self.revalidate()
         if loaded is None:
             self.notify(self.message or "choose a spec first", severity="error",

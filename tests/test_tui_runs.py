@@ -474,6 +474,29 @@ def test_launch_refuses_an_invalid_field_inline(tmp_path: Path, store_dir: Path)
     run_async(with_app(store_dir, body))
 
 
+def test_launch_while_the_form_is_being_rebuilt_does_not_crash(tmp_path: Path,
+                                                               store_dir: Path) -> None:
+    """ctrl+l (or a field event) between choosing a spec and its form being mounted used
+    to read rows that were not composed yet: NoMatches, and the app exited."""
+    spec = script_spec(tmp_path, "quick", QUICK, "\n[config]\nsteps = 3\n")
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
+        launch = await open_launch(app, pilot, str(spec))
+        reload = asyncio.ensure_future(launch.load("charlm"))
+        await asyncio.sleep(0)  # the rebuild starts
+        tries = 0
+        while not reload.done():
+            launch.action_launch()  # raised NoMatches mid-rebuild before the fix
+            tries += 1
+            await asyncio.sleep(0)
+        assert await reload and tries > 1
+        assert app.screen is launch and launch.launched is None  # nothing launched
+        assert launch.draft is not None and launch.draft.source == "charlm"
+        assert launch.revalidate() is not None  # the new form reads and validates
+
+    run_async(with_app(store_dir, body))
+
+
 def test_launch_creates_the_run_and_selects_it(tmp_path: Path, store_dir: Path) -> None:
     spec = script_spec(tmp_path, "quick", QUICK, "\n[config]\nsteps = 3\n")
 
@@ -619,3 +642,17 @@ def test_wb_tui_needs_a_terminal() -> None:
     assert len(proc.stderr.splitlines()) == 1 and "needs a terminal" in proc.stderr
     bare = wb(timeout=60)
     assert bare.returncode == 0 and "tui" in bare.stdout
+
+
+def test_wb_tui_exits_non_zero_when_the_app_crashed(monkeypatch: pytest.MonkeyPatch,
+                                                    store_dir: Path) -> None:
+    """An unhandled error in the app (Textual prints the traceback) used to exit 0."""
+    from workbench import app as app_module
+
+    def crashed(self: WorkbenchApp) -> None:
+        self._return_code = 1  # what Textual sets after an unhandled exception
+
+    monkeypatch.setattr(app_module.WorkbenchApp, "run", crashed)
+    with pytest.raises(SystemExit) as exc:
+        app_module.run_app(store_dir)
+    assert exc.value.code == 1

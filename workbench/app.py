@@ -178,5 +178,9 @@ class WorkbenchApp(App[None]):
 
 
 def run_app(store: str | os.PathLike[str] | None = None) -> None:
-    """Run the dashboard in this terminal until the user quits."""
-    WorkbenchApp(store).run()
+    """Run the dashboard in this terminal until the user quits. An unhandled error
+    (Textual prints its traceback on exit) exits with the app's non-zero code."""
+    app = WorkbenchApp(store)
+    app.run()
+    if app.return_code:
+        raise SystemExit(app.return_code)
