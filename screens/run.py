@@ -27,6 +27,7 @@ from workbench.screens.tabs import (
     RolloutsTab,
 )
 from workbench.screens.tabs.base import RunTab
+from workbench.screens.widgets import Heatmap
 from workbench.store import Store
 from workbench.themes import stylesheet
 
@@ -114,7 +115,13 @@ class RunScreen(Screen[None]):
         return self.query_one(f"#{active}-body", RunTab)
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
-        self.visible_tab().update_from(self.feed)  # a hidden tab catches up when shown
+        tab = self.visible_tab()
+        tab.update_from(self.feed)  # a hidden tab catches up when shown
+        # The heatmap's arrow keys read a cell: it takes the focus, or the arrows would
+        # go on switching tabs (h / l and 1-7 still do).
+        for heatmap in tab.query(Heatmap):
+            heatmap.focus()
+            break
 
     # -- actions ----------------------------------------------------------------------
 

@@ -164,6 +164,35 @@ def test_attention_heatmap_against_tau_and_the_focused_cell(store: Store,
     on_screen(store_dir, lambda: RunScreen(run.id), body)
 
 
+def test_attention_tab_arrows_read_cells_without_a_tab_press(store: Store,
+                                                             store_dir: Path) -> None:
+    """Pressed on the Attention tab, the arrows used to switch tabs (the tab bar had the
+    focus); the heatmap's cursor was reachable only after `tab`."""
+    run = pretrain_run(store)
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
+        tabs = screen.query_one(TabbedContent)
+        await pilot.press("2")
+        await pilot.pause(0.2)
+        heat = screen.query_one("#heads", Heatmap)
+        assert app.focused is heat
+        await pilot.press("right", "right")
+        await pilot.pause(0.1)
+        assert tabs.active == "tab-attention"
+        assert "layer 0 head 2: 30" in str(heat.border_subtitle)
+        await pilot.press("down", "m")
+        await pilot.pause(0.1)
+        assert "layer 0 head 2: 30" in str(heat.border_subtitle)  # m: the hottest cell
+        await pilot.press("l")  # letters still switch tabs
+        await pilot.pause(0.2)
+        assert tabs.active == "tab-events"
+        await pilot.press("right")  # away from the heatmap, arrows switch tabs again
+        await pilot.pause(0.2)
+        assert tabs.active == "tab-logs"
+
+    on_screen(store_dir, lambda: RunScreen(run.id), body)
+
+
 def test_rl_run_shows_rollouts_not_attention(store: Store, store_dir: Path) -> None:
     run = rl_run(store)
 
@@ -188,6 +217,23 @@ def test_rl_run_shows_rollouts_not_attention(store: Store, store_dir: Path) -> N
     on_screen(store_dir, lambda: RunScreen(run.id), body)
 
 
+def test_weight_sync_table_keeps_the_newest_sync_in_view(store: Store,
+                                                         store_dir: Path) -> None:
+    """Newest last, but the table stayed scrolled at the top: at 80x24 (and here) the
+    latest weight syncs, the ones a live run is watched for, were out of view."""
+    run = rl_run(store)
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
+        await pilot.press("3")
+        syncs = screen.query_one("#syncs", DataTable)
+        await until(pilot, lambda: syncs.row_count == 5, 5, "the syncs")
+        await pilot.pause(0.2)
+        assert syncs.max_scroll_y > 0  # more syncs than rows: the test means something
+        assert syncs.cursor_row == 4 and syncs.scroll_y == syncs.max_scroll_y
+
+    on_screen(store_dir, lambda: RunScreen(run.id), body)
+
+
 def test_depth_run_shows_depth_histogram_sample_and_accuracy(store: Store,
                                                              store_dir: Path) -> None:
     run = depth_run(store)
@@ -203,6 +249,36 @@ def test_depth_run_shows_depth_histogram_sample_and_accuracy(store: Store,
         assert "The answer is 42" in str(sample)
         styles = {str(span.style) for span in sample.spans}
         assert len(styles) >= 3  # tokens of different depth get different colors
+
+    on_screen(store_dir, lambda: RunScreen(run.id), body)
+
+
+def test_depth_legend_names_the_depths_each_colour_holds() -> None:
+    """The legend used to round band edges ("1+ 2+ 4+ 5+ 7+" for depths 1-8) while a
+    token of depth 2 took the first colour and one of depth 5 the third."""
+    from workbench.screens.tabs.depth import depth_text
+
+    depths = list(range(1, 9))
+    text = depth_text([f"t{d}" for d in depths], depths)
+    colour = {text.plain[span.start:span.end]: str(span.style) for span in text.spans}
+    legend = text.plain.split("depth:")[1].split()
+    assert legend == ["1-2", "3-4", "5", "6-7", "8"]
+    for entry in legend:
+        first, _, last = entry.partition("-")
+        members = range(int(first), int(last or first) + 1)
+        assert {colour[f"t{d}"] for d in members} == {colour[f" {entry} "].split()[-1]}
+
+
+def test_no_pulsing_progress_bar_for_an_ended_run_without_a_total(store: Store,
+                                                                  store_dir: Path) -> None:
+    """A finished (or failed) run without total steps showed an indeterminate, pulsing
+    bar ("--%"), as if it were still going."""
+    run = depth_run(store)  # no total_steps, finished
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
+        await pilot.pause(0.2)
+        assert not screen.query_one("#progress").display
+        assert "step 1  finished" in str(screen.query_one("#progress-label").render())
 
     on_screen(store_dir, lambda: RunScreen(run.id), body)
 

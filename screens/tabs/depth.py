@@ -26,20 +26,30 @@ ACCURACY_AT = re.compile(r"^eval/accuracy/r(\d+)$")
 DEPTH_STYLES = ("#0072b2", "#56b4e9", "#009e73", "#e69f00", "#d55e00")
 
 
+def depth_band(d: int, lo: int, hi: int) -> int:
+    """Which of the 5 color bands depth `d` falls in: the hi - lo + 1 possible depths
+    split as evenly as integers allow (shallowest band 0)."""
+    return (d - lo) * len(DEPTH_STYLES) // (hi - lo + 1)
+
+
 def depth_text(tokens: list[str], depths: list[int]) -> Text:
-    """The sample with each token colored by its recurrence depth (5 bands)."""
+    """The sample with each token colored by its recurrence depth (5 bands), and a
+    legend naming the exact depths each band holds ("1-2", "3", ...)."""
     text = Text()
     if not depths:
         return text
     lo, hi = min(depths), max(depths)
     for tok, d in zip(tokens, depths, strict=False):
-        band = 0 if hi == lo else min(4, int((d - lo) * 5 / (hi - lo + 1e-9)))
-        text.append(tok, style=DEPTH_STYLES[band])
+        text.append(tok, style=DEPTH_STYLES[depth_band(d, lo, hi)])
     text.append("\n\n")
     text.append("depth: ")
-    for band, style in enumerate(DEPTH_STYLES):
-        edge = lo + (hi - lo) * band / 5
-        text.append(f" {edge:.0f}+ ", style=f"reverse {style}")
+    members: dict[int, list[int]] = {}
+    for d in range(lo, hi + 1):
+        members.setdefault(depth_band(d, lo, hi), []).append(d)
+    for band, ds in members.items():
+        label = str(ds[0]) if len(ds) == 1 else f"{ds[0]}-{ds[-1]}"
+        text.append(f" {label} ", style=f"reverse {DEPTH_STYLES[band]}")
+        text.append(" ")
     return text
 
 

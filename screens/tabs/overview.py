@@ -55,8 +55,12 @@ class OverviewTab(RunTab):
         row = feed.row
         bar = self.query_one("#progress", ProgressBar)
         total, step = row.get("total_steps"), row.get("last_step") or 0
+        active = row["status"] in ("queued", "running")
         bar.update(total=total or None, progress=step)
-        left = eta(row) if row["status"] in ("queued", "running") else None
+        # Without a total the bar pulses (indeterminate): right for a run that is going,
+        # misleading for one that finished, failed or was stopped.
+        bar.display = bool(total) or active
+        left = eta(row) if active else None
         self.query_one("#progress-label", Label).update(
             f" step {step}" + (f"/{total}" if total else "") + f"  {row['status']}"
             + (f"  eta {duration(left)}" if left is not None else ""))

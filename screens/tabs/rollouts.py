@@ -63,6 +63,8 @@ class RolloutsTab(RunTab):
                 table.add_row(str(e["step"]), str(p.get("version", "-")),
                               "-" if seconds is None else f"{float(seconds):.2f}",
                               key=str(e["id"]))
+            if table.row_count:  # newest last: keep it in view, not the oldest
+                table.move_cursor(row=table.row_count - 1)
         self._lines("#idle", "idle fraction per role", IDLE, feed)
 
     def _lines(self, selector: str, title: str, keys: tuple[str, ...], feed: RunFeed) -> None:
