@@ -482,9 +482,19 @@ class LaunchScreen(Screen[str | None]):
         self.action_cancel()
 
     def action_launch(self) -> None:
+        """Launch what the form says, once this screen has handled what came before.
+
+        A binding runs outside this screen's message queue: Enter on a spec and then a
+        quick ctrl+l would otherwise launch the previous form while the chosen spec is
+        still queued to load. call_later puts the launch behind it."""
+        self.call_later(self._launch_now)
+
+    def _launch_now(self) -> None:
         """Launch what the form says, if it is valid; then back to the runs."""
         from workbench.launch import local
 
+        if self.launched is not None or not self.is_attached:  # one launch per visit
+            return
         if self.loading:
             self.notify("the form is still loading", severity="warning")
             return
