@@ -517,7 +517,7 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, tui.",
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under two minutes.")]
     = False,

@@ -7,6 +7,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
+- engine: generated tokens/s, continuous vs static batching on a skewed-length workload
+  (bench/engine.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
 """
@@ -47,6 +49,12 @@ def _optimizers(**kw: Any) -> dict[str, Any]:
     return bench_optimizers(**kw)
 
 
+def _engine(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.engine import bench_engine
+
+    return bench_engine(**kw)
+
+
 def _tui(**kw: Any) -> dict[str, Any]:
     from workbench.bench.tui import bench_tui
 
@@ -59,5 +67,6 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "muon-dist": _muon_dist,
     "maxlogit": _maxlogit,
     "optimizers": _optimizers,
+    "engine": _engine,
     "tui": _tui,
 }

@@ -34,6 +34,14 @@ Attention backends (``GPTConfig.attn_backend``):
   materialized (O(B*H*T^2) memory). The reference; tests compare against it.
 - "auto": flex on CUDA, sdpa elsewhere.
 
+KV-cache decoding (generation engines, workbench/engine/): ``KVCache`` holds per layer
+k / v tensors [slots, n_kv_head, max_len, head_dim] and per-slot lengths;
+``GPT.forward_cached(idx, cache, slots)`` appends idx [B, T] to the given slots, each at
+its own position (RoPE and the attention mask per slot), and returns the logits. Slots of
+different lengths share one batched forward: keys past a slot's length are masked out.
+It goes through sdpa with an explicit mask whatever ``attn_backend`` says, forward only;
+the training forward above is untouched.
+
 The model knows nothing of optimizers or distributed training.
 """
 
@@ -200,6 +208,35 @@ class Attention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
         return self.o_proj(y), max_logits
 
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor,
+                       ctx: CachedStep) -> Tensor:
+        """Attend x [B, T, d_model] at positions ctx.pos [B, T] of cache rows ctx.rows [B].
+
+        The new keys / values are written into the cache first, then each query i of
+        row b sees the cached keys j <= pos[b, i]: older keys of its own slot and the
+        earlier tokens of x, never another slot's nor a stale tail past its length.
+        """
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        # Advanced indices split by a slice put their dims first: [B, T, Hkv, D].
+        k_cache[ctx.rows_col, :, ctx.pos] = k.transpose(1, 2).to(k_cache.dtype)
+        v_cache[ctx.rows_col, :, ctx.pos] = v.transpose(1, 2).to(v_cache.dtype)
+        if ctx.contiguous:  # rows == 0..B-1: read the cache as a view, no gather
+            keys, values = k_cache[:B, :, :ctx.kv_len], v_cache[:B, :, :ctx.kv_len]
+        else:
+            keys, values = k_cache[ctx.rows, :, :ctx.kv_len], v_cache[ctx.rows, :, :ctx.kv_len]
+        if keys.dtype != q.dtype:  # a cache kept in another dtype than the model's
+            keys, values = keys.to(q.dtype), values.to(q.dtype)
+        y = F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=ctx.mask,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, self.n_head * self.head_dim)
+        return self.o_proj(y)
+
 
 # ----------------------------------------------------------------------------- MLP, block
 
@@ -231,6 +268,71 @@ class Block(nn.Module):
         x = x + a
         x = x + self.mlp(self.norm2(x))
         return x, max_logits
+
+    def forward_cached(self, x: Tensor, k_cache: Tensor, v_cache: Tensor,
+                       ctx: CachedStep) -> Tensor:
+        x = x + self.attn.forward_cached(self.norm1(x), k_cache, v_cache, ctx)
+        return x + self.mlp(self.norm2(x))
+
+
+# ----------------------------------------------------------------------------- KV cache
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values for ``slots`` sequences of up to ``max_len`` tokens.
+
+    Allocated once (an engine reuses a slot for the next request by resetting its
+    length), so decoding never reallocates. ``lengths[s]`` = tokens held by slot s; the
+    tail past it is stale and masked out, never read.
+    """
+
+    k: list[Tensor]  # per layer [slots, n_kv_head, max_len, head_dim]
+    v: list[Tensor]
+    lengths: Tensor  # [slots] int64, on the cache's device
+
+    @classmethod
+    def empty(cls, config: GPTConfig, slots: int, max_len: int,
+              device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> KVCache:
+        if max_len > config.seq_len:
+            raise ValueError(f"cache max_len ({max_len}) exceeds the model's seq_len "
+                             f"({config.seq_len}): RoPE is only tabulated that far")
+        shape = (slots, config.kv_heads, max_len, config.head_dim)
+        return cls(
+            k=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            v=[torch.zeros(shape, device=device, dtype=dtype) for _ in range(config.n_layer)],
+            lengths=torch.zeros(slots, dtype=torch.long, device=device),
+        )
+
+    @property
+    def slots(self) -> int:
+        return self.lengths.numel()
+
+    @property
+    def max_len(self) -> int:
+        return self.k[0].size(2)
+
+
+def _visible_bias(pos: Tensor, kv_len: int, dtype: torch.dtype) -> Tensor:
+    """Additive attention mask [B, 1, T, kv_len], built once per call (sdpa would convert
+    a boolean mask again in every layer)."""
+    hidden = torch.arange(kv_len, device=pos.device) > pos.unsqueeze(-1)
+    return torch.zeros(hidden.shape, dtype=dtype, device=pos.device).masked_fill_(
+        hidden, float("-inf")).unsqueeze(1)
+
+
+@dataclass
+class CachedStep:
+    """What every layer of one ``forward_cached`` shares, computed once per call."""
+
+    rows: Tensor  # [B] cache slots
+    rows_col: Tensor  # [B, 1]
+    pos: Tensor  # [B, T] absolute positions
+    cos: Tensor  # [B, 1, T, head_dim]
+    sin: Tensor
+    mask: Tensor  # [B, 1, T, kv_len] additive: 0 where key j <= pos[b, i], -inf elsewhere
+    kv_len: int  # keys read per row: max position + 1
+    contiguous: bool  # rows == 0..B-1
 
 
 # ----------------------------------------------------------------------------- model
@@ -278,6 +380,39 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
         max_logits = torch.stack(per_layer) if track_max_logits else None
         return GPTOutput(logits=logits, loss=loss, max_logits=max_logits)
+
+    @torch.no_grad()
+    def forward_cached(self, idx: Tensor, cache: KVCache, slots: Tensor | None = None,
+                       return_logits: bool = True) -> Tensor | None:
+        """Append idx [B, T] to cache slots ``slots`` [B] (None = slots 0..B-1) and return
+        the logits [B, T, vocab_size] (None with ``return_logits=False``, for a prefill
+        whose last token is decoded later).
+
+        Row b's tokens take positions ``cache.lengths[slots[b]] + 0..T-1`` (RoPE and mask
+        per row), so slots of different lengths decode in one batch; the lengths advance
+        by T. Same logits as ``forward`` on the whole sequence, up to float rounding.
+        """
+        B, T = idx.shape
+        contiguous = slots is None
+        rows = torch.arange(B, device=idx.device) if slots is None else slots
+        start = cache.lengths[rows]
+        pos = start.unsqueeze(1) + torch.arange(T, device=idx.device)  # [B, T]
+        kv_len = int(pos.max()) + 1
+        if kv_len > cache.max_len:
+            raise ValueError(f"KV cache overflow: position {kv_len - 1} >= max_len "
+                             f"({cache.max_len})")
+        attn = self.blocks[0].attn
+        ctx = CachedStep(
+            rows=rows, rows_col=rows.unsqueeze(1), pos=pos,
+            cos=attn.cos[pos].unsqueeze(1), sin=attn.sin[pos].unsqueeze(1),
+            mask=_visible_bias(pos, kv_len, self.embed.weight.dtype),
+            kv_len=kv_len, contiguous=contiguous,
+        )
+        x = self.embed(idx)
+        for block, k_cache, v_cache in zip(self.blocks, cache.k, cache.v, strict=True):
+            x = block.forward_cached(x, k_cache, v_cache, ctx)
+        cache.lengths[rows] = start + T
+        return self.lm_head(self.norm(x)) if return_logits else None
 
     @torch.no_grad()
     def attention_max_logits(self, idx: Tensor) -> Tensor:
