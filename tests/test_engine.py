@@ -472,3 +472,18 @@ def test_bench_engine_quick_through_the_cli() -> None:
                 "params"):
         assert key in r
     assert r["quick"] is True and r["outputs_match"] is True
+
+
+def test_engine_args_drop_what_an_older_vllm_lacks() -> None:
+    from dataclasses import dataclass
+
+    from workbench.engine.vllm import engine_args_for
+
+    @dataclass
+    class OldEngineArgs:
+        model: str = ""
+        seed: int = 0
+
+    args = {"model": "m", "seed": 1, "logprobs_mode": "raw_logprobs", "async_scheduling": False}
+    assert engine_args_for(OldEngineArgs, args) == {"model": "m", "seed": 1}
+    assert engine_args_for(OldEngineArgs, {"bogus": 1}) == {"bogus": 1}  # a typo still fails

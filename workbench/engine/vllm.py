@@ -18,9 +18,11 @@ How it maps onto vLLM (written against vLLM's V1 engine, 0.10 and later):
   nothing generates between our calls: a weight update lands exactly between two steps
   and the tokens after it are tagged with the new version. ``RequestOutputKind.DELTA``:
   each step returns only the new tokens of each request.
-- Log-probs. ``SamplingParams(logprobs=0)`` returns the sampled token's log-prob. vLLM's
-  default ``logprobs_mode`` is "raw_logprobs": the model's log-softmax before temperature
-  or any other processing, i.e. temperature 1, as the torch engine reports.
+- Log-probs. ``SamplingParams(logprobs=0)`` returns the sampled token's log-prob, and
+  ``logprobs_mode="raw_logprobs"`` (vLLM's default, set explicitly) makes it the model's
+  log-softmax before temperature or any other processing, i.e. temperature 1, as the
+  torch engine reports. ``async_scheduling=False`` keeps a step's tokens on the weights
+  that were loaded when the step was scheduled.
 - Stop. ``stop_token_ids=[EOS]`` (no tokenizer to say what EOS is); ``max_tokens`` =
   min(max_new_tokens, max_len - prompt); vLLM's finish_reason "stop" / "length" carries
   over.
@@ -188,6 +190,18 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
+def engine_args_for(engine_args_cls: Any, args: dict[str, Any]) -> dict[str, Any]:
+    """Drop the optional settings this vLLM's EngineArgs lacks: ``logprobs_mode`` (0.10.2+;
+    before it log-probs were raw anyway) and ``async_scheduling`` (off: with it, the step
+    launched before a weight update would still run on the old weights while its tokens
+    came back after the update, tagged with the new version)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(engine_args_cls)}
+    optional = {"logprobs_mode", "async_scheduling"}
+    return {k: v for k, v in args.items() if k in known or k not in optional}
+
+
 def sampling_kwargs(req: Request, *, max_len: int, temperature: float, seed: int,
                     ignore_eos: bool = False) -> dict[str, Any]:
     """The SamplingParams keywords for ``req`` (output_kind is added by the engine)."""
@@ -274,14 +288,17 @@ class VLLMEngine:
         if model_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="wb-vllm-")
             model_dir = str(export_hf_llama(model, self._tmp.name))  # type: ignore[arg-type]
-        args = dict(
+        args: dict[str, Any] = dict(
             model=model_dir, skip_tokenizer_init=True, max_model_len=max_len,
             max_num_seqs=max_batch, dtype=dtype, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=False,
             worker_extension_cls=f"{__name__}.WorkbenchWorkerExtension",
+            # Said explicitly where this vLLM has them (see engine_args_for):
+            logprobs_mode="raw_logprobs", async_scheduling=False,
         )
         args.update(engine_kwargs or {})
-        self._engine = vllm.LLMEngine.from_engine_args(vllm.EngineArgs(**args))
+        self._engine = vllm.LLMEngine.from_engine_args(
+            vllm.EngineArgs(**engine_args_for(vllm.EngineArgs, args)))
 
     # ------------------------------------------------------------------ interface
 
