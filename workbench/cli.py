@@ -517,9 +517,9 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui.",
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl.",
         show_default=False)],
-    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; under two minutes.")]
+    quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,
     as_json: JsonOpt = False,
 ) -> None:

@@ -7,6 +7,7 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
+- rl: asynchronous vs synchronous RL wall time for the same trainer steps (bench/rl.py).
 - engine: generated tokens/s, continuous vs static batching on a skewed-length workload
   (bench/engine.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
@@ -61,6 +62,12 @@ def _tui(**kw: Any) -> dict[str, Any]:
     return bench_tui(**kw)
 
 
+def _rl(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.rl import bench_rl
+
+    return bench_rl(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -69,4 +76,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "optimizers": _optimizers,
     "engine": _engine,
     "tui": _tui,
+    "rl": _rl,
 }

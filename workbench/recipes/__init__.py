@@ -90,3 +90,11 @@ register(Recipe(
     key_metric="train/loss",
     per_rank=True,
 ))
+
+register(Recipe(
+    kind="rl",
+    spec="workbench.recipes.rl.spec:RLSpec",
+    entry="workbench.recipes.rl.trainer:run",
+    summary="asynchronous GRPO (Magistral) with generators, verifiers and bounded staleness",
+    key_metric="rl/reward",
+))

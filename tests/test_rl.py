@@ -1,0 +1,161 @@
+"""The `rl` recipe end to end: real generator, verifier and trainer processes, real
+generation, weights by gloo broadcast. A random-init policy keeps these fast; learning
+itself is shown by the built-in specs (see the issue note and `wb bench rl`)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+from typing import Any
+
+import pytest
+
+from tests.helpers import wait_for
+from workbench.launch import local
+from workbench.launch.local import descendants
+from workbench.spec import LoadedSpec, SpecError, parse_spec
+from workbench.store import Store, pid_alive
+
+SMOKE = """
+kind = "rl"
+seed = 1
+[policy]
+init = "random"
+n_layer = 1
+d_model = 64
+seq_len = 128
+[rollout]
+generators = 2
+slots = 8
+l_max = 40
+l_cache = 8
+max_staleness = {staleness}
+inflight = {inflight}
+[grpo]
+steps = {steps}
+group_size = 4
+groups_per_step = 2
+checkpoint_every = 2
+[verifier]
+procs = 1
+timeout_s = 5
+"""
+
+RL_SCALARS = {"rl/reward", "rl/accuracy", "rl/entropy", "rl/clip_frac", "rl/zero_adv_frac",
+              "rl/logprob_kl", "rollout/len_p50", "rollout/len_p90", "rollout/len_p99",
+              "rollout/len_max", "rollout/truncated_frac", "staleness/mean", "staleness/max",
+              "perf/gen_tokens_per_s", "perf/trainer_idle_frac", "perf/generator_idle_frac",
+              "sync/seconds", "policy/version"}
+
+
+def smoke(steps: int = 4, staleness: int = 1, inflight: bool = True) -> str:
+    return SMOKE.format(steps=steps, staleness=staleness, inflight=str(inflight).lower())
+
+
+LAUNCHED: list[dict[str, Any]] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_outlives_its_test() -> Any:
+    """A failing test must not leave a trainer and its generators running."""
+    yield
+    while LAUNCHED:
+        row = LAUNCHED.pop()
+        if pid_alive(row["pid"]):
+            local.kill_tree(row["pid"])
+
+
+def launch(store: Store, text: str) -> dict[str, Any]:
+    row = local.start(store, LoadedSpec(parse_spec(text), "rl_smoke.toml"))
+    LAUNCHED.append(row)
+    return row
+
+
+def wait_end(store: Store, row: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
+    row["_process"].wait(timeout=timeout)
+    done = store.get_run(row["id"])
+    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
+    assert done["status"] == "finished", log[-3000:]
+    return done
+
+
+def values(store: Store, run_id: str, key: str) -> dict[int, float]:
+    return {step: v for _, step, _, v, _ in store.scalars(run_id, key)}
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["rollout.l_cache=50"], "rollout.l_cache (50) must be below rollout.l_max (40)"),
+    (["tasks.names=[\"sum\",\"nope\"]"], "unknown task 'nope'"),
+    (["policy.init=somewhere"], "use 'warmstart', 'random' or 'run:<id>'"),
+    (["rollout.l_max=200"], "leaves no room for the prompt"),
+    (["tasks.path=no/such.jsonl"], "tasks.path: no such file"),
+])
+def test_bad_rl_specs_are_refused_in_one_line(overrides: list[str], expected: str) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(smoke(), overrides)
+    assert expected in str(info.value) and "\n" not in str(info.value)
+
+
+def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> None:
+    row = wait_end(store, launch(store, smoke(steps=6, staleness=1)))
+    keys = {k for _, _, k, _, _ in store.scalars(row["id"])}
+    assert RL_SCALARS <= keys, RL_SCALARS - keys
+    assert sorted(values(store, row["id"], "policy/version")) == list(range(1, 7))
+    assert max(values(store, row["id"], "staleness/max").values()) <= 1
+    dists = {r["key"] for r in store.records(row["id"]) if r["type"] == "dist"}
+    assert {"rollout/length", "staleness"} <= dists
+    syncs = store.events(row["id"], kind="weight_sync")
+    assert [e["payload"]["version"] for e in syncs] == list(range(1, 7))
+    assert all(e["payload"]["seconds"] >= 0 for e in syncs)
+    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
+    assert "2 generators" in log and "gloo broadcast" in log
+    pids = [int(p) for p in re.findall(r"generator \d: pid (\d+)", log)]
+    assert len(pids) == 2 and os.getpid() not in pids and row["pid"] not in pids
+
+
+def test_sync_baseline_has_zero_staleness(store: Store) -> None:
+    row = wait_end(store, launch(store, smoke(steps=4, staleness=0)))
+    assert set(values(store, row["id"], "staleness/max").values()) == {0.0}
+
+
+def test_kill_9_of_a_generator_is_recorded_and_the_run_goes_on(store: Store,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              ) -> None:
+    row = launch(store, smoke(steps=12, staleness=1))
+    log_path = store.run_dir(row["id"]) / "stdout.log"
+
+    def generator_pid() -> int | None:
+        found = re.findall(r"generator 2: pid (\d+)", log_path.read_text())
+        steps = values(store, row["id"], "policy/version")
+        return int(found[0]) if found and len(steps) >= 2 else None
+
+    pid = wait_for(generator_pid, 120, "generator 2 and two steps", interval=0.1)
+    os.kill(pid, signal.SIGKILL)
+    done = wait_end(store, row)
+    (lost,) = store.events(done["id"], kind="generator_lost")
+    assert lost["payload"]["generator"] == 2 and lost["payload"]["remaining"] == 1
+    assert sorted(values(store, done["id"], "policy/version"))[-1] == 12
+
+
+def test_trainer_killed_takes_its_roles_down_and_resume_continues(store: Store) -> None:
+    row = launch(store, smoke(steps=30, staleness=1))
+    wait_for(lambda: store.events(row["id"], kind="checkpoint"), 120, "a checkpoint",
+             interval=0.1)
+    tree = descendants(row["pid"])
+    assert len(tree) >= 3  # generators and a verifier
+    os.kill(row["pid"], signal.SIGKILL)  # the trainer alone: its roles must follow
+    row["_process"].wait(timeout=30)
+    wait_for(lambda: not any(pid_alive(p) for p in tree), 30, "every role to exit")
+    killed = store.get_run(row["id"])
+    assert killed["status"] == "lost"
+    # The newest checkpoint on disk (its event may not have been committed before the kill).
+    ckpt = max(int(p.name.split("-")[1]) for p in
+               (store.run_dir(row["id"]) / "checkpoints").glob("step-*"))
+    again = local.resume(store, killed)
+    LAUNCHED.append(again)
+    resumed = wait_end(store, again, timeout=240)
+    (event,) = [e for e in store.events(resumed["id"], kind="checkpoint")
+                if e["payload"].get("action") == "resumed"]
+    assert event["step"] == ckpt
+    assert sorted(values(store, resumed["id"], "policy/version")) == list(range(ckpt + 1, 31))

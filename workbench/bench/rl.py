@@ -1,0 +1,105 @@
+"""`wb bench rl`: asynchronous vs synchronous RL, same model, tasks and trainer steps.
+
+Two real runs of the `rl` recipe (generators, verifiers and trainer as processes),
+launched one after the other into a temporary store:
+- async: `rollout.max_staleness = k` with in-flight weight updates;
+- sync:  `rollout.max_staleness = 0` (generate, train, sync).
+Each is timed from its `training` stage event to its `done` event: the policy's
+warm start (shared by both, cached) and process start-up are outside the figure.
+The speedup comes from two places: generation overlaps training, and continuous
+batching keeps generator slots busy with the next groups while a long-tailed
+rollout finishes, where sync waits for the batch's longest answer.
+
+The warm start is cached under the default store's `cache/warmstart` (./runs or
+$WB_STORE), so a second bench, or a bench after `wb launch rl-async-tiny`, skips it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+QUICK_STEPS, FULL_STEPS = 12, 40
+STALENESS = 2
+
+
+def _say(progress: Console | None, text: str) -> None:
+    if progress is not None:
+        progress.print(text, highlight=False)
+
+
+def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
+         timeout: float) -> dict[str, Any]:
+    from workbench.launch import local
+    from workbench.spec import load_spec
+
+    loaded = load_spec("rl-async-tiny", overrides)
+    row = local.start(store, loaded, name=f"bench-{label}")
+    t0 = time.monotonic()
+    proc = row["_process"]
+    last = -1
+    while proc.poll() is None:
+        if time.monotonic() - t0 > timeout:
+            local.stop(store, store.get_run(row["id"]), grace=10)
+            raise RuntimeError(f"{label} run did not finish within {timeout:.0f} s")
+        step = store.get_run(row["id"])["last_step"] or 0
+        if step != last:
+            _say(progress, f"  {label}: step {step}")
+            last = step
+        time.sleep(1.0)
+    done = store.get_run(row["id"])
+    if done["status"] != "finished":
+        log = (store.run_dir(row["id"]) / "stdout.log").read_text()[-2000:]
+        raise RuntimeError(f"{label} run ended {done['status']}:\n{log}")
+    stages = {e["payload"].get("stage"): e["wall"] for e in store.events(row["id"], kind="stage")}
+    seconds = stages["done"] - stages["training"]
+
+    def series(key: str) -> list[float]:
+        return [v for *_, v, _ in store.scalars(row["id"], key)]
+
+    return {"seconds": seconds, "staleness_mean": statistics.fmean(series("staleness/mean")),
+            "staleness_max": max(series("staleness/max")),
+            "trainer_idle_frac": statistics.fmean(series("perf/trainer_idle_frac")),
+            "generator_idle_frac": statistics.fmean(series("perf/generator_idle_frac")),
+            "gen_tokens_per_s": statistics.fmean(series("perf/gen_tokens_per_s")),
+            "len_p50": statistics.fmean(series("rollout/len_p50")),
+            "len_max": max(series("rollout/len_max")), "run": row["id"]}
+
+
+def bench_rl(quick: bool = False, progress: Console | None = None) -> dict[str, Any]:
+    from workbench.store import Store, resolve_root
+
+    steps = QUICK_STEPS if quick else FULL_STEPS
+    shared_cache = resolve_root(None) / "cache" / "warmstart"
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wb-bench-rl-") as tmp:
+        root = Path(tmp) / "store"
+        store = Store(root)
+        (root / "cache").mkdir(exist_ok=True)
+        (root / "cache" / "warmstart").symlink_to(shared_cache.resolve())
+        base = [f"grpo.steps={steps}", "grpo.checkpoint_every=0"]
+        _say(progress, f"rl bench: {steps} trainer steps each; async (max_staleness "
+                       f"{STALENESS}, in-flight) then sync (max_staleness 0)")
+        timeout = 900.0
+        a = _one(store, [*base, f"rollout.max_staleness={STALENESS}", "rollout.inflight=true"],
+                 progress, "async", timeout)
+        s = _one(store, [*base, "rollout.max_staleness=0"], progress, "sync", timeout)
+        store.close()
+    return {
+        "async_s": a["seconds"], "sync_s": s["seconds"], "speedup": s["seconds"] / a["seconds"],
+        "staleness_mean": a["staleness_mean"], "staleness_max": a["staleness_max"],
+        "trainer_idle_frac_async": a["trainer_idle_frac"],
+        "trainer_idle_frac_sync": s["trainer_idle_frac"],
+        "generator_idle_frac_async": a["generator_idle_frac"],
+        "generator_idle_frac_sync": s["generator_idle_frac"],
+        "gen_tokens_per_s_async": a["gen_tokens_per_s"],
+        "gen_tokens_per_s_sync": s["gen_tokens_per_s"],
+        "len_p50": a["len_p50"], "len_max": max(a["len_max"], s["len_max"]),
+        "trainer_steps": steps, "max_staleness": STALENESS, "quick": quick,
+        "target_speedup": 1.5,
+    }

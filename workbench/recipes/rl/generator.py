@@ -1,0 +1,193 @@
+"""A generator: one OS process that decodes rollouts continuously and never waits for
+the trainer, except where the staleness bound says it must (AReaL).
+
+Loop (between two decode steps, so nothing waits longer than one step):
+1. control messages: new weights are announced here, then received by a
+   torch.distributed broadcast from the trainer (rank 0) over this generator's own
+   {0, rank} group. With `rollout.inflight` they load at once and the KV caches are
+   kept (Magistral: sequences in flight carry on with the new weights, and one
+   completion spans several versions); otherwise they wait until every sequence in
+   flight has finished on the old weights, and nothing new starts meanwhile.
+2. admission: a new prompt group (G completions of one problem) may start only when
+   `group // groups_per_step <= engine_version + max_staleness`: the group is trained
+   at version group // groups_per_step and its oldest token has the engine's version,
+   so no sample is staler than max_staleness.
+   Group ids come from one counter shared by all generators; the problem of group g
+   is a pure function of (seed, g), so a resumed run draws the same problems.
+3. one engine step; finished completions go to the trainer's queue.
+Idle time (nothing to decode: paused by the bound, or waiting for weights) is
+reported with each completion, for `perf/generator_idle_frac`.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+STATS_EVERY_S = 0.25
+
+
+def flat_numel(params: list[Any]) -> int:
+    return sum(p.numel() for p in params)
+
+
+def unflatten(flat: Any, named: list[tuple[str, Any]]) -> dict[str, Any]:
+    """Views of `flat` shaped like the named parameters (same order on both sides)."""
+    out, offset = {}, 0
+    for name, p in named:
+        out[name] = flat[offset:offset + p.numel()].view_as(p)
+        offset += p.numel()
+    return out
+
+
+def draw_problem(spec: Any, g: int, problems: list[Any] | None, room: int,
+                 ) -> tuple[Any, list[int]]:
+    """The problem of group g: a pure function of (seed, g). Draws from the same stream
+    until the prompt fits `room` tokens (a heavy-tailed task can exceed the context);
+    bounded, and a clear error if nothing fits."""
+    import numpy as np
+
+    from workbench.data.corpus import BOS, encode
+    from workbench.recipes.rl.tasks import sample_problem
+
+    rng = np.random.default_rng([spec.seed, g])
+    for _ in range(1000):
+        if problems is not None:
+            problem = problems[int(rng.integers(len(problems)))]
+        else:
+            problem = sample_problem(rng, spec.tasks.names)
+        prompt = [BOS, *encode(problem.prompt).tolist()]
+        if len(prompt) <= room:
+            return problem, prompt
+    raise ValueError(f"no prompt fits policy.seq_len - rollout.l_max = {room} tokens "
+                     "after 1000 draws — raise policy.seq_len or lower rollout.l_max")
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit at once when the trainer is gone (kill -9): no orphan keeps generating."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent_pid:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="wb-watch-trainer", daemon=True).start()
+
+
+def generator_main(rank: int, world: int, port: int, spec_toml: str,
+                   model_config: dict[str, Any], shared: dict[str, Any],
+                   control: Any, out: Any, parent_pid: int) -> None:
+    """Process entry (multiprocessing spawn). `shared`: version, started (mp.Values),
+    stop (mp.Event). `control`: this generator's queue; `out`: the trainer's queue."""
+    _watch_parent(parent_pid)
+    import torch
+    import torch.distributed as dist
+
+    from workbench.data.corpus import decode
+    from workbench.engine import Request, make_engine
+    from workbench.models.gpt import GPT, GPTConfig
+    from workbench.recipes.rl.spec import RLSpec
+    from workbench.recipes.rl.tasks import load_jsonl
+    from workbench.spec import parse_spec
+
+    torch.set_num_threads(1)
+    spec: RLSpec = parse_spec(spec_toml)  # type: ignore[assignment]
+    ro, G, per_step = spec.rollout, spec.grpo.group_size, spec.grpo.groups_per_step
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=120))
+    groups = [dist.new_group([0, i]) for i in range(1, world)]  # every rank, same order
+    mine = groups[rank - 1]
+
+    torch.manual_seed(spec.seed)
+    model = GPT(GPTConfig(**model_config)).eval()
+    named = list(model.named_parameters())
+    flat = torch.empty(flat_numel([p for _, p in named]))
+    dist.broadcast(flat, src=0, group=mine)  # the starting weights
+    version = int(shared["version"].value)
+    with torch.no_grad():
+        for (_, p), v in zip(named, unflatten(flat, named).values(), strict=True):
+            p.copy_(v)
+    engine = make_engine(spec.engine.name, model, max_batch=ro.slots, max_len=model.config.seq_len,
+                         temperature=ro.temperature, seed=spec.seed * 1000 + rank)
+    engine.version = version
+    problems = load_jsonl(spec.tasks.path, spec.tasks.verifier, spec.tasks.prompt_field,
+                          spec.tasks.answer_field) if spec.tasks.path else None
+
+    room = model.config.seq_len - ro.l_max  # prompt tokens that leave l_max for the answer
+    pending: tuple[dict[str, Any], int] | None = None
+    redo: list[int] = []
+    idle_s = busy_s = 0.0
+    tokens = 0
+    next_id = 0
+    last_stats = time.monotonic()
+    print(f"generator {rank}: pid {os.getpid()}, {ro.slots} slots, version {version}",
+          flush=True)
+    while not shared["stop"].is_set():
+        t0 = time.perf_counter()
+        # 1. weights
+        while True:
+            try:
+                msg = control.get_nowait()
+            except queue.Empty:
+                break
+            if msg[0] == "stop":
+                shared["stop"].set()
+                break
+            if msg[0] == "weights":
+                dist.broadcast(flat, src=0, group=mine)
+                state = {k: v.clone() for k, v in unflatten(flat, named).items()}
+                pending = (state, int(msg[1]))
+            if msg[0] == "redo":  # a lost generator's group, started again here
+                redo.append(int(msg[1]))
+        if pending is not None and (ro.inflight or engine.num_active() == 0):
+            engine.load_weights(*pending)
+            pending = None
+        # 2. admission (nothing new starts while old weights wait to be replaced)
+        while pending is None and engine.num_active() + engine.num_waiting() + G <= \
+                max(ro.slots, G):
+            if redo:
+                g = redo.pop(0)
+            else:
+                with shared["started"].get_lock():
+                    g = shared["started"].value
+                    # Against the weights this engine holds (not the trainer's counter,
+                    # which moves before the new weights arrive): the first token's version.
+                    if g // per_step > engine.version + ro.max_staleness or \
+                            g // per_step >= spec.grpo.steps:
+                        break
+                    shared["started"].value = g + 1
+            problem, prompt = draw_problem(spec, g, problems, room)
+            out.put(("start", rank, g))
+            for i in range(G):
+                engine.add(Request(id=next_id, prompt=prompt, max_new_tokens=ro.l_max,
+                                   meta={"group": g, "index": i, "problem": problem}))
+                next_id += 1
+        # 3. decode
+        if engine.has_work():
+            done = engine.step(admit=pending is None)  # old weights: drain, admit nothing
+            for c in done:
+                tokens += len(c.tokens)
+                out.put(("rollout", rank, c.meta["group"], c.meta["index"], c.meta["problem"],
+                         c.prompt, c.tokens, c.logprobs, c.versions, c.finish,
+                         decode([t for t in c.tokens if t < 256])))
+            busy_s += time.perf_counter() - t0
+        else:
+            time.sleep(0.005)
+            idle_s += time.perf_counter() - t0
+        if time.monotonic() - last_stats > STATS_EVERY_S:
+            out.put(("stats", rank, busy_s, idle_s, tokens))
+            busy_s = idle_s = 0.0
+            tokens = 0
+            last_stats = time.monotonic()
+    out.put(("stats", rank, busy_s, idle_s, tokens))
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the trainer may be gone already
+        pass
+    sys.exit(0)

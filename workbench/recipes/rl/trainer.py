@@ -1,0 +1,531 @@
+"""The trainer: entry point of the `rl` kind, and the process every other role hangs off.
+
+Roles, each its own OS process (multiprocessing, spawn):
+- N generators (generator.py), decoding continuously with the embedded engine;
+- a pool of verifiers (verifier.py), each check under a timeout;
+- this trainer, which also routes: completions arrive on one queue, go to the
+  verifiers, and come back scored.
+
+Transport on one node: multiprocessing queues for rollouts and control, and
+torch.distributed (gloo on a CPU, NCCL between GPUs) for weights: the trainer is
+rank 0 and broadcasts the flattened parameters, with a version number, over a
+{0, i} group per generator. One group per generator, rather than one broadcast to
+all, so a dead generator (kill -9) breaks only its own link: the trainer records a
+`generator_lost` event and goes on with the others. Across nodes the same design
+holds with the process group's rendezvous on the trainer's host and the queues
+replaced by a network queue (not built here: one node only).
+
+A step: wait for the groups of batch `version` in order (group g belongs to batch
+g // groups_per_step), score them, compute Magistral's GRPO loss with the
+generators' log-probs as the behaviour policy, update, bump the version, broadcast.
+Staleness of a sample = the version that trains on it minus the oldest version
+among its tokens; the generators' admission rule keeps it <= max_staleness.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import random
+import shutil
+import socket
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_model, save_model
+
+from workbench.data.corpus import PAD
+from workbench.models.gpt import GPT, GPTConfig
+from workbench.recipes import Context
+from workbench.recipes.rl.generator import generator_main
+from workbench.recipes.rl.grpo import group_advantages, grpo_loss
+from workbench.recipes.rl.spec import RLSpec
+from workbench.recipes.rl.verifier import VerifierPool
+from workbench.spec import dump_toml
+
+STEP_PREFIX = "step-"
+POLL_S = 0.05
+
+
+# ----------------------------------------------------------------------------- policy
+
+
+def build_policy(spec: RLSpec, ctx: Context) -> GPT:
+    """The starting policy: a cached warm start, random init, or a pretrain run's weights."""
+    init = spec.policy.init
+    if init.startswith("run:"):
+        return policy_from_run(init[4:], ctx)
+    config = policy_config(spec)
+    if init == "random":
+        torch.manual_seed(spec.seed)
+        return GPT(config)
+    from workbench.recipes.rl.warmstart import WarmStartConfig, warm_start
+
+    options: dict[str, Any] = {"n_layer": config.n_layer, "n_head": config.n_head,
+                               "d_model": config.d_model, "seq_len": config.seq_len,
+                               "tasks": tuple(spec.tasks.names), "seed": spec.seed}
+    if spec.policy.warmstart_steps:
+        options["steps"] = spec.policy.warmstart_steps
+    print("rl: warm start (cached after the first run)", flush=True)
+    return warm_start(WarmStartConfig(**options), ctx.run.root / "cache" / "warmstart")
+
+
+def policy_config(spec: RLSpec) -> GPTConfig:
+    p = spec.policy
+    return GPTConfig(seq_len=p.seq_len, n_layer=p.n_layer, n_head=p.n_head, d_model=p.d_model,
+                     attn_backend="sdpa")
+
+
+def policy_from_run(ref: str, ctx: Context) -> GPT:
+    """The latest checkpoint of a pretrain run in this store."""
+    from workbench.recipes.pretrain.checkpoint import checkpoints_in
+    from workbench.spec import parse_spec
+    from workbench.store import Store
+
+    store = Store(ctx.run.root, create=False)
+    try:
+        row = store.resolve(ref)
+    finally:
+        store.close()
+    if row["kind"] != "pretrain":
+        raise ValueError(f"policy.init run:{ref} is a {row['kind']} run; give a pretrain run")
+    found = checkpoints_in(ctx.run.root / row["id"] / "checkpoints")
+    if not found:
+        raise ValueError(f"policy.init run:{ref} has no checkpoint yet")
+    config = parse_spec(row["spec"]).model.gpt_config()  # type: ignore[attr-defined]
+    config.attn_backend = "sdpa"
+    model = GPT(config)
+    load_model(model, str(found[-1] / "model.safetensors"))
+    print(f"rl: policy from run {row['id']} ({found[-1].name})", flush=True)
+    return model
+
+
+# ----------------------------------------------------------------------------- batches
+
+
+@dataclass
+class Sample:
+    rank: int  # the generator that produced it
+    group: int
+    index: int
+    problem: Any
+    prompt: list[int]
+    tokens: list[int]
+    logprobs: list[float]
+    versions: list[int]
+    finish: str
+    text: str
+    score: Any = None
+
+
+def completion_logprobs(model: GPT, samples: list[Sample], device: torch.device,
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-token log-probs and entropies of each completion under `model`, padded to
+    [B, T] (T = longest completion), with the generators' log-probs and the mask."""
+    seqs = [s.prompt + s.tokens for s in samples]
+    width = max(len(q) for q in seqs)
+    idx = torch.full((len(seqs), width), PAD, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        idx[i, :len(q)] = torch.tensor(q)
+    logits = model(idx.to(device)).logits.float()
+    logp_all = torch.log_softmax(logits, dim=-1)
+    T = max(len(s.tokens) for s in samples)
+    logp = torch.zeros(len(samples), T, device=device)
+    ent = torch.zeros(len(samples), T, device=device)
+    old = torch.zeros(len(samples), T, device=device)
+    mask = torch.zeros(len(samples), T, device=device)
+    for i, s in enumerate(samples):
+        n, p = len(s.tokens), len(s.prompt)
+        pos = torch.arange(p - 1, p - 1 + n, device=device)  # logits that predict each token
+        tok = torch.tensor(s.tokens, device=device)
+        lp = logp_all[i, pos]
+        logp[i, :n] = lp.gather(1, tok[:, None]).squeeze(1)
+        ent[i, :n] = -(lp.exp() * lp).sum(-1)
+        old[i, :n] = torch.tensor(s.logprobs, device=device)
+        mask[i, :n] = 1.0
+    return logp, old, mask, ent
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    a = np.asarray(values, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "max": float(a.max())}
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+@dataclass
+class Roles:
+    """The other processes and the queues to them."""
+
+    generators: dict[int, Any]  # rank -> Process
+    controls: dict[int, Any]  # rank -> Queue
+    out: Any  # completions and stats from the generators
+    shared: dict[str, Any]
+    groups: dict[int, Any]  # rank -> {0, rank} process group
+    verifiers: VerifierPool
+    lost: set[int] = field(default_factory=set)
+
+
+class Trainer:
+    def __init__(self, spec: RLSpec, ctx: Context, model: GPT) -> None:
+        self.spec, self.ctx, self.model = spec, ctx, model
+        self.device = torch.device("cpu")
+        self.opt = torch.optim.AdamW(model.parameters(), lr=spec.grpo.lr,
+                                     weight_decay=spec.grpo.weight_decay, betas=(0.9, 0.99))
+        self.version = 0
+        self.samples: dict[int, dict[int, Sample]] = defaultdict(dict)
+        self.pending: dict[int, Sample] = {}  # at the verifiers, by a key of their own
+        self.next_key = 0
+        self.owner: dict[int, int] = {}  # group -> the generator generating it
+        self.gen_busy = self.gen_idle = 0.0
+        self.gen_tokens = 0
+        self.idle_s = 0.0
+        self.t_mark = time.perf_counter()
+        self.roles: Roles | None = None
+        self.saved_version = -1
+
+    # -- weights ----------------------------------------------------------------------
+
+    def flat(self) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()])
+
+    def broadcast(self) -> float:
+        """Send the current weights (and version) to every live generator."""
+        roles = self.roles
+        assert roles is not None
+        t0 = time.perf_counter()
+        flat = self.flat()
+        live = [r for r in roles.generators if r not in roles.lost]
+        for r in live:
+            roles.controls[r].put(("weights", self.version))
+        for r in live:
+            if not roles.generators[r].is_alive():
+                self.generator_lost(r)
+                continue
+            try:
+                dist.broadcast(flat, src=0, group=roles.groups[r])
+            except RuntimeError as exc:  # the peer died mid-transfer
+                self.generator_lost(r, str(exc))
+        return time.perf_counter() - t0
+
+    def generator_lost(self, rank: int, why: str = "") -> None:
+        roles = self.roles
+        assert roles is not None
+        if rank in roles.lost:
+            return
+        roles.lost.add(rank)
+        code = roles.generators[rank].exitcode
+        self.ctx.run.event("generator_lost", step=self.version, severity="error",
+                           generator=rank, exit_code=code, reason=why or "process exited",
+                           remaining=len(roles.generators) - len(roles.lost))
+        print(f"rl: generator {rank} lost (exit code {code}); "
+              f"{len(roles.generators) - len(roles.lost)} remain", flush=True)
+        if len(roles.lost) == len(roles.generators):
+            raise RuntimeError("every generator is gone; nothing can produce rollouts")
+        self.restart_groups(rank)
+
+    def restart_groups(self, rank: int) -> None:
+        """A lost generator's unfinished groups start again, whole, on the live ones (round
+        robin): nothing is dropped, and a batch never waits for a group no one generates."""
+        roles = self.roles
+        assert roles is not None
+        live = [r for r in roles.generators if r not in roles.lost]
+        G = self.spec.grpo.group_size
+        redo = {g for g, r in self.owner.items()
+                if r == rank and len(self.samples.get(g, {})) < G}
+        # A group whose "start" never left the dead process has no owner: restart it too
+        # (a live generator's start still in the queue only costs a duplicate group).
+        started = roles.shared["started"].value
+        first = self.version * self.spec.grpo.groups_per_step
+        redo |= {g for g in range(first, started)
+                 if g not in self.owner and len(self.samples.get(g, {})) < G}
+        redo = sorted(redo)
+        for n, g in enumerate(redo):
+            self.samples.pop(g, None)
+            self.owner[g] = live[n % len(live)]
+            roles.controls[self.owner[g]].put(("redo", g))
+        if redo:
+            print(f"rl: groups {redo} restarted on generators "
+                  f"{sorted({self.owner[g] for g in redo})}", flush=True)
+
+    # -- collecting -------------------------------------------------------------------
+
+    def pump(self, block_s: float) -> None:
+        """Move completions to the verifiers and scores into groups; track idle time."""
+        roles = self.roles
+        assert roles is not None
+        deadline = time.monotonic() + block_s
+        while True:
+            try:
+                msg = roles.out.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+            except queue.Empty:
+                msg = None
+            if msg is not None and msg[0] == "start":
+                self.owner[msg[2]] = msg[1]
+                if msg[1] in roles.lost:  # started just before its generator died
+                    self.restart_groups(msg[1])
+            elif msg is not None and msg[0] == "rollout" and msg[1] not in roles.lost:
+                _, rank, g, i, problem, prompt, tokens, logprobs, versions, finish, text = msg
+                s = Sample(rank, g, i, problem, prompt, tokens, logprobs, versions, finish,
+                           text)
+                self.gen_tokens += len(tokens)
+                self.pending[self.next_key] = s
+                roles.verifiers.submit(self.next_key, problem, text, len(tokens))
+                self.next_key += 1
+            elif msg is not None and msg[0] == "stats":
+                _, _, busy, idle, _tokens = msg
+                self.gen_busy += busy
+                self.gen_idle += idle
+            for key, score in roles.verifiers.results():
+                s = self.pending.pop(key, None)
+                if s is not None and s.rank not in roles.lost:
+                    s.score = score
+                    self.samples[s.group][s.index] = s
+            for r, proc in roles.generators.items():
+                if r not in roles.lost and not proc.is_alive():
+                    self.generator_lost(r)
+            if msg is None and time.monotonic() >= deadline:
+                return
+
+    def batch_ready(self) -> bool:
+        per, G = self.spec.grpo.groups_per_step, self.spec.grpo.group_size
+        first = self.version * per
+        return all(len(self.samples.get(g, {})) == G for g in range(first, first + per))
+
+    # -- one step ---------------------------------------------------------------------
+
+    def step(self) -> None:
+        spec, run = self.spec, self.ctx.run
+        per, G = spec.grpo.groups_per_step, spec.grpo.group_size
+        first = self.version * per
+        batch = [self.samples[g][i] for g in range(first, first + per) for i in range(G)]
+        for g in range(first, first + per):
+            del self.samples[g]
+            self.owner.pop(g, None)
+        t_train = time.perf_counter()
+        rewards = torch.tensor([s.score.reward for s in batch], dtype=torch.float32)
+        gids = torch.tensor([s.group for s in batch])
+        adv, keep = group_advantages(rewards, gids)
+        self.model.train()
+        logp, old, mask, ent = completion_logprobs(self.model, batch, self.device)
+        loss, stats = grpo_loss(logp, old, adv, mask * keep[:, None].float(),
+                                spec.grpo.eps_low, spec.grpo.eps_high)
+        self.opt.zero_grad(set_to_none=True)
+        if keep.any():
+            loss.backward()
+            if spec.grpo.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.grpo.grad_clip)
+            self.opt.step()
+        self.version += 1
+        assert self.roles is not None
+        self.roles.shared["version"].value = self.version
+        sync_s = self.broadcast()
+        train_s = time.perf_counter() - t_train
+        run.event("weight_sync", step=self.version, version=self.version, seconds=sync_s,
+                  generators=len(self.roles.generators) - len(self.roles.lost))
+
+        # metrics
+        lengths = [len(s.tokens) for s in batch]
+        stale = [self.version - 1 - min(s.versions) for s in batch if s.versions]
+        now = time.perf_counter()
+        wall = now - self.t_mark
+        self.t_mark = now
+        gen_total = self.gen_busy + self.gen_idle
+        q = quantiles(lengths)
+        entropy = float((ent.detach() * mask).sum() / mask.sum().clamp_min(1))
+        metrics = {
+            "rl/reward": float(rewards.mean()),
+            "rl/accuracy": float(np.mean([s.score.correct for s in batch])),
+            "rl/format": float(np.mean([s.score.format_ok for s in batch])),
+            "rl/entropy": entropy, "rl/clip_frac": stats["clip_frac"],
+            "rl/zero_adv_frac": 1.0 - float(keep.float().mean()),
+            "rl/logprob_kl": stats["kl"], "rl/loss": float(loss.detach()),
+            "rollout/len_p50": q["p50"], "rollout/len_p90": q["p90"],
+            "rollout/len_p99": q["p99"], "rollout/len_max": q["max"],
+            "rollout/truncated_frac": float(np.mean([s.finish == "length" for s in batch])),
+            "staleness/mean": float(np.mean(stale)) if stale else 0.0,
+            "staleness/max": float(max(stale)) if stale else 0.0,
+            "perf/gen_tokens_per_s": self.gen_tokens / max(wall, 1e-9),
+            "perf/trainer_idle_frac": min(1.0, self.idle_s / max(wall, 1e-9)),
+            "perf/generator_idle_frac": self.gen_idle / gen_total if gen_total else 0.0,
+            "perf/train_step_s": train_s,
+            "sync/seconds": sync_s, "policy/version": float(self.version),
+        }
+        run.log(metrics, step=self.version)
+        run.log_dist("rollout/length", lengths, step=self.version)
+        run.log_dist("staleness", stale or [0], step=self.version)
+        self.gen_busy = self.gen_idle = 0.0
+        self.gen_tokens = 0
+        self.idle_s = 0.0
+        every = max(1, spec.grpo.steps // 50)
+        if self.version % every == 0 or self.version == spec.grpo.steps:
+            print(f"step {self.version}/{spec.grpo.steps} reward {metrics['rl/reward']:.3f} "
+                  f"acc {metrics['rl/accuracy']:.3f} len p50 {q['p50']:.0f} max {q['max']:.0f} "
+                  f"stale {metrics['staleness/mean']:.2f} "
+                  f"idle {metrics['perf/trainer_idle_frac']:.2f}", flush=True)
+        if spec.grpo.checkpoint_every and self.version % spec.grpo.checkpoint_every == 0:
+            self.save("periodic")
+
+    # -- checkpoints ------------------------------------------------------------------
+
+    def save(self, reason: str) -> None:
+        if self.saved_version == self.version:
+            return
+        folder = self.ctx.checkpoint_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"{STEP_PREFIX}{self.version:08d}"
+        tmp = folder / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_model(self.model, str(tmp / "model.safetensors"))
+        torch.save({"version": self.version, "optimizer": self.opt.state_dict(),
+                    "rng": {"torch": torch.get_rng_state(), "python": random.getstate(),
+                            "numpy": np.random.get_state()},
+                    "model_config": vars(self.model.config)}, tmp / "state.pt")
+        if final.exists():  # re-saving a version: the new one wins
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for stale in sorted(p for p in folder.iterdir() if p.name.startswith(STEP_PREFIX))[:-2]:
+            shutil.rmtree(stale, ignore_errors=True)
+        self.saved_version = self.version
+        self.ctx.run.event("checkpoint", step=self.version, path=str(final), reason=reason)
+
+    def restore(self) -> bool:
+        sources = [self.ctx.checkpoint_dir]
+        if self.ctx.resume_dir is not None:
+            sources.append(self.ctx.resume_dir / "checkpoints")
+        for folder in sources:
+            found = sorted(p for p in folder.glob(f"{STEP_PREFIX}*")
+                           if (p / "state.pt").is_file()) if folder.is_dir() else []
+            if found:
+                path = found[-1]
+                load_model(self.model, str(path / "model.safetensors"))
+                state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+                self.opt.load_state_dict(state["optimizer"])
+                self.version = int(state["version"])
+                torch.set_rng_state(state["rng"]["torch"])
+                random.setstate(state["rng"]["python"])
+                np.random.set_state(state["rng"]["numpy"])
+                self.saved_version = self.version if folder == self.ctx.checkpoint_dir else -1
+                self.ctx.run.event("checkpoint", step=self.version, action="resumed",
+                                   path=str(path))
+                print(f"rl: resumed from {path} at version {self.version}", flush=True)
+                return True
+        return False
+
+    # -- the loop ---------------------------------------------------------------------
+
+    def fit(self) -> bool:
+        spec = self.spec
+        while self.version < spec.grpo.steps:
+            if self.ctx.should_stop():
+                self.save("stop")
+                print(f"rl: stopped at version {self.version}", flush=True)
+                return False
+            t0 = time.perf_counter()
+            while not self.batch_ready():
+                if self.ctx.should_stop():
+                    break
+                self.pump(POLL_S)
+            self.idle_s += time.perf_counter() - t0
+            if not self.batch_ready():
+                continue
+            self.step()
+        self.save("end")
+        return True
+
+
+# ----------------------------------------------------------------------------- wiring
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_roles(spec: RLSpec, trainer: Trainer) -> Roles:
+    """Spawn generators and verifiers, form the process groups, send version 0."""
+    ctx = mp.get_context("spawn")
+    n = spec.rollout.generators
+    world = n + 1
+    port = free_port()
+    shared = {"version": ctx.Value("i", trainer.version),
+              "started": ctx.Value("i", trainer.version * spec.grpo.groups_per_step),
+              "stop": ctx.Event()}
+    out = ctx.Queue()
+    controls = {r: ctx.Queue() for r in range(1, world)}
+    model_config = {k: v for k, v in vars(trainer.model.config).items()}
+    spec_toml = dump_toml(spec)
+    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    procs = {}
+    for r in range(1, world):
+        p = ctx.Process(target=generator_main, name=f"wb-generator-{r}",
+                        args=(r, world, port, spec_toml, model_config, shared, controls[r], out,
+                              os.getpid()), daemon=True)
+        p.start()
+        procs[r] = p
+    verifiers = VerifierPool(spec.verifier.procs, spec.verifier.timeout_s, spec.rollout.l_max,
+                             spec.rollout.l_cache)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=world, timeout=timedelta(seconds=120))
+    groups = {r: dist.new_group([0, r]) for r in range(1, world)}
+    roles = Roles(procs, controls, out, shared, groups, verifiers)
+    trainer.roles = roles
+    flat = trainer.flat()
+    for r in range(1, world):
+        dist.broadcast(flat, src=0, group=groups[r])
+    print(f"rl: {n} generators (pids {', '.join(str(p.pid) for p in procs.values())}), "
+          f"{spec.verifier.procs} verifiers, weights by gloo broadcast "
+          f"({flat.numel():,} floats)", flush=True)
+    return roles
+
+
+def stop_roles(roles: Roles) -> None:
+    roles.shared["stop"].set()
+    for q in roles.controls.values():
+        q.put(("stop",))
+    deadline = time.monotonic() + 10
+    for p in roles.generators.values():
+        p.join(timeout=max(0.1, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(timeout=5)
+    roles.verifiers.close()
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - a lost generator may leave the group broken
+        pass
+
+
+def run(spec: RLSpec, ctx: Context) -> None:
+    """Entry point of the `rl` kind (see the module docstring)."""
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    np.random.seed(spec.seed % 2**32)
+    torch.set_num_threads(1)
+    run_ = ctx.run
+    run_.set_total_steps(spec.grpo.steps)
+    model = build_policy(spec, ctx)
+    trainer = Trainer(spec, ctx, model)
+    trainer.restore()
+    run_.update_config({"policy_params": model.num_params(),
+                        "policy_config": vars(model.config)})
+    roles = start_roles(spec, trainer)
+    run_.event("stage", step=trainer.version, stage="training", generators=len(roles.generators),
+               max_staleness=spec.rollout.max_staleness, inflight=spec.rollout.inflight)
+    try:
+        done = trainer.fit()
+    finally:
+        stop_roles(roles)
+    if done:
+        run_.event("stage", step=trainer.version, stage="done")
