@@ -149,8 +149,10 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
             engine.load_weights(*pending)
             pending = None
         # 2. admission (nothing new starts while old weights wait to be replaced)
-        while pending is None and engine.num_active() + engine.num_waiting() + G <= \
-                max(ro.slots, G):
+        # Keep one group queued behind full slots: a slot freed by a short answer is
+        # refilled at once instead of idling until the group's longest answer ends.
+        while pending is None and engine.num_waiting() < G and \
+                engine.num_active() + engine.num_waiting() < ro.slots + G:
             if redo:
                 g = redo.pop(0)
             else:
