@@ -1,0 +1,255 @@
+"""Verifiable reasoning tasks for RL: procedural generators and user JSONL problem sets.
+
+Why these tasks
+    Asynchronous RL pays off because rollout lengths are heavily skewed (RESEARCH.md
+    §2): a synchronous step waits for its longest completion. The skew must come from
+    generation itself, so every built-in task has a size k (list length, string
+    length) drawn from a heavy-tailed (Pareto) distribution, and both the worked
+    reasoning in the think block and, for `reverse`, the answer grow linearly with k.
+    Most problems are short (a tiny byte-level GPT solves them), a few are long (it
+    rarely does, and they take many decode steps). The worked solutions are short
+    enough for such a model: typically 20-150 bytes, at most about 400.
+
+Completion format (Magistral, checked by verifier.py)
+    ``<think>WORK</think>\\boxed{ANSWER}`` then EOS. Prompts end with a newline; the
+    model continues right after it.
+
+Built-in tasks (k = heavy_tail(rng, lo, hi, alpha) = min(hi, floor(lo * U^(-1/alpha))),
+U uniform in (0, 1]; P(k >= x) ~ (lo/x)^alpha)
+
+    sum      Add k one-digit numbers (1..9). The think block writes the running sum as
+             a chain, one "+d=s" step per number, so each step is one copy and one
+             small addition.
+               prompt      ``sum: 3 4 7 2\\n``
+               completion  ``<think>3+4=7+7=14+2=16</think>\\boxed{16}``
+               verifier    int;  k in [1, 48], lo=2, alpha=1.1
+    count    Count a letter in a string over the alphabet "abc". The think block copies
+             the string and writes the running count after each match.
+               prompt      ``count b: abbacb\\n``
+               completion  ``<think>ab1b2acb3</think>\\boxed{3}``
+               verifier    int;  k in [1, 120], lo=3, alpha=1.1
+    reverse  Reverse a list of digits. The think block writes the reversed digits, the
+             answer lists them comma-separated (the answer itself grows with k).
+               prompt      ``reverse: 3 1 4 1 5\\n``
+               completion  ``<think>5 1 4 1 3</think>\\boxed{5,1,4,1,3}``
+               verifier    list; k in [1, 64], lo=2, alpha=1.1
+
+    `TASKS_VERSION` is part of every cache key that depends on these definitions
+    (the warm start): bump it whenever a prompt, completion or distribution changes.
+
+Problem ids
+    ``"{task}-{blake2b(prompt)[:12 hex]}"``: equal problems get equal ids on every
+    machine. They identify a problem, not a GRPO group (the same problem may be drawn
+    twice; the orchestration numbers its own groups).
+
+User problem sets
+    `load_jsonl(path, verifier, prompt_field, answer_field)`: one JSON object per line,
+    checked by the named verifier (verifier.py: a name in VERIFIERS, or
+    "package.module:function" imported in the verifier processes). See its docstring.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+TASKS_VERSION = 1
+THINK_OPEN, THINK_CLOSE, BOX_OPEN = "<think>", "</think>", "\\boxed{"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One verifiable problem. Picklable (it crosses into the verifier processes)."""
+
+    id: str
+    task: str  # a TASKS name, or "jsonl:<file stem>" for a user set
+    prompt: str  # ends with "\n"; the completion follows it directly
+    answer: str  # the reference answer, compared by `verifier`
+    verifier: str  # a VERIFIERS name or "module:function"
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def completion_text(think: str, answer: str) -> str:
+    """The exact completion format: one think block, then the boxed answer, nothing else."""
+    return f"{THINK_OPEN}{think}{THINK_CLOSE}{BOX_OPEN}{answer}}}"
+
+
+def heavy_tail(rng: np.random.Generator, lo: int, hi: int, alpha: float) -> int:
+    """A Pareto size in [1, hi]: min(hi, floor(lo * U^(-1/alpha))), U uniform in (0, 1].
+
+    P(k >= x) = (lo / x)^alpha for x >= lo, so with alpha near 1 the p99 is dozens of
+    times the median: the heavy tail of rollout lengths that async RL exists for.
+    """
+    u = 1.0 - rng.random()  # (0, 1]
+    return int(max(1, min(hi, np.floor(lo * u ** (-1.0 / alpha)))))
+
+
+def _problem_id(task: str, prompt: str) -> str:
+    return f"{task}-{hashlib.blake2b(prompt.encode(), digest_size=6).hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Task:
+    """A procedural task: draws a problem of heavy-tailed size and writes its solution."""
+
+    name: str
+    verifier: str
+    lo: int  # Pareto scale: the typical size
+    hi: int  # cap, so that the longest solution stays within a tiny model's context
+    alpha: float  # tail index: smaller = heavier tail
+    make: Callable[[np.random.Generator, int], tuple[str, str, dict[str, Any]]]
+    solve: Callable[[dict[str, Any]], str]  # meta -> think block contents
+    summary: str = ""
+
+    def sample(self, rng: np.random.Generator) -> Problem:
+        k = heavy_tail(rng, self.lo, self.hi, self.alpha)
+        prompt, answer, meta = self.make(rng, k)
+        meta = {"k": k, **meta}
+        return Problem(_problem_id(self.name, prompt), self.name, prompt, answer,
+                       self.verifier, meta)
+
+    def solution(self, p: Problem) -> str:
+        return completion_text(self.solve(p.meta), p.answer)
+
+
+# ----------------------------------------------------------------------------- sum
+
+
+def _sum_make(rng: np.random.Generator, k: int) -> tuple[str, str, dict[str, Any]]:
+    nums = [int(x) for x in rng.integers(1, 10, size=k)]
+    return f"sum: {' '.join(map(str, nums))}\n", str(sum(nums)), {"nums": nums}
+
+
+def _sum_think(meta: dict[str, Any]) -> str:
+    nums = meta["nums"]
+    out, total = [str(nums[0])], nums[0]
+    for x in nums[1:]:
+        total += x
+        out.append(f"+{x}={total}")
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- count
+
+COUNT_ALPHABET = "abc"
+
+
+def _count_make(rng: np.random.Generator, k: int) -> tuple[str, str, dict[str, Any]]:
+    letters = list(COUNT_ALPHABET)
+    text = "".join(letters[i] for i in rng.integers(0, len(letters), size=k))
+    target = letters[int(rng.integers(0, len(letters)))]
+    return (f"count {target}: {text}\n", str(text.count(target)),
+            {"text": text, "target": target})
+
+
+def _count_think(meta: dict[str, Any]) -> str:
+    out, n = [], 0
+    for ch in meta["text"]:
+        out.append(ch)
+        if ch == meta["target"]:
+            n += 1
+            out.append(str(n))
+    return "".join(out)
+
+
+# ----------------------------------------------------------------------------- reverse
+
+
+def _reverse_make(rng: np.random.Generator, k: int) -> tuple[str, str, dict[str, Any]]:
+    digits = [int(x) for x in rng.integers(0, 10, size=k)]
+    answer = ",".join(map(str, reversed(digits)))
+    return f"reverse: {' '.join(map(str, digits))}\n", answer, {"digits": digits}
+
+
+def _reverse_think(meta: dict[str, Any]) -> str:
+    return " ".join(map(str, reversed(meta["digits"])))
+
+
+TASKS: dict[str, Task] = {
+    t.name: t
+    for t in (
+        Task("sum", "int", lo=2, hi=48, alpha=1.1, make=_sum_make, solve=_sum_think,
+             summary="add k one-digit numbers; the think block writes the running sum"),
+        Task("count", "int", lo=3, hi=120, alpha=1.1, make=_count_make, solve=_count_think,
+             summary="count a letter in a k-letter string; running count after each match"),
+        Task("reverse", "list", lo=2, hi=64, alpha=1.1, make=_reverse_make,
+             solve=_reverse_think,
+             summary="reverse k digits; the answer is the comma-separated reversed list"),
+    )
+}
+
+
+def sample_problem(rng: np.random.Generator, names: Sequence[str]) -> Problem:
+    """Draw one problem: a task chosen uniformly from `names` (repeat a name to weight it)."""
+    if not names:
+        raise ValueError("no task names given; pick from " + ", ".join(TASKS))
+    name = names[int(rng.integers(0, len(names)))]
+    if name not in TASKS:
+        raise KeyError(f"unknown task {name!r}; built-in tasks: {', '.join(TASKS)}")
+    return TASKS[name].sample(rng)
+
+
+def solution_text(p: Problem) -> str:
+    """A correct worked completion in the exact format (no EOS): for the warm start / SFT.
+
+    Built-in tasks write their worked reasoning; a JSONL problem uses its record's
+    "solution" field when there is one (stored in meta), else an empty think block
+    around the reference answer.
+    """
+    if p.task in TASKS:
+        return TASKS[p.task].solution(p)
+    if isinstance(p.meta.get("solution"), str):
+        return p.meta["solution"]
+    return completion_text("", p.answer)
+
+
+def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = "prompt",
+               answer_field: str = "answer") -> list[Problem]:
+    """A user problem set: one JSON object per line, checked by the named verifier.
+
+    - `prompt_field` must be a string; a newline is appended when it does not end with
+      one (the model continues after the prompt's newline).
+    - `answer_field` may be a string or a number (stored as its str()).
+    - An optional "id" field names the problem (default "<file stem>:<line>"); every
+      other field goes to meta, so a "solution" field (a worked completion in the
+      format) is what `solution_text` returns for it.
+    - Blank lines are skipped. Anything else raises ValueError("FILE:LINE: ...").
+    - `verifier` is checked now (a VERIFIERS name or an importable "module:function"),
+      so a typo fails at load, not in the verifier processes.
+    """
+    from workbench.recipes.rl.verifier import get_verifier  # verifier imports this module
+
+    get_verifier(verifier)
+    path = Path(path)
+    problems: list[Problem] = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{lineno}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(rec, dict):
+                raise ValueError(f"{where}: expected a JSON object, got {type(rec).__name__}")
+            prompt = rec.get(prompt_field)
+            if not isinstance(prompt, str):
+                raise ValueError(f"{where}: field {prompt_field!r} must be a string")
+            answer = rec.get(answer_field)
+            if isinstance(answer, bool) or not isinstance(answer, str | int | float):
+                raise ValueError(f"{where}: field {answer_field!r} must be a string or number")
+            if not prompt.endswith("\n"):
+                prompt += "\n"
+            pid = str(rec.get("id", f"{path.stem}:{lineno}"))
+            meta = {k: v for k, v in rec.items() if k not in (prompt_field, answer_field, "id")}
+            problems.append(Problem(pid, f"jsonl:{path.stem}", prompt, str(answer), verifier,
+                                    meta))
+    return problems
