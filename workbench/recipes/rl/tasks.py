@@ -73,6 +73,8 @@ class Problem:
     prompt: str  # ends with "\n"; the completion follows it directly
     answer: str  # the reference answer, compared by `verifier`
     verifier: str  # a VERIFIERS name or "module:function"
+    # Task data (the numbers, the string) for solution_text. Left out of == and hash
+    # (everything else determines the problem), so a Problem can key a dict.
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
 

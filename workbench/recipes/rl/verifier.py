@@ -276,13 +276,13 @@ class _Worker:
         self.started = 0.0
 
     def kill(self) -> None:
-        """Terminate, then kill; never blocks for long."""
+        """Terminate, then kill, and reap; never blocks for long."""
         if self.proc.is_alive():
             self.proc.terminate()
             self.proc.join(0.5)
             if self.proc.is_alive():
                 self.proc.kill()
-                self.proc.join(2.0)
+        self.proc.join(2.0)
         self.conn.close()
 
 
