@@ -25,7 +25,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
+
+from workbench.launch.local import children_map
 
 WATCH_S = 1.0  # how often a rank checks that its worker is alive
 POLL_S = 0.2
@@ -63,28 +64,13 @@ def run_ranks(run_id: str, procs: int, stop: threading.Event) -> int:
         except subprocess.TimeoutExpired:
             pass
         if stop.is_set():
-            for pid in _children(proc.pid):
+            for pid in children_map().get(proc.pid, []):  # the ranks
                 if pid not in signalled:
                     signalled.add(pid)
                     try:
                         os.kill(pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
-
-
-def _children(pid: int) -> list[int]:
-    """Direct children of `pid` (the ranks, for torchrun)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            fields = stat.rsplit(")", 1)[-1].split()
-            if len(fields) > 1 and int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
 
 
 def _watch_worker(pid: int) -> None:

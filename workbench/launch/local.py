@@ -120,13 +120,13 @@ def kill_tree(pid: int, timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def descendants(pid: int) -> list[int]:
-    """Pids of every live descendant of `pid` (from /proc; [] where there is none)."""
+def children_map() -> dict[int, list[int]]:
+    """Parent pid -> child pids of every live process (from /proc; {} where there is none)."""
     children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
-        return []
+        return children
     for entry in entries:
         if not entry.isdigit():
             continue
@@ -135,6 +135,12 @@ def descendants(pid: int) -> list[int]:
         except (OSError, IndexError):
             continue
         children.setdefault(int(fields[1]), []).append(int(entry))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Pids of every live descendant of `pid` (from /proc; [] where there is none)."""
+    children = children_map()
     out, todo = [], [pid]
     while todo:
         for child in children.get(todo.pop(), []):

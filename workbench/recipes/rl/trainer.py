@@ -44,13 +44,13 @@ from safetensors.torch import load_model, save_model
 from workbench.data.corpus import PAD
 from workbench.models.gpt import GPT, GPTConfig
 from workbench.recipes import Context
+from workbench.recipes.pretrain.checkpoint import STEP_PREFIX, checkpoints_in
 from workbench.recipes.rl.generator import generator_main
 from workbench.recipes.rl.grpo import group_advantages, grpo_loss
 from workbench.recipes.rl.spec import RLSpec
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
 
-STEP_PREFIX = "step-"
 POLL_S = 0.05
 
 
@@ -394,7 +394,7 @@ class Trainer:
         if final.exists():  # re-saving a version: the new one wins
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for stale in sorted(p for p in folder.iterdir() if p.name.startswith(STEP_PREFIX))[:-2]:
+        for stale in checkpoints_in(folder)[:-2]:
             shutil.rmtree(stale, ignore_errors=True)
         self.saved_version = self.version
         self.ctx.run.event("checkpoint", step=self.version, path=str(final), reason=reason)
@@ -404,8 +404,7 @@ class Trainer:
         if self.ctx.resume_dir is not None:
             sources.append(self.ctx.resume_dir / "checkpoints")
         for folder in sources:
-            found = sorted(p for p in folder.glob(f"{STEP_PREFIX}*")
-                           if (p / "state.pt").is_file()) if folder.is_dir() else []
+            found = checkpoints_in(folder)
             if found:
                 path = found[-1]
                 load_model(self.model, str(path / "model.safetensors"))
