@@ -139,6 +139,24 @@ def test_batching_does_not_change_greedy_outputs() -> None:
         assert len(c.tokens) == r.max_new_tokens or c.tokens[-1] == EOS
 
 
+def test_shared_prompts_prefill_once_and_match_alone() -> None:
+    """Groups of equal prompts (GRPO) and prompts of other lengths admitted together:
+    one batched prefill per admission, each distinct prompt computed once, and every
+    request's greedy output and log-probs equal to generating it alone."""
+    model = make_model()
+    base = requests(3, seed=5)
+    reqs = [Request(id=10 * k + j, prompt=list(r.prompt), max_new_tokens=r.max_new_tokens,
+                    meta={"i": r.id}) for k, r in enumerate(base) for j in range(3)]
+    e = engine(model, max_batch=len(reqs))
+    together = generate_all(e, reqs)
+    assert e.prefills == len(reqs)
+    assert e.prefill_tokens == sum(len(r.prompt) - 1 for r in reqs)
+    for c, r in zip(together, reqs, strict=True):
+        alone = generate_all(engine(model, max_batch=1), [r])[0]
+        assert c.tokens == alone.tokens
+        assert c.logprobs == pytest.approx(alone.logprobs, abs=1e-5)
+
+
 def test_continuous_admits_as_slots_free() -> None:
     model = make_model()
     reqs = [Request(i, [BOS, 65 + i], max_new_tokens=n) for i, n in enumerate([2, 9, 9, 3])]

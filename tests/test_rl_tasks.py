@@ -259,6 +259,25 @@ def test_pool_timeout_kills_and_replaces_the_worker() -> None:
         assert pool.results(block=True) == [] and time.monotonic() - t1 < 1.0
 
 
+def test_pool_requeues_checks_behind_a_hung_one() -> None:
+    """Checks queued in a worker's pipe behind a hung check are scored by its
+    replacement, not failed with it."""
+    good = _problem("42")
+    with VerifierPool(1, 0.5, L_MAX, L_CACHE) as pool:
+        pool.submit("warm", good, "<think></think>\\boxed{42}", 5)
+        assert pool.drain(timeout=30)[0][1].correct  # the worker is up
+        pool.submit("before", good, "<think></think>\\boxed{42}", 5)
+        pool.submit("stuck", _problem("1", "sleep"), "<think></think>\\boxed{1}", 5)
+        for i in range(3):
+            pool.submit(f"after{i}", good, "<think></think>\\boxed{42}", 5)
+        assert len(pool._workers[0].queue) == 5  # all sent at once, not one per poll
+        got = dict(pool.drain(timeout=30))
+    assert set(got) == {"before", "stuck", "after0", "after1", "after2"}
+    assert got["stuck"].reason == "verifier timeout after 0.5s"
+    assert all(got[k].correct for k in got if k != "stuck")
+    assert pool.timeouts == 1 and pool.restarts == 1
+
+
 def test_pool_survives_a_killed_worker() -> None:
     with VerifierPool(1, 30.0, L_MAX, L_CACHE) as pool:
         pool.submit("stuck", _problem("1", "sleep"), "<think></think>\\boxed{1}", 5)

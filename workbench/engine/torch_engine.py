@@ -3,8 +3,9 @@
 A fixed number of slots (``max_batch``) share one ``KVCache``. Each ``step()``:
 
 1. Admission (the only Python loop over requests): waiting requests take free slots.
-   A request's prompt minus its last token is prefilled into its slot (one forward per
-   request); the last prompt token becomes the slot's pending input. With
+   Each distinct prompt minus its last token is prefilled once, all of this step's in
+   one batched forward; requests with the same prompt (a GRPO group) copy its keys and
+   values. The last prompt token becomes the slot's pending input. With
    ``continuous=False`` (static batching) requests are admitted only once every slot is
    free, so a batch runs as long as its longest member.
 2. Decode: the pending tokens of all active slots go through ONE batched
@@ -155,23 +156,48 @@ class TorchEngine:
             return
         if not self.continuous and self._n_active:
             return  # static batching: wait for the whole batch to finish
+        new: list[tuple[int, Request]] = []
         while self._waiting and self._n_active < self.max_batch:
-            self._prefill(self._n_active, self._waiting.popleft())
+            new.append((self._n_active, self._waiting.popleft()))
             self._n_active += 1
+        self._prefill(new)
 
-    def _prefill(self, slot: int, req: Request) -> None:
-        self.cache.lengths[slot] = 0
-        if len(req.prompt) > 1:
-            idx = torch.tensor([req.prompt[:-1]], dtype=torch.long, device=self.device)
-            self.model.forward_cached(idx, self.cache, self._arange[slot:slot + 1],
+    @torch.no_grad()
+    def _prefill(self, new: list[tuple[int, Request]]) -> None:
+        """Prefill the admitted (slot, request) pairs: each distinct prompt (minus its last
+        token) once, all in ONE batched forward, right-padded; a GRPO group's G copies
+        of a prompt then take an exact copy of its keys and values. Padding positions
+        past a prompt's length are left stale: masked, and overwritten by the next token
+        before any query can see them."""
+        first: dict[tuple[int, ...], int] = {}  # prompt -> the slot that computes it
+        for slot, req in new:
+            first.setdefault(tuple(req.prompt[:-1]), slot)
+        for slot, _ in new:
+            self.cache.lengths[slot] = 0
+        todo = [(slot, prefix) for prefix, slot in first.items() if prefix]
+        if todo:
+            width = max(len(prefix) for _, prefix in todo)
+            idx = torch.zeros(len(todo), width, dtype=torch.long)
+            for row, (_, prefix) in enumerate(todo):
+                idx[row, :len(prefix)] = torch.tensor(prefix)
+            rows = torch.tensor([slot for slot, _ in todo], device=self.device)
+            self.model.forward_cached(idx.to(self.device), self.cache, rows,
                                       return_logits=False)
-            self.prefill_tokens += len(req.prompt) - 1
-        self.prefills += 1
-        self._pending[slot] = req.prompt[-1]
-        self._n_gen[slot] = 0
-        # Stop once max_new_tokens are out or prompt + completion fills max_len.
-        self._limit[slot] = min(req.max_new_tokens, self.max_len - len(req.prompt))
-        self._slot_req[slot] = req
+            for slot, prefix in todo:
+                self.cache.lengths[slot] = len(prefix)
+        for slot, req in new:
+            prefix = tuple(req.prompt[:-1])
+            src = first[prefix]
+            if src != slot:
+                self._copy_kv(src, slot)
+                self.cache.lengths[slot] = len(prefix)
+            self.prefills += 1
+            self.prefill_tokens += len(prefix)
+            self._pending[slot] = req.prompt[-1]
+            self._n_gen[slot] = 0
+            # Stop once max_new_tokens are out or prompt + completion fills max_len.
+            self._limit[slot] = min(req.max_new_tokens, self.max_len - len(req.prompt))
+            self._slot_req[slot] = req
 
     @torch.no_grad()
     def _decode(self) -> list[Completion]:
@@ -227,11 +253,15 @@ class TorchEngine:
         """Move a running sequence from slot src to the freed slot dst: its cached keys
         and values (an exact copy, not a recomputation) and its bookkeeping. Runs once
         per finished sequence, so the per-step decode never gathers scattered slots."""
-        length = int(self.cache.lengths[src])
-        for k_cache, v_cache in zip(self.cache.k, self.cache.v, strict=True):
-            k_cache[dst, :, :length] = k_cache[src, :, :length]
-            v_cache[dst, :, :length] = v_cache[src, :, :length]
+        self._copy_kv(src, dst)
         for t in (self.cache.lengths, self._pending, self._n_gen, self._limit, self._tokens,
                   self._logprobs, self._versions):
             t[dst] = t[src]
         self._slot_req[dst] = self._slot_req[src]
+
+    def _copy_kv(self, src: int, dst: int) -> None:
+        """Slot src's cached keys and values, up to its length, into slot dst."""
+        length = int(self.cache.lengths[src])
+        for k_cache, v_cache in zip(self.cache.k, self.cache.v, strict=True):
+            k_cache[dst, :, :length] = k_cache[src, :, :length]
+            v_cache[dst, :, :length] = v_cache[src, :, :length]

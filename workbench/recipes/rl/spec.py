@@ -74,6 +74,8 @@ class GRPOSection(Section):
     eps_low: float = Field(0.2, gt=0, lt=1, description="Clip ratio below 1 - eps_low.")
     eps_high: float = Field(0.28, gt=0, le=10, description="Clip ratio above 1 + eps_high.")
     grad_clip: float = Field(1.0, ge=0, description="Global grad-norm clip; 0 = off.")
+    micro_batch_tokens: int = Field(4096, ge=64, description="Padded tokens per forward/"
+                                    "backward: the step accumulates over length buckets.")
     checkpoint_every: int = Field(50, ge=0, description="Checkpoint every N steps (and at the "
                                   "end and on stop); 0 = only then.")
 

@@ -46,12 +46,13 @@ from workbench.models.gpt import GPT, GPTConfig
 from workbench.recipes import Context
 from workbench.recipes.pretrain.checkpoint import STEP_PREFIX, checkpoints_in
 from workbench.recipes.rl.generator import generator_main
-from workbench.recipes.rl.grpo import group_advantages, grpo_loss
+from workbench.recipes.rl.grpo import group_advantages, grpo_loss, token_logprobs_and_entropy
 from workbench.recipes.rl.spec import RLSpec
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
 
 POLL_S = 0.05
+VERIFY_POLL_S = 0.002
 
 
 # ----------------------------------------------------------------------------- policy
@@ -127,30 +128,40 @@ class Sample:
 
 def completion_logprobs(model: GPT, samples: list[Sample], device: torch.device,
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of each completion under `model`, padded to
-    [B, T] (T = longest completion), with the generators' log-probs and the mask."""
-    seqs = [s.prompt + s.tokens for s in samples]
-    width = max(len(q) for q in seqs)
-    idx = torch.full((len(seqs), width), PAD, dtype=torch.long)
-    for i, q in enumerate(seqs):
-        idx[i, :len(q)] = torch.tensor(q)
-    logits = model(idx.to(device)).logits.float()
-    logp_all = torch.log_softmax(logits, dim=-1)
-    T = max(len(s.tokens) for s in samples)
-    logp = torch.zeros(len(samples), T, device=device)
-    ent = torch.zeros(len(samples), T, device=device)
-    old = torch.zeros(len(samples), T, device=device)
-    mask = torch.zeros(len(samples), T, device=device)
+    """Per-token log-probs and entropies of each completion under `model`, with the
+    generators' log-probs and the mask, all [B, W] (W = longest prompt + completion),
+    aligned to the positions that predict each completion token."""
+    width = max(len(s.prompt) + len(s.tokens) for s in samples)
+    idx = torch.full((len(samples), width), PAD, dtype=torch.long)
+    targets = torch.zeros(len(samples), width, dtype=torch.long)
+    old = torch.zeros(len(samples), width)
+    mask = torch.zeros(len(samples), width)
     for i, s in enumerate(samples):
-        n, p = len(s.tokens), len(s.prompt)
-        pos = torch.arange(p - 1, p - 1 + n, device=device)  # logits that predict each token
-        tok = torch.tensor(s.tokens, device=device)
-        lp = logp_all[i, pos]
-        logp[i, :n] = lp.gather(1, tok[:, None]).squeeze(1)
-        ent[i, :n] = -(lp.exp() * lp).sum(-1)
-        old[i, :n] = torch.tensor(s.logprobs, device=device)
-        mask[i, :n] = 1.0
-    return logp, old, mask, ent
+        p, n = len(s.prompt), len(s.tokens)
+        idx[i, :p + n] = torch.tensor(s.prompt + s.tokens)
+        targets[i, p - 1:p - 1 + n] = torch.tensor(s.tokens)  # position t predicts t + 1
+        old[i, p - 1:p - 1 + n] = torch.tensor(s.logprobs)
+        mask[i, p - 1:p - 1 + n] = 1.0
+    logits = model(idx.to(device)).logits
+    logp, ent = token_logprobs_and_entropy(logits, targets.to(device))
+    return logp, old.to(device), mask.to(device), ent
+
+
+def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped by length so that each group, padded to its longest member, holds
+    at most `budget` tokens (a longer single sequence gets a group of its own).
+
+    Rollout lengths are heavy-tailed: padding a whole batch to its longest completion
+    computes mostly padding. Sorted buckets cut that waste, and the budget bounds the
+    activation memory of one forward/backward whatever the tail does."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    out: list[list[int]] = []
+    for i in order:  # ascending, so the newest member is the group's longest
+        if out and (len(out[-1]) + 1) * lengths[i] <= budget:
+            out[-1].append(i)
+        else:
+            out.append([i])
+    return out
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -260,13 +271,17 @@ class Trainer:
     # -- collecting -------------------------------------------------------------------
 
     def pump(self, block_s: float) -> None:
-        """Move completions to the verifiers and scores into groups; track idle time."""
+        """Move completions to the verifiers and scores into groups for up to `block_s`,
+        returning early once the next batch is complete."""
         roles = self.roles
         assert roles is not None
         deadline = time.monotonic() + block_s
         while True:
+            # Short waits while checks are out: their results arrive on the verifiers'
+            # pipes, which this get() does not watch.
+            poll = VERIFY_POLL_S if roles.verifiers.outstanding() else POLL_S
             try:
-                msg = roles.out.get(timeout=max(0.0, min(POLL_S, deadline - time.monotonic())))
+                msg = roles.out.get(timeout=max(0.0, min(poll, deadline - time.monotonic())))
             except queue.Empty:
                 msg = None
             if msg is not None and msg[0] == "start":
@@ -293,7 +308,7 @@ class Trainer:
             for r, proc in roles.generators.items():
                 if r not in roles.lost and not proc.is_alive():
                     self.generator_lost(r)
-            if msg is None and time.monotonic() >= deadline:
+            if (msg is None and time.monotonic() >= deadline) or self.batch_ready():
                 return
 
     def batch_ready(self) -> bool:
@@ -316,12 +331,29 @@ class Trainer:
         gids = torch.tensor([s.group for s in batch])
         adv, keep = group_advantages(rewards, gids)
         self.model.train()
-        logp, old, mask, ent = completion_logprobs(self.model, batch, self.device)
-        loss, stats = grpo_loss(logp, old, adv, mask * keep[:, None].float(),
-                                spec.grpo.eps_low, spec.grpo.eps_high)
         self.opt.zero_grad(set_to_none=True)
+        # Gradient accumulation over length buckets; every bucket's loss is divided by
+        # the whole minibatch's kept-token count, so the sum is the full-batch loss.
+        kept_tokens = float(sum(len(s.tokens) for s, k in zip(batch, keep.tolist(), strict=True)
+                                if k))
+        widths = [len(s.prompt) + len(s.tokens) for s in batch]
+        loss_sum, ent_sum, tokens = 0.0, 0.0, 0.0
+        sums = {"clip_frac": 0.0, "kl": 0.0}
+        for mb in micro_batches(widths, spec.grpo.micro_batch_tokens):
+            logp, old, mask, ent = completion_logprobs(self.model, [batch[i] for i in mb],
+                                                       self.device)
+            rows = torch.tensor(mb)
+            loss, stats = grpo_loss(logp, old, adv[rows], mask * keep[rows, None].float(),
+                                    spec.grpo.eps_low, spec.grpo.eps_high,
+                                    denom=max(kept_tokens, 1.0))
+            if keep[rows].any():
+                loss.backward()
+            loss_sum += float(loss.detach())
+            ent_sum += float((ent * mask).sum())
+            tokens += float(mask.sum())
+            for k in sums:
+                sums[k] += stats[k] * stats["tokens"]
         if keep.any():
-            loss.backward()
             if spec.grpo.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.grpo.grad_clip)
             self.opt.step()
@@ -341,14 +373,14 @@ class Trainer:
         self.t_mark = now
         gen_total = self.gen_busy + self.gen_idle
         q = quantiles(lengths)
-        entropy = float((ent.detach() * mask).sum() / mask.sum().clamp_min(1))
+        entropy = ent_sum / max(tokens, 1.0)
         metrics = {
             "rl/reward": float(rewards.mean()),
             "rl/accuracy": float(np.mean([s.score.correct for s in batch])),
             "rl/format": float(np.mean([s.score.format_ok for s in batch])),
-            "rl/entropy": entropy, "rl/clip_frac": stats["clip_frac"],
+            "rl/entropy": entropy, "rl/clip_frac": sums["clip_frac"] / max(kept_tokens, 1.0),
             "rl/zero_adv_frac": 1.0 - float(keep.float().mean()),
-            "rl/logprob_kl": stats["kl"], "rl/loss": float(loss.detach()),
+            "rl/logprob_kl": sums["kl"] / max(kept_tokens, 1.0), "rl/loss": loss_sum,
             "rollout/len_p50": q["p50"], "rollout/len_p90": q["p90"],
             "rollout/len_p99": q["p99"], "rollout/len_max": q["max"],
             "rollout/truncated_frac": float(np.mean([s.finish == "length" for s in batch])),

@@ -44,14 +44,19 @@ return a bool:
 
 VerifierPool: verification runs in separate OS processes (multiprocessing "spawn":
 no forked torch state, and the same on every OS), so a slow or hung checker never
-stalls the trainer or the generators. Each worker owns a private Pipe and runs one
-check at a time; the parent sends a check only to an idle worker and gives it
-`timeout_s` from that moment. A worker that overruns is killed (SIGTERM, then
-SIGKILL) and replaced, and its sample scores Score(reward 0, correct False,
-reason "verifier timeout after Xs"). Private pipes instead of one shared result queue
-because killing a process that holds a shared queue's lock would wedge every other
-worker; a dead pipe only loses its own worker. A worker that dies on its own (kill -9)
-scores its sample 0 with reason "verifier process died" and is replaced likewise.
+stalls the trainer or the generators. Each worker owns a private Pipe and runs its
+checks one at a time, in order; the parent keeps up to `DEPTH` checks queued in each
+worker's pipe, so a burst of completions (the trainer reads them all after a train
+step) is scored back to back instead of one per poll of the parent. A check gets
+`timeout_s` from the moment it reaches the head of its worker's queue (the parent
+sees the previous result a little later, so the bound errs long, never short). A
+worker that overruns is killed (SIGTERM, then SIGKILL) and replaced, its sample
+scores Score(reward 0, correct False, reason "verifier timeout after Xs"), and the
+checks queued behind it go back to the pool's queue, unharmed. Private pipes instead
+of one shared result queue because killing a process that holds a shared queue's lock
+would wedge every other worker; a dead pipe only loses its own worker. A worker that
+dies on its own (kill -9) scores its running sample 0 with reason "verifier process
+died" and is replaced likewise; the checks queued behind it are requeued.
 This module imports no torch, so workers start in a fraction of a second.
 """
 
@@ -243,6 +248,9 @@ def score(p: Problem, completion: str, n_tokens: int, l_max: int, l_cache: int) 
 
 # ----------------------------------------------------------------------------- pool
 
+DEPTH = 8  # checks queued per worker: enough to keep it busy between two polls
+_Job = tuple[int, Problem, str, int]  # job id, problem, completion, n_tokens
+
 
 def _worker_main(conn: Connection) -> None:
     """Verifier process: announce readiness, then score jobs until told to stop (None)."""
@@ -271,9 +279,14 @@ class _Worker:
         self.proc.start()
         child.close()
         self.ready = False
-        self.job: int | None = None  # in flight
-        self.deadline = math.inf
-        self.started = 0.0
+        self.queue: deque[_Job] = deque()  # sent, not finished; the head is running
+        self.deadline = math.inf  # of the head
+        self.started = 0.0  # when the head started (as far as the parent knows)
+
+    @property
+    def job(self) -> int | None:
+        """The check running now (None when idle)."""
+        return self.queue[0][0] if self.queue else None
 
     def kill(self) -> None:
         """Terminate, then kill, and reap; never blocks for long."""
@@ -303,7 +316,7 @@ class VerifierPool:
         self.timeout_s, self.l_max, self.l_cache = float(timeout_s), l_max, l_cache
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx) for _ in range(procs)]
-        self._pending: deque[tuple[int, Problem, str, int]] = deque()
+        self._pending: deque[_Job] = deque()
         self._keys: dict[int, Any] = {}
         self._done: list[tuple[Any, Score]] = []
         self._next_id = 0
@@ -387,24 +400,35 @@ class VerifierPool:
     # -- internals
 
     def _finish(self, w: _Worker, s: Score) -> None:
-        assert w.job is not None
-        self._done.append((self._keys.pop(w.job), s))
-        w.job, w.deadline = None, math.inf
+        """The head check is done: report it, and the next one starts now."""
+        job_id = w.queue.popleft()[0]
+        self._done.append((self._keys.pop(job_id), s))
+        w.started = time.monotonic()
+        w.deadline = w.started + self.timeout_s if w.queue else math.inf
 
     def _replace(self, i: int) -> None:
-        self._workers[i].kill()
+        """A fresh worker for slot i; the checks the old one had queued go back first."""
+        old = self._workers[i]
+        self._pending.extendleft(reversed(old.queue))
+        old.queue.clear()
+        old.kill()
         self._workers[i] = _Worker(self._ctx)
         self.restarts += 1
 
     def _dispatch(self) -> None:
-        for w in self._workers:
-            if not self._pending:
+        """Fill ready workers' queues up to DEPTH, shortest queue first."""
+        while self._pending:
+            ready = [w for w in self._workers if w.ready and len(w.queue) < DEPTH]
+            if not ready:
                 return
-            if w.ready and w.job is None:
-                job_id, problem, completion, n_tokens = self._pending.popleft()
-                w.conn.send((job_id, problem, completion, n_tokens, self.l_max, self.l_cache))
-                w.job, w.started = job_id, time.monotonic()
+            w = min(ready, key=lambda w: len(w.queue))
+            job = self._pending.popleft()
+            job_id, problem, completion, n_tokens = job
+            w.conn.send((job_id, problem, completion, n_tokens, self.l_max, self.l_cache))
+            if not w.queue:
+                w.started = time.monotonic()
                 w.deadline = w.started + self.timeout_s
+            w.queue.append(job)
 
     def _pump(self, wait_s: float) -> None:
         """Dispatch, wait up to wait_s for messages (or the next deadline), handle them,
@@ -422,7 +446,7 @@ class VerifierPool:
                     msg = w.conn.recv()
                     if msg[0] == "ready":
                         w.ready = True
-                    elif msg[0] == "done" and msg[1] == w.job:
+                    elif msg[0] == "done" and msg[1] == w.job:  # always the head: in order
                         self._finish(w, msg[2])
             except (EOFError, OSError):  # the worker died (kill -9, crash)
                 if not w.ready:  # died while starting: replacing it would only loop
