@@ -148,3 +148,65 @@ def test_token_logprobs_and_entropy() -> None:
     torch.testing.assert_close(logp, torch.log(torch.tensor([[0.25, 1 / 3]])))
     h0 = -(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))
     torch.testing.assert_close(ent, torch.tensor([[h0, math.log(3)]]))
+
+
+# ----------------------------------------------------------------------------- bucketed update
+
+
+def test_micro_batches_cover_every_index_within_the_budget() -> None:
+    from workbench.recipes.rl.update import micro_batches
+
+    lengths = [5, 90, 7, 300, 12, 12, 40, 64, 3]
+    buckets = micro_batches(lengths, budget=128)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for b in buckets:
+        assert len(b) * max(lengths[i] for i in b) <= 128 or len(b) == 1
+    assert [3] in buckets  # longer than the budget: a bucket of its own
+    assert micro_batches(lengths, budget=10**6) == [sorted(range(9), key=lambda i: lengths[i])]
+
+
+def test_bucketed_update_equals_the_full_batch_gradient() -> None:
+    """Accumulating over length buckets gives the gradient (and loss) of one padded
+    forward over the whole minibatch with grpo_loss's default token normalization."""
+    from dataclasses import dataclass
+
+    from workbench.models.gpt import GPT, GPTConfig
+    from workbench.recipes.rl.update import accumulate_grpo, completion_logprobs
+
+    @dataclass
+    class R:
+        prompt: list[int]
+        tokens: list[int]
+        logprobs: list[float]
+
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(seq_len=96, n_layer=2, n_head=2, d_model=16, attn_backend="sdpa"))
+    batch = []
+    for _ in range(9):
+        p = int(torch.randint(2, 20, (), generator=g))
+        n = int(torch.randint(1, 70, (), generator=g))
+        batch.append(R(torch.randint(0, 256, (p,), generator=g).tolist(),
+                       torch.randint(0, 256, (n,), generator=g).tolist(),
+                       (-torch.rand(n, generator=g) * 6).tolist()))
+    rewards = torch.tensor([1.0, 0.1, 0.0, 0.1, 0.1, 0.1, 1.0, 0.0, 0.1])
+    adv, keep = group_advantages(rewards, torch.tensor([0, 0, 0, 1, 1, 1, 2, 2, 2]))
+    assert not keep[3:6].any()  # a dropped group is in the batch
+
+    def grads() -> list[torch.Tensor]:
+        out = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad(set_to_none=True)
+        return out
+
+    logp, old, mask, _ = completion_logprobs(model, batch, torch.device("cpu"))
+    ref_loss, _ = grpo_loss(logp, old, adv, mask * keep[:, None].float(), 0.2, 0.28)
+    ref_loss.backward()
+    ref = grads()
+    stats = accumulate_grpo(model, batch, adv, keep, 0.2, 0.28, budget=128,
+                            device=torch.device("cpu"))
+    got = grads()
+    assert stats.micro_batches > 2
+    assert stats.padded_tokens < mask.numel()  # less padding than one padded batch
+    assert stats.loss == pytest.approx(float(ref_loss.detach()), rel=1e-5, abs=1e-7)
+    for a, b in zip(got, ref, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-7)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -159,3 +160,23 @@ def test_trainer_killed_takes_its_roles_down_and_resume_continues(store: Store) 
                 if e["payload"].get("action") == "resumed"]
     assert event["step"] == ckpt
     assert sorted(values(store, resumed["id"], "policy/version")) == list(range(ckpt + 1, 31))
+
+
+def test_bench_rl_runs_both_modes_and_reports_its_fields(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wb bench rl` end to end on a tiny random policy (the figures themselves come from
+    the built-in spec; see the issue note)."""
+    from workbench.bench.rl import bench_rl
+
+    monkeypatch.setenv("WB_STORE", str(tmp_path / "store"))
+    tiny = ["policy.init=random", "policy.n_layer=1", "policy.d_model=64", "policy.seq_len=128",
+            "rollout.l_max=40", "rollout.l_cache=8", "rollout.slots=8", "grpo.group_size=4",
+            "grpo.groups_per_step=2"]
+    r = bench_rl(overrides=tiny, steps=3)
+    fields = {"async_s", "sync_s", "speedup", "staleness_mean", "staleness_max",
+              "trainer_idle_frac_async", "trainer_idle_frac_sync"}
+    assert fields <= set(r)
+    assert r["async_s"] > 0 and r["sync_s"] > 0
+    assert r["speedup"] == pytest.approx(r["sync_s"] / r["async_s"])
+    assert 0 <= r["staleness_mean"] <= r["staleness_max"] <= r["max_staleness"] == 4
+    assert 0 <= r["trainer_idle_frac_sync"] <= 1 and r["trainer_steps"] == 3

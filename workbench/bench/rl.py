@@ -1,8 +1,8 @@
 """`wb bench rl`: asynchronous vs synchronous RL, same model, tasks and trainer steps.
 
-Two real runs of the `rl` recipe (generators, verifiers and trainer as processes),
-launched one after the other into a temporary store:
-- async: `rollout.max_staleness = k` with in-flight weight updates;
+Two real runs of the `rl-async-tiny` spec (generators, verifiers and trainer as
+processes), launched one after the other into a temporary store, identical but for:
+- async: the spec's `rollout.max_staleness = k` (> 0) with in-flight weight updates;
 - sync:  `rollout.max_staleness = 0` (generate, train, sync).
 Each is timed from its `training` stage event to its `done` event: the policy's
 warm start (shared by both, cached) and process start-up are outside the figure.
@@ -24,8 +24,8 @@ from typing import Any
 
 from rich.console import Console
 
-QUICK_STEPS, FULL_STEPS = 12, 40
-STALENESS = 2
+QUICK_STEPS, FULL_STEPS = 16, 60
+SPEC = "rl-async-tiny"
 
 
 def _say(progress: Console | None, text: str) -> None:
@@ -38,7 +38,7 @@ def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
     from workbench.launch import local
     from workbench.spec import load_spec
 
-    loaded = load_spec("rl-async-tiny", overrides)
+    loaded = load_spec(SPEC, overrides)
     row = local.start(store, loaded, name=f"bench-{label}")
     t0 = time.monotonic()
     proc = row["_process"]
@@ -71,10 +71,17 @@ def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
             "len_max": max(series("rollout/len_max")), "run": row["id"]}
 
 
-def bench_rl(quick: bool = False, progress: Console | None = None) -> dict[str, Any]:
+def bench_rl(quick: bool = False, progress: Console | None = None,
+             overrides: list[str] | None = None, steps: int | None = None) -> dict[str, Any]:
+    """`overrides` (--set style) apply to both runs: tests use them to shrink the policy."""
+    from workbench.spec import load_spec
     from workbench.store import Store, resolve_root
 
-    steps = QUICK_STEPS if quick else FULL_STEPS
+    steps = steps or (QUICK_STEPS if quick else FULL_STEPS)
+    extra = list(overrides or [])
+    staleness = load_spec(SPEC, extra).spec.rollout.max_staleness  # type: ignore[attr-defined]
+    if staleness < 1:
+        raise ValueError(f"{SPEC} has rollout.max_staleness {staleness}; the async run needs >= 1")
     shared_cache = resolve_root(None) / "cache" / "warmstart"
     shared_cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="wb-bench-rl-") as tmp:
@@ -82,12 +89,11 @@ def bench_rl(quick: bool = False, progress: Console | None = None) -> dict[str, 
         store = Store(root)
         (root / "cache").mkdir(exist_ok=True)
         (root / "cache" / "warmstart").symlink_to(shared_cache.resolve())
-        base = [f"grpo.steps={steps}", "grpo.checkpoint_every=0"]
+        base = [*extra, f"grpo.steps={steps}", "grpo.checkpoint_every=0"]
         _say(progress, f"rl bench: {steps} trainer steps each; async (max_staleness "
-                       f"{STALENESS}, in-flight) then sync (max_staleness 0)")
+                       f"{staleness}, in-flight) then sync (max_staleness 0)")
         timeout = 900.0
-        a = _one(store, [*base, f"rollout.max_staleness={STALENESS}", "rollout.inflight=true"],
-                 progress, "async", timeout)
+        a = _one(store, [*base, "rollout.inflight=true"], progress, "async", timeout)
         s = _one(store, [*base, "rollout.max_staleness=0"], progress, "sync", timeout)
         store.close()
     return {
@@ -100,6 +106,6 @@ def bench_rl(quick: bool = False, progress: Console | None = None) -> dict[str, 
         "gen_tokens_per_s_async": a["gen_tokens_per_s"],
         "gen_tokens_per_s_sync": s["gen_tokens_per_s"],
         "len_p50": a["len_p50"], "len_max": max(a["len_max"], s["len_max"]),
-        "trainer_steps": steps, "max_staleness": STALENESS, "quick": quick,
+        "trainer_steps": steps, "max_staleness": staleness, "quick": quick,
         "target_speedup": 1.5,
     }

@@ -41,13 +41,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model, save_model
 
-from workbench.data.corpus import PAD
 from workbench.models.gpt import GPT, GPTConfig
 from workbench.recipes import Context
 from workbench.recipes.pretrain.checkpoint import STEP_PREFIX, checkpoints_in
 from workbench.recipes.rl.generator import generator_main
-from workbench.recipes.rl.grpo import group_advantages, grpo_loss, token_logprobs_and_entropy
+from workbench.recipes.rl.grpo import group_advantages
 from workbench.recipes.rl.spec import RLSpec
+from workbench.recipes.rl.update import accumulate_grpo
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
 
@@ -124,44 +124,6 @@ class Sample:
     finish: str
     text: str
     score: Any = None
-
-
-def completion_logprobs(model: GPT, samples: list[Sample], device: torch.device,
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Per-token log-probs and entropies of each completion under `model`, with the
-    generators' log-probs and the mask, all [B, W] (W = longest prompt + completion),
-    aligned to the positions that predict each completion token."""
-    width = max(len(s.prompt) + len(s.tokens) for s in samples)
-    idx = torch.full((len(samples), width), PAD, dtype=torch.long)
-    targets = torch.zeros(len(samples), width, dtype=torch.long)
-    old = torch.zeros(len(samples), width)
-    mask = torch.zeros(len(samples), width)
-    for i, s in enumerate(samples):
-        p, n = len(s.prompt), len(s.tokens)
-        idx[i, :p + n] = torch.tensor(s.prompt + s.tokens)
-        targets[i, p - 1:p - 1 + n] = torch.tensor(s.tokens)  # position t predicts t + 1
-        old[i, p - 1:p - 1 + n] = torch.tensor(s.logprobs)
-        mask[i, p - 1:p - 1 + n] = 1.0
-    logits = model(idx.to(device)).logits
-    logp, ent = token_logprobs_and_entropy(logits, targets.to(device))
-    return logp, old.to(device), mask.to(device), ent
-
-
-def micro_batches(lengths: list[int], budget: int) -> list[list[int]]:
-    """Indices grouped by length so that each group, padded to its longest member, holds
-    at most `budget` tokens (a longer single sequence gets a group of its own).
-
-    Rollout lengths are heavy-tailed: padding a whole batch to its longest completion
-    computes mostly padding. Sorted buckets cut that waste, and the budget bounds the
-    activation memory of one forward/backward whatever the tail does."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    out: list[list[int]] = []
-    for i in order:  # ascending, so the newest member is the group's longest
-        if out and (len(out[-1]) + 1) * lengths[i] <= budget:
-            out[-1].append(i)
-        else:
-            out.append([i])
-    return out
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -332,27 +294,8 @@ class Trainer:
         adv, keep = group_advantages(rewards, gids)
         self.model.train()
         self.opt.zero_grad(set_to_none=True)
-        # Gradient accumulation over length buckets; every bucket's loss is divided by
-        # the whole minibatch's kept-token count, so the sum is the full-batch loss.
-        kept_tokens = float(sum(len(s.tokens) for s, k in zip(batch, keep.tolist(), strict=True)
-                                if k))
-        widths = [len(s.prompt) + len(s.tokens) for s in batch]
-        loss_sum, ent_sum, tokens = 0.0, 0.0, 0.0
-        sums = {"clip_frac": 0.0, "kl": 0.0}
-        for mb in micro_batches(widths, spec.grpo.micro_batch_tokens):
-            logp, old, mask, ent = completion_logprobs(self.model, [batch[i] for i in mb],
-                                                       self.device)
-            rows = torch.tensor(mb)
-            loss, stats = grpo_loss(logp, old, adv[rows], mask * keep[rows, None].float(),
-                                    spec.grpo.eps_low, spec.grpo.eps_high,
-                                    denom=max(kept_tokens, 1.0))
-            if keep[rows].any():
-                loss.backward()
-            loss_sum += float(loss.detach())
-            ent_sum += float((ent * mask).sum())
-            tokens += float(mask.sum())
-            for k in sums:
-                sums[k] += stats[k] * stats["tokens"]
+        upd = accumulate_grpo(self.model, batch, adv, keep, spec.grpo.eps_low,
+                              spec.grpo.eps_high, spec.grpo.micro_batch_tokens, self.device)
         if keep.any():
             if spec.grpo.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), spec.grpo.grad_clip)
@@ -373,14 +316,13 @@ class Trainer:
         self.t_mark = now
         gen_total = self.gen_busy + self.gen_idle
         q = quantiles(lengths)
-        entropy = ent_sum / max(tokens, 1.0)
         metrics = {
             "rl/reward": float(rewards.mean()),
             "rl/accuracy": float(np.mean([s.score.correct for s in batch])),
             "rl/format": float(np.mean([s.score.format_ok for s in batch])),
-            "rl/entropy": entropy, "rl/clip_frac": sums["clip_frac"] / max(kept_tokens, 1.0),
+            "rl/entropy": upd.entropy, "rl/clip_frac": upd.clip_frac,
             "rl/zero_adv_frac": 1.0 - float(keep.float().mean()),
-            "rl/logprob_kl": sums["kl"] / max(kept_tokens, 1.0), "rl/loss": loss_sum,
+            "rl/logprob_kl": upd.kl, "rl/loss": upd.loss,
             "rollout/len_p50": q["p50"], "rollout/len_p90": q["p90"],
             "rollout/len_p99": q["p99"], "rollout/len_max": q["max"],
             "rollout/truncated_frac": float(np.mean([s.finish == "length" for s in batch])),
