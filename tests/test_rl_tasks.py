@@ -15,6 +15,7 @@ import pytest
 from workbench.recipes.rl.tasks import (
     TASKS,
     Problem,
+    flawed_solution_text,
     heavy_tail,
     load_jsonl,
     sample_problem,
@@ -54,6 +55,20 @@ def test_solutions_score_full_reward(name: str) -> None:
         assert text.startswith("<think>") and text.endswith("}")
         s = score(p, text, len(text) + 1, L_MAX, L_CACHE)
         assert s.format_ok and s.correct and s.reward == 1.0, (p, text, s)
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_flawed_solutions_keep_the_format_and_miss_the_answer(name: str) -> None:
+    """A slip is carried through: well formed, wrong, about as long as the solution."""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        p = sample_problem(rng, [name])
+        good, bad = solution_text(p), flawed_solution_text(p, rng)
+        s = score(p, bad, len(bad) + 1, L_MAX, L_CACHE)
+        assert s.format_ok and not s.correct and s.reward == pytest.approx(0.1), (p, bad)
+        assert abs(len(bad) - len(good)) <= 2
+    with pytest.raises(ValueError, match="built-in tasks only"):
+        flawed_solution_text(Problem("x", "jsonl:x", "q\n", "1", "int"), rng)
 
 
 def test_solution_with_length_penalty() -> None:
@@ -270,7 +285,8 @@ def test_pool_requeues_checks_behind_a_hung_one() -> None:
         pool.submit("stuck", _problem("1", "sleep"), "<think></think>\\boxed{1}", 5)
         for i in range(3):
             pool.submit(f"after{i}", good, "<think></think>\\boxed{42}", 5)
-        assert len(pool._workers[0].queue) == 5  # all sent at once, not one per poll
+        # Sent at once behind the hung check, not one per poll ("before" may be done).
+        assert len(pool._workers[0].queue) >= 4
         got = dict(pool.drain(timeout=30))
     assert set(got) == {"before", "stuck", "after0", "after1", "after2"}
     assert got["stuck"].reason == "verifier timeout after 0.5s"
@@ -332,13 +348,17 @@ def test_warm_start_caches_and_is_deterministic(tmp_path: Path) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~100 s alone on 2 cores, several times that on a busy machine
 def test_warm_start_defaults_give_format_and_moderate_accuracy(tmp_path: Path) -> None:
-    """The measurement behind WarmStartConfig's defaults (minutes on a 2-core CPU)."""
+    """The measurement behind WarmStartConfig's defaults (minutes on a 2-core CPU): the
+    format nearly always, and sampled answers well below greedy ones (the slips)."""
     from workbench.recipes.rl.warmstart import WarmStartConfig, evaluate, warm_start
 
     cfg = WarmStartConfig()
-    res = evaluate(warm_start(cfg, tmp_path), cfg.tasks, n=300)
+    model = warm_start(cfg, tmp_path)
+    res = evaluate(model, cfg.tasks, n=300)
+    greedy = evaluate(model, cfg.tasks, n=300, temperature=0.0)
     assert res.format_rate >= 0.9
-    assert 0.15 <= res.accuracy <= 0.7
+    assert 0.1 <= res.accuracy <= 0.7
+    assert greedy.accuracy >= res.accuracy + 0.04
 
 
 def test_sampling_helpers_run_on_an_untrained_model() -> None:

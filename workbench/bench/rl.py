@@ -24,7 +24,7 @@ from typing import Any
 
 from rich.console import Console
 
-QUICK_STEPS, FULL_STEPS = 16, 60
+QUICK_STEPS, FULL_STEPS = 24, 60
 SPEC = "rl-async-tiny"
 
 

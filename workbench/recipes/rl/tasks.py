@@ -108,6 +108,8 @@ class Task:
     alpha: float  # tail index: smaller = heavier tail
     make: Callable[[np.random.Generator, int], tuple[str, str, dict[str, Any]]]
     solve: Callable[[dict[str, Any]], str]  # meta -> think block contents
+    # meta, rng -> (think, answer) of a worked solution with one slip carried through
+    slip: Callable[[dict[str, Any], np.random.Generator], tuple[str, str]]
     summary: str = ""
 
     def sample(self, rng: np.random.Generator) -> Problem:
@@ -119,6 +121,9 @@ class Task:
 
     def solution(self, p: Problem) -> str:
         return completion_text(self.solve(p.meta), p.answer)
+
+    def flawed_solution(self, p: Problem, rng: np.random.Generator) -> str:
+        return completion_text(*self.slip(p.meta, rng))
 
 
 # ----------------------------------------------------------------------------- sum
@@ -136,6 +141,17 @@ def _sum_think(meta: dict[str, Any]) -> str:
         total += x
         out.append(f"+{x}={total}")
     return "".join(out)
+
+
+def _sum_slip(meta: dict[str, Any], rng: np.random.Generator) -> tuple[str, str]:
+    """One running total off by one, and every total after it (the answer too)."""
+    nums = meta["nums"]
+    at, delta = int(rng.integers(0, len(nums))), int(rng.choice([-1, 1]))
+    out, total = [], 0
+    for i, x in enumerate(nums):
+        total += x + (delta if i == at else 0)
+        out.append(str(nums[0]) if i == 0 else f"+{x}={total}")
+    return "".join(out), str(total)
 
 
 # ----------------------------------------------------------------------------- count
@@ -161,6 +177,23 @@ def _count_think(meta: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _count_slip(meta: dict[str, Any], rng: np.random.Generator) -> tuple[str, str]:
+    """From one match on, the running count is off by one (the answer too)."""
+    matches = meta["text"].count(meta["target"])
+    if matches == 0:
+        return _count_think(meta), "1"
+    at = int(rng.integers(0, matches))
+    delta = int(rng.choice([-1, 1])) if at > 0 else 1
+    out, n, seen = [], 0, 0
+    for ch in meta["text"]:
+        out.append(ch)
+        if ch == meta["target"]:
+            n += 1 + (delta if seen == at else 0)
+            seen += 1
+            out.append(str(n))
+    return "".join(out), str(n)
+
+
 # ----------------------------------------------------------------------------- reverse
 
 
@@ -174,15 +207,29 @@ def _reverse_think(meta: dict[str, Any]) -> str:
     return " ".join(map(str, reversed(meta["digits"])))
 
 
+def _reverse_slip(meta: dict[str, Any], rng: np.random.Generator) -> tuple[str, str]:
+    """Two neighbours swapped (or, where they are equal, one digit changed), in the
+    think block and the answer alike."""
+    out = list(reversed(meta["digits"]))
+    i = int(rng.integers(0, len(out)))
+    if i + 1 < len(out) and out[i] != out[i + 1]:
+        out[i], out[i + 1] = out[i + 1], out[i]
+    else:
+        out[i] = (out[i] + 1 + int(rng.integers(0, 9))) % 10
+    return " ".join(map(str, out)), ",".join(map(str, out))
+
+
 TASKS: dict[str, Task] = {
     t.name: t
     for t in (
         Task("sum", "int", lo=2, hi=48, alpha=1.1, make=_sum_make, solve=_sum_think,
+             slip=_sum_slip,
              summary="add k one-digit numbers; the think block writes the running sum"),
         Task("count", "int", lo=3, hi=120, alpha=1.1, make=_count_make, solve=_count_think,
+             slip=_count_slip,
              summary="count a letter in a k-letter string; running count after each match"),
         Task("reverse", "list", lo=2, hi=64, alpha=1.1, make=_reverse_make,
-             solve=_reverse_think,
+             solve=_reverse_think, slip=_reverse_slip,
              summary="reverse k digits; the answer is the comma-separated reversed list"),
     )
 }
@@ -210,6 +257,14 @@ def solution_text(p: Problem) -> str:
     if isinstance(p.meta.get("solution"), str):
         return p.meta["solution"]
     return completion_text("", p.answer)
+
+
+def flawed_solution_text(p: Problem, rng: np.random.Generator) -> str:
+    """A worked completion in the exact format with one slip carried through to a wrong
+    answer (a built-in task), for a warm start that imitates imperfect traces."""
+    if p.task not in TASKS:
+        raise ValueError(f"no flawed solutions for {p.task!r}: built-in tasks only")
+    return TASKS[p.task].flawed_solution(p, rng)
 
 
 def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = "prompt",

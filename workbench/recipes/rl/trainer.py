@@ -74,8 +74,16 @@ def build_policy(spec: RLSpec, ctx: Context) -> GPT:
                                "tasks": tuple(spec.tasks.names), "seed": spec.seed}
     if spec.policy.warmstart_steps:
         options["steps"] = spec.policy.warmstart_steps
+    ws = WarmStartConfig(**options)
     print("rl: warm start (cached after the first run)", flush=True)
-    return warm_start(WarmStartConfig(**options), ctx.run.root / "cache" / "warmstart")
+    t0, every = time.perf_counter(), max(1, ws.steps // 10)
+
+    def progress(step: int, loss: float) -> None:
+        if (step + 1) % every == 0:
+            print(f"rl: warm start step {step + 1}/{ws.steps} loss {loss:.3f} "
+                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    return warm_start(ws, ctx.run.root / "cache" / "warmstart", progress)
 
 
 def policy_config(spec: RLSpec) -> GPTConfig:
