@@ -80,3 +80,59 @@ class GPTConfig:
 
 def _divisors(n: int) -> list[int]:
     return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass
+class RecurrentDepthConfig:
+    """A recurrent-depth transformer (Huginn, RESEARCH.md §3): a prelude, a core block
+    looped r times on a latent state (input injected by a 2h -> h adapter each time),
+    and a coda. Field names are ours; `models.recurrent_depth.HUGINN_FIELDS` maps
+    Huginn's config.json onto them."""
+
+    vocab_size: int = 260
+    seq_len: int = 256
+    d_model: int = 128
+    n_head: int = 4
+    n_prelude: int = 1
+    n_core: int = 2
+    n_coda: int = 1
+    mean_recurrence: int = 8  # eval default and mean of the training sampler
+    backprop_depth: int = 4  # training backpropagates through the last k iterations
+    ffn_hidden: int = 512
+    rope_theta: float = 50000.0
+    norm_eps: float = 1e-6
+    qk_bias: bool = True
+    adapter_bias: bool = False
+    tie_embeddings: bool = True
+    state_scale: float = 1.0  # multiplies the random initial state's std
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "seq_len", "d_model", "n_head", "n_core", "mean_recurrence",
+                     "backprop_depth", "ffn_hidden"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} ({value!r}) must be a positive integer")
+        for name in ("n_prelude", "n_coda"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} ({value!r}) must be an integer >= 0")
+        if self.d_model % self.n_head or (self.d_model // self.n_head) % 2:
+            raise ValueError(f"n_head ({self.n_head}) must divide d_model ({self.d_model}) into "
+                             "an even head_dim (RoPE)")
+        for name in ("rope_theta", "norm_eps"):
+            value = getattr(self, name)
+            if not isinstance(value, int | float) or not value > 0 or math.isinf(value):
+                raise ValueError(f"{name} ({value!r}) must be a positive finite number")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def init_std(self) -> float:
+        """Huginn's std for weights and the initial state: sqrt(2 / (5 h))."""
+        return math.sqrt(2.0 / (5.0 * self.d_model))
+
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.d_model)
