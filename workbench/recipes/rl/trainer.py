@@ -465,8 +465,9 @@ def start_roles(spec: RLSpec, trainer: Trainer) -> Roles:
     flat = trainer.flat()
     for r in range(1, world):
         dist.broadcast(flat, src=0, group=groups[r])
-    print(f"rl: {n} generators (pids {', '.join(str(p.pid) for p in procs.values())}), "
-          f"{spec.verifier.procs} verifiers, weights by gloo broadcast "
+    pids = ", ".join(str(p.pid) for p in procs.values())
+    print(f"rl: {n} generator{'' if n == 1 else 's'} (pids {pids}), {spec.verifier.procs} "
+          f"verifier{'' if spec.verifier.procs == 1 else 's'}, weights by gloo broadcast "
           f"({flat.numel():,} floats)", flush=True)
     return roles
 
