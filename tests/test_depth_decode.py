@@ -1,0 +1,76 @@
+"""Token-by-token decoding of the recurrent-depth model: the full cache reproduces the
+parallel forward, the shared cache's memory does not grow with r, and the exit rules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from workbench.engine.depth import DepthDecoder, generate
+from workbench.models.config import RecurrentDepthConfig
+from workbench.models.recurrent_depth import RecurrentDepthGPT
+
+
+def tiny(**kw: object) -> RecurrentDepthGPT:
+    torch.manual_seed(0)
+    args = dict(vocab_size=64, seq_len=48, d_model=32, n_head=2, n_prelude=1, n_core=2,
+                n_coda=1, mean_recurrence=4, backprop_depth=2, ffn_hidden=64)
+    args.update(kw)
+    return RecurrentDepthGPT(RecurrentDepthConfig(**args)).eval()  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("steps", [1, 3])
+def test_full_cache_reproduces_the_parallel_forward(steps: int) -> None:
+    model = tiny(state_scale=0.0)  # zero initial state: both sides see the same s_0
+    ids = torch.randint(0, 64, (1, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want = model(ids, steps=steps).logits[0]
+    dec = DepthDecoder(model, max_len=20, cache="full", max_steps=steps)
+    got = torch.stack([dec.step(int(t))[0] for t in ids[0]])
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_cache_memory_does_not_grow_with_r() -> None:
+    model = tiny()
+    prompt = list(range(1, 9))
+    shared = {r: generate(model, prompt, 8, steps=r).kv_bytes for r in (1, 4, 32)}
+    full = {r: generate(model, prompt, 8, steps=r, cache="full").kv_bytes for r in (1, 4, 32)}
+    assert shared[1] == shared[4] == shared[32]
+    c = model.config
+    per_layer = 2 * c.n_head * 16 * c.head_dim * 4  # K and V, 16 positions, fp32
+    assert shared[32] == (c.n_prelude + c.n_coda + c.n_core) * per_layer
+    assert full[32] == (c.n_prelude + c.n_coda + 32 * c.n_core) * per_layer
+    assert full[1] == shared[1] and full[4] < full[32]
+
+
+def test_shared_equals_full_at_one_recurrence() -> None:
+    model = tiny()
+    a = generate(model, [3, 1, 4, 1, 5], 12, steps=1)
+    b = generate(model, [3, 1, 4, 1, 5], 12, steps=1, cache="full")
+    assert a.tokens == b.tokens and len(a.tokens) == 12
+
+
+@pytest.mark.parametrize("rule", ["kl", "latent"])
+def test_exit_rules_bound_the_steps(rule: str) -> None:
+    model = tiny()
+    never = generate(model, [1, 2, 3], 6, steps=8, rule=rule, threshold=0.0)
+    always = generate(model, [1, 2, 3], 6, steps=8, rule=rule, threshold=float("inf"))
+    assert never.steps == [8] * 6
+    assert always.prompt_steps == 8 and always.steps == [8] + [2] * 5  # first from prompt
+    with pytest.raises(ValueError, match="shared cache"):
+        generate(model, [1, 2, 3], 2, steps=4, rule=rule, cache="full")
+
+
+def test_bad_arguments_are_refused() -> None:
+    model = tiny()
+    with pytest.raises(ValueError, match="exit rule"):
+        DepthDecoder(model, 8).step(1, rule="entropy")
+    with pytest.raises(ValueError, match="cache"):
+        DepthDecoder(model, 8, cache="compressed")
+    with pytest.raises(ValueError, match="empty prompt"):
+        generate(model, [], 4)
+    dec = DepthDecoder(model, 2)
+    dec.step(1)
+    dec.step(2)
+    with pytest.raises(ValueError, match="KV cache full"):
+        dec.step(3)
