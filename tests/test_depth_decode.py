@@ -74,3 +74,29 @@ def test_bad_arguments_are_refused() -> None:
     dec.step(2)
     with pytest.raises(ValueError, match="KV cache full"):
         dec.step(3)
+
+
+@pytest.mark.parametrize(("draft", "lookahead"), [(1, 3), (2, 5), (3, 1)])
+def test_speculative_equals_plain_greedy_at_the_verify_depth(draft: int, lookahead: int) -> None:
+    from workbench.engine.depth import generate_speculative
+
+    model = tiny(state_scale=1.0)
+    prompt = [5, 9, 2, 7, 1]
+    plain = generate(model, prompt, 20, steps=4, cache="full", seed=3)
+    spec = generate_speculative(model, prompt, 20, draft_steps=draft, verify_steps=4,
+                                lookahead=lookahead, seed=3)
+    assert spec.tokens == plain.tokens and len(spec.tokens) == 20
+    assert 0 <= spec.accepted <= spec.drafted and 0.0 <= spec.acceptance <= 1.0
+    assert spec.rounds >= 19 / (lookahead + 1)
+
+
+def test_speculative_acceptance_rises_with_draft_depth() -> None:
+    """A deeper draft agrees with the verifier more often (here: never less)."""
+    from workbench.engine.depth import generate_speculative
+
+    model = tiny()
+    rates = [generate_speculative(model, [1, 2, 3], 24, draft_steps=d, verify_steps=6,
+                                  lookahead=4).acceptance for d in (1, 5)]
+    assert rates[0] <= rates[1]
+    with pytest.raises(ValueError, match="draft_steps"):
+        generate_speculative(model, [1], 4, draft_steps=6, verify_steps=6)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from workbench.models.gpt import apply_rope
 from workbench.models.recurrent_depth import RecurrentDepthGPT, SandwichBlock
 
 EXIT_RULES = ("none", "kl", "latent")
@@ -52,7 +53,7 @@ class _KV:
 
 class DepthDecoder:
     def __init__(self, model: RecurrentDepthGPT, max_len: int, cache: str = "shared",
-                 max_steps: int | None = None) -> None:
+                 max_steps: int | None = None, seed: int = 0) -> None:
         if cache not in ("shared", "full"):
             raise ValueError(f"cache {cache!r} must be 'shared' or 'full'")
         c = model.config
@@ -60,6 +61,7 @@ class DepthDecoder:
             raise ValueError(f"max_len ({max_len}) must be in [1, seq_len ({c.seq_len})]")
         self.model, self.max_len, self.mode = model.eval(), max_len, cache
         self.max_steps = max_steps or c.mean_recurrence
+        self.seed = seed
         p = next(model.parameters())
         self._new = lambda: torch.zeros(c.n_head, max_len, c.head_dim, dtype=p.dtype,
                                         device=p.device)
@@ -82,59 +84,103 @@ class DepthDecoder:
         kvs = [self.prelude, self.coda, *self.core.values()]
         return sum(t.numel() * t.element_size() for kv in kvs for t in (*kv.k, *kv.v))
 
-    # -- one position through one block, reading and writing the cache
+    # -- positions t..t+T-1 through one block, reading and writing the cache
 
     def _block(self, block: SandwichBlock, x: Tensor, t: int, k_cache: Tensor,
                v_cache: Tensor) -> Tensor:
         a = block.attn
-        h = block.norm1(x)  # [1, 1, h]
-        q = a.q_proj(h).view(a.n_head, a.head_dim)
-        k = a.k_proj(h).view(a.n_head, a.head_dim)
-        v = a.v_proj(h).view(a.n_head, a.head_dim)
+        T = x.size(1)
+        h = block.norm1(x)  # [1, T, h]
+        q = a.q_proj(h).view(T, a.n_head, a.head_dim)
+        k = a.k_proj(h).view(T, a.n_head, a.head_dim)
+        v = a.v_proj(h).view(T, a.n_head, a.head_dim)
         if a.q_bias is not None:
             q, k = q + a.q_bias, k + a.k_bias
-        cos, sin = self.model.cos[t], self.model.sin[t]
-        q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-        k_cache[:, t], v_cache[:, t] = k, v
-        y = F.scaled_dot_product_attention(q[:, None], k_cache[:, :t + 1],
-                                           v_cache[:, :t + 1])  # [H, 1, D]
-        x = block.norm2(x + a.o_proj(y.reshape(1, 1, -1)))
+        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [H, T, D]
+        cos, sin = self.model.cos[t:t + T], self.model.sin[t:t + T]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_cache[:, t:t + T], v_cache[:, t:t + T] = k, v
+        mask = None
+        if T > 1:  # the block is causal within itself and sees every earlier position
+            mask = torch.arange(t + T, device=x.device) <= torch.arange(t, t + T,
+                                                                       device=x.device)[:, None]
+        y = F.scaled_dot_product_attention(q, k_cache[:, :t + T], v_cache[:, :t + T],
+                                           attn_mask=mask)  # [H, T, D]
+        x = block.norm2(x + a.o_proj(y.transpose(0, 1).reshape(1, T, -1)))
         return block.norm4(x + block.mlp(block.norm3(x)))
 
     def _readout(self, s: Tensor, t: int) -> Tensor:
+        """Logits [T, V] of core outputs s [1, T, h] at positions t..t+T-1."""
         m = self.model
         x = m.norm_f(s)
         for j, block in enumerate(m.coda):
             x = self._block(block, x, t, self.coda.k[j], self.coda.v[j])
-        return m.lm_head(m.norm_f(x))[0, 0].float()
+        return m.lm_head(m.norm_f(x))[0].float()
 
-    @torch.no_grad()
-    def step(self, token: int, rule: str = "none", threshold: float | None = None,
-             generator: torch.Generator | None = None) -> tuple[Tensor, int]:
-        """Feed one token at the next position: (next-token logits, recurrences run)."""
-        if rule not in EXIT_RULES:
-            raise ValueError(f"exit rule {rule!r} must be one of {', '.join(EXIT_RULES)}")
-        if rule != "none" and self.mode == "full":
-            raise ValueError("adaptive exit needs the shared cache (cache='shared')")
-        if self.length >= self.max_len:
-            raise ValueError(f"KV cache full ({self.max_len} positions)")
-        thr = DEFAULT_THRESHOLD[rule] if threshold is None else threshold
-        m, t = self.model, self.length
-        x = m.embed(torch.tensor([[token]], device=m.cos.device)) * m.config.embed_scale
+    def _embed(self, tokens: list[int], t: int) -> tuple[Tensor, Tensor]:
+        """Prelude output e and the initial states s_0 of positions t..t+T-1. The state of
+        a position is a function of (seed, position), so plain and speculative decoding
+        start every token from the same s_0."""
+        m = self.model
+        x = m.embed(torch.tensor([tokens], device=m.cos.device)) * m.config.embed_scale
         for j, block in enumerate(m.prelude):
             x = self._block(block, x, t, self.prelude.k[j], self.prelude.v[j])
-        e, s = x, m.initial_state(x, generator)
-        logp_prev: Tensor | None = None
-        logits: Tensor | None = None
-        steps = 0
-        for i in range(self.max_steps):
+        states = [m.initial_state(x[:, :1], torch.Generator().manual_seed(
+            self.seed * 1_000_003 + t + i)) for i in range(len(tokens))]
+        return x, torch.cat(states, dim=1)
+
+    def _check_room(self, n: int) -> None:
+        if self.length + n > self.max_len:
+            raise ValueError(f"KV cache full ({self.max_len} positions)")
+
+    @torch.no_grad()
+    def feed(self, tokens: list[int], steps: int) -> Tensor:
+        """Feed several tokens at once with a fixed recurrence count and no exit: logits
+        [T, V], one per position. Needs the full cache (the block is computed in parallel,
+        which is what the full cache reproduces)."""
+        if self.mode != "full":
+            raise ValueError("feeding a block needs the full cache (cache='full')")
+        self._check_room(len(tokens))
+        m, t = self.model, self.length
+        e, s = self._embed(tokens, t)
+        for i in range(steps):
             kv = self._core(i)
             x = m.adapter(torch.cat([s, e], dim=-1))
             for j, block in enumerate(m.core):
                 x = self._block(block, x, t, kv.k[j], kv.v[j])
-            s_prev, s, steps = s, x, i + 1
+            s = x
+        self.length += len(tokens)
+        return self._readout(s, t)
+
+    def truncate(self, length: int) -> None:
+        """Forget positions from `length` on (their slots are overwritten later)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"length {length} not in [0, {self.length}]")
+        self.length = length
+
+    @torch.no_grad()
+    def step(self, token: int, rule: str = "none", threshold: float | None = None,
+             steps: int | None = None) -> tuple[Tensor, int]:
+        """Feed one token at the next position: (next-token logits [V], recurrences run)."""
+        if rule not in EXIT_RULES:
+            raise ValueError(f"exit rule {rule!r} must be one of {', '.join(EXIT_RULES)}")
+        if rule != "none" and self.mode == "full":
+            raise ValueError("adaptive exit needs the shared cache (cache='shared')")
+        self._check_room(1)
+        thr = DEFAULT_THRESHOLD[rule] if threshold is None else threshold
+        m, t = self.model, self.length
+        e, s = self._embed([token], t)
+        logp_prev: Tensor | None = None
+        logits: Tensor | None = None
+        n = 0
+        for i in range(steps or self.max_steps):
+            kv = self._core(i)
+            x = m.adapter(torch.cat([s, e], dim=-1))
+            for j, block in enumerate(m.core):
+                x = self._block(block, x, t, kv.k[j], kv.v[j])
+            s_prev, s, n = s, x, i + 1
             if rule == "kl":
-                logits = self._readout(s, t)
+                logits = self._readout(s, t)[0]
                 logp = torch.log_softmax(logits, -1)
                 if logp_prev is not None and \
                         float((logp_prev.exp() * (logp_prev - logp)).sum()) < thr:
@@ -144,15 +190,9 @@ class DepthDecoder:
                     float((s - s_prev).norm() / s.norm().clamp_min(1e-12)) < thr:
                 break
         if logits is None or rule != "kl":
-            logits = self._readout(s, t)
+            logits = self._readout(s, t)[0]
         self.length += 1
-        return logits, steps
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate-half RoPE of one position; x [H, D]."""
-    x1, x2 = x.float().chunk(2, dim=-1)
-    return (x.float() * cos + torch.cat((-x2, x1), dim=-1) * sin).type_as(x)
+        return logits, n
 
 
 @torch.no_grad()
@@ -165,10 +205,10 @@ def generate(model: RecurrentDepthGPT, prompt: list[int], max_new_tokens: int, *
     if not prompt:
         raise ValueError("empty prompt")
     dec = DepthDecoder(model, min(model.config.seq_len, len(prompt) + max_new_tokens),
-                       cache, steps)
+                       cache, steps, seed)
     g = torch.Generator(device=model.cos.device).manual_seed(seed)
     for tok in prompt:
-        logits, prompt_steps = dec.step(tok, "none", generator=g)
+        logits, prompt_steps = dec.step(tok, "none")
     out: list[int] = []
     per_token: list[int] = []  # recurrences behind the distribution each token came from
     current = prompt_steps
@@ -181,5 +221,64 @@ def generate(model: RecurrentDepthGPT, prompt: list[int], max_new_tokens: int, *
         per_token.append(current)
         if i == max_new_tokens - 1 or nxt == eos_id or dec.length >= dec.max_len:
             break
-        logits, current = dec.step(nxt, rule, threshold, g)
+        logits, current = dec.step(nxt, rule, threshold)
     return DepthGeneration(out, per_token, prompt_steps, dec.kv_bytes)
+
+
+@dataclass
+class SpeculativeGeneration:
+    tokens: list[int]
+    drafted: int  # draft tokens proposed
+    accepted: int  # of which the verifier agreed with
+    rounds: int  # draft-then-verify rounds
+    kv_bytes: int
+
+    @property
+    def acceptance(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+
+@torch.no_grad()
+def generate_speculative(model: RecurrentDepthGPT, prompt: list[int], max_new_tokens: int, *,
+                         draft_steps: int, verify_steps: int, lookahead: int = 4,
+                         eos_id: int | None = None, seed: int = 0) -> SpeculativeGeneration:
+    """Greedy self-speculative decoding: the same model drafts `lookahead` tokens with
+    `draft_steps` recurrences, then verifies them in one parallel pass with
+    `verify_steps`; the longest agreeing prefix is kept, plus the verifier's own token
+    at the first disagreement. Full cache: iteration i of any token does not depend on
+    how many iterations later ones run, so the draft reads the verified tokens' first
+    draft_steps iterations, and the output equals plain greedy decoding at verify_steps
+    (`generate(..., steps=verify_steps, cache="full")`)."""
+    if not 1 <= draft_steps < verify_steps:
+        raise ValueError(f"need 1 <= draft_steps ({draft_steps}) < verify_steps ({verify_steps})")
+    if lookahead < 1 or max_new_tokens < 1 or not prompt:
+        raise ValueError("need lookahead >= 1, max_new_tokens >= 1 and a prompt")
+    size = min(model.config.seq_len, len(prompt) + max_new_tokens + lookahead)
+    dec = DepthDecoder(model, size, "full", verify_steps, seed)
+    pending = int(dec.feed(prompt, verify_steps)[-1].argmax())  # emitted, not yet fed
+    out, drafted, accepted, rounds = [pending], 0, 0, 0
+    while len(out) < max_new_tokens and pending != eos_id and dec.length < dec.max_len:
+        start = dec.length
+        k = min(lookahead, max_new_tokens - len(out), dec.max_len - start)
+        drafts, tok = [], pending
+        for _ in range(k):
+            tok = int(dec.step(tok, steps=draft_steps)[0].argmax())
+            drafts.append(tok)
+            if tok == eos_id:
+                break
+        dec.truncate(start)
+        verdict = dec.feed([pending, *drafts[:-1]], verify_steps).argmax(-1).tolist()
+        a = 0
+        while a < len(drafts) and verdict[a] == drafts[a]:
+            a += 1
+        rounds, drafted, accepted = rounds + 1, drafted + len(drafts), accepted + a
+        new = drafts[:a]
+        if a < len(drafts):
+            new.append(verdict[a])  # the verifier's token where the draft went wrong
+            dec.truncate(start + a + 1)
+        out.extend(new)
+        pending = new[-1]
+    out = out[:max_new_tokens]
+    if eos_id is not None and eos_id in out:
+        out = out[:out.index(eos_id) + 1]
+    return SpeculativeGeneration(out, drafted, accepted, rounds, dec.kv_bytes)
