@@ -178,3 +178,36 @@ def test_training_backprops_only_through_the_last_k_steps() -> None:
     grad_flags.clear()
     out = model(ids, ids, generator=torch.Generator().manual_seed(3))  # sampled count
     assert out.grad_steps == min(2, out.steps) and len(grad_flags) == out.steps
+
+
+def test_qk_clip_scales_the_separate_qk_biases_too() -> None:
+    """QK-Clip on a layer with Huginn's per-head q/k biases brings the clipped head's max
+    logit to tau exactly and leaves the other heads alone."""
+    from workbench.optim import qk_clip
+
+    model = RecurrentDepthGPT(RecurrentDepthConfig(d_model=32, n_head=2, seq_len=16))
+    attn = model.core[0].attn
+    with torch.no_grad():
+        attn.q_bias.normal_(0, 2.0)
+        attn.k_bias.normal_(0, 2.0)
+        attn.q_proj.weight[:16].mul_(20)  # head 0 far over, head 1 not
+    x = torch.randn(2, 16, 32, generator=torch.Generator().manual_seed(0))
+
+    def head_max() -> torch.Tensor:
+        from workbench.models.gpt import apply_rope
+
+        q = (attn.q_proj(x).view(2, 16, 2, 16) + attn.q_bias).transpose(1, 2)
+        k = (attn.k_proj(x).view(2, 16, 2, 16) + attn.k_bias).transpose(1, 2)
+        cos, sin = model.cos[:16], model.sin[:16]
+        s = apply_rope(q, cos, sin) @ apply_rope(k, cos, sin).transpose(-1, -2) / 4.0
+        s = s.masked_fill(torch.ones(16, 16, dtype=torch.bool).triu(1), float("-inf"))
+        return s.amax(dim=(0, 2, 3)).detach()
+
+    before = head_max()
+    hi = int(before.argmax())
+    tau = float(before.sum()) / 2  # between the two heads: only `hi` is over
+    qk_clip([attn], before[None, :], tau=tau)
+    want = before.clone()
+    want[hi] = tau
+    torch.testing.assert_close(head_max(), want, rtol=1e-4, atol=1e-4)
+    assert float(before[hi]) > 1.5 * tau  # a real clip, not a rounding

@@ -120,11 +120,21 @@ def qk_clip(
             g = float(gamma_cpu[layer, h])
             rows = slice(h * head_dim, (h + 1) * head_dim)
             if n_kv_head == n_head:
-                _scale_rows(attn.q_proj, rows, g**0.5)
-                _scale_rows(attn.k_proj, rows, g**0.5)
+                _scale_head(attn, "q", h, rows, g**0.5)
+                _scale_head(attn, "k", h, rows, g**0.5)
             else:
-                _scale_rows(attn.q_proj, rows, g)
+                _scale_head(attn, "q", h, rows, g)
     return result
+
+
+def _scale_head(attn: Any, which: str, head: int, rows: slice, factor: float) -> None:
+    """One head's q or k: its projection rows, and a separate per-head bias [n_head,
+    head_dim] where the module keeps one (Huginn's qk_bias). The bias is added before
+    RoPE, which is linear, so scaling both scales the logit exactly."""
+    _scale_rows(getattr(attn, f"{which}_proj"), rows, factor)
+    bias = getattr(attn, f"{which}_bias", None)
+    if isinstance(bias, Tensor):
+        bias[head].mul_(factor)
 
 
 def _scale_rows(linear: Any, rows: slice, factor: float) -> None:
