@@ -27,11 +27,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from workbench.models.gpt import apply_rope
-from workbench.models.recurrent_depth import RecurrentDepthGPT, SandwichBlock
+from workbench.models.recurrent_depth import RecurrentDepthGPT
 
 EXIT_RULES = ("none", "kl", "latent")
 DEFAULT_THRESHOLD = {"none": 0.0, "kl": 5e-4, "latent": 0.03}  # Huginn's (RESEARCH.md §3)
@@ -47,8 +45,12 @@ class DepthGeneration:
 
 @dataclass
 class _KV:
-    k: list[Tensor] = field(default_factory=list)  # per layer [H, max_len, D]
+    k: list[Tensor] = field(default_factory=list)  # per layer [1, H, max_len, D]
     v: list[Tensor] = field(default_factory=list)
+
+    @property
+    def layers(self) -> list[tuple[Tensor, Tensor]]:
+        return list(zip(self.k, self.v, strict=True))
 
 
 class DepthDecoder:
@@ -63,7 +65,7 @@ class DepthDecoder:
         self.max_steps = max_steps or c.mean_recurrence
         self.seed = seed
         p = next(model.parameters())
-        self._new = lambda: torch.zeros(c.n_head, max_len, c.head_dim, dtype=p.dtype,
+        self._new = lambda: torch.zeros(1, c.n_head, max_len, c.head_dim, dtype=p.dtype,
                                         device=p.device)
         self.prelude = self._layers(c.n_prelude)
         self.coda = self._layers(c.n_coda)
@@ -84,47 +86,16 @@ class DepthDecoder:
         kvs = [self.prelude, self.coda, *self.core.values()]
         return sum(t.numel() * t.element_size() for kv in kvs for t in (*kv.k, *kv.v))
 
-    # -- positions t..t+T-1 through one block, reading and writing the cache
-
-    def _block(self, block: SandwichBlock, x: Tensor, t: int, k_cache: Tensor,
-               v_cache: Tensor) -> Tensor:
-        a = block.attn
-        T = x.size(1)
-        h = block.norm1(x)  # [1, T, h]
-        q = a.q_proj(h).view(T, a.n_head, a.head_dim)
-        k = a.k_proj(h).view(T, a.n_head, a.head_dim)
-        v = a.v_proj(h).view(T, a.n_head, a.head_dim)
-        if a.q_bias is not None:
-            q, k = q + a.q_bias, k + a.k_bias
-        q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [H, T, D]
-        cos, sin = self.model.cos[t:t + T], self.model.sin[t:t + T]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_cache[:, t:t + T], v_cache[:, t:t + T] = k, v
-        mask = None
-        if T > 1:  # the block is causal within itself and sees every earlier position
-            mask = torch.arange(t + T, device=x.device) <= torch.arange(t, t + T,
-                                                                       device=x.device)[:, None]
-        y = F.scaled_dot_product_attention(q, k_cache[:, :t + T], v_cache[:, :t + T],
-                                           attn_mask=mask)  # [H, T, D]
-        x = block.norm2(x + a.o_proj(y.transpose(0, 1).reshape(1, T, -1)))
-        return block.norm4(x + block.mlp(block.norm3(x)))
-
     def _readout(self, s: Tensor, t: int) -> Tensor:
         """Logits [T, V] of core outputs s [1, T, h] at positions t..t+T-1."""
-        m = self.model
-        x = m.norm_f(s)
-        for j, block in enumerate(m.coda):
-            x = self._block(block, x, t, self.coda.k[j], self.coda.v[j])
-        return m.lm_head(m.norm_f(x))[0].float()
+        return self.model.readout(s, self.coda.layers, t)[0].float()
 
     def _embed(self, tokens: list[int], t: int) -> tuple[Tensor, Tensor]:
         """Prelude output e and the initial states s_0 of positions t..t+T-1. The state of
         a position is a function of (seed, position), so plain and speculative decoding
         start every token from the same s_0."""
         m = self.model
-        x = m.embed(torch.tensor([tokens], device=m.cos.device)) * m.config.embed_scale
-        for j, block in enumerate(m.prelude):
-            x = self._block(block, x, t, self.prelude.k[j], self.prelude.v[j])
+        x = m.embed_input(torch.tensor([tokens], device=m.cos.device), self.prelude.layers, t)
         states = [m.initial_state(x[:, :1], torch.Generator().manual_seed(
             self.seed * 1_000_003 + t + i)) for i in range(len(tokens))]
         return x, torch.cat(states, dim=1)
@@ -144,11 +115,7 @@ class DepthDecoder:
         m, t = self.model, self.length
         e, s = self._embed(tokens, t)
         for i in range(steps):
-            kv = self._core(i)
-            x = m.adapter(torch.cat([s, e], dim=-1))
-            for j, block in enumerate(m.core):
-                x = self._block(block, x, t, kv.k[j], kv.v[j])
-            s = x
+            s = m.core_step(s, e, self._core(i).layers, t)
         self.length += len(tokens)
         return self._readout(s, t)
 
@@ -174,11 +141,7 @@ class DepthDecoder:
         logits: Tensor | None = None
         n = 0
         for i in range(steps or self.max_steps):
-            kv = self._core(i)
-            x = m.adapter(torch.cat([s, e], dim=-1))
-            for j, block in enumerate(m.core):
-                x = self._block(block, x, t, kv.k[j], kv.v[j])
-            s_prev, s, n = s, x, i + 1
+            s_prev, s, n = s, m.core_step(s, e, self._core(i).layers, t), i + 1
             if rule == "kl":
                 logits = self._readout(s, t)[0]
                 logp = torch.log_softmax(logits, -1)

@@ -45,6 +45,10 @@ HUGINN_FIELDS = {
 }
 
 
+KVSlot = tuple[Tensor, Tensor, int]  # a layer's key and value cache, and the start position
+Layers = list[tuple[Tensor, Tensor]]  # (k, v) cache per layer of a stage
+
+
 class RMSNorm(nn.Module):
     """Huginn's RMSNorm: normalize in fp32, cast back, then scale (weight, not 1 + w)."""
 
@@ -73,7 +77,11 @@ class Attention(nn.Module):
         else:
             self.q_bias = self.k_bias = None
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVSlot | None = None,
+                ) -> Tensor:
+        """x [B, T, h] at the positions of cos/sin [T, D]. With `cache` (k, v [B, H, L, D],
+        start t): write this block's keys and values at t..t+T-1 and attend over 0..t+T-1
+        (every earlier position, causal within the block)."""
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
         k = self.k_proj(x).view(B, T, self.n_head, self.head_dim)
@@ -82,7 +90,17 @@ class Attention(nn.Module):
             q, k = q + self.q_bias, k + self.k_bias
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            k_cache, v_cache, t = cache
+            k_cache[:, :, t:t + T], v_cache[:, :, t:t + T] = k, v
+            mask = None
+            if T > 1:
+                mask = torch.arange(t + T, device=x.device) <= \
+                    torch.arange(t, t + T, device=x.device)[:, None]
+            y = F.scaled_dot_product_attention(q, k_cache[:, :, :t + T], v_cache[:, :, :t + T],
+                                               attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, -1))
 
 
@@ -104,8 +122,9 @@ class SandwichBlock(nn.Module):
         self.norm3, self.norm4 = RMSNorm(c.d_model, c.norm_eps), RMSNorm(c.d_model, c.norm_eps)
         self.attn, self.mlp = Attention(c), MLP(c)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        x = self.norm2(x + self.attn(self.norm1(x), cos, sin))
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVSlot | None = None,
+                ) -> Tensor:
+        x = self.norm2(x + self.attn(self.norm1(x), cos, sin, cache))
         return self.norm4(x + self.mlp(self.norm3(x)))
 
 
@@ -167,29 +186,30 @@ class RecurrentDepthGPT(nn.Module):
         s.normal_(0.0, std, generator=generator)
         return s.clamp_(-3 * std, 3 * std) * c.embed_scale
 
-    def embed_input(self, idx: Tensor) -> Tensor:
-        T = idx.size(1)
-        if T > self.config.seq_len:
-            raise ValueError(f"sequence length {T} exceeds seq_len ({self.config.seq_len})")
-        x = self.embed(idx) * self.config.embed_scale
-        for block in self.prelude:
-            x = block(x, self.cos[:T], self.sin[:T])
+    # Each stage takes optional per-layer caches [(k, v)] and the start position t of its
+    # tokens: the decoder (engine/depth.py) runs the same code one position at a time.
+
+    def _blocks(self, blocks: nn.ModuleList, x: Tensor, caches: Layers | None, t: int,
+                ) -> Tensor:
+        T = x.size(1)
+        cos, sin = self.cos[t:t + T], self.sin[t:t + T]
+        for j, block in enumerate(blocks):
+            x = block(x, cos, sin, None if caches is None else (*caches[j], t))
         return x
 
-    def core_step(self, state: Tensor, e: Tensor) -> Tensor:
-        T = e.size(1)
-        x = self.adapter(torch.cat([state, e], dim=-1))
-        for block in self.core:
-            x = block(x, self.cos[:T], self.sin[:T])
-        return x
+    def embed_input(self, idx: Tensor, caches: Layers | None = None, t: int = 0) -> Tensor:
+        if t + idx.size(1) > self.config.seq_len:
+            raise ValueError(f"sequence length {t + idx.size(1)} exceeds seq_len "
+                             f"({self.config.seq_len})")
+        return self._blocks(self.prelude, self.embed(idx) * self.config.embed_scale, caches, t)
 
-    def readout(self, state: Tensor) -> Tensor:
+    def core_step(self, state: Tensor, e: Tensor, caches: Layers | None = None, t: int = 0,
+                  ) -> Tensor:
+        return self._blocks(self.core, self.adapter(torch.cat([state, e], dim=-1)), caches, t)
+
+    def readout(self, state: Tensor, caches: Layers | None = None, t: int = 0) -> Tensor:
         """Logits from a core output: norm_f, coda, norm_f (again), lm_head."""
-        T = state.size(1)
-        x = self.norm_f(state)
-        for block in self.coda:
-            x = block(x, self.cos[:T], self.sin[:T])
-        return self.lm_head(self.norm_f(x))
+        return self.lm_head(self.norm_f(self._blocks(self.coda, self.norm_f(state), caches, t)))
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, steps: int | None = None,
                 state: Tensor | None = None, generator: torch.Generator | None = None,
