@@ -419,6 +419,10 @@ class GPT(nn.Module):
         """Per (layer, head) max pre-softmax logit for this batch, [n_layer, n_head] float32."""
         return self(idx, track_max_logits=True).max_logits
 
+    def attn_layers(self) -> list[Attention]:
+        """The attention module of each layer, in the row order of `max_logits`."""
+        return [block.attn for block in self.blocks]
+
     def num_params(self) -> int:
         """Number of distinct parameters (a tied embedding / lm_head counts once)."""
         return sum(p.numel() for p in self.parameters())

@@ -17,6 +17,11 @@ invariant under a permutation applied to both.
 Training (`forward(idx, steps=None)` in train mode) samples the recurrence count from
 Huginn's log-normal Poisson (`sample_recurrence`) and backpropagates only through the
 last `backprop_depth` iterations (the earlier ones run under no_grad).
+
+Max attention logits (`track_max_logits=True`, for QK-Clip and the attention map) are
+one row per distinct layer, prelude then core then coda: a core layer's row is the max
+over every iteration of the forward, with or without gradient (its weights are shared
+by all of them, so clipping that row bounds every iteration).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from workbench.models.config import RecurrentDepthConfig
-from workbench.models.gpt import apply_rope, rope_cache
+from workbench.models.gpt import apply_rope, chunked_max_logits, rope_cache
 
 # Huginn config.json field -> ours
 HUGINN_FIELDS = {
@@ -76,6 +81,7 @@ class Attention(nn.Module):
             self.k_bias = nn.Parameter(torch.zeros(c.n_head, c.head_dim))
         else:
             self.q_bias = self.k_bias = None
+        self.max_logits: Tensor | None = None  # [H], running max while tracking (else None)
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, cache: KVSlot | None = None,
                 ) -> Tensor:
@@ -92,6 +98,8 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            if self.max_logits is not None:
+                self.max_logits = torch.maximum(self.max_logits, chunked_max_logits(q, k))
         else:
             k_cache, v_cache, t = cache
             k_cache[:, :, t:t + T], v_cache[:, :, t:t + T] = k, v
@@ -135,6 +143,7 @@ class RDOutput:
     state: Tensor  # the last core output [B, T, h] (before norm_f)
     steps: int  # recurrences run
     grad_steps: int  # of which with gradient
+    max_logits: Tensor | None = None  # [layers, n_head] when tracked (module docstring)
 
 
 def sample_recurrence(mean: int, backprop: int, generator: torch.Generator | None = None,
@@ -177,14 +186,33 @@ class RecurrentDepthGPT(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    def attn_layers(self) -> list[Attention]:
+        """Every distinct attention module, in the row order of `max_logits`."""
+        return [b.attn for blocks in (self.prelude, self.core, self.coda) for b in blocks]
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token at the mean recurrence: 2 per weight per use forward,
+        4 more backward where the gradient flows (prelude, coda, head and the last
+        backprop_depth core iterations), plus the attention term of models/gpt.py."""
+        c = self.config
+        core = sum(p.numel() for p in self.core.parameters()) + self.adapter.weight.numel()
+        rest = sum(p.numel() for blocks in (self.prelude, self.coda) for p in blocks.parameters())
+        rest += self.lm_head.weight.numel()
+        r, k = c.mean_recurrence, min(c.backprop_depth, c.mean_recurrence)
+        layers = c.n_prelude + c.n_coda + c.n_core * r
+        return 6 * rest + (2 * r + 4 * k) * core + 12 * layers * c.d_model * c.seq_len
+
     def initial_state(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """s_0 shaped like `like`. Drawn on the generator's device (a CPU generator
+        gives the same numbers whatever device the model is on), then moved."""
         c = self.config
         std = c.init_std * c.state_scale
-        s = torch.empty(like.shape, dtype=like.dtype, device=like.device)
+        where = like.device if generator is None else generator.device
+        s = torch.empty(like.shape, dtype=like.dtype, device=where)
         if std <= 0:
-            return s.zero_()
+            return s.zero_().to(like.device)
         s.normal_(0.0, std, generator=generator)
-        return s.clamp_(-3 * std, 3 * std) * c.embed_scale
+        return (s.clamp_(-3 * std, 3 * std) * c.embed_scale).to(like.device)
 
     # Each stage takes optional per-layer caches [(k, v)] and the start position t of its
     # tokens: the decoder (engine/depth.py) runs the same code one position at a time.
@@ -213,10 +241,27 @@ class RecurrentDepthGPT(nn.Module):
 
     def forward(self, idx: Tensor, targets: Tensor | None = None, steps: int | None = None,
                 state: Tensor | None = None, generator: torch.Generator | None = None,
-                ) -> RDOutput:
+                track_max_logits: bool = False) -> RDOutput:
         """steps None: in train mode a `sample_recurrence` draw, in eval mode
         mean_recurrence. An explicit `steps` runs them all with gradient in train mode
-        only through the last backprop_depth. `state` overrides the random s_0."""
+        only through the last backprop_depth. `state` overrides the random s_0.
+        targets [B, T] (-100 = ignore) give the mean cross-entropy."""
+        attns = self.attn_layers()
+        for a in attns:
+            a.max_logits = torch.full((a.n_head,), float("-inf"), device=idx.device) \
+                if track_max_logits else None
+        try:
+            out = self._forward(idx, targets, steps, state, generator)
+        finally:
+            maxes = [a.max_logits for a in attns]
+            for a in attns:
+                a.max_logits = None
+        if track_max_logits:
+            out.max_logits = torch.stack(maxes)  # type: ignore[arg-type]
+        return out
+
+    def _forward(self, idx: Tensor, targets: Tensor | None, steps: int | None,
+                 state: Tensor | None, generator: torch.Generator | None) -> RDOutput:
         c = self.config
         if steps is None and self.training:
             no_grad, with_grad = sample_recurrence(c.mean_recurrence, c.backprop_depth, generator)

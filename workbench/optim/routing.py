@@ -5,7 +5,8 @@ Muon is only for 2-D *hidden* matrices. Everything else goes to AdamW:
 - embeddings (any ``nn.Embedding``'s weight), even though they are 2-D;
 - the LM head (the output projection: a module named in ``head_names``, or what
   ``model.get_output_embeddings()`` returns), even though it is 2-D;
-- norms, biases and every other parameter that is not 2-D.
+- norms, biases (also 2-D per-head ones named ``*_bias``, like q_bias) and every
+  other parameter that is not 2-D.
 
 Weights tied across modules (``lm_head.weight is embed.weight``) appear once, under
 the first name ``named_parameters()`` gives, and the reason mentions the other names.
@@ -130,7 +131,7 @@ def _decide(name: str, p: Tensor, embed_ids: set[int], head_ids: set[int],
         return "adamw", "LM head (output projection)"
     if id(p) in norm_ids:
         return "adamw", "norm"
-    if name.rsplit(".", 1)[-1] == "bias":
+    if name.rsplit(".", 1)[-1].endswith("bias"):  # also per-head q_bias / k_bias [H, D]
         return "adamw", "bias"
     if p.ndim == 2:
         return "muon", "2-D hidden matrix"

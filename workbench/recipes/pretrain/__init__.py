@@ -1,5 +1,17 @@
 """The `pretrain` kind: GPT pretraining with Muon, MuonClip (Muon + QK-Clip) or AdamW.
 
+`model.arch = "recurrent-depth"` trains a Huginn-style recurrent-depth model instead
+(models/recurrent_depth.py) with the same optimizers, metrics and checkpoints:
+- each micro-batch's forward runs a recurrence count drawn from Huginn's log-normal
+  Poisson (mean `model.mean_recurrence`), seeded by (seed, step, micro-batch) so ranks
+  agree and a resumed run draws the same counts; the gradient flows through the last
+  `model.backprop_depth` iterations only. `train/recurrence` logs the count drawn (the
+  mean over micro-batches with grad accumulation);
+- QK stats are AGGREGATED over iterations: `attn/max_logit_heads` has one row per
+  distinct layer (prelude, then core, then coda), and a core layer's row is its max
+  over every iteration of the step. QK-Clip rescales the core's shared weights from
+  that max, which bounds every iteration's logit.
+
 Components, torchtitan style (config in, one small module per idea):
 - spec.py: the typed spec (no torch: a bad spec is refused before torch loads);
 - schedule.py: warm-up then cosine or WSD, a pure function of the step;

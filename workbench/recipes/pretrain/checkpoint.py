@@ -18,9 +18,8 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from workbench.data.loader import BatchLoader
-from workbench.models.gpt import GPT
 from workbench.recipes.pretrain.schedule import lr_at
-from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.spec import TrainedSpec
 from workbench.signals import SpikeDetector
 
 STEP_PREFIX = "step-"
@@ -43,9 +42,9 @@ class TrainState:
     rollbacks: int = 0
 
 
-def save_checkpoint(folder: Path, model: GPT, optimizers: list[torch.optim.Optimizer],
+def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                     loader: BatchLoader, detector: SpikeDetector, state: TrainState,
-                    spec: PretrainSpec, keep: int) -> Path:
+                    spec: TrainedSpec, keep: int) -> Path:
     """Write step-NNNNNNNN/ atomically (temporary folder, then rename) and prune old ones."""
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{STEP_PREFIX}{state.step:08d}"
@@ -84,7 +83,7 @@ def save_checkpoint(folder: Path, model: GPT, optimizers: list[torch.optim.Optim
     return final
 
 
-def load_checkpoint(path: Path, model: GPT, optimizers: list[torch.optim.Optimizer],
+def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                     loader: BatchLoader, detector: SpikeDetector) -> TrainState:
     device = next(model.parameters()).device
     load_model(model, str(path / "model.safetensors"), device=str(device))

@@ -6,12 +6,11 @@ import math
 
 import torch
 
-from workbench.models.gpt import GPT
 from workbench.optim import Routing
-from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.spec import TrainedSpec
 
 
-def param_groups(spec: PretrainSpec, routing: Routing) -> dict[str, list[torch.nn.Parameter]]:
+def param_groups(spec: TrainedSpec, routing: Routing) -> dict[str, list[torch.nn.Parameter]]:
     """Parameters per optimizer group, for update / weight RMS."""
     if spec.optim.name == "adamw":
         return {"adamw": [p for _, p in routing.muon + routing.adamw]}
@@ -19,12 +18,15 @@ def param_groups(spec: PretrainSpec, routing: Routing) -> dict[str, list[torch.n
             for name, params in (("muon", routing.muon), ("adamw", routing.adamw)) if params}
 
 
-def svd_params(model: GPT) -> dict[str, torch.nn.Parameter]:
-    """A few hidden matrices to track SVD entropy on: q_proj and up_proj, first/last layer."""
-    layers = sorted({0, len(model.blocks) - 1})
+def svd_params(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
+    """A few hidden matrices to track SVD entropy on: q_proj and up_proj of the first
+    and the last layer (of a recurrent-depth model: its first and last block)."""
     named = dict(model.named_parameters())
-    return {name: named[name] for i in layers
-            for name in (f"blocks.{i}.attn.q_proj.weight", f"blocks.{i}.mlp.up_proj.weight")}
+    out = {}
+    for suffix in (".attn.q_proj.weight", ".mlp.up_proj.weight"):
+        names = [n for n in named if n.endswith(suffix)]
+        out.update({n: named[n] for n in dict.fromkeys(names[:1] + names[-1:])})
+    return out
 
 
 PEAK_BF16_FLOPS = {  # dense bf16 tensor-core peak, FLOP/s; matched against the device name

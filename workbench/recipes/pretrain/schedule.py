@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import math
 
-from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.spec import TrainedSpec
 
 
-def lr_at(spec: PretrainSpec, step: int) -> float:
+def lr_at(spec: TrainedSpec, step: int) -> float:
     """Learning rate of (1-based) step: linear warm-up, then cosine or WSD to min_lr_ratio."""
     o, total = spec.optim, spec.train.steps
     if step <= o.warmup_steps:

@@ -1,7 +1,11 @@
 """The `pretrain` spec: model, optimizer, training, data and stability sections.
 
-Free of torch (GPTConfig lives in models/config.py), so `wb launch` validates a spec
-and refuses a bad one before anything heavy is imported.
+`TrainedSpec` holds the sections every trained kind shares (model, optim, train,
+stability); the `depth` kind subclasses it with its task and evaluation sections and
+trains through the same `Trainer`.
+
+Free of torch (the model configs live in models/config.py), so `wb launch` validates a
+spec and refuses a bad one before anything heavy is imported.
 """
 
 from __future__ import annotations
@@ -12,18 +16,26 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from workbench.data.corpus import VOCAB_SIZE
-from workbench.models.config import GPTConfig
+from workbench.models.config import GPTConfig, RecurrentDepthConfig
 from workbench.signals.spikes import SpikeConfig
 from workbench.spec import Section, SpecBase
 
 ORIGINAL_MUON_LR = 0.02  # Keller Jordan's Muon lr, the default under adjust_lr_fn=original
 
 
-class ModelSection(Section):
-    """The network. Only the GPT architecture so far."""
+RD_ONLY = ("n_prelude", "n_core", "n_coda", "mean_recurrence", "backprop_depth")
+GPT_ONLY = ("n_layer", "n_kv_head", "attn_backend")  # n_layer: ignored by recurrent-depth
 
-    arch: Literal["gpt"] = Field("gpt", description="Architecture: 'gpt' (decoder-only GPT).")
-    n_layer: int = Field(4, ge=1, le=1024, description="Transformer blocks.")
+
+class ModelSection(Section):
+    """The network: a GPT, or a recurrent-depth model (Huginn: prelude, a core looped
+    r times, coda; models/recurrent_depth.py)."""
+
+    arch: Literal["gpt", "recurrent-depth"] = Field(
+        "gpt", description="Architecture: 'gpt' (decoder-only GPT) or 'recurrent-depth' "
+        "(prelude + looped core + coda, Huginn-style).")
+    n_layer: int = Field(4, ge=1, le=1024, description="Transformer blocks (gpt; recurrent-depth "
+                         "has n_prelude / n_core / n_coda instead).")
     n_head: int = Field(4, ge=1, description="Query heads; must divide d_model.")
     n_kv_head: int | None = Field(
         None, ge=1, description="Key/value heads for GQA (must divide n_head); unset = MHA.")
@@ -33,7 +45,40 @@ class ModelSection(Section):
                             description="SwiGLU hidden size / d_model (rounded up to 64).")
     tie_embeddings: bool = Field(True, description="Share the input embedding and LM head.")
     attn_backend: Literal["auto", "flex", "sdpa", "naive"] = Field(
-        "auto", description="Attention: auto (flex on CUDA, sdpa elsewhere), flex, sdpa, naive.")
+        "auto", description="Attention (gpt): auto (flex on CUDA, sdpa elsewhere), flex, sdpa, "
+        "naive.")
+    n_prelude: int = Field(1, ge=0, le=1024, description="recurrent-depth: blocks before the "
+                           "loop (run once).")
+    n_core: int = Field(2, ge=1, le=1024, description="recurrent-depth: blocks in the looped "
+                        "core.")
+    n_coda: int = Field(1, ge=0, le=1024, description="recurrent-depth: blocks after the loop.")
+    mean_recurrence: int = Field(8, ge=1, le=1024, description="recurrent-depth: mean of the "
+                                 "training draw (log-normal Poisson) and the eval default.")
+    backprop_depth: int = Field(4, ge=1, le=1024, description="recurrent-depth: iterations "
+                                "with gradient (truncated backprop through the last k).")
+
+    def build_config(self) -> GPTConfig | RecurrentDepthConfig:
+        """The config of `arch` (raises ValueError naming the problem)."""
+        fields = type(self).model_fields
+        changed = [k for k in (*RD_ONLY, *GPT_ONLY) if getattr(self, k) != fields[k].default]
+        if self.arch == "gpt":
+            if wrong := [k for k in changed if k in RD_ONLY]:
+                raise ValueError(f"{wrong[0]} applies to arch 'recurrent-depth' — set "
+                                 "model.arch = \"recurrent-depth\" or drop it")
+            return self.gpt_config()
+        if wrong := [k for k in changed if k in GPT_ONLY[1:]]:
+            raise ValueError(f"{wrong[0]} applies to arch 'gpt'; a recurrent-depth model has "
+                             "MHA and sdpa attention — drop it")
+        return RecurrentDepthConfig(
+            vocab_size=VOCAB_SIZE, seq_len=self.seq_len, d_model=self.d_model,
+            n_head=self.n_head, n_prelude=self.n_prelude, n_core=self.n_core,
+            n_coda=self.n_coda, mean_recurrence=self.mean_recurrence,
+            backprop_depth=self.backprop_depth, ffn_hidden=self.ffn_hidden,
+            tie_embeddings=self.tie_embeddings)
+
+    @property
+    def ffn_hidden(self) -> int:
+        return GPTConfig(d_model=self.d_model, n_head=1, ffn_mult=self.ffn_mult).ffn_hidden
 
     def gpt_config(self) -> GPTConfig:
         return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.n_layer,
@@ -139,12 +184,12 @@ class StabilitySection(Section):
                            persist=self.persist)
 
 
-class PretrainSpec(SpecBase):
-    kind: Literal["pretrain"]
+class TrainedSpec(SpecBase):
+    """The sections a kind trained by `recipes.pretrain.train.Trainer` has."""
+
     model: ModelSection = Field(default_factory=ModelSection)
     optim: OptimSection = Field(default_factory=OptimSection)
     train: TrainSection = Field(default_factory=TrainSection)
-    data: DataSection = Field(default_factory=DataSection)
     stability: StabilitySection = Field(default_factory=StabilitySection)
 
     @property
@@ -160,18 +205,10 @@ class PretrainSpec(SpecBase):
         """Read by the launcher for progress and ETA."""
         return self.train.steps
 
-    def for_launch(self) -> PretrainSpec:
-        """A relative data.path is pinned to where `wb launch` ran."""
-        if self.data.path in (None, "", "stdlib"):
-            return self
-        spec = self.model_copy(deep=True)
-        spec.data.path = str(Path(self.data.path).expanduser().resolve())
-        return spec
-
     @model_validator(mode="after")
-    def _consistent(self) -> PretrainSpec:
+    def _consistent_training(self) -> TrainedSpec:
         try:
-            self.model.gpt_config()
+            self.model.build_config()
         except ValueError as exc:
             raise ValueError(f"model: {exc}") from None
         if self.train.batch_size % self.train.grad_accum:
@@ -188,12 +225,29 @@ class PretrainSpec(SpecBase):
             raise ValueError(
                 "stability.spike_policy = rollback needs checkpoints to roll back to — set "
                 "train.checkpoint_every > 0")
-        if self.data.path not in (None, "", "stdlib") and \
-                not Path(self.data.path).expanduser().exists():
-            raise ValueError(f"data.path: no such file or directory {self.data.path!r} — "
-                             "point it at a text file, a directory or a JSONL file")
         if self.optim.warmup_steps >= self.train.steps:
             raise ValueError(
                 f"optim.warmup_steps ({self.optim.warmup_steps}) must be less than train.steps "
                 f"({self.train.steps}) — lower it")
+        return self
+
+
+class PretrainSpec(TrainedSpec):
+    kind: Literal["pretrain"]
+    data: DataSection = Field(default_factory=DataSection)
+
+    def for_launch(self) -> PretrainSpec:
+        """A relative data.path is pinned to where `wb launch` ran."""
+        if self.data.path in (None, "", "stdlib"):
+            return self
+        spec = self.model_copy(deep=True)
+        spec.data.path = str(Path(self.data.path).expanduser().resolve())
+        return spec
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PretrainSpec:
+        if self.data.path not in (None, "", "stdlib") and \
+                not Path(self.data.path).expanduser().exists():
+            raise ValueError(f"data.path: no such file or directory {self.data.path!r} — "
+                             "point it at a text file, a directory or a JSONL file")
         return self

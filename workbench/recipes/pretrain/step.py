@@ -1,4 +1,7 @@
-"""One training step (forward, backward, clip, update), evaluation and test-only faults."""
+"""One training step (forward, backward, clip, update), evaluation and test-only faults.
+
+Model-agnostic: a GPT or a recurrent-depth model (`model_kwargs` draws the latter's
+recurrence count), through the same `forward(x, y, track_max_logits=...)`."""
 
 from __future__ import annotations
 
@@ -13,9 +16,8 @@ from torch import nn
 
 from workbench.data.corpus import VOCAB_SIZE
 from workbench.data.loader import BatchLoader
-from workbench.models.gpt import GPT
 from workbench.optim import qk_clip
-from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.spec import TrainedSpec
 
 if TYPE_CHECKING:
     from workbench.recipes.pretrain.parallel import Parallel
@@ -59,14 +61,29 @@ class StepOut:
     loss: float
     grad_norm: float
     max_logits: torch.Tensor  # [n_layer, n_head] float32
+    recurrence: float | None = None  # recurrent-depth: mean recurrence count drawn
 
     @property
     def finite(self) -> bool:
         return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
 
 
+def model_kwargs(spec: TrainedSpec, step: int, micro: int) -> dict[str, Any]:
+    """Extra forward arguments. A recurrent-depth model gets its recurrence count:
+    Huginn's log-normal Poisson draw (`sample_recurrence`), seeded by (seed, step,
+    micro-batch) so every rank runs the same count and a resumed run draws the same."""
+    if spec.model.arch != "recurrent-depth":
+        return {}
+    from workbench.models.recurrent_depth import sample_recurrence
+
+    g = torch.Generator().manual_seed((spec.seed * 1_000_003 + step) * 1024 + micro)
+    no_grad, with_grad = sample_recurrence(spec.model.mean_recurrence,
+                                           spec.model.backprop_depth, g)
+    return {"steps": no_grad + with_grad}
+
+
 def forward_backward(model: nn.Module, optimizers: list[torch.optim.Optimizer],
-                     loader: BatchLoader, spec: PretrainSpec, step: int, device: torch.device,
+                     loader: BatchLoader, spec: TrainedSpec, step: int, device: torch.device,
                      faults: Faults, par: Parallel | None = None) -> StepOut:
     """Gradients of one step (grad_accum micro-batches), clipped. No update yet.
 
@@ -77,14 +94,17 @@ def forward_backward(model: nn.Module, optimizers: list[torch.optim.Optimizer],
     accum = spec.train.grad_accum
     total = torch.zeros((), device=device)
     max_logits = None
+    draws: list[int] = []
     for i in range(accum):
         data_step = loader.step // accum + 1  # the step that reads this batch in a plain run
         x, y = faults.batch(data_step, *next(loader), seed=spec.seed)
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         sync = par.sync_grads(model, last=i == accum - 1) if par else contextlib.nullcontext()
+        kwargs = model_kwargs(spec, step, i)
+        draws += [kwargs["steps"]] if "steps" in kwargs else []
         with sync:
             with autocast(device):
-                out = model(x, y, track_max_logits=True)
+                out = model(x, y, track_max_logits=True, **kwargs)
             loss = out.loss / accum
             if data_step in faults.nan:
                 loss = loss * float("nan")
@@ -97,7 +117,8 @@ def forward_backward(model: nn.Module, optimizers: list[torch.optim.Optimizer],
     clip = spec.optim.grad_clip if spec.optim.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
     assert max_logits is not None
-    return StepOut(float(total), float(grad_norm), max_logits.float())
+    return StepOut(float(total), float(grad_norm), max_logits.float(),
+                   sum(draws) / len(draws) if draws else None)
 
 
 def optimizer_step(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
@@ -109,14 +130,14 @@ def optimizer_step(optimizers: list[torch.optim.Optimizer], lr: float) -> None:
         opt.step()
 
 
-def clip_heads(model: GPT, spec: PretrainSpec, max_logits: torch.Tensor):
+def clip_heads(model: nn.Module, spec: TrainedSpec, max_logits: torch.Tensor):
     """QK-Clip after the step, for muonclip (the ClipResult), else None."""
     if spec.optim.name != "muonclip":
         return None
-    return qk_clip([block.attn for block in model.blocks], max_logits, tau=spec.optim.tau)
+    return qk_clip(model.attn_layers(), max_logits, tau=spec.optim.tau)
 
 
-def apply_update(model: GPT, optimizers: list[torch.optim.Optimizer], spec: PretrainSpec,
+def apply_update(model: nn.Module, optimizers: list[torch.optim.Optimizer], spec: TrainedSpec,
                  lr: float, max_logits: torch.Tensor):
     """Optimizer step at `lr`, then QK-Clip for muonclip. Returns the ClipResult or None."""
     optimizer_step(optimizers, lr)
@@ -129,7 +150,7 @@ def drop_update(optimizers: list[torch.optim.Optimizer]) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: GPT, batches: list[tuple[torch.Tensor, torch.Tensor]],
+def evaluate(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]],
              device: torch.device, par: Parallel | None = None) -> float:
     """Mean loss over fixed batches; with `par`, each rank holds its rows of the same
     global batches and the mean is all-reduced (equal to one process's figure)."""

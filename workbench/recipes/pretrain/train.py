@@ -18,7 +18,9 @@ import torch
 
 from workbench.data.corpus import CachedCorpus, open_corpus
 from workbench.data.loader import BatchLoader, eval_batches
+from workbench.models.config import GPTConfig
 from workbench.models.gpt import GPT
+from workbench.models.recurrent_depth import RecurrentDepthGPT
 from workbench.optim import Muon, build_optimizers, route
 from workbench.recipes import Context
 from workbench.recipes.pretrain.checkpoint import (
@@ -37,7 +39,7 @@ from workbench.recipes.pretrain.metrics import (
 )
 from workbench.recipes.pretrain.parallel import Parallel
 from workbench.recipes.pretrain.schedule import lr_at
-from workbench.recipes.pretrain.spec import PretrainSpec
+from workbench.recipes.pretrain.spec import PretrainSpec, TrainedSpec
 from workbench.recipes.pretrain.step import (
     Faults,
     StepOut,
@@ -78,11 +80,14 @@ def build_data(spec: PretrainSpec, ctx: Context) -> CachedCorpus:
     return open_corpus(d.path, ctx.run.root / "cache" / "data", **options)
 
 
-def build_model(spec: PretrainSpec, device: torch.device) -> GPT:
-    return GPT(spec.model.gpt_config()).to(device)
+def build_model(spec: TrainedSpec, device: torch.device) -> GPT | RecurrentDepthGPT:
+    config = spec.model.build_config()
+    if isinstance(config, GPTConfig):
+        return GPT(config).to(device)
+    return RecurrentDepthGPT(config).to(device)
 
 
-def build_optimizer_list(spec: PretrainSpec, model: GPT, device: torch.device,
+def build_optimizer_list(spec: TrainedSpec, model: torch.nn.Module, device: torch.device,
                          distributed: bool) -> list[torch.optim.Optimizer]:
     """Muon (+ AdamW) or AdamW; Muon's groups carry `lr_scale` = muon_lr / lr."""
     optimizers = build_optimizers(model, spec.optim.name, spec.optim.lr,
@@ -101,13 +106,15 @@ def build_optimizer_list(spec: PretrainSpec, model: GPT, device: torch.device,
 class Trainer:
     """The pieces `run` builds, and the loop over them. One method per idea.
 
-    `model` is the plain GPT (QK-Clip, metrics and checkpoints read it); `ddp` is what
-    the forward pass goes through: the same model, DDP-wrapped when distributed."""
+    `model` is the plain model, a GPT or a recurrent-depth one (QK-Clip, metrics and
+    checkpoints read it); `ddp` is what the forward pass goes through: the same model,
+    DDP-wrapped when distributed. `loader` and `val` are any batch source with
+    BatchLoader's interface (the depth kind passes its task's)."""
 
-    spec: PretrainSpec
+    spec: TrainedSpec
     ctx: Context
     par: Parallel
-    model: GPT
+    model: GPT | RecurrentDepthGPT
     ddp: torch.nn.Module
     optimizers: list[torch.optim.Optimizer]
     loader: BatchLoader
@@ -257,6 +264,8 @@ class Trainer:
                 metrics["perf/mfu"] = flops / (peak * self.par.world)
             if spec.optim.name == "muonclip":
                 metrics["qkclip/clipped_heads"] = clip.clipped if clip is not None else 0
+            if out.recurrence is not None:
+                metrics["train/recurrence"] = out.recurrence
             run.log(metrics, step=step)
         if clip is not None and clip.clipped:
             run.event("qk_clip", step=step, count=clip.clipped,
@@ -280,7 +289,7 @@ class Trainer:
         while self.state.step < self.spec.train.steps:
             if self.par.any(self.ctx.should_stop()):  # every rank stops at the same step
                 self.save("stop")
-                self.say(f"pretrain: stopped at step {self.state.step}")
+                self.say(f"{self.spec.kind}: stopped at step {self.state.step}")
                 return False
             self.step()
         self.save("end")
@@ -300,7 +309,7 @@ def run(spec: PretrainSpec, ctx: Context) -> None:
 
 def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     seed_everything(spec.seed)
-    device, run_ = par.device, ctx.run
+    run_ = ctx.run
     run_.set_total_steps(spec.train.steps)
     say = print if par.main else (lambda *_a, **_k: None)
 
@@ -329,6 +338,16 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     say(f"pretrain: data {len(corpus.train):,} train / {len(corpus.val):,} val tokens "
         f"({corpus.path})", flush=True)
 
+    trainer = build_trainer(spec, ctx, par, loader, val)
+    train(trainer)
+
+
+def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
+                  val: list[tuple[torch.Tensor, torch.Tensor]]) -> Trainer:
+    """Model, optimizers and the Trainer over `loader` / `val`, restored from the latest
+    checkpoint (this run's, else the resumed run's) when there is one."""
+    device, run_ = par.device, ctx.run
+    say = print if par.main else (lambda *_a, **_k: None)
     model = build_model(spec, device)
     routing = route(model)
     say(routing.format_table(), flush=True)
@@ -340,9 +359,9 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
                         "device": str(device), "world_size": par.world,
                         "params": model.num_params(),
                         "flops_per_token": model.flops_per_token()})
-    say(f"pretrain: {spec.optim.name} (muon variant {variant}), {model.num_params():,} "
-        f"params on {device}" + (f" x {par.world} processes" if par.distributed else ""),
-        flush=True)
+    say(f"{spec.kind}: {spec.model.arch}, {spec.optim.name} (muon variant {variant}), "
+        f"{model.num_params():,} params on {device}"
+        + (f" x {par.world} processes" if par.distributed else ""), flush=True)
 
     trainer = Trainer(spec=spec, ctx=ctx, par=par, model=model, ddp=par.wrap(model),
                       optimizers=optimizers, loader=loader, val=val,
@@ -357,12 +376,21 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
         trainer.restore(source)
         trainer.saved_step = trainer.state.step if source.parent == ctx.checkpoint_dir else -1
         run_.event("checkpoint", step=trainer.state.step, action="resumed", path=str(source))
-        say(f"pretrain: resumed from {source} at step {trainer.state.step}", flush=True)
+        say(f"{spec.kind}: resumed from {source} at step {trainer.state.step}", flush=True)
     elif ctx.resume_dir is not None:
-        say(f"pretrain: no checkpoint in {ctx.resume_dir}; starting from scratch", flush=True)
+        say(f"{spec.kind}: no checkpoint in {ctx.resume_dir}; starting from scratch",
+            flush=True)
     if source is None and spec.stability.spike_policy == "rollback":
         trainer.save("initial")  # something to roll back to before the first checkpoint
+    return trainer
+
+
+def train(trainer: Trainer) -> bool:
+    """Train to the last step with `stage` events; False when stopped early."""
+    run_ = trainer.ctx.run
     run_.event("stage", step=trainer.state.step, stage="training",
                start_step=trainer.state.step)
-    if trainer.fit():
+    done = trainer.fit()
+    if done:
         run_.event("stage", step=trainer.state.step, stage="done")
+    return done
