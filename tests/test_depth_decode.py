@@ -56,7 +56,7 @@ def test_exit_rules_bound_the_steps(rule: str) -> None:
     never = generate(model, [1, 2, 3], 6, steps=8, rule=rule, threshold=0.0)
     always = generate(model, [1, 2, 3], 6, steps=8, rule=rule, threshold=float("inf"))
     assert never.steps == [8] * 6
-    assert always.prompt_steps == 8 and always.steps == [8] + [2] * 5  # first from prompt
+    assert always.prompt_steps == 8 and always.steps == [2] * 6  # the last prompt token exits too
     with pytest.raises(ValueError, match="shared cache"):
         generate(model, [1, 2, 3], 2, steps=4, rule=rule, cache="full")
 

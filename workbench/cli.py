@@ -517,7 +517,8 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl.",
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl, "
+        "depth.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,

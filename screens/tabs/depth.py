@@ -3,7 +3,8 @@ colored by the depth each token took, and accuracy against the recurrence count.
 
 Records it reads (DESIGN.md names, plus two the depth recipe writes):
 - distribution `depth/steps_per_token`; scalar `depth/steps_mean`;
-- event `depth_sample` with payload {"tokens": [str, ...], "depths": [int, ...]};
+- event `depth_sample` with payload {"tokens": [str, ...], "depths": [int, ...]} and
+  optionally "prompt" (text, shown dim: it was prefilled, not decoded);
 - scalars `eval/accuracy/r<N>`: accuracy with the recurrence fixed at N steps.
 """
 
@@ -32,10 +33,10 @@ def depth_band(d: int, lo: int, hi: int) -> int:
     return (d - lo) * len(DEPTH_STYLES) // (hi - lo + 1)
 
 
-def depth_text(tokens: list[str], depths: list[int]) -> Text:
-    """The sample with each token colored by its recurrence depth (5 bands), and a
-    legend naming the exact depths each band holds ("1-2", "3", ...)."""
-    text = Text()
+def depth_text(tokens: list[str], depths: list[int], prompt: str = "") -> Text:
+    """The sample with each token colored by its recurrence depth (5 bands), after the
+    prompt (dim), and a legend naming the exact depths each band holds ("1-2", "3")."""
+    text = Text(prompt, style="dim")
     if not depths:
         return text
     lo, hi = min(depths), max(depths)
@@ -92,4 +93,4 @@ class DepthTab(RunTab):
             p = samples[-1]["payload"]
             self.query_one("#sample", Static).update(
                 depth_text([str(t) for t in p.get("tokens", [])],
-                           [int(d) for d in p.get("depths", [])]))
+                           [int(d) for d in p.get("depths", [])], str(p.get("prompt", ""))))

@@ -10,6 +10,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - rl: asynchronous vs synchronous RL wall time for the same trainer steps (bench/rl.py).
 - engine: generated tokens/s, continuous vs static batching on a skewed-length workload
   (bench/engine.py).
+- depth: accuracy vs recurrences, adaptive exit, KV sharing and self-speculative
+  decoding on a freshly trained depth-tiny (bench/depth.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
 """
@@ -68,6 +70,12 @@ def _rl(**kw: Any) -> dict[str, Any]:
     return bench_rl(**kw)
 
 
+def _depth(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.depth import bench_depth
+
+    return bench_depth(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -77,4 +85,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "engine": _engine,
     "tui": _tui,
     "rl": _rl,
+    "depth": _depth,
 }

@@ -18,44 +18,21 @@ from __future__ import annotations
 
 import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from workbench.bench.runs import run_to_end
+from workbench.bench.runs import say as _say
+
 QUICK_STEPS, FULL_STEPS = 24, 60
 SPEC = "rl-async-tiny"
 
 
-def _say(progress: Console | None, text: str) -> None:
-    if progress is not None:
-        progress.print(text, highlight=False)
-
-
 def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
          timeout: float) -> dict[str, Any]:
-    from workbench.launch import local
-    from workbench.spec import load_spec
-
-    loaded = load_spec(SPEC, overrides)
-    row = local.start(store, loaded, name=f"bench-{label}")
-    t0 = time.monotonic()
-    proc = row["_process"]
-    last = -1
-    while proc.poll() is None:
-        if time.monotonic() - t0 > timeout:
-            local.stop(store, store.get_run(row["id"]), grace=10)
-            raise RuntimeError(f"{label} run did not finish within {timeout:.0f} s")
-        step = store.get_run(row["id"])["last_step"] or 0
-        if step != last:
-            _say(progress, f"  {label}: step {step}")
-            last = step
-        time.sleep(1.0)
-    done = store.get_run(row["id"])
-    if done["status"] != "finished":
-        log = (store.run_dir(row["id"]) / "stdout.log").read_text()[-2000:]
-        raise RuntimeError(f"{label} run ended {done['status']}:\n{log}")
+    row = run_to_end(store, SPEC, overrides, progress, label, timeout)
     stages = {e["payload"].get("stage"): e["wall"] for e in store.events(row["id"], kind="stage")}
     seconds = stages["done"] - stages["training"]
 

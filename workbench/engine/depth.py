@@ -12,8 +12,8 @@ r times per token, and the cache holds either:
   Memory grows linearly with r; adaptive exit is refused (an exited token would leave
   later iterations without keys).
 
-Per-token exit, tested after each recurrence from the second on (prompt tokens always
-run max_steps, as Huginn does):
+Per-token exit, tested after each recurrence from the second on (a prompt's prefill
+always runs max_steps, as Huginn does):
 - "none": always max_steps;
 - "kl": KL(p_prev || p_now) of successive readout distributions < threshold (the coda
   runs at every recurrence to get them);
@@ -39,7 +39,7 @@ DEFAULT_THRESHOLD = {"none": 0.0, "kl": 5e-4, "latent": 0.03}  # Huginn's (RESEA
 class DepthGeneration:
     tokens: list[int]  # generated (prompt excluded)
     steps: list[int]  # recurrences per generated token
-    prompt_steps: int  # recurrences per prompt token
+    prompt_steps: int  # recurrences of the prompt's prefill
     kv_bytes: int  # the cache's size at the end
 
 
@@ -106,11 +106,12 @@ class DepthDecoder:
 
     @torch.no_grad()
     def feed(self, tokens: list[int], steps: int) -> Tensor:
-        """Feed several tokens at once with a fixed recurrence count and no exit: logits
-        [T, V], one per position. Needs the full cache (the block is computed in parallel,
-        which is what the full cache reproduces)."""
-        if self.mode != "full":
-            raise ValueError("feeding a block needs the full cache (cache='full')")
+        """Feed several tokens at once (a prefill) with a fixed recurrence count and no
+        exit: logits [T, V], one per position. The block runs in parallel: at iteration i
+        its tokens read each other's iteration i, as in training. Earlier tokens are read
+        as the cache holds them: iteration i (full) or their last iteration (shared,
+        Huginn's prefill into a shared cache; the block then keeps its last iteration's
+        KV too)."""
         self._check_room(len(tokens))
         m, t = self.model, self.length
         e, s = self._embed(tokens, t)
@@ -163,18 +164,21 @@ def generate(model: RecurrentDepthGPT, prompt: list[int], max_new_tokens: int, *
              steps: int | None = None, rule: str = "none", threshold: float | None = None,
              cache: str = "shared", temperature: float = 0.0, eos_id: int | None = None,
              seed: int = 0) -> DepthGeneration:
-    """Decode after `prompt` (greedy at temperature 0). Prompt tokens run `steps`
-    recurrences with no early exit; generated ones exit by `rule`."""
+    """Decode after `prompt` (greedy at temperature 0). All prompt tokens but the last
+    are one prefill (`feed`) at `steps` recurrences; the last one, whose forward gives
+    the first new token, and every generated one are decoding steps that exit by
+    `rule` (as Huginn generates)."""
     if not prompt:
         raise ValueError("empty prompt")
     dec = DepthDecoder(model, min(model.config.seq_len, len(prompt) + max_new_tokens),
                        cache, steps, seed)
     g = torch.Generator(device=model.cos.device).manual_seed(seed)
-    for tok in prompt:
-        logits, prompt_steps = dec.step(tok, "none")
+    prompt_steps = dec.max_steps
+    if len(prompt) > 1:
+        dec.feed(prompt[:-1], prompt_steps)
+    logits, current = dec.step(prompt[-1], rule, threshold)
     out: list[int] = []
     per_token: list[int] = []  # recurrences behind the distribution each token came from
-    current = prompt_steps
     for i in range(max_new_tokens):
         if temperature == 0:
             nxt = int(logits.argmax())

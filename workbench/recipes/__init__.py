@@ -1,8 +1,7 @@
 """Recipe registry: each experiment kind names its spec model and its entry point.
 
 Entries are "module:attr" strings imported on demand, so listing recipes or
-validating a spec never imports torch. Later issues add `pretrain`, `rl` and
-`depth` by calling `register` here.
+validating a spec never imports torch.
 """
 
 from __future__ import annotations
@@ -97,4 +96,13 @@ register(Recipe(
     entry="workbench.recipes.rl.trainer:run",
     summary="asynchronous GRPO (Magistral) with generators, verifiers and bounded staleness",
     key_metric="rl/reward",
+))
+
+register(Recipe(
+    kind="depth",
+    spec="workbench.recipes.depth.spec:DepthSpec",
+    entry="workbench.recipes.depth.run:run",
+    summary="recurrent-depth model on a chain task: accuracy vs recurrences, adaptive exit, "
+            "KV sharing, self-speculative decoding",
+    key_metric="eval/accuracy",
 ))

@@ -385,12 +385,13 @@ def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
     return trainer
 
 
-def train(trainer: Trainer) -> bool:
-    """Train to the last step with `stage` events; False when stopped early."""
+def train(trainer: Trainer, last_stage: bool = True) -> bool:
+    """Train to the last step with `stage` events (`done` at the end when training is
+    the run's last stage); False when stopped early."""
     run_ = trainer.ctx.run
     run_.event("stage", step=trainer.state.step, stage="training",
                start_step=trainer.state.step)
     done = trainer.fit()
-    if done:
+    if done and last_stage:
         run_.event("stage", step=trainer.state.step, stage="done")
     return done

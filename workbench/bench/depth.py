@@ -1,0 +1,62 @@
+"""`wb bench depth`: what depth buys at inference, on a freshly trained `depth-tiny`.
+
+One real run of the `depth-tiny` spec in a temporary store (training, then its
+evaluation; recipes/depth), and its figures:
+- fixed_acc / fixed_steps_mean: the evaluation's answers at the largest fixed
+  recurrence count (full cache); adaptive_acc / adaptive_steps_mean: the same answers
+  with per-token adaptive exit (shared cache); steps_ratio = adaptive / fixed;
+- kv_bytes_shared / kv_bytes_unshared: the decoder's cache with KV sharing, and the
+  full cache at the largest count;
+- spec_tok_s / plain_tok_s: self-speculative vs plain greedy decoding at the verify
+  depth (same output), spec_accept_rate;
+- accuracy_by_r and tokens_per_s_by_r: the table (in --json).
+Quick mode trains 400 steps instead of 800 and evaluates fewer sequences.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from workbench.bench.runs import run_to_end, say
+
+SPEC = "depth-tiny"
+QUICK = ["train.steps=400", "train.checkpoint_every=0", "eval.sequences=64",
+         "eval.adaptive_sequences=16"]
+
+
+def bench_depth(quick: bool = False, progress: Console | None = None,
+                overrides: list[str] | None = None) -> dict[str, Any]:
+    """`overrides` (--set style) shrink the run further (tests)."""
+    from workbench.store import Store
+
+    extra = [*(QUICK if quick else []), *(overrides or [])]
+    with tempfile.TemporaryDirectory(prefix="wb-bench-depth-") as tmp:
+        store = Store(Path(tmp) / "store")
+        say(progress, f"depth bench: train and evaluate {SPEC}"
+                      + (f" ({' '.join(extra)})" if extra else ""))
+        t0 = time.monotonic()
+        row = run_to_end(store, SPEC, extra, progress, "depth", timeout=1800)
+        seconds = time.monotonic() - t0
+        events = store.events(row["id"], kind="depth_eval")
+        store.close()
+    if not events:
+        raise RuntimeError("the depth run finished without a depth_eval event")
+    e = events[-1]["payload"]
+    return {
+        "fixed_steps_mean": e["fixed_steps_mean"], "adaptive_steps_mean": e["adaptive_steps_mean"],
+        "steps_ratio": e["steps_ratio"], "fixed_acc": e["fixed_acc"],
+        "adaptive_acc": e["adaptive_acc"], "acc_gap": e["fixed_acc"] - e["adaptive_acc"],
+        "answers": e["answers"], "kv_bytes_shared": e["kv_bytes_shared"],
+        "kv_bytes_unshared": e["kv_bytes_unshared"],
+        "kv_ratio": e["kv_bytes_unshared"] / e["kv_bytes_shared"],
+        "spec_tok_s": e["spec_tok_s"], "plain_tok_s": e["plain_tok_s"],
+        "spec_speedup": e["spec_tok_s"] / e["plain_tok_s"],
+        "spec_accept_rate": e["spec_accept_rate"], "spec_equal": e["spec_equal"],
+        "accuracy_by_r": e["accuracy_by_r"], "tokens_per_s_by_r": e["tokens_per_s_by_r"],
+        "run_seconds": seconds, "quick": quick,
+    }

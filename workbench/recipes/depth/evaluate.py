@@ -1,0 +1,226 @@
+"""What depth buys, measured on a trained recurrent-depth model (RESEARCH.md §3).
+
+- Accuracy per fixed recurrence count r: one teacher-forced parallel forward per batch
+  of evaluation sequences (the same computation as decoding with the full cache); an
+  answer is right when the argmax at its '=' is the answer digit.
+- Adaptive exit: each sequence decoded token by token with the shared KV cache, every
+  token exiting by the rule (capped at the largest r), as if the model generated it:
+  the steps per token are the compute it spent. Each answer is scored at its '='.
+  Compared with the same sequences at the largest fixed r with the full cache (the
+  table's computation), which also gives the unshared KV size; the shared cache's
+  size is measured after decoding. With the shared cache a token reads earlier
+  tokens' last-iteration KV, so work done on earlier tokens carries forward: few
+  steps per token can do what a parallel pass needs many iterations for.
+- Decode speed per r: greedy generation after a short prompt, shared cache.
+- Self-speculative decoding: draft with `draft_steps`, verify with `verify_steps`,
+  against plain greedy decoding at `verify_steps` (full cache, whose output the
+  speculative one equals; checked and reported).
+- A sample: the first adaptive sequence, each token with the recurrences behind it.
+  The model is trained on answers only, so its free continuation is not a valid
+  problem; the sample shows the problem text it read and its own answers.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from workbench.data.corpus import decode
+from workbench.engine.depth import DepthDecoder, generate, generate_speculative
+from workbench.models.recurrent_depth import RecurrentDepthGPT
+from workbench.recipes.depth.task import ChainTask, Sequence
+
+BATCH = 32
+
+
+@dataclass
+class DepthEval:
+    accuracy_by_r: dict[int, float]
+    tokens_per_s_by_r: dict[int, float]
+    fixed_steps_mean: float  # the fixed maximum r compared with adaptive exit
+    adaptive_steps_mean: float
+    steps_ratio: float  # adaptive / fixed
+    fixed_acc: float
+    adaptive_acc: float
+    adaptive_steps: list[int]  # per decoded token
+    answer_steps_mean: float  # mean over the tokens whose forward gives an answer
+    answers: int
+    kv_bytes_shared: int
+    kv_bytes_unshared: int
+    spec_tok_s: float
+    plain_tok_s: float
+    spec_accept_rate: float
+    spec_equal: bool  # speculative output == plain output at verify_steps
+    adaptive_tok_s: float
+    sample_tokens: list[str] = field(default_factory=list)  # generated, one per token
+    sample_depths: list[int] = field(default_factory=list)  # recurrences behind each
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-answer list and the sample (JSON-able)."""
+        out = asdict(self)
+        for key in ("adaptive_steps", "sample_tokens", "sample_depths"):
+            out.pop(key)
+        out["accuracy_by_r"] = {str(k): v for k, v in self.accuracy_by_r.items()}
+        out["tokens_per_s_by_r"] = {str(k): v for k, v in self.tokens_per_s_by_r.items()}
+        return out
+
+
+def _answer_hits(logits: torch.Tensor, seqs: list[Sequence]) -> list[bool]:
+    return [int(logits[b, p].argmax()) == s.ids[p + 1]
+            for b, s in enumerate(seqs) for p in s.answers]
+
+
+@torch.no_grad()
+def accuracy_at(model: RecurrentDepthGPT, task: ChainTask, seqs: list[Sequence], steps: int,
+                seed: int) -> float:
+    """Answer accuracy at a fixed recurrence count (parallel forward)."""
+    hits: list[bool] = []
+    for i in range(0, len(seqs), BATCH):
+        chunk = seqs[i:i + BATCH]
+        x, _ = task.batch(chunk)
+        g = torch.Generator().manual_seed(seed + i)
+        logits = model(x.to(model.cos.device), steps=steps, generator=g).logits
+        hits += _answer_hits(logits, chunk)
+    return sum(hits) / max(1, len(hits))
+
+
+@dataclass
+class Decoded:
+    """One sequence decoded token by token with adaptive exit."""
+
+    steps: list[int]  # recurrences of the forward at each position
+    predictions: dict[int, int]  # answer position -> the model's argmax there
+    kv_bytes: int
+
+
+@torch.no_grad()
+def decode_adaptive(model: RecurrentDepthGPT, seq: Sequence, max_steps: int, rule: str,
+                    threshold: float | None, seed: int) -> Decoded:
+    """One sequence through the shared-cache decoder, every token exiting by `rule`."""
+    last = seq.answers[-1]
+    dec = DepthDecoder(model, last + 1, "shared", max_steps, seed)
+    answers = set(seq.answers)
+    steps, predictions = [], {}
+    for pos in range(last + 1):
+        logits, n = dec.step(seq.ids[pos], rule, threshold)
+        steps.append(n)
+        if pos in answers:
+            predictions[pos] = int(logits.argmax())
+    return Decoded(steps, predictions, dec.kv_bytes)
+
+
+def depth_sample(seq: Sequence, d: Decoded) -> tuple[list[str], list[int]]:
+    """The sequence as the model read it, each token with the recurrences behind the
+    distribution it came from (its previous position's forward); at each answer the
+    model's own digit."""
+    tokens, depths = [], []
+    for pos, n in enumerate(d.steps):
+        tokens.append(token_text(d.predictions.get(pos, seq.ids[pos + 1])))
+        depths.append(n)
+    return tokens, depths
+
+
+@torch.no_grad()
+def decode_full(model: RecurrentDepthGPT, seq: Sequence, steps: int, seed: int,
+                ) -> tuple[list[bool], int]:
+    """The same sequence at a fixed count with the full cache: (hits, cache bytes)."""
+    dec = DepthDecoder(model, seq.answers[-1] + 1, "full", steps, seed)
+    logits = dec.feed(seq.ids[:seq.answers[-1] + 1], steps)
+    hits = [int(logits[p].argmax()) == seq.ids[p + 1] for p in seq.answers]
+    return hits, dec.kv_bytes
+
+
+def prompt_of(seq: Sequence, room: int) -> list[int]:
+    """BOS and the whole problems that fit in `room` tokens (at least the first '=')."""
+    ends = [p + 2 for p in seq.answers if p + 3 <= room]  # through the ';'
+    return seq.ids[:ends[-1]] if ends else seq.ids[:seq.answers[0] + 1]
+
+
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t0
+
+
+def token_text(tok: int) -> str:
+    return decode([tok]) if tok < 256 else ""
+
+
+def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
+             say: Callable[[str], None] = print,
+             stop: Callable[[], bool] = lambda: False) -> DepthEval | None:
+    """All of the module docstring; `ev` is the spec's EvalSection. None when `stop()`
+    turned true between two measurements."""
+    model.eval()
+    seqs = task.eval_set(seed, ev.sequences)
+    accuracy: dict[int, float] = {}
+    for r in ev.recurrences:
+        accuracy[r] = accuracy_at(model, task, seqs, r, seed)
+        say(f"depth eval: r={r:<3d} accuracy {accuracy[r]:.3f}")
+        if stop():
+            return None
+
+    top = ev.max_steps
+    adaptive_seqs = seqs[:ev.adaptive_sequences]
+    fixed_hits: list[bool] = []
+    hits: list[bool] = []
+    steps: list[int] = []
+    answer_steps: list[int] = []
+    kv_shared = kv_full = 0
+    decoded_s = 0.0
+    sample: tuple[list[str], list[int]] = ([], [])
+    for i, seq in enumerate(adaptive_seqs):
+        d, dt = _timed(lambda seq=seq, i=i: decode_adaptive(model, seq, top, ev.exit,
+                                                             ev.threshold, seed + i))
+        decoded_s += dt
+        hits += [d.predictions[p] == seq.ids[p + 1] for p in seq.answers]
+        steps += d.steps
+        answer_steps += [d.steps[p] for p in seq.answers]
+        kv_shared = max(kv_shared, d.kv_bytes)
+        if i == 0:
+            sample = depth_sample(seq, d)
+        fh, kvf = decode_full(model, seq, top, seed + i)
+        fixed_hits += fh
+        kv_full = max(kv_full, kvf)
+        if (i + 1) % max(1, len(adaptive_seqs) // 4) == 0:
+            say(f"depth eval: adaptive exit ({ev.exit}) {i + 1}/{len(adaptive_seqs)} sequences")
+        if stop():
+            return None
+    adaptive_acc = sum(hits) / len(hits)
+    fixed_acc = sum(fixed_hits) / len(fixed_hits)
+    steps_mean = sum(steps) / len(steps)
+    answer_mean = sum(answer_steps) / len(answer_steps)
+    say(f"depth eval: adaptive {adaptive_acc:.3f} at {steps_mean:.2f} mean steps per token "
+        f"({answer_mean:.2f} on answers) vs fixed r={top} {fixed_acc:.3f} ({len(hits)} answers, "
+        f"{len(steps)} tokens)")
+
+    prompt = prompt_of(seqs[0], model.config.seq_len - ev.decode_tokens - ev.lookahead)
+    n_new = ev.decode_tokens
+    speed: dict[int, float] = {}
+    for r in ev.recurrences:
+        gen, dt = _timed(lambda r=r: generate(model, prompt, n_new, steps=r, seed=seed))
+        speed[r] = len(gen.tokens) / dt
+    say("depth eval: decode tokens/s " + ", ".join(f"r={r} {v:.0f}" for r, v in speed.items()))
+
+    plain, plain_s = _timed(lambda: generate(model, prompt, n_new, steps=ev.verify_steps,
+                                             cache="full", seed=seed))
+    spec, spec_s = _timed(lambda: generate_speculative(
+        model, prompt, n_new, draft_steps=ev.draft_steps, verify_steps=ev.verify_steps,
+        lookahead=ev.lookahead, seed=seed))
+    say(f"depth eval: speculative (draft {ev.draft_steps}, verify {ev.verify_steps}) "
+        f"{len(spec.tokens) / spec_s:.0f} tok/s vs plain {len(plain.tokens) / plain_s:.0f}, "
+        f"acceptance {spec.acceptance:.2f}")
+
+    return DepthEval(
+        accuracy_by_r=accuracy, tokens_per_s_by_r=speed, fixed_steps_mean=float(top),
+        adaptive_steps_mean=steps_mean, steps_ratio=steps_mean / top, fixed_acc=fixed_acc,
+        adaptive_acc=adaptive_acc, adaptive_steps=steps, answer_steps_mean=answer_mean,
+        answers=len(hits),
+        kv_bytes_shared=kv_shared, kv_bytes_unshared=kv_full,
+        spec_tok_s=len(spec.tokens) / spec_s, plain_tok_s=len(plain.tokens) / plain_s,
+        spec_accept_rate=spec.acceptance, spec_equal=spec.tokens == plain.tokens,
+        adaptive_tok_s=len(steps) / decoded_s, sample_tokens=sample[0], sample_depths=sample[1])
