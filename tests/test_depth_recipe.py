@@ -220,3 +220,25 @@ def test_bench_depth_runs_and_reports_its_fields() -> None:
     assert r["fixed_steps_mean"] == 4 and r["steps_ratio"] <= 1
     assert r["kv_bytes_shared"] < r["kv_bytes_unshared"]
     assert set(r["accuracy_by_r"]) == {"1", "2", "4"} and r["spec_equal"] is True
+
+
+def test_short_recurrence_draws_do_not_feed_the_spike_detector(store: Store) -> None:
+    """A draw below the mean recurrence has a higher loss by design; fed to the detector
+    it raised dozens of false loss_spike events (recipes/pretrain docstring)."""
+    from workbench.recipes.pretrain.step import Faults, StepOut
+    from workbench.recipes.pretrain.train import Trainer
+    from workbench.signals import SpikeDetector
+
+    spec = parse_spec(RD_PRETRAIN.format(tau=100))
+    row = store.create_run(kind="pretrain", base="t", status="running")
+    run = Run(store, row, owner=True)
+    detector = SpikeDetector(spec.stability.spike_config())
+    trainer = Trainer(spec=spec, ctx=Context(run=run, run_dir=store.run_dir(row["id"])),
+                      par=None, model=None, ddp=None, optimizers=[], loader=None, val=[],
+                      detector=detector, groups={}, faults=Faults())  # type: ignore[arg-type]
+    m = torch.zeros(4, 2)
+    assert trainer.on_bad_step(1, StepOut(9.0, 1.0, m, recurrence=1.0)) == "apply"
+    assert detector.state_dict()["seen"] == 0
+    assert trainer.on_bad_step(2, StepOut(2.0, 1.0, m, recurrence=4.0)) == "apply"
+    assert detector.state_dict()["seen"] == 1  # a draw at the mean is watched
+    run.finish()

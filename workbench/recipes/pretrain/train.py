@@ -175,6 +175,8 @@ class Trainer:
             run.event("nan", step=step, severity="warning", key="train/loss", value=out.loss,
                       grad_norm=out.grad_norm, policy=policy, action=action)
             return action
+        if out.recurrence is not None and out.recurrence < self.spec.model.mean_recurrence:
+            return "apply"  # a short draw's higher loss is its cost, not a spike (docstring)
         spike = self.detector.update(step, out.loss)
         if spike is None:
             return "apply"
