@@ -150,6 +150,46 @@ def token_text(tok: int) -> str:
     return decode([tok]) if tok < 256 else ""
 
 
+@dataclass
+class Adaptive:
+    hits: list[bool] = field(default_factory=list)  # per answer, adaptive exit
+    fixed_hits: list[bool] = field(default_factory=list)  # per answer, fixed max r
+    steps: list[int] = field(default_factory=list)  # per decoded token
+    answer_steps: list[int] = field(default_factory=list)
+    kv_shared: int = 0
+    kv_full: int = 0
+    seconds: float = 0.0  # decoding with adaptive exit
+    sample: tuple[list[str], list[int]] = ([], [])
+
+
+def adaptive_exit(model: RecurrentDepthGPT, seqs: list[Sequence], ev: Any, seed: int,
+                  say: Callable[[str], None], stop: Callable[[], bool]) -> Adaptive | None:
+    """Adaptive exit against the fixed maximum on the same sequences (module docstring)."""
+    a, top = Adaptive(), ev.max_steps
+    for i, seq in enumerate(seqs):
+        d, dt = _timed(lambda seq=seq, i=i: decode_adaptive(model, seq, top, ev.exit,
+                                                             ev.threshold, seed + i))
+        a.seconds += dt
+        a.hits += [d.predictions[p] == seq.ids[p + 1] for p in seq.answers]
+        a.steps += d.steps
+        a.answer_steps += [d.steps[p] for p in seq.answers]
+        a.kv_shared = max(a.kv_shared, d.kv_bytes)
+        if i == 0:
+            a.sample = depth_sample(seq, d)
+        fixed, kv_full = decode_full(model, seq, top, seed + i)
+        a.fixed_hits += fixed
+        a.kv_full = max(a.kv_full, kv_full)
+        if (i + 1) % max(1, len(seqs) // 4) == 0:
+            say(f"depth eval: adaptive exit ({ev.exit}) {i + 1}/{len(seqs)} sequences")
+        if stop():
+            return None
+    return a
+
+
+def _mean(xs: list[Any]) -> float:
+    return sum(xs) / max(1, len(xs))
+
+
 def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
              say: Callable[[str], None] = print,
              stop: Callable[[], bool] = lambda: False) -> DepthEval | None:
@@ -165,38 +205,12 @@ def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
             return None
 
     top = ev.max_steps
-    adaptive_seqs = seqs[:ev.adaptive_sequences]
-    fixed_hits: list[bool] = []
-    hits: list[bool] = []
-    steps: list[int] = []
-    answer_steps: list[int] = []
-    kv_shared = kv_full = 0
-    decoded_s = 0.0
-    sample: tuple[list[str], list[int]] = ([], [])
-    for i, seq in enumerate(adaptive_seqs):
-        d, dt = _timed(lambda seq=seq, i=i: decode_adaptive(model, seq, top, ev.exit,
-                                                             ev.threshold, seed + i))
-        decoded_s += dt
-        hits += [d.predictions[p] == seq.ids[p + 1] for p in seq.answers]
-        steps += d.steps
-        answer_steps += [d.steps[p] for p in seq.answers]
-        kv_shared = max(kv_shared, d.kv_bytes)
-        if i == 0:
-            sample = depth_sample(seq, d)
-        fh, kvf = decode_full(model, seq, top, seed + i)
-        fixed_hits += fh
-        kv_full = max(kv_full, kvf)
-        if (i + 1) % max(1, len(adaptive_seqs) // 4) == 0:
-            say(f"depth eval: adaptive exit ({ev.exit}) {i + 1}/{len(adaptive_seqs)} sequences")
-        if stop():
-            return None
-    adaptive_acc = sum(hits) / len(hits)
-    fixed_acc = sum(fixed_hits) / len(fixed_hits)
-    steps_mean = sum(steps) / len(steps)
-    answer_mean = sum(answer_steps) / len(answer_steps)
-    say(f"depth eval: adaptive {adaptive_acc:.3f} at {steps_mean:.2f} mean steps per token "
-        f"({answer_mean:.2f} on answers) vs fixed r={top} {fixed_acc:.3f} ({len(hits)} answers, "
-        f"{len(steps)} tokens)")
+    a = adaptive_exit(model, seqs[:ev.adaptive_sequences], ev, seed, say, stop)
+    if a is None:
+        return None
+    say(f"depth eval: adaptive {_mean(a.hits):.3f} at {_mean(a.steps):.2f} mean steps per "
+        f"token ({_mean(a.answer_steps):.2f} on answers) vs fixed r={top} "
+        f"{_mean(a.fixed_hits):.3f} ({len(a.hits)} answers, {len(a.steps)} tokens)")
 
     prompt = prompt_of(seqs[0], model.config.seq_len - ev.decode_tokens - ev.lookahead)
     n_new = ev.decode_tokens
@@ -217,10 +231,11 @@ def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
 
     return DepthEval(
         accuracy_by_r=accuracy, tokens_per_s_by_r=speed, fixed_steps_mean=float(top),
-        adaptive_steps_mean=steps_mean, steps_ratio=steps_mean / top, fixed_acc=fixed_acc,
-        adaptive_acc=adaptive_acc, adaptive_steps=steps, answer_steps_mean=answer_mean,
-        answers=len(hits),
-        kv_bytes_shared=kv_shared, kv_bytes_unshared=kv_full,
+        adaptive_steps_mean=_mean(a.steps), steps_ratio=_mean(a.steps) / top,
+        fixed_acc=_mean(a.fixed_hits), adaptive_acc=_mean(a.hits), adaptive_steps=a.steps,
+        answer_steps_mean=_mean(a.answer_steps), answers=len(a.hits),
+        kv_bytes_shared=a.kv_shared, kv_bytes_unshared=a.kv_full,
         spec_tok_s=len(spec.tokens) / spec_s, plain_tok_s=len(plain.tokens) / plain_s,
         spec_accept_rate=spec.acceptance, spec_equal=spec.tokens == plain.tokens,
-        adaptive_tok_s=len(steps) / decoded_s, sample_tokens=sample[0], sample_depths=sample[1])
+        adaptive_tok_s=len(a.steps) / a.seconds, sample_tokens=a.sample[0],
+        sample_depths=a.sample[1])
