@@ -59,7 +59,31 @@ def windows(tokens: np.ndarray, starts: np.ndarray, seq_len: int,
         np.ascontiguousarray(w[:, 1:]))
 
 
-class BatchLoader:
+class StepLoader:
+    """An endless stream whose batch k is a pure function of k: iterating yields
+    batch(step) and advances `step`, which is all a checkpoint needs to resume it."""
+
+    step: int = 0
+
+    def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def skip(self, n: int) -> None:
+        """Advance past n batches without producing them."""
+        if n < 0:
+            raise ValueError(f"cannot skip a negative number of batches ({n})")
+        self.step += int(n)
+
+
+class BatchLoader(StepLoader):
     """Random (x, y) windows; batch k is a pure function of (seed, k). See the module doc.
 
     `batch_size` is the per-rank batch; the global batch is batch_size * world_size.
@@ -100,20 +124,6 @@ class BatchLoader:
         """This rank's share (rows rank::world_size) of global batch k."""
         return windows(self.tokens, self.global_starts(k)[self.rank::self.world_size],
                        self.seq_len)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def skip(self, n: int) -> None:
-        """Advance past n batches without producing them."""
-        if n < 0:
-            raise ValueError(f"cannot skip a negative number of batches ({n})")
-        self.step += int(n)
 
     def state_dict(self) -> dict[str, Any]:
         return {"version": STATE_VERSION, "step": self.step, "seed": self.seed,

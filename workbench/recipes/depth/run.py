@@ -3,27 +3,24 @@ docstring for the stages and what each logs)."""
 
 from __future__ import annotations
 
-import torch
-
 from workbench.recipes import Context
 from workbench.recipes.depth.evaluate import DepthEval, evaluate
 from workbench.recipes.depth.spec import DepthSpec
 from workbench.recipes.depth.task import ChainTask, TaskLoader
 from workbench.recipes.pretrain.parallel import Parallel
-from workbench.recipes.pretrain.train import build_trainer, seed_everything, train
+from workbench.recipes.pretrain.train import (
+    build_trainer,
+    run_in_parallel,
+    seed_everything,
+    train,
+)
 from workbench.tracking import Run
 
 VAL_SEED_OFFSET = 2_000_000_011  # validation batches: a stream training never reads
 
 
 def run(spec: DepthSpec, ctx: Context) -> None:
-    if spec.train.cpu_threads:
-        torch.set_num_threads(spec.train.cpu_threads)
-    par = Parallel()
-    try:
-        _run(spec, ctx, par)
-    finally:
-        par.close()
+    run_in_parallel(spec, ctx, _run)
 
 
 def _run(spec: DepthSpec, ctx: Context, par: Parallel) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from workbench.data.corpus import BOS, PAD
+from workbench.data.loader import StepLoader
 
 OPS = "+*~"
 IGNORE = -100
@@ -105,9 +106,9 @@ class ChainTask:
         return self.sequences(seed + EVAL_SEED_OFFSET, 0, n)
 
 
-class TaskLoader:
-    """Training batches with BatchLoader's interface (what the Trainer and its
-    checkpoints use): batch k holds sequences k * batch_size ... of the seed's stream."""
+class TaskLoader(StepLoader):
+    """Training batches for the Trainer (BatchLoader's interface): batch k holds
+    sequences k * batch_size ... of the seed's stream."""
 
     def __init__(self, task: ChainTask, batch_size: int, seed: int) -> None:
         self.task, self.batch_size, self.seed = task, batch_size, seed
@@ -116,17 +117,6 @@ class TaskLoader:
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.task.batch(self.task.sequences(self.seed, k * self.batch_size,
                                                    self.batch_size))
-
-    def __iter__(self) -> TaskLoader:
-        return self
-
-    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.batch(self.step)
-        self.step += 1
-        return out
-
-    def skip(self, n: int) -> None:
-        self.step += int(n)
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step, "seed": self.seed, "batch_size": self.batch_size}

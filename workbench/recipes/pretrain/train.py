@@ -300,11 +300,17 @@ class Trainer:
 
 def run(spec: PretrainSpec, ctx: Context) -> None:
     """Entry point of the `pretrain` kind (see the package docstring)."""
+    run_in_parallel(spec, ctx, _run)
+
+
+def run_in_parallel(spec: Any, ctx: Context, body: Any) -> None:
+    """`body(spec, ctx, par)` with the spec's CPU threads and this process's Parallel
+    (torch.distributed under torchrun, else a pass-through), closed afterwards."""
     if spec.train.cpu_threads:
         torch.set_num_threads(spec.train.cpu_threads)
     par = Parallel()
     try:
-        _run(spec, ctx, par)
+        body(spec, ctx, par)
     finally:
         par.close()
 
