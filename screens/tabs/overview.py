@@ -13,8 +13,11 @@ from workbench.screens.tabs.base import RunTab
 from workbench.screens.widgets import LineChart
 
 # Main curve and its companion per kind; the small charts take the first key present.
+# A depth run trains first (its evaluation has the Depth tab); one logged through the
+# SDK without training shows its depth curve instead.
 MAIN = {"pretrain": ("train/loss", "val/loss"), "rl": ("rl/reward", "rl/accuracy"),
-        "depth": ("depth/steps_mean", "eval/accuracy")}
+        "depth": ("train/loss", "val/loss")}
+FALLBACK = {"depth": ("depth/steps_mean", "eval/accuracy")}
 SMALL = (
     ("lr", ("train/lr",)),
     ("grad norm", ("train/grad_norm", "rl/grad_norm")),
@@ -27,6 +30,8 @@ LATEST_EVENTS = 6
 def main_keys(feed: RunFeed) -> tuple[str, str | None]:
     kind = feed.row["kind"]
     if kind in MAIN:
+        if kind in FALLBACK and not len(feed.series(MAIN[kind][0])):
+            return FALLBACK[kind]
         return MAIN[kind]
     key = key_metric(kind)
     if key not in feed.keys() and feed.keys():
