@@ -8,6 +8,8 @@ import pytest
 
 from workbench.store import Store
 
+pytest_plugins = ["tests.sshd"]  # the `sshd` fixture: a real OpenSSH server on loopback
+
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -122,13 +122,11 @@ def register_themes(app: Any) -> None:
 
 
 def settings_path() -> Path:
-    """Where the dashboard settings live: `$XDG_CONFIG_HOME/workbench/settings.json`.
+    """Where the dashboard settings live: `settings.json` in the config folder
+    (`workbench.paths.config_dir`)."""
+    from workbench.paths import config_dir
 
-    XDG is honoured because the dashboard runs over SSH on shared machines,
-    where people point XDG_CONFIG_HOME at their own folder.
-    """
-    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(base) / "workbench" / "settings.json"
+    return config_dir() / "settings.json"
 
 
 def _read_settings() -> dict[str, Any]:

@@ -83,8 +83,10 @@ class SpecBase(Section):
 
 
 def configured_hosts() -> list[str]:
-    """Hosts a spec may name. Remote hosts are added by `wb hosts add` (later issue)."""
-    return ["local"]
+    """Hosts a spec may name: local, and those added by `wb hosts add`."""
+    from workbench.hosts import LOCAL, load_hosts
+
+    return [LOCAL, *load_hosts()]
 
 
 @dataclass(frozen=True)
