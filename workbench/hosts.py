@@ -70,13 +70,12 @@ class Host:
     python: str = "python3"  # the remote interpreter that has workbench installed
     store: str = "~/runs"  # the remote store folder
 
-    def ssh_argv(self, command: list[str], control_dir: Path | None = None) -> list[str]:
+    def ssh_argv(self, command: list[str]) -> list[str]:
         """`ssh ... DEST -- 'quoted command'` with BatchMode and connection reuse."""
         argv = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10"]
         if cfg := os.environ.get("WB_SSH_CONFIG"):
             argv += ["-F", cfg]
-        sockets = control_dir or control_folder()
-        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={sockets}/%C",
+        argv += ["-o", "ControlMaster=auto", "-o", f"ControlPath={control_folder()}/%C",
                  "-o", "ControlPersist=60"]
         if self.port is not None:
             argv += ["-p", str(self.port)]

@@ -23,8 +23,7 @@ from typing import Any
 
 from rich.console import Console
 
-from workbench.bench.runs import run_to_end
-from workbench.bench.runs import say as _say
+from workbench.bench.runs import run_to_end, say
 
 QUICK_STEPS, FULL_STEPS = 24, 60
 SPEC = "rl-async-tiny"
@@ -67,7 +66,7 @@ def bench_rl(quick: bool = False, progress: Console | None = None,
         (root / "cache").mkdir(exist_ok=True)
         (root / "cache" / "warmstart").symlink_to(shared_cache.resolve())
         base = [*extra, f"grpo.steps={steps}", "grpo.checkpoint_every=0"]
-        _say(progress, f"rl bench: {steps} trainer steps each; async (max_staleness "
+        say(progress, f"rl bench: {steps} trainer steps each; async (max_staleness "
                        f"{staleness}, in-flight) then sync (max_staleness 0)")
         timeout = 900.0
         a = _one(store, [*base, "rollout.inflight=true"], progress, "async", timeout)

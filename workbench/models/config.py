@@ -74,8 +74,13 @@ class GPTConfig:
 
     @property
     def ffn_hidden(self) -> int:
-        # round() first so that e.g. 8/3 * 192 = 511.99999... lands on 512, not 576
-        return 64 * math.ceil(round(self.ffn_mult * self.d_model, 6) / 64)
+        return ffn_hidden(self.d_model, self.ffn_mult)
+
+
+def ffn_hidden(d_model: int, ffn_mult: float) -> int:
+    """SwiGLU hidden size: ffn_mult * d_model rounded up to a multiple of 64. round()
+    first so that e.g. 8/3 * 192 = 511.99999... lands on 512, not 576."""
+    return 64 * math.ceil(round(ffn_mult * d_model, 6) / 64)
 
 
 def _divisors(n: int) -> list[int]:

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from workbench.data.corpus import VOCAB_SIZE
-from workbench.models.config import GPTConfig, RecurrentDepthConfig
+from workbench.models.config import GPTConfig, RecurrentDepthConfig, ffn_hidden
 from workbench.signals.spikes import SpikeConfig
 from workbench.spec import Section, SpecBase
 
@@ -73,12 +73,9 @@ class ModelSection(Section):
             vocab_size=VOCAB_SIZE, seq_len=self.seq_len, d_model=self.d_model,
             n_head=self.n_head, n_prelude=self.n_prelude, n_core=self.n_core,
             n_coda=self.n_coda, mean_recurrence=self.mean_recurrence,
-            backprop_depth=self.backprop_depth, ffn_hidden=self.ffn_hidden,
+            backprop_depth=self.backprop_depth,
+            ffn_hidden=ffn_hidden(self.d_model, self.ffn_mult),
             tie_embeddings=self.tie_embeddings)
-
-    @property
-    def ffn_hidden(self) -> int:
-        return GPTConfig(d_model=self.d_model, n_head=1, ffn_mult=self.ffn_mult).ffn_hidden
 
     def gpt_config(self) -> GPTConfig:
         return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.n_layer,

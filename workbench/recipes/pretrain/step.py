@@ -16,6 +16,7 @@ from torch import nn
 
 from workbench.data.corpus import VOCAB_SIZE
 from workbench.data.loader import BatchLoader
+from workbench.models.recurrent_depth import sample_recurrence
 from workbench.optim import qk_clip
 from workbench.recipes.pretrain.spec import TrainedSpec
 
@@ -74,8 +75,6 @@ def model_kwargs(spec: TrainedSpec, step: int, micro: int) -> dict[str, Any]:
     micro-batch) so every rank runs the same count and a resumed run draws the same."""
     if spec.model.arch != "recurrent-depth":
         return {}
-    from workbench.models.recurrent_depth import sample_recurrence
-
     g = torch.Generator().manual_seed((spec.seed * 1_000_003 + step) * 1024 + micro)
     no_grad, with_grad = sample_recurrence(spec.model.mean_recurrence,
                                            spec.model.backprop_depth, g)
