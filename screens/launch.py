@@ -491,7 +491,7 @@ class LaunchScreen(Screen[str | None]):
 
     def _launch_now(self) -> None:
         """Launch what the form says, if it is valid; then back to the runs."""
-        from workbench.launch import local
+        from workbench.launch import control
 
         if self.launched is not None or not self.is_attached:  # one launch per visit
             return
@@ -505,7 +505,7 @@ class LaunchScreen(Screen[str | None]):
             return
         store = self.app.ensure_store()  # type: ignore[attr-defined]
         try:
-            row = local.start(store, loaded)
+            row = control.start(store, loaded)
         except Exception as exc:  # a store or OS error: say it, stay on the form
             self.notify(f"launch failed: {exc}", severity="error")
             return

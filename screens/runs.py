@@ -163,6 +163,7 @@ class RunsScreen(Screen[None]):
         Binding("u", "clear_marks", "Unmark all", show=False),
         Binding("escape", "clear_filters", "Clear filters", show=False),
         Binding("ctrl+r", "refresh_now", "Refresh now", show=False),
+        Binding("h", "hosts", "Hosts", show=False),
     ]
 
     def __init__(self) -> None:
@@ -467,6 +468,10 @@ class RunsScreen(Screen[None]):
             return
         self.app.push_screen(CompareScreen([i for i in ids if i is not None]))
 
+    def action_hosts(self) -> None:
+        """h: the hosts screen (reachability, GPUs and runs of every host)."""
+        self.wb.open_hosts_screen()
+
     def action_launch(self) -> None:
         from workbench.screens.launch import LaunchScreen
 
@@ -511,12 +516,13 @@ class RunsScreen(Screen[None]):
     def _stop_worker(self, run_id: str) -> None:
         """Stopping waits for the process (up to the grace period): off the UI thread,
         on a connection of its own."""
-        from workbench.launch import local
+        from workbench.hosts import HostError
+        from workbench.launch import control
 
         try:
             with Store(self.wb.store_root, create=False) as st:
-                message = local.stop(st, st.get_run(run_id))
-        except StoreError as exc:
+                message = control.stop(st, st.get_run(run_id))
+        except (StoreError, HostError) as exc:
             self.app.call_from_thread(self.notify, str(exc), severity="error")
             return
         self.app.call_from_thread(self.notify, message)
@@ -524,15 +530,16 @@ class RunsScreen(Screen[None]):
 
     def action_resume_run(self) -> None:
         """r: continue a stopped, failed or lost run from its checkpoint as a new run."""
-        from workbench.launch import local
+        from workbench.hosts import HostError
+        from workbench.launch import control
         from workbench.spec import SpecError
 
         view = self._require_view("resume")
         if view is None or self.model is None:
             return
         try:
-            row = local.resume(self.model.store, self.model.store.get_run(view.id))
-        except (SpecError, StoreError) as exc:
+            row = control.resume(self.model.store, self.model.store.get_run(view.id))
+        except (SpecError, StoreError, HostError) as exc:
             self.notify(str(exc), severity="error")
             return
         self.notify(f"resumed {view.row['name']} as run {row['id']}")

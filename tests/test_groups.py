@@ -80,10 +80,11 @@ def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
 # -- the store ---------------------------------------------------------------------------
 
 
-def test_a_v1_store_upgrades_in_place_to_v2(store_dir: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_v1_store_upgrades_in_place(store_dir: Path,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """A store written by the v1 code path (only the v0 -> v1 step) gains the group
-    columns on the next open; its runs stay and read as ungrouped."""
+    columns (v2) and the mirrors table (v3) on the next open; its runs stay and read
+    as ungrouped."""
     with monkeypatch.context() as mp:
         mp.setattr(store_mod, "SCHEMA_VERSION", 1)
         mp.setattr(store_mod, "MIGRATIONS", {0: store_mod._create_v1})
@@ -97,7 +98,9 @@ def test_a_v1_store_upgrades_in_place_to_v2(store_dir: Path,
             st.db["runs"].insert(old)
             st.conn.execute("UPDATE meta SET value = '1' WHERE key = 'runs'")
     with Store(store_dir) as st:
-        assert st.schema_version == store_mod.SCHEMA_VERSION == 2
+        assert st.schema_version == store_mod.SCHEMA_VERSION == 3
+        assert "mirrors" in st.db.table_names()
+        assert st.mirror(old["id"])["cursor"] == 0
         assert {"grp", "after"} <= st.db["runs"].columns_dict.keys()
         assert "ix_runs_grp" in {ix.name for ix in st.db["runs"].indexes}
         assert st.get_run(old["id"])["grp"] is None and st.get_run(old["id"])["after"] is None

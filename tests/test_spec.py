@@ -194,6 +194,14 @@ SET_REFUSALS = [
     (['script.command=["/bin/true"]', "resources.procs=2"],
      'resources.procs=2 starts the script under torchrun, so script.command must start with '
      '"python"'),
+    (["resources.nodes=0"], "resources.nodes: Input should be greater than or equal to 1"),
+    (["resources.nodes=2", 'resources.hosts=["local"]'],
+     "resources.hosts: lists 1 host(s) but resources.nodes is 2: name one host per node"),
+    (['resources.hosts=["local", "local"]'], "resources.hosts: lists 2 host(s) but "
+     "resources.nodes is 1"),
+    (["resources.nodes=2", 'resources.hosts=["local", "gpu1"]'],
+     "resources.hosts: host 'gpu1' is not configured (known: local); add it with `wb hosts add`"),
+    (["resources.rdzv_port=80"], "resources.rdzv_port: Input should be greater than or equal"),
 ]
 
 
@@ -218,7 +226,19 @@ def test_refusals_name_the_fix(spec_file: Path) -> None:
     assert "(got 'abc')" in message(["resources.procs=abc"])
     assert "(known: local)" in message(["resources.host=gpu1"])
     assert message(["resources.cpus=2"]) == ("unknown key resources.cpus — valid keys in "
-                                             "resources: host, procs")
+                                             "resources: host, procs, nodes, hosts, rdzv_port, "
+                                             "master_addr")
+
+
+def test_nodes_and_hosts(spec_file: Path) -> None:
+    """`nodes` without `hosts` runs every node here; with `hosts`, one per node."""
+    res = load_spec(str(spec_file)).spec.resources
+    assert (res.nodes, res.hosts, res.rdzv_port) == (1, [], 29400)
+    res = load_spec(str(spec_file), ["resources.nodes=3"]).spec.resources
+    assert (res.nodes, res.hosts) == (3, [])
+    res = load_spec(str(spec_file), ["resources.nodes=2", 'resources.hosts=["local", "local"]',
+                                     "resources.rdzv_port=29555"]).spec.resources
+    assert (res.nodes, res.hosts, res.rdzv_port) == (2, ["local", "local"], 29555)
 
 
 # (file text, message fragment)

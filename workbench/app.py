@@ -171,7 +171,17 @@ class WorkbenchApp(App[None]):
         self.theme = name
         self.notify(f"theme: {name}", timeout=1.5)
 
+    def open_hosts_screen(self) -> None:
+        """The hosts screen (reachability, GPUs and runs per host), unless shown already."""
+        from workbench.screens.hosts import HostsScreen
+
+        if not isinstance(self.screen, HostsScreen):
+            self.push_screen(HostsScreen())
+
     def palette_commands(self) -> Iterable[Command]:
+        """App-wide commands: the hosts screen from any screen, and the themes."""
+        yield ("Show hosts", "reachability, GPUs and runs of every host (h on the runs)",
+               self.open_hosts_screen)
         for name in THEMES:
             yield (f"Switch theme to {name}", "remembered for next time",
                    partial(self.set_theme, name))

@@ -114,10 +114,48 @@ def tui(store: StoreOpt = None) -> None:
 
     Example: wb tui --store runs
     """
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    # TEXTUAL_DRIVER names a driver that is not the terminal: textual-serve (`wb serve`)
+    # sets it and talks to the app over pipes.
+    if not (sys.stdin.isatty() and sys.stdout.isatty()) and not os.environ.get("TEXTUAL_DRIVER"):
         raise fail("wb tui needs a terminal (stdin and stdout); for a text view use "
-                   "`wb watch RUN` or `wb ls`")
+                   "`wb watch RUN` or `wb ls`, for a browser `wb serve`")
     _run_tui(store)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(
+        help="Address to listen on. The dashboard has no authentication: keep "
+        "127.0.0.1 and forward the port over SSH.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    store: StoreOpt = None,
+) -> None:
+    """Serve the dashboard to a browser (one dashboard per browser tab) until ctrl+c.
+
+    From your laptop: ssh -L 8000:127.0.0.1:8000 HOST, then open http://127.0.0.1:8000
+
+    Example: wb serve --port 8000 --store runs
+    """
+    from workbench.serve import ServeError, forward_hint, is_loopback
+    from workbench.serve import serve as serve_dashboard
+    from workbench.store import resolve_root
+
+    # Like `wb tui`: a store that does not exist yet is waited for, not an error.
+    root = resolve_root(store).resolve()
+    url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    def announce() -> None:
+        console.print(f"Serving the dashboard of {root} on {url} (ctrl+c stops); "
+                      f"{forward_hint(host, port)}", highlight=False, soft_wrap=True)
+        if not is_loopback(host):
+            err_console.print(f"[bold yellow]warning:[/] the dashboard has no authentication: "
+                              f"anyone who can reach {escape(url)} can stop and launch runs",
+                              highlight=False, soft_wrap=True)
+
+    try:
+        serve_dashboard(root, host=host, port=port, announce=announce)
+    except ServeError as exc:
+        raise fail(str(exc)) from None
 
 
 # -- launch / stop / resume ---------------------------------------------------------------
@@ -129,8 +167,10 @@ def _started(st: Store, row: dict[str, Any], detach: bool) -> None:
         print(row["id"])
         return
     from workbench.follow import follow_run
+    from workbench.launch import control
 
-    status = follow_run(st, row, console)
+    stop = (lambda current: control.stop(st, current)) if row["launcher"] == "ssh" else None
+    status = follow_run(st, row, console, stop=stop)
     raise typer.Exit(EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED)
 
 
@@ -167,6 +207,15 @@ def launch(
         "(default: 1, one after another; a CPU has few cores).")] = None,
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="Print the run ids, one a line, and return at once.")] = False,
+    host: Annotated[str | None, typer.Option(
+        "--host", help="Run on this configured host (see `wb hosts ls`), mirrored here; "
+        "the same as --set resources.host=HOST.")] = None,
+    node_rank: Annotated[int, typer.Option(
+        "--node-rank", min=0, hidden=True, help="This node's rank in a multi-node run "
+        "(set by node 0's launcher).")] = 0,
+    master: Annotated[str | None, typer.Option(
+        "--master", hidden=True, help="HOST:PORT of node 0's rendezvous (set by node 0's "
+        "launcher).")] = None,
     store: StoreOpt = None,
 ) -> None:
     """Validate one or more specs and launch them: one run, or a group for comparison.
@@ -187,14 +236,20 @@ def launch(
       wb launch muon-tiny muonclip-tiny adamw-tiny --set train.steps=100
 
       wb launch optimizers-tiny --group opt-sweep --parallel 2 --detach
+
+      wb launch muon-tiny --host gpu1   (runs on gpu1, shown here live)
+
+      wb launch - --detach < spec.toml   (the spec on stdin)
     """
-    from workbench.launch import local
+    from workbench.hosts import LOCAL, HostError
+    from workbench.launch import control, local
     from workbench.spec import SpecError, expand_sources, load_specs
     from workbench.store import validate_name
 
+    overrides = [*(set_ or []), *([f"resources.host={host}"] if host is not None else [])]
     try:
         sources, builtin = expand_sources(specs)
-        loaded = load_specs(sources, set_ or [])
+        loaded = load_specs(sources, overrides)
         names: list[str | None] = [name] * len(loaded)
         if name:
             validate_name(name)
@@ -206,8 +261,21 @@ def launch(
         raise fail(str(exc)) from None
     if group is None and builtin is None and len(loaded) == 1:  # one plain run
         st = open_store(store, create=True)
-        _started(st, local.start(st, loaded[0], name=name), detach)
+        try:
+            row = control.start(st, loaded[0], name=name, node_rank=node_rank, master=master)
+        except StoreError as exc:  # a bad --master
+            raise fail(str(exc)) from None
+        except HostError as exc:  # the host is down or refused: nothing was recorded
+            raise fail(str(exc), code=EXIT_FAILED) from None
+        _started(st, row, detach)
         return
+    remote = sorted({control.host_of(spec) for spec in loaded} - {LOCAL})
+    if remote:
+        raise fail(f"a group cannot run on a remote host yet (host {remote[0]}) — launch its "
+                   "specs one at a time with --host")
+    if any(spec.spec.resources.nodes > 1 for spec in loaded):
+        raise fail("a group cannot hold multi-node runs yet (resources.nodes > 1) — launch "
+                   "those specs one at a time")
     st = open_store(store, create=True)
     if group is not None and st.has_group(group):
         raise fail(f"group {group!r} already exists in {st.root}; pick another --group NAME "
@@ -235,17 +303,21 @@ def stop(
 
     Examples: wb stop charlm-3 ; wb stop optimizers-tiny-1
     """
-    from workbench.launch import local
+    from workbench.hosts import HostError
+    from workbench.launch import control
     from workbench.store import ACTIVE_STATUSES
 
     st = open_store(store)
-    if not st.has_group(run):
-        console.print(local.stop(st, find_run(st, run), grace=grace))
-        return
-    live = [r for r in st.runs(group=run) if st.stored_status(r["id"]) in ACTIVE_STATUSES]
-    # Queued first: one whose predecessor stopped first could otherwise start.
-    for row in sorted(live, key=lambda r: r["status"] != "queued"):
-        console.print(local.stop(st, row, grace=grace))
+    try:
+        if not st.has_group(run):
+            console.print(control.stop(st, find_run(st, run), grace=grace))
+            return
+        live = [r for r in st.runs(group=run) if st.stored_status(r["id"]) in ACTIVE_STATUSES]
+        # Queued first: one whose predecessor stopped first could otherwise start.
+        for row in sorted(live, key=lambda r: r["status"] != "queued"):
+            console.print(control.stop(st, row, grace=grace))
+    except HostError as exc:
+        raise fail(str(exc), code=EXIT_FAILED) from None
     if not live:
         console.print(f"group {run} has no queued or running run")
 
@@ -261,15 +333,40 @@ def resume(
 
     Example: wb resume charlm-3 --detach
     """
-    from workbench.launch import local
+    from workbench.hosts import HostError
+    from workbench.launch import control
     from workbench.spec import SpecError
 
     st = open_store(store)
     try:
-        row = local.resume(st, find_run(st, run))
+        row = control.resume(st, find_run(st, run))
     except (SpecError, StoreError) as exc:
         raise fail(str(exc)) from None
+    except HostError as exc:
+        raise fail(str(exc), code=EXIT_FAILED) from None
     _started(st, row, detach)
+
+
+@app.command()
+def mirror(
+    run: RunArg,
+    store: StoreOpt = None,
+) -> None:
+    """Start the mirror of a remote run again (after a reboot, or once it gave up on
+    an unreachable host); it catches up from where it stopped, then follows the run.
+
+    Example: wb mirror muon-tiny-4
+    """
+    from workbench.launch import mirror as mirrors
+
+    st = open_store(store)
+    row = find_run(st, run)
+    if row["launcher"] != "ssh":
+        raise fail(f"run {row['id']} ran on this machine (launcher {row['launcher']}); only "
+                   "runs launched with --host have a mirror")
+    proc = mirrors.ensure(st, row["id"])
+    console.print(f"mirror of {row['id']} " + (f"started (pid {proc.pid}); log in "
+                  f"{st.run_dir(row['id']) / 'mirror.log'}" if proc else "is already running"))
 
 
 @app.command()
@@ -518,7 +615,7 @@ def recipes() -> None:
 def bench(
     name: Annotated[str, typer.Argument(
         help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl, "
-        "depth.",
+        "depth, mirror.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,

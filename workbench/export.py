@@ -1,7 +1,8 @@
 """Streaming export of a run's records (`wb export`), the basis of mirrors and imports.
 
 JSONL starts with a `{"type": "run", ...}` line, then one line per record in
-commit order. NaN and inf values are written as null with their `flag`
+commit order; a followed stream repeats the run line when its status or last step
+changes (mirrors copy progress from it). NaN and inf values are written as null with their `flag`
 (1 nan, 2 +inf, 3 -inf), so every line is strict JSON and nothing is lost.
 Non-finite numbers inside an event's payload (which has no flag) become null.
 """
@@ -10,12 +11,21 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import time
 from typing import IO, Any
 
-from workbench.store import ACTIVE_STATUSES, Store, strict_json
+from workbench.store import (
+    ACTIVE_STATUSES,
+    NAN,
+    NEG_INF,
+    POS_INF,
+    Batch,
+    Store,
+    strict_json,
+)
 
-POLL_S = 0.5
+POLL_S = 0.2  # a followed run's new rows go out within this (mirror lag)
 PAGE = 10_000
 
 
@@ -31,7 +41,7 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
         writer.writerow(["id", "step", "key", "value", "wall"])
     else:
         out.write(json.dumps(strict_json({"type": "run", **row})) + "\n")
-    cursor, status = since, row["status"]
+    cursor, shown = since, (row["status"], row["last_step"])
     while True:
         # Read the status before the records, so the final drain sees everything.
         current = st.get_run(row["id"]) if follow else row
@@ -42,8 +52,8 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
                 cursor = rec["id"]
             if len(page) < PAGE:
                 break
-        if writer is None and current["status"] != status:
-            status = current["status"]
+        if writer is None and (current["status"], current["last_step"]) != shown:
+            shown = (current["status"], current["last_step"])
             out.write(json.dumps(strict_json({"type": "run", **current})) + "\n")
         out.flush()
         if not follow or current["status"] not in ACTIVE_STATUSES:
@@ -56,3 +66,33 @@ def _write(out: IO[str], writer: Any, rec: dict[str, Any]) -> None:
         out.write(json.dumps(strict_json(rec)) + "\n")
     elif rec["type"] == "scalar":
         writer.writerow([rec["id"], rec["step"], rec["key"], rec["value"], rec["wall"]])
+
+
+def batch_of(run_id: str, records: list[dict[str, Any]]) -> Batch:
+    """Exported JSONL records (parsed) -> a Batch for `run_id`: the inverse of `_write`.
+
+    Values come back as they were stored: NaN as NULL with its flag, infinities from
+    their flag, histograms, shapes and payloads as JSON text, matrices as bytes.
+    """
+    import base64
+
+    batch = Batch(run_id, [], [], [], [])
+    for r in records:
+        kind = r["type"]
+        if kind == "scalar":
+            flag = r["flag"]
+            value = {NAN: None, POS_INF: math.inf, NEG_INF: -math.inf}.get(flag, r["value"])
+            batch.scalars.append((r["step"], r["key"], value, r["wall"], flag))
+        elif kind == "dist":
+            batch.dists.append((r["step"], r["key"], r["count"], r["min"], r["max"], r["mean"],
+                                r["p50"], r["p90"], r["p99"], json.dumps(r["edges"]),
+                                json.dumps(r["counts"]), r["nonfinite"], r["wall"]))
+        elif kind == "matrix":
+            batch.matrices.append((r["step"], r["key"], json.dumps(r["shape"]), r["dtype"],
+                                   base64.b64decode(r["data"]), r["wall"]))
+        elif kind == "event":
+            batch.events.append((r["step"], r["kind"], r["severity"], json.dumps(r["payload"]),
+                                 r["wall"]))
+        else:
+            raise ValueError(f"unknown record type {kind!r}")
+    return batch

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,15 +27,19 @@ from workbench.store import ACTIVE_STATUSES, Store
 POLL_S = 0.25
 
 
-def follow_run(st: Store, row: dict[str, Any], console: Console) -> str:
+def follow_run(st: Store, row: dict[str, Any], console: Console,
+               stop: Callable[[dict[str, Any]], Any] | None = None) -> str:
     """Follow a run until it ends; returns its final status.
 
-    Ctrl-C once stops the run (SIGTERM, so it checkpoints); twice detaches.
+    Ctrl-C once stops the run (SIGTERM, so it checkpoints; or `stop(row)`, which a
+    remote run needs); twice detaches. A remote run is followed through its mirror:
+    progress and events, not its output (that stays in the host's store).
     """
     run_id = row["id"]
     proc = row.get("_process")
-    console.print(f"[bold]{row['name']}[/] ({run_id}) started; "
-                  f"output in {st.run_dir(run_id) / 'stdout.log'}")
+    where = (f" on host {row['host']} (its output stays in the host's store)"
+             if row["launcher"] == "ssh" else f"; output in {st.run_dir(run_id) / 'stdout.log'}")
+    console.print(f"[bold]{row['name']}[/] ({run_id}) started{where}")
     metric = key_metric(row["kind"])
     log_path = st.run_dir(run_id) / "stdout.log"
     offset, cursor, interrupts = 0, 0, 0
@@ -70,13 +75,18 @@ def follow_run(st: Store, row: dict[str, Any], console: Console) -> str:
                                            f"wb stop {run_id}")
                     return "detached"
                 progress.console.print("stopping (the run checkpoints); Ctrl-C again to detach")
-                if current.get("pid"):
+                if stop is not None:
+                    try:
+                        progress.console.print(stop(current))
+                    except Exception as exc:  # noqa: BLE001 - say it, keep following
+                        progress.console.print(f"could not stop: {exc}")
+                elif current.get("pid"):
                     try:
                         os.kill(current["pid"], signal.SIGTERM)
                     except ProcessLookupError:
                         pass
     if proc is not None:
-        proc.wait(timeout=30)  # reap the worker we started
+        proc.wait(timeout=30)  # reap the worker (or mirror) we started
     offset = _tail(log_path, offset, console)
     final = st.get_run(run_id)
     style = {"finished": "green", "failed": "red"}.get(final["status"], "yellow")

@@ -82,9 +82,30 @@ class Host:
         return [*argv, "--", self.dest, shlex.join(command)]
 
     def run(self, command: list[str], timeout: float = CHECK_TIMEOUT_S,
-            ) -> subprocess.CompletedProcess[str]:
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command on the host; `input` goes to its stdin (a spec, say)."""
         return subprocess.run(self.ssh_argv(command), capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+                              timeout=timeout, input=input,
+                              stdin=subprocess.DEVNULL if input is None else None)
+
+    def wb(self, *args: str) -> list[str]:
+        """The remote `wb ARGS --store STORE` command line, run by the host's Python."""
+        return [self.python, "-m", "workbench.cli", *args, "--store", self.store]
+
+    def address(self) -> str:
+        """The host name or address ssh connects to (an alias resolved by `ssh -G`):
+        what other machines use to reach this host, e.g. as a rendezvous master."""
+        argv = self.ssh_argv([])[:-3]  # the options, without `-- DEST COMMAND`
+        try:
+            r = subprocess.run([*argv, "-G", self.dest], capture_output=True, text=True,
+                               timeout=CHECK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired:
+            r = None
+        for line in (r.stdout if r and r.returncode == 0 else "").splitlines():
+            key, _, value = line.partition(" ")
+            if key == "hostname" and value:
+                return value
+        return self.dest.rpartition("@")[2]
 
     def check(self) -> dict[str, Any]:
         """Python and workbench versions, GPUs and free disk, from the host itself."""
@@ -169,3 +190,24 @@ def get_host(name: str) -> Host:
         raise HostError(f"no host {name!r} (configured: {known}) — add it with "
                         "`wb hosts add NAME DEST`")
     return hosts[name]
+
+
+def local_check(store: str | os.PathLike[str] = ".",
+                timeout: float = CHECK_TIMEOUT_S) -> dict[str, Any]:
+    """`Host.check` for this machine: the same PROBE, run by this interpreter without
+    ssh, so the dashboard's "local" row reads the same fields (GPUs from nvidia-smi
+    included) through the same code as every remote host. `store` is the folder
+    whose disk is measured (the local run store)."""
+    import sys  # local: only this function runs the interpreter itself
+
+    try:
+        r = subprocess.run([sys.executable, "-c", PROBE, os.fspath(store)],
+                           capture_output=True, text=True, timeout=timeout,
+                           stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise HostError(f"the local probe did not finish within {timeout:.0f} s — is "
+                        "nvidia-smi hanging?") from None
+    if r.returncode != 0:
+        last = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        raise HostError(f"the local probe failed: {last}")
+    return json.loads(r.stdout.strip().splitlines()[-1])

@@ -70,6 +70,8 @@ def summarize_run(st: Store, row: dict[str, Any], full: bool = False) -> dict[st
     metric = key_metric(row["kind"])
     point = st.latest_value(row["id"], metric)
     out["key_metric"] = {"key": metric, "value": point[1] if point else None}
+    if row["launcher"] == "ssh":
+        out["mirror"] = st.mirror(row["id"])
     if full:
         out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in st.latest(row["id"]).items()}
         out["spec"] = row["spec"]  # TOML text
@@ -84,6 +86,15 @@ def _config(text: str | None) -> Any:
         return json.loads(text or "{}")
     except ValueError:
         return text
+
+
+def mirror_text(mirror: dict[str, Any]) -> str:
+    """A remote run's mirror in one line: its state, when, and its last error."""
+    state = mirror["state"] or "not started"
+    since = f" ({duration(time.time() - mirror['updated'])} ago)" if mirror["updated"] else ""
+    error = f": {mirror['error']}" if mirror["error"] else ""
+    hint = "  (restart it: wb mirror RUN)" if state == "gave up" else ""
+    return f"{state}{since}, copied up to remote record {mirror['cursor']}{error}{hint}"
 
 
 def status_text(status: str) -> Text:
@@ -199,6 +210,8 @@ def run_detail(st: Store, row: dict[str, Any]) -> Group:
         ("exit code", "-" if row["exit_code"] is None else str(row["exit_code"])),
         ("folder", row["dir"]),
     ]
+    if row["launcher"] == "ssh":
+        fields.append(("mirror", mirror_text(st.mirror(row["id"]))))
     if row["resumed_from"]:
         fields.append(("resumed from", row["resumed_from"]))
     if row.get("grp"):

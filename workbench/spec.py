@@ -13,6 +13,7 @@ the fix; the CLI prints it and exits 2 before anything is created.
 from __future__ import annotations
 
 import difflib
+import sys
 import tomllib
 import types
 import typing
@@ -22,7 +23,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from workbench.store import StoreError, validate_name
 
@@ -38,10 +46,29 @@ class Section(BaseModel):
 
 
 class Resources(Section):
-    """Where and how wide a run executes."""
+    """Where and how wide a run executes.
+
+    A multi-node run has `nodes * procs` ranks: node R runs ranks R*procs ..
+    (R+1)*procs - 1 and node 0 holds global rank 0, which logs and checkpoints
+    (launch/distributed.py). `hosts` names the machine of each node, node 0 first.
+    Left empty, every node runs on this machine (loopback rendezvous): that is how
+    multi-node launching is tested without a second machine, so it is allowed. With
+    `hosts` set, `host` is not needed (node 0 runs on hosts[0]); naming another host
+    there is refused rather than guessed at.
+    """
 
     host: str = Field("local", description="Host to run on; 'local' is this machine.")
     procs: int = Field(1, ge=1, le=1024, description="Worker processes on each node.")
+    nodes: int = Field(1, ge=1, le=1024,
+                       description="Nodes (machines) the run spans; each runs `procs` ranks.")
+    hosts: list[str] = Field(default_factory=list, description=(
+        "Hosts of a multi-node run, node 0 first; each must be configured (`wb hosts "
+        "add`) or 'local'. Empty: every node on this machine."))
+    rdzv_port: int = Field(29400, ge=1024, le=65535, description=(
+        "TCP port of the multi-node rendezvous, opened on node 0's host."))
+    master_addr: str | None = Field(None, description=(
+        "Node 0's address as the other nodes reach it; default: the HostName ssh uses "
+        "for node 0's host (127.0.0.1 when every node is here)."))
 
     @field_validator("host")
     @classmethod
@@ -50,6 +77,26 @@ class Resources(Section):
         if host not in known:
             raise ValueError(f"host {host!r} is not configured (known: {', '.join(known)})")
         return host
+
+    @field_validator("hosts")
+    @classmethod
+    def _one_known_host_per_node(cls, hosts: list[str], info: ValidationInfo) -> list[str]:
+        known = configured_hosts()
+        for host in hosts:
+            if host not in known:
+                raise ValueError(f"host {host!r} is not configured (known: "
+                                 f"{', '.join(known)}); add it with `wb hosts add`")
+        nodes = info.data.get("nodes")  # absent when `nodes` itself was invalid
+        if hosts and nodes is not None and len(hosts) != nodes:
+            raise ValueError(f"lists {len(hosts)} host(s) but resources.nodes is {nodes}: "
+                             "name one host per node (node 0 first), or none to run "
+                             "every node here")
+        host = info.data.get("host", "local")
+        if hosts and host not in ("local", hosts[0]):  # two answers to "where is node 0"
+            raise ValueError(f"node 0 runs on the first host ({hosts[0]!r}) but "
+                             f"resources.host is {host!r}: set resources.host to "
+                             f"{hosts[0]!r} or leave it 'local'")
+        return hosts
 
 
 class SpecBase(Section):
@@ -173,8 +220,11 @@ def expand_sources(args: list[str] | tuple[str, ...]) -> tuple[list[str], GroupD
     groups = builtin_groups()
     sources: list[str] = []
     used: list[GroupDef] = []
+    if STDIN in args and len(args) > 1:
+        raise SpecError("a spec from stdin ('-') launches alone — pass the other specs "
+                        "in another `wb launch`")
     for arg in args:
-        if Path(arg).expanduser().is_file() or arg in specs:
+        if arg == STDIN or Path(arg).expanduser().is_file() or arg in specs:
             sources.append(arg)
         elif arg in groups:
             used.append(groups[arg])
@@ -187,8 +237,13 @@ def expand_sources(args: list[str] | tuple[str, ...]) -> tuple[list[str], GroupD
     return sources, (used[0] if len(used) == 1 and len(args) == 1 else None)
 
 
+STDIN = "-"  # `wb launch -`: the spec's TOML on stdin (how a remote launch ships it)
+
+
 def read_source(source: str) -> tuple[str, str]:
-    """(text, label) for a spec file path or a built-in spec name."""
+    """(text, label) for a spec file path, a built-in spec name, or '-' (stdin)."""
+    if source == STDIN:
+        return sys.stdin.read(), "the spec on stdin"
     path = Path(source).expanduser()
     if path.is_file():
         try:
@@ -211,7 +266,8 @@ def read_source(source: str) -> tuple[str, str]:
 
 def load_spec(source: str, overrides: list[str] | tuple[str, ...] = ()) -> LoadedSpec:
     text, label = read_source(source)
-    return LoadedSpec(parse_spec(text, overrides, label=label), label)
+    return LoadedSpec(parse_spec(text, overrides, label=label),
+                      STDIN if source == STDIN else label)
 
 
 def load_specs(sources: list[str] | tuple[str, ...],

@@ -24,7 +24,7 @@ from typing import Any
 
 import sqlite_utils
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "workbench.db"
 RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped", "lost")
 ACTIVE_STATUSES = ("queued", "running")
@@ -35,6 +35,7 @@ HEARTBEAT_S = 2.0
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
 RECORD_TABLES = ("scalars", "dists", "matrices", "events")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_ID_RE = re.compile(r"[0-9a-z]{8}")
 
 
 class StoreError(Exception):
@@ -148,8 +149,17 @@ def _v1_to_v2(db: sqlite_utils.Database) -> None:
     db["runs"].create_index(["grp"], index_name="ix_runs_grp")
 
 
+def _v2_to_v3(db: sqlite_utils.Database) -> None:
+    """Mirrors of remote runs (launch/mirror.py): per mirrored run, the remote record
+    id it has copied up to (`cursor`, advanced in the same transaction as the copied
+    rows, so a reconnect resumes with no gap and no duplicate), and its process and
+    connection state for the views."""
+    db["mirrors"].create({"run": str, "cursor": int, "pid": int, "state": str,
+                          "error": str, "updated": float}, pk="run", not_null={"cursor"})
+
+
 # MIGRATIONS[v] upgrades a store at schema version v to v + 1.
-MIGRATIONS: dict[int, Any] = {0: _create_v1, 1: _v1_to_v2}
+MIGRATIONS: dict[int, Any] = {0: _create_v1, 1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -298,13 +308,20 @@ class Store:
         total_steps: int | None = None,
         group: str | None = None,
         after: str | None = None,
+        run_id: str | None = None,
+        host: str | None = None,
     ) -> dict[str, Any]:
         """Insert a run row and make its folder (mode 700).
 
         Without `name`, the run is called BASE-N (BASE defaults to the kind). `group`
         tags runs launched together; `after` is the run a queued worker waits for.
+        A mirror of a remote run passes the remote `run_id` and the configured `host`
+        name, so `wb stop ID` means the same run on both sides.
         """
-        run_id = new_run_id()
+        if run_id is None:
+            run_id = new_run_id()
+        elif not _ID_RE.fullmatch(run_id):
+            raise StoreError(f"invalid run id {run_id!r}: expected 8 characters a-z0-9")
         if name:
             validate_name(name)
         else:
@@ -314,7 +331,7 @@ class Store:
         now = time.time()
         row = {
             "id": run_id, "num": None, "name": name, "kind": kind, "status": status,
-            "host": socket.gethostname(), "pid": pid, "launcher": launcher, "spec": spec,
+            "host": host or socket.gethostname(), "pid": pid, "launcher": launcher, "spec": spec,
             "config": json.dumps(config or {}, default=str), "created": now,
             "started": now if status == "running" else None, "ended": None,
             "heartbeat": now, "exit_code": None, "resumed_from": resumed_from,
@@ -322,6 +339,8 @@ class Store:
             "dir": str(self.run_dir(run_id).resolve()), "grp": group, "after": after,
         }
         run_dir = self.run_dir(run_id)
+        if run_dir.exists():
+            raise StoreError(f"run {run_id} already exists in {self.root}")
         run_dir.mkdir(mode=0o700)
         self.conn.execute("BEGIN IMMEDIATE")
         try:
@@ -429,6 +448,7 @@ class Store:
         try:
             for table in RECORD_TABLES:
                 self.conn.execute(f"DELETE FROM {table} WHERE run = ?", (num,))
+            self.conn.execute("DELETE FROM mirrors WHERE run = ?", (run_id,))
             self.conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
             self.conn.execute("COMMIT")
         except BaseException:
@@ -459,9 +479,17 @@ class Store:
                                           (text,)).fetchone()[0]
         return ids
 
+    def next_name(self, base: str) -> str:
+        """The name `create_run` would give a run of BASE now: BASE-N."""
+        return f"{validate_name(base)}-{self._next_suffix(base)}"
+
     def write_batch(self, batch: Batch, *, last_step: int | None = None,
-                    heartbeat: bool = False) -> None:
-        """Write one batch atomically: ids from the store-wide sequence, one transaction."""
+                    heartbeat: bool = False, mirror_cursor: int | None = None) -> None:
+        """Write one batch atomically: ids from the store-wide sequence, one transaction.
+
+        `mirror_cursor`: the remote id of the batch's last record, saved in the same
+        transaction (launch/mirror.py), so rows and cursor never disagree after a crash.
+        """
         conn = self.conn
         run = self.run_num(batch.run_id)
         conn.execute("BEGIN IMMEDIATE")
@@ -481,6 +509,11 @@ class Store:
                 conn.executemany(_INSERT[table], numbered)
                 seq += len(rows)
             conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'", (str(seq),))
+            if mirror_cursor is not None:
+                conn.execute("INSERT INTO mirrors (run, cursor, updated) VALUES (?, ?, ?) "
+                             "ON CONFLICT(run) DO UPDATE SET cursor = excluded.cursor, "
+                             "updated = excluded.updated",
+                             (batch.run_id, mirror_cursor, time.time()))
             if last_step is not None or heartbeat:
                 conn.execute(
                     "UPDATE runs SET last_step = CASE WHEN ? IS NULL THEN last_step"
@@ -493,6 +526,23 @@ class Store:
             conn.execute("ROLLBACK")
             self._key_ids.clear()  # ids of rolled-back new keys are void
             raise
+
+    def mirror(self, run_id: str) -> dict[str, Any]:
+        """A remote run's mirror state: cursor (0 before the first row), pid, state, error."""
+        row = self.conn.execute("SELECT cursor, pid, state, error, updated FROM mirrors "
+                                "WHERE run = ?", (run_id,)).fetchone()
+        if row is None:
+            return {"cursor": 0, "pid": None, "state": None, "error": None, "updated": None}
+        return dict(zip(("cursor", "pid", "state", "error", "updated"), row, strict=True))
+
+    def set_mirror(self, run_id: str, **fields: Any) -> None:
+        """Update a mirror's pid / state / error (never its cursor: see write_batch)."""
+        fields = {**fields, "updated": time.time()}
+        cols = ", ".join(f"{k} = excluded.{k}" for k in fields)
+        self.conn.execute(
+            f"INSERT INTO mirrors (run, cursor, {', '.join(fields)}) VALUES "
+            f"(?, 0, {', '.join('?' * len(fields))}) ON CONFLICT(run) DO UPDATE SET {cols}",
+            (run_id, *fields.values()))
 
     # -- reads --------------------------------------------------------------------------
 
@@ -659,10 +709,11 @@ def pid_alive(pid: int | None) -> bool:
 def _with_liveness(row: dict[str, Any]) -> dict[str, Any]:
     """Show a queued/running run whose process is gone as `lost` (read-time, not stored).
 
-    Remote runs (another host) are judged by their mirror in a later issue.
+    A remote run (launcher `ssh`) carries its host's own judgement, copied by its mirror.
     """
     row = dict(row)
-    if (row["status"] in ACTIVE_STATUSES and row["pid"] and row["host"] == socket.gethostname()):
+    if (row["status"] in ACTIVE_STATUSES and row["pid"] and row["launcher"] != "ssh"
+            and row["host"] == socket.gethostname()):
         if not pid_alive(row["pid"]):
             row["status"] = "lost"
     return row

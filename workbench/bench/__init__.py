@@ -12,6 +12,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   (bench/engine.py).
 - depth: accuracy vs recurrences, adaptive exit, KV sharing and self-speculative
   decoding on a freshly trained depth-tiny (bench/depth.py).
+- mirror: a remote run's mirror over loopback ssh: rows/s and the lag from a remote
+  write to local visibility (bench/mirror.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
 """
@@ -76,6 +78,12 @@ def _depth(**kw: Any) -> dict[str, Any]:
     return bench_depth(**kw)
 
 
+def _mirror(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.mirror import bench_mirror
+
+    return bench_mirror(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -86,4 +94,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "tui": _tui,
     "rl": _rl,
     "depth": _depth,
+    "mirror": _mirror,
 }

@@ -14,7 +14,15 @@ Who does what:
 - a rank exits when the worker is gone (kill -9 of the worker): nothing keeps
   training, unrecorded, behind a run shown as lost.
 
-Traffic stays on this machine: `--standalone` rendezvous on localhost, gloo on `lo`.
+One node (`resources.nodes = 1`): traffic stays on this machine, `--standalone`
+rendezvous on localhost, gloo on `lo`.
+
+Several nodes (`resources.nodes = N`): each node's worker starts its own torchrun with
+`--nnodes N --node_rank R --master_addr HOST --master_port PORT` (see
+`torchrun_command` for why static rendezvous). World size is N * procs; global rank 0
+is local rank 0 of node 0, so node 0's run gets the metrics and checkpoints, and every
+other rank (on every node) holds a disabled Run. A node R > 0 keeps its own run row in
+its own store: status, heartbeat and output, no metrics.
 """
 
 from __future__ import annotations
@@ -25,37 +33,132 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 from workbench.launch.local import children_map
+
+if TYPE_CHECKING:
+    from workbench.spec import Resources
 
 WATCH_S = 1.0  # how often a rank checks that its worker is alive
 POLL_S = 0.2
 
 
-def torchrun_command(run_id: str, procs: int) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc_per_node={procs}", "--max_restarts=0",
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(addr: str) -> bool:
+    """True for an address of this machine's loopback interface (127.0.0.0/8 too)."""
+    return addr in LOOPBACK or addr.startswith("127.")
+
+
+def torchrun_command(run_id: str, procs: int, nodes: int = 1, node_rank: int = 0,
+                     master: tuple[str, int] | None = None) -> list[str]:
+    """torchrun's argv for node `node_rank` of `nodes`, `procs` ranks on each.
+
+    One node: `--standalone` (a private rendezvous on a free local port).
+
+    Several nodes: static rendezvous (`--master_addr/--master_port --node_rank`), not
+    c10d. With static, node R's ranks are R*procs .. R*procs+procs-1, fixed by the
+    node rank we pass, so global rank 0 (the one that logs and checkpoints) is always
+    on node 0, the node whose store the user watches. c10d hands out node ranks in
+    arrival order, so rank 0 could land on any node; it also wants one `--rdzv_id`
+    shared by every node, which our per-store run ids are not. Static needs no
+    extra services: node 0's torchrun opens a TCPStore on the master port and the
+    others connect to it (retrying while node 0 is still starting), which works the
+    same over loopback and between machines. It cannot re-form after a failure, but
+    runs use `--max_restarts=0` anyway: a failed rank fails the run.
+    """
+    argv = [sys.executable, "-m", "torch.distributed.run"]
+    if nodes == 1:
+        argv.append("--standalone")
+    else:
+        if master is None:
+            raise ValueError("a multi-node run needs the master address (host, port)")
+        if not 0 <= node_rank < nodes:
+            raise ValueError(f"node rank {node_rank} is outside 0..{nodes - 1}")
+        addr, port = master
+        # Static is torchrun's default, named so a PET_RDZV_BACKEND in the environment
+        # cannot swap it.
+        argv += [f"--nnodes={nodes}", f"--node_rank={node_rank}", "--rdzv_backend=static",
+                 f"--master_addr={addr}", f"--master_port={port}"]
+    return [*argv, f"--nproc_per_node={procs}", "--max_restarts=0",
             "-m", "workbench.launch.distributed", run_id]
 
 
-def rank_env(procs: int) -> dict[str, str]:
-    """The ranks' environment: the worker's, plus thread and network settings."""
+def rank_env(procs: int, master_addr: str | None = None) -> dict[str, str]:
+    """The ranks' environment: the worker's, plus thread and network settings.
+
+    gloo is pinned to `lo` only when every rank is on this machine (one node, or a
+    loopback master); between machines gloo must use the interface that reaches
+    the master, which it finds itself from the hostname (or a GLOO_SOCKET_IFNAME /
+    NCCL_SOCKET_IFNAME the user set).
+    """
     env = {**os.environ, "WB_WORKER_PID": str(os.getpid()), "PYTHONUNBUFFERED": "1"}
     # One share of the cores per rank (torchrun would say 1 and print a banner).
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // procs)))
-    env.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    if master_addr is None or is_loopback(master_addr):
+        env.setdefault("GLOO_SOCKET_IFNAME", "lo")
     return env
 
 
-def run_ranks(run_id: str, procs: int, stop: threading.Event) -> int:
-    """Run the ranks to the end; returns torchrun's exit code (0 = every rank ok).
+def node_settings(resources: Resources, environ: Mapping[str, str] | None = None,
+                  ) -> tuple[int, tuple[str, int] | None]:
+    """(node rank, (master address, port) or None for one node) of this worker.
+
+    Whoever starts node R's worker says which node it is through the environment
+    (launch/local.py `start(node_rank=, master=)` sets these):
+    - WB_NODE_RANK: 0 .. nodes-1 (default 0);
+    - WB_MASTER_ADDR: node 0's address as the other nodes reach it. Default
+      127.0.0.1, but only when every node runs here (`resources.hosts` empty or all
+      'local'): between machines a wrong guess would hang the rendezvous;
+    - WB_MASTER_PORT: default `resources.rdzv_port`.
+    Raises ValueError (one line: variable, problem, fix) on a bad value.
+    """
+    env = os.environ if environ is None else environ
+    nodes = resources.nodes
+    try:
+        node_rank = int(env.get("WB_NODE_RANK") or 0)
+    except ValueError:
+        raise ValueError(f"WB_NODE_RANK={env['WB_NODE_RANK']!r} is not an integer — set "
+                         f"it to this node's rank, 0..{nodes - 1}") from None
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"WB_NODE_RANK={node_rank} but resources.nodes is {nodes} — set "
+                         f"it to 0..{nodes - 1}")
+    if nodes == 1:
+        return 0, None
+    addr = env.get("WB_MASTER_ADDR") or ""
+    if not addr:
+        if any(h != "local" for h in resources.hosts):
+            raise ValueError(f"node {node_rank} of a run over {', '.join(resources.hosts)} "
+                             "needs WB_MASTER_ADDR (node 0's address) — start it with "
+                             "local.start(..., master='HOST:PORT')")
+        addr = "127.0.0.1"
+    try:
+        port = int(env.get("WB_MASTER_PORT") or resources.rdzv_port)
+    except ValueError:
+        raise ValueError(f"WB_MASTER_PORT={env['WB_MASTER_PORT']!r} is not a port number "
+                         "— set it to node 0's rendezvous port") from None
+    return node_rank, (addr, port)
+
+
+def run_ranks(run_id: str, procs: int, stop: threading.Event, nodes: int = 1,
+              node_rank: int = 0, master: tuple[str, int] | None = None) -> int:
+    """Run this node's ranks to the end; returns torchrun's exit code (0 = every rank ok).
 
     Once `stop` is set, every rank (torchrun's children) gets one SIGTERM; a rank
     that appears later gets its own.
     """
-    print(f"workbench: starting {procs} ranks (torchrun, gloo on a CPU / NCCL on GPUs)",
-          flush=True)
-    proc = subprocess.Popen(torchrun_command(run_id, procs), env=rank_env(procs),
+    if nodes > 1 and master:
+        print(f"workbench: node {node_rank}/{nodes}: starting {procs} of {nodes * procs} ranks, "
+              f"master {master[0]}:{master[1]} (torchrun, gloo on a CPU / NCCL on GPUs)",
+              flush=True)
+    else:
+        print(f"workbench: starting {procs} ranks (torchrun, gloo on a CPU / NCCL on GPUs)",
+              flush=True)
+    proc = subprocess.Popen(torchrun_command(run_id, procs, nodes, node_rank, master),
+                            env=rank_env(procs, master[0] if nodes > 1 and master else None),
                             stdin=subprocess.DEVNULL)
     signalled: set[int] = set()
     while True:

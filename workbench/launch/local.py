@@ -16,11 +16,25 @@ from workbench.store import ACTIVE_STATUSES, Store, StoreError, pid_alive
 
 def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
           resumed_from: str | None = None, group: str | None = None,
-          after: str | None = None) -> dict[str, Any]:
+          after: str | None = None, node_rank: int = 0,
+          master: str | None = None) -> dict[str, Any]:
     """Create the run (queued), write its spec, and start its worker in a new session.
 
     With `after`, the worker stays queued until that run has ended (launch/queue.py).
+    `node_rank` / `master` ("HOST" or "HOST:PORT", node 0's address): this run is that
+    node of a `resources.nodes > 1` run; passed to the worker as WB_NODE_RANK,
+    WB_MASTER_ADDR, WB_MASTER_PORT (launch/distributed.py node_settings). Always set
+    here, so a value inherited from our own environment never leaks into the worker.
     """
+    node_env: dict[str, str] = {}  # parsed before the run exists: a typo creates nothing
+    if master:
+        host, sep, port = master.rpartition(":")
+        if sep and (":" not in host or host.startswith("[")):  # HOST:PORT or [IPV6]:PORT
+            if not port.isdigit():
+                raise StoreError(f"master {master!r}: the port must be a number (HOST:PORT)")
+            node_env = {"WB_MASTER_ADDR": host.strip("[]"), "WB_MASTER_PORT": port}
+        else:  # HOST alone (or a bare IPv6 address): the spec's resources.rdzv_port
+            node_env = {"WB_MASTER_ADDR": master.strip("[]")}
     spec = loaded.spec.for_launch()
     row = store.create_run(
         kind=spec.kind, name=name or spec.name, base=loaded.default_name, status="queued",
@@ -29,10 +43,14 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
         total_steps=getattr(spec, "total_steps", None), group=group, after=after,
     )
     run_dir = store.run_dir(row["id"])
-    (run_dir / "spec.toml").write_text(row["spec"])
+    write_private(run_dir / "spec.toml", row["spec"])
     env = {**os.environ, "WB_STORE": str(store.root.resolve()), "WB_RUN_ID": row["id"],
-           "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / "stdout.log", "ab") as log:
+           "PYTHONUNBUFFERED": "1", "WB_NODE_RANK": str(node_rank)}
+    env.pop("WB_MASTER_ADDR", None)
+    env.pop("WB_MASTER_PORT", None)
+    env.update(node_env)
+    fd = os.open(run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "workbench.launch.worker", row["id"]],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
@@ -42,6 +60,13 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
     row["pid"] = proc.pid
     row["_process"] = proc  # lets a foreground caller reap it
     return row
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a store file readable by its owner only (specs may hold paths and tokens)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
 
 
 def start_group(store: Store, specs: list[LoadedSpec], *, group: str, parallel: int = 1,

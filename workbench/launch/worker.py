@@ -1,8 +1,14 @@
 """The worker: the process a launched run lives in (`python -m workbench.launch.worker ID`).
 
 It marks the run running, keeps a heartbeat, runs the recipe for the spec's
-kind, and records how it ended. SIGTERM (`wb stop`) sets the stop flag the
-recipe polls, so it can checkpoint and return; the run then ends as `stopped`.
+kind, and records how it ended. A multi-process or multi-node run's recipe runs in
+torchrun's ranks instead (launch/distributed.py); node R of a multi-node run learns
+its place from WB_NODE_RANK / WB_MASTER_ADDR / WB_MASTER_PORT (set by
+local.start(node_rank=, master=); see distributed.node_settings). Every node's worker
+records its own run's status; only node 0's run gets metrics (global rank 0 logs).
+
+SIGTERM (`wb stop`) sets the stop flag the recipe polls, so it can checkpoint and
+return; the run then ends as `stopped`.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     # starts must still end the run as `stopped`, not kill it unrecorded.
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    os.umask(0o077)  # checkpoints and logs of the run: readable by its owner only
 
     from workbench.launch.queue import wait_turn
     from workbench.recipes import Context, get
@@ -46,10 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         if not stop.is_set():
             spec = parse_spec(row["spec"], label=f"run {run_id} spec")
             recipe, procs = get(row["kind"]), spec.resources.procs
-            if procs > 1 and recipe.per_rank:  # under torchrun (launch/distributed.py)
-                from workbench.launch.distributed import run_ranks
+            nodes = spec.resources.nodes
+            if nodes > 1 and not recipe.per_rank:
+                raise RuntimeError(f"resources.nodes = {nodes}, but kind {row['kind']} runs "
+                                   "its own processes, not one per rank — set "
+                                   "resources.nodes = 1")
+            if (procs > 1 or nodes > 1) and recipe.per_rank:  # under torchrun
+                from workbench.launch.distributed import node_settings, run_ranks
 
-                rc = run_ranks(run_id, procs, stop)
+                node_rank, master = node_settings(spec.resources)
+                if master is not None:  # which node this run is, for `wb show`
+                    run.update_config({"node_rank": node_rank, "nodes": nodes,
+                                       "master": f"{master[0]}:{master[1]}"})
+                rc = run_ranks(run_id, procs, stop, nodes, node_rank, master)
                 if rc != 0 and not stop.is_set():
                     raise RuntimeError(f"{procs} ranks ended with exit code {rc} (see the "
                                        "rank's traceback above)")

@@ -29,7 +29,12 @@ Data parallel (`resources.procs = N`): the run's worker starts N ranks under tor
 elastic launcher; they split every global batch (train.batch_size stays the global
 batch, so the loss curve matches one process's), all-reduce gradients through DDP,
 split Muon's Newton-Schulz work, and agree on every spike / clip / stop decision.
-Rank 0 logs and checkpoints; the run has one row. See parallel.py.
+Rank 0 logs and checkpoints; the run has one row. See parallel.py. With
+`resources.nodes = M` there are M * N ranks (torchrun on each node, launch/
+distributed.py): the split is by global rank and world size, so M nodes of N ranks
+see the very batches of one node with M * N ranks. Only node 0 (global rank 0)
+writes checkpoints, in its own store: a resume or rollback on several machines needs
+node 0's checkpoint folder visible on every node.
 
 Steps are 1-based: step s is the s-th optimizer update, `train/loss` at step s is the
 loss of the batch that update s was computed from, and a checkpoint "at step s" holds

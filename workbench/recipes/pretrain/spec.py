@@ -213,11 +213,17 @@ class TrainedSpec(SpecBase):
                 f"train.grad_accum ({self.train.grad_accum}) must divide train.batch_size "
                 f"({self.train.batch_size}) — change one of them")
         micro = self.train.batch_size // self.train.grad_accum
-        if micro % self.resources.procs:
+        procs, nodes = self.resources.procs, self.resources.nodes
+        if micro % procs:
             raise ValueError(
-                f"resources.procs ({self.resources.procs}) must divide the micro-batch "
+                f"resources.procs ({procs}) must divide the micro-batch "
                 f"train.batch_size / train.grad_accum ({micro}): each process takes an equal "
                 "share — change train.batch_size or resources.procs")
+        if micro % (procs * nodes):  # every rank of every node takes an equal share
+            raise ValueError(
+                f"resources.nodes * resources.procs ({nodes} * {procs}) must divide the "
+                f"micro-batch train.batch_size / train.grad_accum ({micro}): each rank takes "
+                "an equal share — change train.batch_size, resources.nodes or resources.procs")
         if self.stability.spike_policy == "rollback" and self.train.checkpoint_every == 0:
             raise ValueError(
                 "stability.spike_policy = rollback needs checkpoints to roll back to — set "
