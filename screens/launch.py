@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ValidationError
-from textual import on
+from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
@@ -504,14 +504,42 @@ class LaunchScreen(Screen[str | None]):
                         title="not launched")
             return
         store = self.app.ensure_store()  # type: ignore[attr-defined]
+        if control.host_of(loaded) != "local" or loaded.spec.resources.nodes > 1:
+            # ssh to the host takes seconds: off the UI thread, one launch at a time.
+            self.launched = ""
+            self.notify("launching over ssh…", timeout=3)
+            self._launch_in_thread(loaded, store.root)
+            return
         try:
             row = control.start(store, loaded)
         except Exception as exc:  # a store or OS error: say it, stay on the form
             self.notify(f"launch failed: {exc}", severity="error")
             return
+        self._launched(row)
+
+    @work(thread=True, group="launch")
+    def _launch_in_thread(self, loaded: LoadedSpec, root: Path) -> None:
+        """A remote or multi-node launch, on a store connection of its own."""
+        from workbench.launch import control
+        from workbench.store import Store
+
+        try:
+            with Store(root, create=False) as st:
+                row = control.start(st, loaded)
+        except Exception as exc:  # unreachable host, refused spec: say it, stay on the form
+            self.app.call_from_thread(self._launch_failed, exc)
+            return
+        self.app.call_from_thread(self._launched, row)
+
+    def _launch_failed(self, exc: Exception) -> None:
+        self.launched = None
+        self.notify(f"launch failed: {exc}", severity="error")
+
+    def _launched(self, row: dict[str, Any]) -> None:
         self.launched = row["id"]
         self.notify(f"launched {row['name']} ({row['id']})")
-        self.dismiss(row["id"])
+        if self.is_attached:
+            self.dismiss(row["id"])
 
     def action_cancel(self) -> None:
         self.dismiss(None)

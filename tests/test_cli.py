@@ -20,8 +20,8 @@ from tests.helpers import wait_for, wb
 from workbench.store import Store
 from workbench.tracking import Run
 
-COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", "recipes",
-            "bench", "compare", "watch"]
+COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", "logs",
+            "recipes", "bench", "compare", "watch"]
 
 
 def wb_json(*args: str) -> Any:
@@ -263,6 +263,14 @@ def test_export_follow_streams_a_running_run_until_it_ends(in_charlm_store: dict
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
     full = parse_jsonl(wb("export", in_charlm_store["id"], check=True, timeout=60).stdout)[1:]
     assert ids == [r["id"] for r in full]  # no gap, no duplicate
+
+
+def test_logs_prints_the_output_from_an_offset(in_charlm_store: dict) -> None:
+    run_id = in_charlm_store["id"]
+    text = (in_charlm_store["store"] / run_id / "stdout.log").read_bytes()
+    assert wb("logs", run_id, check=True, timeout=60).stdout.encode() == text
+    tail = wb("logs", run_id, "--offset", "10", "--follow", check=True, timeout=60).stdout
+    assert tail.encode() == text[10:] and f"run {run_id} finished" in tail
 
 
 def test_export_bad_format_is_refused(in_charlm_store: dict) -> None:

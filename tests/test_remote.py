@@ -87,6 +87,11 @@ def _rows(root: Path, run_id: str) -> list[tuple]:
         return out
 
 
+def _log(root: Path, run_id: str) -> str:
+    path = root / run_id / "stdout.log"
+    return path.read_text() if path.exists() else ""
+
+
 def _by_kind(rows: list[tuple]) -> dict[str, list[tuple]]:
     """Rows per record kind, in order. A batch is written kind by kind (on both sides),
     so only the order within a kind is the order of logging."""
@@ -139,6 +144,8 @@ def test_remote_launch_is_mirrored_exactly(box: dict[str, Any], store_dir: Path)
     with Store(store_dir, create=False) as st:
         assert st.get_run(run_id)["last_step"] == 199
         wait_for(lambda: st.mirror(run_id)["state"] == "done", 30, "the mirror to end")
+    assert _log(store_dir, run_id) == _log(box["remote"], run_id)  # its output too
+    assert f"run {run_id} finished" in _log(store_dir, run_id)
     shown = wb("show", run_id, "--json", check=True).stdout
     assert '"status": "finished"' in shown
     _assert_private(store_dir)
@@ -177,6 +184,8 @@ def test_a_dropped_connection_loses_and_repeats_nothing(box: dict[str, Any],
     assert _by_kind(local) == _by_kind(remote)
     log = (store_dir / run_id / "mirror.log").read_text()
     assert kills >= 2 and log.count("retrying") >= 2, log
+    wait_for(lambda: _log(store_dir, run_id) == _log(box["remote"], run_id), 30,
+             "the mirrored output to match, byte for byte")
 
 
 def test_stop_and_resume_act_on_the_host(box: dict[str, Any], store_dir: Path) -> None:

@@ -526,6 +526,35 @@ def test_launch_creates_the_run_and_selects_it(tmp_path: Path, store_dir: Path) 
     run_async(with_app(store_dir, body))
 
 
+def test_launch_form_host_picker_runs_it_on_the_host(tmp_path: Path, store_dir: Path,
+                                                      sshd: Any) -> None:
+    """The form's host picker: a run launched on a configured host (the real sshd on
+    127.0.0.1, a store of its own) shows here with its host and its mirrored ending."""
+    from workbench.hosts import Host, add_host
+
+    add_host(Host("box", sshd.alias, python=sys.executable, store=str(tmp_path / "remote")))
+    spec = script_spec(tmp_path, "quick", QUICK, "\n[config]\nsteps = 3\n")
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
+        runs = app.screen
+        launch = await open_launch(app, pilot, str(spec))
+        launch.set_field("resources.host", "box")
+        launch.set_field("script.cwd", str(tmp_path))  # paths in a spec are the host's
+        await pilot.pause()
+        assert "--set resources.host=box" in str(launch.query_one("#launch-command").render())
+        await pilot.press("ctrl+l")
+        await until(pilot, lambda: app.screen is runs, 30, "back to the runs")
+        run_id = launch.launched
+        assert run_id
+        await until(pilot, lambda: runs.selected_run_id == run_id, 5, "the new run selected")
+        assert cell(runs, run_id, "host") == "box"
+        await until(pilot, lambda: cell(runs, run_id, "status") == "finished", 60,
+                    "the remote run to finish, mirrored")
+        assert (tmp_path / "remote" / run_id / "spec.toml").exists()  # it ran there
+
+    run_async(with_app(store_dir, body))
+
+
 # -- keys, palette, quit, themes -------------------------------------------------------------
 
 

@@ -601,6 +601,32 @@ def export(
 
 
 @app.command()
+def logs(
+    run: RunArg,
+    offset: Annotated[int, typer.Option(
+        help="Start at this byte of the log (resume a stream: the bytes you have).",
+        min=0)] = 0,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing new output "
+                                         "until the run ends.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Print a run's output (its stdout.log), like `tail -f` with --follow.
+
+    A remote run's output is mirrored too, through this command on its host.
+
+    Examples: wb logs charlm-3 ; wb logs muon-tiny-2 --follow
+    """
+    from workbench.export import follow_log
+
+    st = open_store(store)
+    row = find_run(st, run)
+    try:
+        follow_log(st, row, sys.stdout.buffer, offset=offset, follow=follow)
+    except BrokenPipeError:
+        sys.stderr.close()  # reader went away (| head): not an error
+
+
+@app.command()
 def recipes() -> None:
     """List the built-in specs (launch one with `wb launch NAME`) and the experiment kinds.
 

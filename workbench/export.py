@@ -61,6 +61,27 @@ def export_run(st: Store, row: dict[str, Any], out: IO[str], *, fmt: str = "json
         time.sleep(POLL_S)
 
 
+def follow_log(st: Store, row: dict[str, Any], out: IO[bytes], *, offset: int = 0,
+               follow: bool = False) -> int:
+    """Copy the run's stdout.log from byte `offset`; with `follow`, until the run ends
+    (then what it wrote last). Returns the offset reached: a stream resumes there."""
+    path = st.run_dir(row["id"]) / "stdout.log"
+    while True:
+        ended = not follow or st.get_run(row["id"])["status"] not in ACTIVE_STATUSES
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                while chunk := f.read(1 << 16):
+                    out.write(chunk)
+                    offset += len(chunk)
+        except FileNotFoundError:
+            pass
+        out.flush()
+        if ended:
+            return offset
+        time.sleep(POLL_S)
+
+
 def _write(out: IO[str], writer: Any, rec: dict[str, Any]) -> None:
     if writer is None:
         out.write(json.dumps(strict_json(rec)) + "\n")

@@ -32,14 +32,14 @@ def follow_run(st: Store, row: dict[str, Any], console: Console,
     """Follow a run until it ends; returns its final status.
 
     Ctrl-C once stops the run (SIGTERM, so it checkpoints; or `stop(row)`, which a
-    remote run needs); twice detaches. A remote run is followed through its mirror:
-    progress and events, not its output (that stays in the host's store).
+    remote run needs); twice detaches. A remote run is followed through its mirror,
+    which copies its output too.
     """
     run_id = row["id"]
     proc = row.get("_process")
-    where = (f" on host {row['host']} (its output stays in the host's store)"
-             if row["launcher"] == "ssh" else f"; output in {st.run_dir(run_id) / 'stdout.log'}")
-    console.print(f"[bold]{row['name']}[/] ({run_id}) started{where}")
+    where = f" on host {row['host']}" if row["launcher"] == "ssh" else ""
+    console.print(f"[bold]{row['name']}[/] ({run_id}) started{where}; output in "
+                  f"{st.run_dir(run_id) / 'stdout.log'}")
     metric = key_metric(row["kind"])
     log_path = st.run_dir(run_id) / "stdout.log"
     offset, cursor, interrupts = 0, 0, 0

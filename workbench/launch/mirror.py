@@ -5,7 +5,9 @@ and writes the records into the local store, each batch in one transaction with
 the remote id it has reached (`Store.write_batch(mirror_cursor=...)`). A dropped
 connection therefore costs nothing: the mirror reconnects with backoff and asks
 for the records past its cursor, so the copy has no gap and no duplicate. Run
-lines of the stream carry the remote status and step into the local row.
+lines of the stream carry the remote status and step into the local row. The
+run's output is mirrored beside it by `wb logs RUN --offset SIZE --follow`: the
+local file's size is that stream's cursor.
 
 One mirror per run (an exclusive lock on `RUN/mirror.lock`); it ends when the
 remote run has ended and every record is copied, when the host no longer has the
@@ -34,6 +36,7 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 GIVE_UP_S = 600.0  # offline this long: stop retrying
 FLUSH_ROWS = 2000  # records per transaction at most
 IDLE_S = 0.05  # a batch is written once the stream pauses this long
+LOG_JOIN_S = 30.0  # once the records are done, how long the output may take to finish
 RUN_FIELDS = ("status", "started", "ended", "exit_code", "last_step", "total_steps", "pid")
 
 
@@ -52,9 +55,46 @@ class Mirror:
         print(f"{time.strftime('%H:%M:%S')} mirror {self.run_id}: {text}", file=self.log,
               flush=True)
 
-    def run(self, give_up_s: float = GIVE_UP_S) -> str:
+    def run(self, give_up_s: float = GIVE_UP_S, logs: bool = True) -> str:
         """Stream, reconnecting with backoff, until the run has ended; returns why it
         stopped: `done`, `gone` (the host has no such run) or `gave up`."""
+        stop = threading.Event()
+        copier = threading.Thread(target=self.copy_log, args=(stop,), name="wb-mirror-log",
+                                  daemon=True)
+        if logs:
+            copier.start()
+        try:
+            outcome = self._run_records(give_up_s)
+        finally:
+            stop.set()
+        if logs and outcome == "done":
+            copier.join(timeout=LOG_JOIN_S)  # the output's last lines
+        return outcome
+
+    def copy_log(self, stop: threading.Event) -> None:
+        """Mirror the run's stdout.log until the run has ended (the remote `wb logs
+        --follow` exits 0) or `stop`; reconnects like the records stream."""
+        path = self.store.run_dir(self.run_id) / "stdout.log"
+        failures = 0
+        while not stop.is_set():
+            offset = path.stat().st_size if path.exists() else 0
+            command = self.host.wb("logs", self.run_id, "--offset", str(offset), "--follow")
+            proc = subprocess.Popen(self.host.ssh_argv(command), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            assert proc.stdout is not None
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                while chunk := proc.stdout.read1(1 << 16):
+                    os.write(fd, chunk)
+                    failures = 0
+            finally:
+                os.close(fd)
+            if proc.wait() in (0, 2):  # all of it copied, or the host has no such run
+                return
+            stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+            failures += 1
+
+    def _run_records(self, give_up_s: float) -> str:
         failures, offline_since = 0, None
         while True:
             outcome, error, got_data = self.stream_once()

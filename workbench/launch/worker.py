@@ -81,9 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         last = store.get_run(run_id)["last_step"]
         run.event("stage", step=max(last or 0, run.step), stage=status, exit_code=code)
         run.finish()
+        # Printed before the status: a `wb logs --follow` that sees the ending has it.
+        print(f"workbench: run {run_id} {status}", flush=True)
         store.update_run(run_id, status=status, ended=time.time(), exit_code=code,
                          heartbeat=time.time())
-        print(f"workbench: run {run_id} {status}", flush=True)
     return code
 
 
