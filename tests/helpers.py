@@ -7,7 +7,10 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from textual.pilot import Pilot
 
 
 def wb(*args: str, check: bool = False, timeout: float = 120,
@@ -33,3 +36,16 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
             break
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float,
+                what: str) -> Any:
+    """Let a Textual app (under Pilot) run until `predicate()` is truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await pilot.pause(0.05)

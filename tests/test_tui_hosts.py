@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import until
 from tests.sshd import SSHServer
 from workbench.hosts import LOCAL, Host, add_host
 from workbench.store import Store
@@ -51,19 +52,6 @@ GPU_PROBE: dict[str, Any] = {
          "memory_used_mib": 0, "utilization": 0},
     ],
 }
-
-
-async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float,
-                what: str) -> Any:
-    """Let the app run until `predicate()` is truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 async def open_hosts(app: WorkbenchApp, pilot: Pilot[Any]) -> HostsScreen:

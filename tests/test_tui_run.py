@@ -20,6 +20,7 @@ from textual import events
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
+from tests.helpers import until
 from workbench import store as store_module
 from workbench.app import WorkbenchApp
 from workbench.screens.compare import CompareScreen
@@ -86,17 +87,6 @@ def depth_run(store: Store) -> Run:
               depths=[1, 3, 8, 16])
     run.finish()
     return run
-
-
-async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float,
-                what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        if value := predicate():
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def on_screen(store_dir: Path, screen: Callable[[], Any],

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import until
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -84,19 +85,6 @@ def make_run(store: Store, name: str, *, kind: str = "pretrain", status: str = "
         run.event("loss_spike", step=i, severity="warning", loss=9.0)
     run.finish()
     return store.get_run(row["id"])
-
-
-async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float,
-                what: str) -> Any:
-    """Let the app run until `predicate()` is truthy; bounded in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await pilot.pause(0.05)
 
 
 def names(screen: RunsScreen) -> list[str]:

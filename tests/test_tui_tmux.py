@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_for
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -37,17 +38,6 @@ def capture(tmux: list[str]) -> str:
     return proc.stdout
 
 
-def wait_for(predicate, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.1)
-
-
 def test_wb_opens_the_dashboard_in_a_real_terminal(tmp_path: Path, store: Store,
                                                    store_dir: Path, tmux: list[str]) -> None:
     row = store.create_run(kind="pretrain", name="smoke-run", status="finished",
@@ -67,7 +57,7 @@ def test_wb_opens_the_dashboard_in_a_real_terminal(tmp_path: Path, store: Store,
                    check=True, timeout=10)
 
     screen = wait_for(lambda: (text := capture(tmux)) and "smoke-run" in text and text,
-                      30, "the run in the captured pane")
+                      30, "the run in the captured pane", interval=0.1)
     lines = screen.splitlines()
     assert len(lines) <= 24 and all(len(line) <= 80 for line in lines)
     shown = next(line for line in lines if "smoke-run" in line)
@@ -75,5 +65,5 @@ def test_wb_opens_the_dashboard_in_a_real_terminal(tmp_path: Path, store: Store,
     assert "Quit" in screen  # the footer
 
     subprocess.run([*tmux, "send-keys", "-t", "wb", "q"], check=True, timeout=10)
-    wait_for(done.exists, 15, "wb to exit after q")
+    wait_for(done.exists, 15, "wb to exit after q", interval=0.1)
     assert done.read_text().strip() == "0"
