@@ -634,6 +634,29 @@ def test_theme_switch_is_remembered(store_dir: Path, _config_home: Path) -> None
     run_async(with_app(store_dir, check))
 
 
+def test_run_ids_are_readable_in_every_theme(store: Store, store_dir: Path) -> None:
+    """The id column's muted style: `$text-muted` baked into a cell came out white on
+    every theme (white on white in the light one); it is a dim foreground now."""
+    from workbench.themes import THEMES
+
+    row = make_run(store, "alpha")
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
+        runs = app.screen
+        assert isinstance(runs, RunsScreen)
+        for theme in THEMES:
+            app.theme = theme
+            await pilot.pause(0.1)
+            runs.refresh_table()
+            await pilot.pause(0.1)
+            style = runs.table.get_cell(row["id"], "id").style
+            background = runs.table.rich_style.bgcolor
+            assert style.dim or (style.color is not None and style.color != background)
+            assert style.color is None or style.color.triplet != (255, 255, 255), theme
+
+    run_async(with_app(store_dir, body))
+
+
 # -- the bench ---------------------------------------------------------------------------------
 
 
