@@ -1,5 +1,5 @@
 """The run screen: one run, live, in tabs (Overview, Attention, Rollouts, Depth,
-Events, Logs, Config). Tabs that don't fit the run's kind stay hidden until the
+Events, Logs, Config, System). Tabs that don't fit the run's kind stay hidden until the
 run logs metrics they show.
 
 The screen owns one `RunFeed` and polls it twice a second; only the visible tab
@@ -25,14 +25,16 @@ from workbench.screens.tabs import (
     LogsTab,
     OverviewTab,
     RolloutsTab,
+    SystemTab,
 )
 from workbench.screens.tabs.base import RunTab
 from workbench.screens.widgets import Heatmap
 from workbench.store import Store
 from workbench.themes import stylesheet
 
+# System last: it came later, and the keys 1-7 keep their tabs.
 TABS: tuple[type[RunTab], ...] = (OverviewTab, AttentionTab, RolloutsTab, DepthTab,
-                                  EventsTab, LogsTab, ConfigTab)
+                                  EventsTab, LogsTab, ConfigTab, SystemTab)
 POLL_S = 0.5
 
 
@@ -54,6 +56,7 @@ class RunScreen(Screen[None]):
         Binding("5", "show_tab(4)", "Events", show=False),
         Binding("6", "show_tab(5)", "Logs", show=False),
         Binding("7", "show_tab(6)", "Config", show=False),
+        Binding("8", "show_tab(7)", "System", show=False),
         Binding("right,l", "next_tab(1)", "Next tab"),
         Binding("left,h", "next_tab(-1)", "Prev tab", show=False),
         Binding("r", "refresh_now", "Refresh", show=False),
@@ -131,8 +134,10 @@ class RunScreen(Screen[None]):
     def action_show_tab(self, index: int) -> None:
         if 0 <= index < len(TABS) and TABS[index].wants(self.feed):
             self.query_one(TabbedContent).active = tab_id(TABS[index])
-        else:
-            self.notify(f"{TABS[index].TITLE} does not apply to a {self.feed.row['kind']} run",
+        else:  # a tab may say why it is missing better than "does not apply"
+            tab = TABS[index]
+            self.notify(getattr(tab, "UNFIT", "")
+                        or f"{tab.TITLE} does not apply to a {self.feed.row['kind']} run",
                         severity="warning")
 
     def action_next_tab(self, delta: int) -> None:

@@ -18,6 +18,8 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # the TUI's saved theme
     monkeypatch.delenv("WB_RUN_ID", raising=False)
     monkeypatch.delenv("WB_RESUME_DIR", raising=False)
+    # Exact row counts stay exact; tests/test_sysmetrics.py turns sampling back on.
+    monkeypatch.setenv("WB_SYSTEM_METRICS", "0")
     monkeypatch.chdir(tmp_path)
 
 

@@ -48,7 +48,8 @@ def test_init_is_reexported_from_the_package() -> None:
     assert "init" in workbench.__all__
     params = inspect.signature(workbench.init).parameters
     assert {n: p.default for n, p in params.items()} == {
-        "name": None, "config": None, "kind": "custom", "store": None, "disabled": False}
+        "name": None, "config": None, "kind": "custom", "store": None, "disabled": False,
+        "system_metrics": True}
 
 
 def test_init_creates_an_sdk_run(store: Store) -> None:

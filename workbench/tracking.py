@@ -77,6 +77,7 @@ class Run:
         self._finished = False
         self._error_reported = False
         self._drop_reported = False
+        self._sampler: Any = None  # the sysmetrics.SystemSampler finish() stops, if any
         self._thread = threading.Thread(target=self._loop, name=f"wb-writer-{self.id}",
                                         daemon=True)
         if not disabled:
@@ -133,6 +134,27 @@ class Run:
             self._wake.set()
             if self._enqueued - self.flushed_rows - self.dropped_rows > self._max_pending:
                 self._backpressure()
+
+    def log_system(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        """Log scalars at `step` (default: the current step) WITHOUT moving the run's step.
+
+        For the system-metrics sampler (sysmetrics.py), which logs from its own thread
+        while training logs: log() would advance the step (or, given an older one, set
+        it back), so the training loop's next step, `last_step` and the ETA would move.
+        Non-finite values are left out; after finish() the call does nothing (the sampler
+        may race it).
+        """
+        if self.disabled:
+            return
+        wall = time.time()
+        with self._lock:
+            if self._closing:
+                return
+            at = max(self._step, 0) if step is None else _step_of(step)
+            rows = [(at, key, v, wall, 0) for key, v in
+                    ((str(k), float(x)) for k, x in metrics.items()) if v - v == 0.0]
+            self._scalars.extend(rows)
+            self._enqueued += len(rows)
 
     def log_dist(self, key: str, values: Any, step: int | None = None, bins: int = 32) -> None:
         """Log a distribution (rollout lengths, staleness, depth per token) as one record."""
@@ -208,6 +230,8 @@ class Run:
         if self._finished:
             return
         self._finished = True
+        if self._sampler is not None:  # first: its last sample still goes in
+            self._sampler.stop()
         self._closing = True
         self._wake.set()
         if not self.disabled:
@@ -375,7 +399,7 @@ def _as_numpy(values: Any) -> np.ndarray:
 
 def init(name: str | None = None, config: Mapping[str, Any] | None = None,
          kind: str = "custom", store: str | os.PathLike[str] | None = None,
-         disabled: bool = False) -> Run:
+         disabled: bool = False, system_metrics: bool = True) -> Run:
     """Start (or, inside a launched worker, attach to) a run and return its `Run`.
 
     Outside the workbench this creates a run with launcher "sdk" that shows in
@@ -385,6 +409,11 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
     In a script run under torchrun every rank attaches and may log (e.g. per-rank
     throughput); log from rank 0 alone where one copy is wanted, or pass
     `disabled=True` on the other ranks.
+
+    A run it creates gets `sys/...` system metrics (CPU, memory, GPUs) every few
+    seconds from a background thread (workbench/sysmetrics.py; `system_metrics=False`
+    or WB_SYSTEM_METRICS=0 turns that off). Attaching samples nothing: the launched
+    run's worker does.
     """
     run_id = os.environ.get("WB_RUN_ID")
     st = Store(store or os.environ.get("WB_STORE"))
@@ -401,6 +430,10 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
             row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",
                                 config=dict(config or {}), pid=os.getpid())
             run = Run(st, row, owner=True, own_store=True)
+            if system_metrics:
+                from workbench.sysmetrics import start_sampler  # the owner samples
+
+                run._sampler = start_sampler(run)
     except BaseException:
         st.close()
         raise

@@ -34,8 +34,11 @@ def main_keys(feed: RunFeed) -> tuple[str, str | None]:
             return FALLBACK[kind]
         return MAIN[kind]
     key = key_metric(kind)
-    if key not in feed.keys() and feed.keys():
-        key = feed.keys()[0]
+    # The run's own metrics only: `sys/...` has the System tab, and would otherwise take
+    # the main chart of a custom run whose keys sort after "sys/" (or before any arrive).
+    own = [k for k in feed.keys() if not k.startswith("sys/")]
+    if key not in feed.keys() and own:
+        key = own[0]
     return key, ("val/loss" if key == "train/loss" else None)
 
 

@@ -9,6 +9,10 @@ records its own run's status; only node 0's run gets metrics (global rank 0 logs
 
 SIGTERM (`wb stop`) sets the stop flag the recipe polls, so it can checkpoint and
 return; the run then ends as `stopped`.
+
+The worker samples the system metrics (`sys/...`, workbench/sysmetrics.py) of its whole
+process tree, ranks and script subprocesses included: the one sampler of the run (a
+script's attaching `workbench.init()` starts none).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     from workbench.recipes import Context, get
     from workbench.spec import parse_spec
     from workbench.store import Store
+    from workbench.sysmetrics import StoreStep, start_sampler
     from workbench.tracking import Run
 
     argv = sys.argv[1:] if argv is None else argv
@@ -44,6 +49,8 @@ def main(argv: list[str] | None = None) -> int:
                      heartbeat=time.time())
     # The worker owns the status (written below), and its writer keeps the heartbeat.
     run = Run(store, row, owner=False, heartbeat=True)
+    # At the step the store knows: ranks and scripts log from other processes.
+    sampler = start_sampler(run, step=StoreStep(run, store.root))
     resume_dir = store.run_dir(row["resumed_from"]) if row["resumed_from"] else None
     ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
     print(f"workbench: run {run_id} ({row['name']}, kind {row['kind']}) pid {os.getpid()}",
@@ -77,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc()
         status, code = ("stopped", 0) if stop.is_set() else ("failed", 1)
     finally:
+        if sampler is not None:  # before the ending: no sample after the stage event
+            sampler.stop()
         # At the run's last step: the recipe may have logged from another process.
         last = store.get_run(run_id)["last_step"]
         run.event("stage", step=max(last or 0, run.step), stage=status, exit_code=code)
