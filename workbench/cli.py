@@ -564,40 +564,111 @@ def watch(
     raise typer.Exit(EXIT_FAILED if status in ("failed", "lost") else EXIT_OK)
 
 
+EXPORT_FORMATS = ("jsonl", "csv", "parquet", "tensorboard")
+
+
 @app.command()
 def export(
     run: RunArg,
+    dest: Annotated[Path | None, typer.Argument(
+        help="Where to write (the same as -o).", show_default=False)] = None,
     format: Annotated[str, typer.Option(
-        "--format", "-f", help="jsonl (every record kind) or csv (scalars).")] = "jsonl",
+        "--format", "-f", help="jsonl (every record kind), csv (scalars), parquet (a file "
+        "per record kind) or tensorboard (event files).")] = "jsonl",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="jsonl/csv: a file instead of stdout. parquet: the scalars "
+        "file (default RUNNAME.parquet); dists, matrices and events go to STEM.dists.parquet, "
+        "STEM.matrices.parquet, STEM.events.parquet. tensorboard: a folder (default "
+        "tb/RUNNAME).", show_default=False)] = None,
     keys: Annotated[list[str] | None, typer.Option(
         "--keys", "-k", help="GLOB on metric keys (event kinds for events); repeatable.")] = None,
     since: Annotated[int, typer.Option(help="Only records with id > SINCE (resume a stream).",
                                        min=0)] = 0,
     follow: Annotated[bool, typer.Option("--follow", help="Keep streaming new records until "
-                                         "the run ends.")] = False,
+                                         "the run ends (jsonl, csv).")] = False,
     store: StoreOpt = None,
 ) -> None:
-    """Write a run's records to stdout, in commit order.
+    """Write a run's records to stdout (jsonl, csv) or to files (parquet, tensorboard).
 
     Record ids are store-wide and increase in commit order, so `--since` the last id
-    you saw resumes a stream with no gaps and no duplicates.
+    you saw resumes a stream with no gaps and no duplicates. `wb import jsonl` reads
+    a jsonl export back into a store.
+
+    Parquet columns: scalars step, key, value, wall (Unix seconds); dists step, key,
+    count, min, max, mean, p50, p90, p99, edges, counts, nonfinite, wall; matrices
+    step, key, shape, dtype, values; events step, kind, severity, payload (JSON), wall.
+    TensorBoard gets scalars (double precision), dists as histograms and events as
+    text; matrices are skipped.
 
     Examples:
 
       wb export charlm-3 --format csv --keys 'train/*' > train.csv
 
       wb export charlm-3 --since 1200 --follow
+
+      wb export charlm-3 -f parquet -o charlm.parquet   (pd.read_parquet("charlm.parquet"))
+
+      wb export charlm-3 -f tensorboard tb/charlm-3   (then: tensorboard --logdir tb)
     """
     from workbench.export import export_run
 
-    if format not in ("jsonl", "csv"):
-        raise fail(f"unknown format {format!r} — use jsonl or csv")
+    if format not in EXPORT_FORMATS:
+        raise fail(f"unknown format {format!r} — use {', '.join(EXPORT_FORMATS[:-1])} or "
+                   f"{EXPORT_FORMATS[-1]}")
+    if dest is not None and output is not None:
+        raise fail(f"give the destination once: {dest} or -o {output}")
+    output = output or dest
+    if follow and format not in ("jsonl", "csv"):
+        raise fail(f"--follow streams jsonl or csv; {format} writes a snapshot (leave out "
+                   "--follow)")
     st = open_store(store)
     row = find_run(st, run)
+    if format in ("parquet", "tensorboard"):
+        _export_files(st, row, format, output, keys or [], since)
+        return
     try:
-        export_run(st, row, sys.stdout, fmt=format, keys=keys or [], since=since, follow=follow)
+        if output is None:
+            export_run(st, row, sys.stdout, fmt=format, keys=keys or [], since=since,
+                       follow=follow)
+            return
+        try:
+            out = open(output, "w", encoding="utf-8", newline="" if format == "csv" else None)
+        except OSError as exc:
+            raise fail(f"cannot write {output}: {exc.strerror}") from None
+        with out:
+            export_run(st, row, out, fmt=format, keys=keys or [], since=since, follow=follow)
     except BrokenPipeError:
         sys.stderr.close()  # reader went away (| head): not an error
+
+
+def _export_files(st: Store, row: dict[str, Any], format: str, output: Path | None,
+                  keys: list[str], since: int) -> None:
+    """`wb export -f parquet|tensorboard`: the writers live in workbench/io/."""
+    from workbench.io import BadInput
+
+    try:
+        if format == "parquet":
+            from workbench.io.parquet import export_parquet
+
+            files = export_parquet(st, row, output or Path(f"{row['name']}.parquet"),
+                                   keys=keys, since=since)
+            console.print("wrote " + ", ".join(f"{n} {kind} to {path}"
+                                               for kind, (path, n) in files.items()),
+                          highlight=False, markup=False, soft_wrap=True)
+            return
+        from workbench.io.tensorboard import export_tensorboard
+
+        w = export_tensorboard(st, row, output or Path("tb") / row["name"], keys=keys,
+                               since=since)
+    except BadInput as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename or output}: {exc.strerror}") from None
+    skipped = ("; skipped " + ", ".join(f"{n} {what}" for what, n in w.skipped.items())
+               if w.skipped else "")
+    console.print(f"wrote {w.scalars} scalars, {w.dists} histograms, {w.events} events to "
+                  f"{w.path}{skipped} (view: tensorboard --logdir {w.path})",
+                  highlight=False, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -662,6 +733,100 @@ def bench(
         from workbench.render import bench_table
 
         console.print(bench_table(name, result))
+
+
+import_app = typer.Typer(
+    help="Bring runs into the store: TensorBoard event files, or a `wb export` JSONL "
+    "(from another store).\n\n"
+    "Examples:\n\n"
+    "  wb import tensorboard ./tb_logs\n\n"
+    "  wb export charlm-3 > charlm-3.jsonl; wb import jsonl charlm-3.jsonl --store other\n\n"
+    "Each imported run is new (new id), with launcher `import`.",
+    no_args_is_help=True)
+app.add_typer(import_app, name="import")
+ImportNameOpt = Annotated[str | None, typer.Option(
+    "--name", help="Run name (default: the source's name, NAME-N if taken). A name that is "
+    "taken is refused.")]
+
+
+def _print_imported(results: list[Any], as_json: bool) -> None:
+    if as_json:
+        print_json([r.as_dict() for r in results])
+    else:
+        for r in results:
+            console.print(r.summary(), highlight=False, markup=False, soft_wrap=True)
+
+
+@import_app.command("tensorboard")
+def import_tensorboard(
+    path: Annotated[Path, typer.Argument(
+        help="A TensorBoard log folder (one run per folder that holds event files), or one "
+        "event file.", show_default=False)],
+    name: Annotated[str | None, typer.Option(
+        "--name", help="Run name for one folder; with several, a prefix: NAME-FOLDER "
+        "(default: the folder's path under PATH, NAME-N if taken).")] = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Import TensorBoard event files: scalars (tag = key, with step and wall time) and
+    histograms (as distributions; quantiles estimated from the buckets).
+
+    All or nothing: unreadable input creates no run. Images, text and graphs are skipped.
+
+    Examples:
+
+      wb import tensorboard runs_tb   (runs_tb/run_a/events..., runs_tb/run_b/...)
+
+      wb import tensorboard lightning_logs/version_3 --name baseline
+    """
+    from workbench.io import BadInput
+    from workbench.io.tensorboard import import_tensorboard as read_tb
+
+    st = open_store(store, create=True)
+    try:
+        results = read_tb(st, path, name=name)
+    except BadInput as exc:
+        raise fail(str(exc)) from None
+    _print_imported(results, as_json)
+
+
+@import_app.command("jsonl")
+def import_jsonl(
+    file: Annotated[str, typer.Argument(
+        help="A `wb export` JSONL file of one run, or - for stdin.", show_default=False)],
+    name: ImportNameOpt = None,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Import a `wb export` JSONL (one run) as a new run: same records, same order; kind,
+    config, spec, status, steps and times from its run line.
+
+    Streamed in batches; all or nothing: a bad line leaves no run behind (exit 2).
+
+    Examples:
+
+      wb import jsonl charlm-3.jsonl --name charlm-laptop
+
+      ssh gpu1 wb export muon-tiny-4 | wb import jsonl -
+    """
+    from workbench.io import BadInput
+    from workbench.io.jsonl_import import import_jsonl as read_jsonl
+    from workbench.io.progress import ByteProgress
+
+    if file == "-":
+        src, total, source = sys.stdin.buffer, None, "stdin"
+    else:
+        try:
+            src, total, source = open(file, "rb"), os.path.getsize(file), file
+        except OSError as exc:
+            raise fail(f"cannot read {file}: {exc.strerror}") from None
+    st = open_store(store, create=True)
+    try:
+        with src, ByteProgress(err_console, total, f"importing {source}") as progress:
+            result = read_jsonl(st, src, source=source, name=name, progress=progress)
+    except BadInput as exc:
+        raise fail(str(exc)) from None
+    _print_imported([result], as_json)
 
 
 hosts_app = typer.Typer(
