@@ -506,18 +506,13 @@ def _valid_name(text: str, what: str) -> str | None:
 # -- config and summary -------------------------------------------------------------------
 
 
-class Config:
-    """`wandb.config`: a dict with attribute access whose changes go to the run's config.
+class _AttrDict:
+    """A dict with attribute access over `self._items` (config and summary share it).
 
-    Keys starting with '_' are hidden from keys()/items(), and leading '-' of a key is
-    stripped, as W&B does (so argparse-style names read back the same).
+    Keys starting with '_' are hidden from keys()/items()/values().
     """
 
-    def __init__(self, items: dict[str, Any], persist: Callable[[dict[str, Any]], None],
-                 allow_val_change: bool = False) -> None:
-        object.__setattr__(self, "_items", items)
-        object.__setattr__(self, "_persist", persist)
-        object.__setattr__(self, "_allow", allow_val_change)
+    _missing = "object has no attribute"
 
     def __getitem__(self, key: str) -> Any:
         return self._items[key]
@@ -525,13 +520,8 @@ class Config:
     def __getattr__(self, key: str) -> Any:
         items = self.__dict__.get("_items")  # absent while copy/pickle rebuild the object
         if items is None or key.startswith("__") or key not in items:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {key!r}")
+            raise AttributeError(f"{type(self).__name__.lower()} {self._missing} {key!r}")
         return items[key]
-
-    def __setitem__(self, key: str, value: Any) -> None:
-        self._set({key: value}, None)
-
-    __setattr__ = __setitem__
 
     def __contains__(self, key: object) -> bool:
         return key in self._items
@@ -556,6 +546,25 @@ class Config:
 
     def get(self, key: str, default: Any = None) -> Any:
         return self._items.get(key, default)
+
+
+class Config(_AttrDict):
+    """`wandb.config`: a dict with attribute access whose changes go to the run's config.
+
+    Leading '-' of a key is stripped, as W&B does (so argparse-style names read back
+    the same).
+    """
+
+    def __init__(self, items: dict[str, Any], persist: Callable[[dict[str, Any]], None],
+                 allow_val_change: bool = False) -> None:
+        object.__setattr__(self, "_items", items)
+        object.__setattr__(self, "_persist", persist)
+        object.__setattr__(self, "_allow", allow_val_change)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._set({key: value}, None)
+
+    __setattr__ = __setitem__
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.items())
@@ -590,16 +599,15 @@ class Config:
             self._persist(clean)
 
 
-class Summary:
+class Summary(_AttrDict):
     """`run.summary`: the last value of each logged key (or its define_metric
     aggregates), plus whatever the script assigns. Stored in the run's config under
     `wandb.summary` when the run finishes."""
 
+    _missing = "has no key"
+
     def __init__(self) -> None:
         object.__setattr__(self, "_items", {})
-
-    def __getitem__(self, key: str) -> Any:
-        return self._items[key]
 
     def __setitem__(self, key: str, value: Any) -> None:
         self._items[key] = _plain(value)
@@ -607,38 +615,8 @@ class Summary:
     def __delitem__(self, key: str) -> None:
         del self._items[key]
 
-    def __getattr__(self, key: str) -> Any:
-        items = self.__dict__.get("_items")  # absent while copy/pickle rebuild the object
-        if items is None or key.startswith("__") or key not in items:
-            raise AttributeError(f"summary has no key {key!r}")
-        return items[key]
-
     __setattr__ = __setitem__
     __delattr__ = __delitem__
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._items
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._items)
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __repr__(self) -> str:
-        return repr(self._items)
-
-    def keys(self) -> list[str]:
-        return list(self._items)
-
-    def items(self) -> list[tuple[str, Any]]:
-        return list(self._items.items())
-
-    def values(self) -> list[Any]:
-        return list(self._items.values())
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self._items.get(key, default)
 
     def update(self, d: Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         for key, value in {**dict(d or {}), **kwargs}.items():
