@@ -407,7 +407,8 @@ def test_bench_store_quick_json_prints_one_object_with_figures() -> None:
     assert len(proc.stdout.strip().splitlines()) == 1
     result = json.loads(proc.stdout)
     assert isinstance(result, dict)
-    for key in ("sdk_points_per_s", "raw_points_per_s", "ratio", "log_call_us_p50"):
+    for key in ("sdk_points_per_s", "raw_points_per_s", "ratio", "log_call_us_p50",
+                "wandb_log_call_us_p50", "wandb_vs_sdk_call"):
         assert isinstance(result[key], int | float) and result[key] > 0, (key, result)
 
 

@@ -6,6 +6,8 @@
 - raw: the same rows through plain `sqlite3.executemany`, 10k rows per
   transaction, into the same schema (WAL, same indexes), in this process.
 - ratio = sdk / raw, with sdk the slower of the 1- and 4-process figures.
+- wandb: the same calls through the W&B drop-in (`workbench.compat.wandb.log`,
+  which keeps W&B's step rules and summary), per-call p50 against `Run.log`'s.
 """
 
 from __future__ import annotations
@@ -98,6 +100,32 @@ def _raw(root: Path, points: int, batch: int = 10_000) -> float:
     return points / elapsed
 
 
+def _wandb_p50_us(root: Path, calls: int) -> float:
+    """Median µs of one `wandb.log` call of METRICS numbers through the drop-in."""
+    import os
+
+    import workbench.compat.wandb as wandb
+
+    old = os.environ.get("WB_STORE")
+    os.environ["WB_STORE"] = str(root)
+    try:
+        wandb.init(project="bench-wandb")
+        durations = [0] * calls
+        clock = time.perf_counter_ns
+        for i in range(calls):
+            metrics = {k: i * 1e-3 + j for j, k in enumerate(KEYS)}
+            a = clock()
+            wandb.log(metrics)
+            durations[i] = clock() - a
+        wandb.finish()
+    finally:
+        if old is None:
+            os.environ.pop("WB_STORE", None)
+        else:
+            os.environ["WB_STORE"] = old
+    return statistics.median(durations) / 1e3
+
+
 def bench_store(quick: bool = False, progress: Console | None = None) -> dict[str, Any]:
     points = 200_000 if quick else 1_000_000
     say = progress.print if progress else (lambda *a, **k: None)
@@ -110,6 +138,9 @@ def bench_store(quick: bool = False, progress: Console | None = None) -> dict[st
             say(f"sdk Run.log from {procs} process(es): {points:,} points ...")
             sdk[procs] = _sdk(Path(tmp) / f"sdk{procs}", points, procs)
             say(f"  {sdk[procs]['points_per_s']:,.0f} points/s")
+        say("the W&B drop-in: wandb.log calls ...")
+        wandb_us = _wandb_p50_us(Path(tmp) / "wandb", points // METRICS)
+        say(f"  {wandb_us:.2f} µs a call")
     slow = min(sdk[1]["points_per_s"], sdk[4]["points_per_s"])
     return {
         "sdk_points_per_s": round(slow),
@@ -117,6 +148,8 @@ def bench_store(quick: bool = False, progress: Console | None = None) -> dict[st
         "ratio": round(slow / raw, 3),
         "log_call_us_p50": round(sdk[1]["p50_us"], 2),
         "log_call_us_p99": round(sdk[1]["p99_us"], 2),
+        "wandb_log_call_us_p50": round(wandb_us, 2),
+        "wandb_vs_sdk_call": round(wandb_us / sdk[1]["p50_us"], 2),
         "sdk_points_per_s_1proc": round(sdk[1]["points_per_s"]),
         "sdk_points_per_s_4proc": round(sdk[4]["points_per_s"]),
         "metrics_per_call": METRICS,
