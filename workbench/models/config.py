@@ -7,7 +7,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-ATTN_BACKENDS = ("auto", "flex", "sdpa", "naive")
+# "triton" (workbench.kernels.attention) is CUDA only: GPT.forward refuses it on a CPU.
+ATTN_BACKENDS = ("auto", "flex", "sdpa", "naive", "triton")
 
 
 @dataclass
@@ -22,7 +23,7 @@ class GPTConfig:
     tie_embeddings: bool = True
     rope_theta: float = 10000.0
     norm_eps: float = 1e-6
-    attn_backend: str = "auto"  # "auto" | "flex" | "sdpa" | "naive"
+    attn_backend: str = "auto"  # "auto" | "flex" | "sdpa" | "naive" | "triton"
     init_std: float = 0.02
 
     def __post_init__(self) -> None:

@@ -32,7 +32,10 @@ Attention backends (``GPTConfig.attn_backend``):
   extra Q.K^T matmul in the forward pass only, no effect on gradients.
 - "naive": softmax(Q K^T / sqrt(d) + causal mask) V with the T x T scores
   materialized (O(B*H*T^2) memory). The reference; tests compare against it.
-- "auto": flex on CUDA, sdpa elsewhere.
+- "triton": the Triton flash-attention kernel of ``workbench.kernels.attention``
+  (forward and backward); its online softmax already keeps the row max, so the
+  max logit is free. CUDA only: a CPU forward refuses it.
+- "auto": flex on CUDA, sdpa elsewhere (never triton: select it explicitly).
 
 KV-cache decoding (generation engines, workbench/engine/): ``KVCache`` holds per layer
 k / v tensors [slots, n_kv_head, max_len, head_dim] and per-slot lengths;
@@ -62,6 +65,7 @@ from torch.nn.attention.flex_attention import (
     flex_attention,
 )
 
+from workbench.kernels.attention import attention as triton_attention
 from workbench.models.config import GPTConfig
 
 MAX_LOGIT_CHUNK = 128  # query rows per chunk when the sdpa path computes the max alongside
@@ -69,9 +73,10 @@ MAX_LOGIT_CHUNK = 128  # query rows per chunk when the sdpa path computes the ma
 
 @dataclass
 class GPTOutput:
-    logits: Tensor  # [B, T, vocab_size]
+    logits: Tensor | None  # [B, T, vocab_size]; None when only the hidden states were asked
     loss: Tensor | None = None  # mean cross-entropy when targets were given
     max_logits: Tensor | None = None  # [n_layer, n_head] float32, detached, when tracked
+    hidden: Tensor | None = None  # [B, T, d_model] final-norm states, with return_hidden
 
 
 # ----------------------------------------------------------------------------- RoPE
@@ -193,6 +198,13 @@ class Attention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
             if track_max_logits:
                 max_logits = chunked_max_logits(q, k)
+        elif backend == "triton":
+            if x.device.type != "cuda":
+                raise RuntimeError('attn_backend "triton" needs a CUDA device; '
+                                   'use "auto" or "sdpa" on CPU')
+            y, per_batch = triton_attention(q, k, v, backend="triton")  # [B, H] max logits
+            if track_max_logits:
+                max_logits = per_batch.amax(dim=0)
         else:  # naive
             if gqa:
                 groups = self.n_head // self.n_kv_head
@@ -360,9 +372,16 @@ class GPT(nn.Module):
                 nn.init.normal_(w, mean=0.0, std=std / math.sqrt(2 * config.n_layer))
 
     def forward(
-        self, idx: Tensor, targets: Tensor | None = None, track_max_logits: bool = False
+        self, idx: Tensor, targets: Tensor | None = None, track_max_logits: bool = False,
+        return_hidden: bool = False,
     ) -> GPTOutput:
-        """idx [B, T] token ids (T <= seq_len); targets [B, T] (-100 = ignore) or None."""
+        """idx [B, T] token ids (T <= seq_len); targets [B, T] (-100 = ignore) or None.
+
+        `return_hidden`: stop before the LM head and return the final-norm states, so a
+        caller can fuse the head with its loss (workbench.kernels.logprobs) instead of
+        materializing [B, T, vocab] logits. It still goes through forward, so a
+        DDP-wrapped model syncs as usual.
+        """
         T = idx.size(1)
         if T > self.config.seq_len:
             raise ValueError(
@@ -374,11 +393,13 @@ class GPT(nn.Module):
         for block in self.blocks:
             x, m = block(x, track_max_logits)
             per_layer.append(m)
+        max_logits = torch.stack(per_layer) if track_max_logits else None
+        if return_hidden:
+            return GPTOutput(logits=None, max_logits=max_logits, hidden=self.norm(x))
         logits = self.lm_head(self.norm(x))
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1))
-        max_logits = torch.stack(per_layer) if track_max_logits else None
         return GPTOutput(logits=logits, loss=loss, max_logits=max_logits)
 
     @torch.no_grad()

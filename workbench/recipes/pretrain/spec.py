@@ -44,9 +44,9 @@ class ModelSection(Section):
     ffn_mult: float = Field(8 / 3, gt=0, le=64,
                             description="SwiGLU hidden size / d_model (rounded up to 64).")
     tie_embeddings: bool = Field(True, description="Share the input embedding and LM head.")
-    attn_backend: Literal["auto", "flex", "sdpa", "naive"] = Field(
+    attn_backend: Literal["auto", "flex", "sdpa", "naive", "triton"] = Field(
         "auto", description="Attention (gpt): auto (flex on CUDA, sdpa elsewhere), flex, sdpa, "
-        "naive.")
+        "naive, triton (our flash kernel with max logits; CUDA only).")
     n_prelude: int = Field(1, ge=0, le=1024, description="recurrent-depth: blocks before the "
                            "loop (run once).")
     n_core: int = Field(2, ge=1, le=1024, description="recurrent-depth: blocks in the looped "
