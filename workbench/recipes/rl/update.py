@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from workbench.data.corpus import PAD
+from workbench.kernels.logprobs import token_logprobs
 from workbench.recipes.rl.grpo import grpo_loss, token_logprobs_and_entropy
 
 
@@ -43,7 +44,11 @@ def completion_logprobs(model: nn.Module, samples: Sequence[Rollout],
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token log-probs and entropies of each completion under `model`, with the
     generators' log-probs and the mask, all [B, W] (W = longest prompt + completion),
-    aligned to the positions that predict each completion token."""
+    aligned to the positions that predict each completion token.
+
+    A model with a linear `lm_head` goes through the fused, chunked kernel
+    (workbench.kernels.logprobs): the [B, W, vocab] logits are never materialized,
+    which is what bounds memory for a large-vocabulary policy."""
     width = max(len(s.prompt) + len(s.tokens) for s in samples)
     idx = torch.full((len(samples), width), PAD, dtype=torch.long)
     targets = torch.zeros(len(samples), width, dtype=torch.long)
@@ -55,6 +60,11 @@ def completion_logprobs(model: nn.Module, samples: Sequence[Rollout],
         targets[i, p - 1:p - 1 + n] = torch.tensor(s.tokens)  # position t predicts t + 1
         old[i, p - 1:p - 1 + n] = torch.tensor(s.logprobs)
         mask[i, p - 1:p - 1 + n] = 1.0
+    head = getattr(getattr(model, "module", model), "lm_head", None)  # DDP wraps it
+    if isinstance(head, nn.Linear):  # fused head + log-softmax: no [B, W, V] logits
+        hidden = model(idx.to(device), return_hidden=True).hidden
+        logp, ent = token_logprobs(hidden, head.weight, targets.to(device), bias=head.bias)
+        return logp, old.to(device), mask.to(device), ent.detach()
     logits = model(idx.to(device)).logits
     logp, ent = token_logprobs_and_entropy(logits, targets.to(device))
     return logp, old.to(device), mask.to(device), ent
