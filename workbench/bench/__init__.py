@@ -14,6 +14,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   decoding on a freshly trained depth-tiny (bench/depth.py).
 - mirror: a remote run's mirror over loopback ssh: rows/s and the lag from a remote
   write to local visibility (bench/mirror.py).
+- kernels: the Triton kernels vs torch on CUDA (TFLOP/s, fraction of peak); on a CPU,
+  their interpreter checks against the torch references (bench/kernels.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
 """
@@ -84,6 +86,12 @@ def _mirror(**kw: Any) -> dict[str, Any]:
     return bench_mirror(**kw)
 
 
+def _kernels(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.kernels import bench_kernels
+
+    return bench_kernels(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -95,4 +103,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "rl": _rl,
     "depth": _depth,
     "mirror": _mirror,
+    "kernels": _kernels,
 }

@@ -40,6 +40,7 @@ matrices) with AdamW on everything else.
 from __future__ import annotations
 
 import math
+import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -83,7 +84,27 @@ def newton_schulz(
     roughly 0.5 to 1.5, not exactly 1. For a single matrix this performs exactly the
     operations of ``torch.optim.Muon`` (``addmm`` chain); a stack uses ``baddbmm``.
     The input is never modified.
+
+    On CUDA it may instead run ``workbench.kernels.newton_schulz`` (symmetric Triton
+    Gram products), when that was measured faster for this shape (see
+    :func:`_triton_ns_faster`); it agrees to bf16 rounding, not bit for bit. CPU
+    tensors always take the torch path below.
     """
+    if G.is_cuda and _triton_ns_faster(G, steps, eps, coefficients, dtype):
+        from workbench.kernels.newton_schulz import newton_schulz as triton_ns
+
+        return triton_ns(G, steps, eps, coefficients, dtype, backend="triton")
+    return _newton_schulz_torch(G, steps, eps, coefficients, dtype)
+
+
+def _newton_schulz_torch(
+    G: Tensor,
+    steps: int,
+    eps: float,
+    coefficients: tuple[float, float, float],
+    dtype: torch.dtype,
+) -> Tensor:
+    """The torch op chain of :func:`newton_schulz` (torch.optim.Muon's, batched)."""
     if G.ndim < 2:
         raise ValueError(
             f"newton_schulz needs a matrix or a stack of matrices, got {tuple(G.shape)}"
@@ -112,6 +133,66 @@ def newton_schulz(
             X = torch.baddbmm(X, poly, X, beta=a)
         X = X.reshape(*batch_shape, *X.shape[-2:])
     return X.mT if transposed else X
+
+
+# (shape, input dtype, NS dtype, device, steps) -> whether the Triton NS won the timing.
+_TRITON_NS_FASTER: dict[tuple[Any, ...], bool] = {}
+
+
+def _triton_ns_faster(
+    G: Tensor,
+    steps: int,
+    eps: float,
+    coefficients: tuple[float, float, float],
+    dtype: torch.dtype,
+) -> bool:
+    """Whether the Triton NS beat the torch one on this (shape, dtype, device); CUDA only.
+
+    Decided once per key by timing both on ``G`` itself (2 warm-up calls, which also
+    compile the kernel, then the best of 3, CUDA events) and cached for the process:
+    a few dozen ms once per parameter shape, against every later step. Which is faster
+    depends on the GPU, the shape and the batch, so it is measured rather than guessed.
+    A Triton failure (not installed, no compiler for this GPU) counts as "slower", with
+    one warning. Always False (torch path):
+    - under CUDA-graph capture or torch.compile tracing, where timing cannot run;
+    - under an initialized process group of more than one rank: the choice is per
+      process, and DDP replicas that chose differently would drift apart in the last bits.
+    """
+    if torch.cuda.is_current_stream_capturing() or torch.compiler.is_compiling():
+        return False
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return False
+    key = (tuple(G.shape), G.dtype, dtype, str(G.device), steps)
+    if key not in _TRITON_NS_FASTER:
+        _TRITON_NS_FASTER[key] = False  # the answer if timing the Triton path fails
+        try:
+            from workbench.kernels.newton_schulz import newton_schulz as triton_ns
+
+            def best_ms(fn: Any) -> float:
+                for _ in range(2):
+                    fn()
+                times = []
+                for _ in range(3):
+                    start = torch.cuda.Event(enable_timing=True)
+                    end = torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn()
+                    end.record()
+                    end.synchronize()
+                    times.append(start.elapsed_time(end))
+                return min(times)
+
+            with torch.cuda.device(G.device):
+                ours = best_ms(lambda: triton_ns(G, steps, eps, coefficients, dtype,
+                                                 backend="triton"))
+                ref = best_ms(lambda: _newton_schulz_torch(G, steps, eps, coefficients, dtype))
+            _TRITON_NS_FASTER[key] = ours < ref
+        except Exception as exc:  # any kernel failure keeps the torch path
+            warnings.warn(f"Triton Newton-Schulz unavailable ({exc!r}); using torch's",
+                          RuntimeWarning, stacklevel=2)
+    return _TRITON_NS_FASTER[key]
 
 
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
