@@ -110,7 +110,8 @@ def _bench_attention(quick: bool, peak: tuple[float, float] | None) -> list[dict
         q, k, v = (torch.randn(b, h, t, d, device="cuda", dtype=torch.bfloat16)
                    for _ in range(3))
         flops = 2 * b * h * t * t * d  # causal: half of 4*B*H*T*T*D
-        mask = create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, t, t)
+        mask = create_block_mask(lambda b_, h_, qi, ki: qi >= ki, None, None, t, t,
+                                 device="cuda")
         ours = _time_cuda(lambda q=q, k=k, v=v: attention(q, k, v, backend="triton"))
         sdpa = _time_cuda(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(
             q, k, v, is_causal=True))
