@@ -48,6 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from workbench.kernels.newton_schulz import newton_schulz_ref
+
 from .routing import route
 
 __all__ = [
@@ -104,35 +106,9 @@ def _newton_schulz_torch(
     coefficients: tuple[float, float, float],
     dtype: torch.dtype,
 ) -> Tensor:
-    """The torch op chain of :func:`newton_schulz` (torch.optim.Muon's, batched)."""
-    if G.ndim < 2:
-        raise ValueError(
-            f"newton_schulz needs a matrix or a stack of matrices, got {tuple(G.shape)}"
-        )
-    if not 0 <= steps < 100:
-        raise ValueError(f"ns steps must be in [0, 100), got {steps}")
-    a, b, c = coefficients
-    X = G.to(dtype)
-    transposed = G.size(-2) > G.size(-1)
-    if transposed:
-        X = X.mT
-    if X.ndim == 2:
-        # Out of place: G.to(dtype) is G itself when G already has that dtype.
-        X = X / X.norm().clamp(min=eps)
-        for _ in range(steps):
-            gram = X @ X.T
-            poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
-            X = torch.addmm(X, poly, X, beta=a)
-    else:
-        batch_shape = X.shape[:-2]
-        X = X.reshape(-1, *X.shape[-2:])
-        X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)
-        for _ in range(steps):
-            gram = X @ X.mT
-            poly = torch.baddbmm(gram, gram, gram, beta=b, alpha=c)
-            X = torch.baddbmm(X, poly, X, beta=a)
-        X = X.reshape(*batch_shape, *X.shape[-2:])
-    return X.mT if transposed else X
+    """The torch op chain of :func:`newton_schulz`: torch.optim.Muon's, batched
+    (the kernels' torch twin, so the two cannot drift apart)."""
+    return newton_schulz_ref(G, steps, eps, coefficients, dtype)
 
 
 # (shape, input dtype, NS dtype, device, steps) -> whether the Triton NS won the timing.
