@@ -48,7 +48,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from workbench.kernels.newton_schulz import newton_schulz_ref
+from workbench.kernels.newton_schulz import NS_COEFFICIENTS, newton_schulz_ref
+from workbench.kernels.newton_schulz import newton_schulz as triton_ns
 
 from .routing import route
 
@@ -63,7 +64,6 @@ __all__ = [
     "newton_schulz",
 ]
 
-NS_COEFFICIENTS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
 OPTIMIZER_NAMES = ("muon", "muonclip", "adamw")
 IMPLS = ("ours", "torch")
@@ -93,21 +93,7 @@ def newton_schulz(
     tensors always take the torch path below.
     """
     if G.is_cuda and _triton_ns_faster(G, steps, eps, coefficients, dtype):
-        from workbench.kernels.newton_schulz import newton_schulz as triton_ns
-
         return triton_ns(G, steps, eps, coefficients, dtype, backend="triton")
-    return _newton_schulz_torch(G, steps, eps, coefficients, dtype)
-
-
-def _newton_schulz_torch(
-    G: Tensor,
-    steps: int,
-    eps: float,
-    coefficients: tuple[float, float, float],
-    dtype: torch.dtype,
-) -> Tensor:
-    """The torch op chain of :func:`newton_schulz`: torch.optim.Muon's, batched
-    (the kernels' torch twin, so the two cannot drift apart)."""
     return newton_schulz_ref(G, steps, eps, coefficients, dtype)
 
 
@@ -144,8 +130,6 @@ def _triton_ns_faster(
     if key not in _TRITON_NS_FASTER:
         _TRITON_NS_FASTER[key] = False  # the answer if timing the Triton path fails
         try:
-            from workbench.kernels.newton_schulz import newton_schulz as triton_ns
-
             def best_ms(fn: Any) -> float:
                 for _ in range(2):
                     fn()
@@ -163,7 +147,7 @@ def _triton_ns_faster(
             with torch.cuda.device(G.device):
                 ours = best_ms(lambda: triton_ns(G, steps, eps, coefficients, dtype,
                                                  backend="triton"))
-                ref = best_ms(lambda: _newton_schulz_torch(G, steps, eps, coefficients, dtype))
+                ref = best_ms(lambda: newton_schulz_ref(G, steps, eps, coefficients, dtype))
             _TRITON_NS_FASTER[key] = ours < ref
         except Exception as exc:  # any kernel failure keeps the torch path
             warnings.warn(f"Triton Newton-Schulz unavailable ({exc!r}); using torch's",
