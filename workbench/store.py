@@ -61,6 +61,24 @@ def validate_name(name: str, what: str = "run name") -> str:
     return name
 
 
+def name_from(text: str, limit: int = 64) -> str | None:
+    """Free text (a project name, a folder path) made into a valid name, or None when
+    nothing usable is left: other characters become '-', runs of dots one dot.
+
+    For names that come from elsewhere (imports, W&B, accelerate), which deserve a
+    recognizable run name rather than a refusal. A name already valid is kept.
+    """
+    try:
+        return validate_name(text)
+    except StoreError:
+        pass
+    clean = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "-", text)).strip("._-")
+    try:
+        return validate_name(clean[:limit].rstrip("._-"))
+    except StoreError:
+        return None
+
+
 def flag_of(value: float) -> int:
     if value != value:
         return NAN
@@ -349,7 +367,7 @@ class Store:
                 "UPDATE meta SET value = value + 1 WHERE key = 'runs' RETURNING value"
             ).fetchone()[0])
             if not name:
-                row["name"] = f"{base}-{self._next_suffix(base)}"
+                row["name"] = self.next_name(base)
             self.db["runs"].insert(row)
             self.conn.execute("COMMIT")
         except BaseException:

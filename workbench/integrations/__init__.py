@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import logging
 import operator
-import re
 from collections.abc import Mapping
 from typing import Any
 
-from workbench.store import Store, StoreError, validate_name
+from workbench.store import Store, name_from
 from workbench.tracking import Run, init
 
 __all__ = ["RunSink", "run_name"]
@@ -28,24 +27,9 @@ logger = logging.getLogger("workbench.integrations")
 
 
 def run_name(candidate: Any) -> str | None:
-    """A valid run name made from `candidate` (a project name, an output dir), or None.
-
-    Run names become paths and remote arguments, so the store refuses most characters;
-    a project called "my project/v2" still deserves a recognizable name, not "custom-7".
-    """
-    if not candidate:
-        return None
-    text = str(candidate)
-    try:
-        return validate_name(text)
-    except StoreError:
-        pass
-    text = re.sub(r"[^A-Za-z0-9._-]+", "-", text)
-    text = re.sub(r"\.{2,}", ".", text).lstrip("._-")[:64].rstrip("-")
-    try:
-        return validate_name(text)
-    except StoreError:
-        return None  # nothing usable left: the store names it KIND-N
+    """A valid run name made from `candidate` (a project name, an output dir), or None
+    (the store then names it KIND-N): "my project/v2" becomes "my-project-v2"."""
+    return name_from(str(candidate)) if candidate else None
 
 
 class RunSink:

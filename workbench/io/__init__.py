@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
-from workbench.store import Store, StoreError, validate_name
+from workbench.store import Store, StoreError, name_from, validate_name
 
 IMPORT_LAUNCHER = "import"  # runs.launcher of an imported run: no process behind it
 
@@ -66,21 +65,15 @@ class Imported:
         return f"imported {self.source} as {self.name} ({self.id}): {counts}"
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 def safe_name(text: str, fallback: str = "run") -> str:
     """A folder path or foreign name made into a valid run name (run_a/seed 1 -> run_a-seed-1).
 
-    Names become paths and remote arguments (store.validate_name), so foreign
-    characters are replaced rather than refused. 60 characters leave room for -N.
+    Foreign characters are replaced rather than refused (store.name_from); 60
+    characters leave room for -N.
     """
-    try:
-        return validate_name(text)  # already a name: keep it as it is
-    except StoreError:
-        pass
-    name = _UNSAFE.sub("-", text).replace("..", ".").strip("-._")[:60].strip("-._")
-    return name or fallback
+    return name_from(text, limit=60) or fallback
 
 
 def taken_names(st: Store) -> set[str]:

@@ -11,14 +11,13 @@ import enum
 import math
 import numbers
 import operator
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from workbench.store import StoreError, validate_name
+from workbench.store import name_from
 
 from .media import _Media
 
@@ -242,14 +241,6 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def _valid_name(text: str, what: str) -> str | None:
-    """A workbench name made from W&B free text, or None if nothing usable is left.
-
-    Workbench names become paths and remote arguments, so they are 1-64 letters,
-    digits, '.', '_' or '-'; W&B names are any text. Other characters become '-'.
-    """
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "-", str(text))
-    clean = re.sub(r"\.{2,}", ".", clean).strip("._-")[:64].rstrip("._-")
-    try:
-        return validate_name(clean, what)
-    except StoreError:
-        return None
+    """A workbench name made from W&B free text (any text there), or None if nothing
+    usable is left (store.name_from). `what` names it in the caller's warnings."""
+    return name_from(str(text))
