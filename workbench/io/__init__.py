@@ -65,8 +65,6 @@ class Imported:
         return f"imported {self.source} as {self.name} ({self.id}): {counts}"
 
 
-
-
 def safe_name(text: str, fallback: str = "run") -> str:
     """A folder path or foreign name made into a valid run name (run_a/seed 1 -> run_a-seed-1).
 
