@@ -25,20 +25,33 @@ class GPTConfig:
     norm_eps: float = 1e-6
     attn_backend: str = "auto"  # "auto" | "flex" | "sdpa" | "naive" | "triton"
     init_std: float = 0.02
+    # Hugging Face families (models/hf.py) need these; our own GPT leaves them unset.
+    attn_head_dim: int | None = None  # None = d_model // n_head (Qwen3 sets it apart)
+    ffn_hidden_size: int | None = None  # None = from ffn_mult (a checkpoint's intermediate_size)
+    qkv_bias: bool = False  # biases on q/k/v projections (Qwen2; Llama's attention_bias)
+    o_bias: bool = False  # bias on the output projection (Llama's attention_bias)
+    qk_norm: bool = False  # per-head RMSNorm on q and k before RoPE (Qwen3)
+    rope_scaling: dict | None = None  # {"rope_type": "llama3", factor, low/high_freq_factor, ...}
+    family: str = "llama"  # the Hugging Face model_type an export writes
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} ({value!r}) must be a positive integer")
-        if self.d_model % self.n_head:
+        for name in ("attn_head_dim", "ffn_hidden_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"{name} ({value!r}) must be a positive integer or None")
+        if self.attn_head_dim is None and self.d_model % self.n_head:
             raise ValueError(
                 f"n_head ({self.n_head}) must divide d_model ({self.d_model}); "
                 f"pick n_head in {_divisors(self.d_model)}"
             )
         if self.head_dim % 2:
             raise ValueError(
-                f"head_dim = d_model / n_head ({self.head_dim}) must be even for RoPE; "
+                f"head_dim ({self.head_dim}) must be even for RoPE; "
                 "change d_model or n_head"
             )
         if self.n_kv_head is not None:
@@ -64,9 +77,15 @@ class GPTConfig:
                 f"attn_backend ({self.attn_backend!r}) must be one of {', '.join(ATTN_BACKENDS)}"
             )
 
+        if self.rope_scaling is not None:
+            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
+            if kind not in ("llama3", "default"):
+                raise ValueError(f"rope_scaling type {kind!r} is not supported; "
+                                 "use 'llama3' or none")
+
     @property
     def head_dim(self) -> int:
-        return self.d_model // self.n_head
+        return self.attn_head_dim if self.attn_head_dim is not None else self.d_model // self.n_head
 
     @property
     def kv_heads(self) -> int:
@@ -75,6 +94,8 @@ class GPTConfig:
 
     @property
     def ffn_hidden(self) -> int:
+        if self.ffn_hidden_size is not None:
+            return self.ffn_hidden_size
         return ffn_hidden(self.d_model, self.ffn_mult)
 
 

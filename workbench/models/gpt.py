@@ -4,6 +4,10 @@ Read top to bottom, nanoGPT style: config, RoPE, attention, MLP, block, model.
 
 - RMSNorm (torch.nn.RMSNorm), pre-norm blocks, RoPE (rotate-half convention),
   SwiGLU MLP, multi-head or grouped-query attention, tied or untied embeddings.
+- The same module is a Llama-family Hugging Face model when its config says so
+  (models/hf.py loads and exports them): q/k/v biases (Qwen2), a per-head RMSNorm on
+  q and k before RoPE (Qwen3's QK-norm), Llama 3's RoPE scaling, a head_dim apart from
+  d_model / n_head, and an explicit MLP width.
 - ``GPT.forward(idx, targets, track_max_logits=True)`` also returns ``max_logits``,
   a float32 [n_layer, n_head] tensor: for each layer and query head h, the largest
   pre-softmax score q_i . k_j / sqrt(head_dim) over all batch rows and all causally
@@ -82,12 +86,31 @@ class GPTOutput:
 # ----------------------------------------------------------------------------- RoPE
 
 
-def rope_cache(seq_len: int, head_dim: int, theta: float) -> tuple[Tensor, Tensor]:
-    """cos and sin, each [seq_len, head_dim], float32, for the rotate-half convention."""
+def rope_cache(seq_len: int, head_dim: int, theta: float,
+               scaling: dict | None = None) -> tuple[Tensor, Tensor]:
+    """cos and sin, each [seq_len, head_dim], float32, for the rotate-half convention.
+
+    ``scaling`` of type "llama3" (Llama 3.1+) rescales the frequencies as Meta does."""
     inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+    if scaling and scaling.get("rope_type", scaling.get("type")) == "llama3":
+        inv_freq = llama3_inv_freq(inv_freq, scaling)
     freqs = torch.outer(torch.arange(seq_len, dtype=torch.float32), inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos(), emb.sin()
+
+
+def llama3_inv_freq(inv_freq: Tensor, scaling: dict) -> Tensor:
+    """Llama 3's long-context RoPE: wavelengths longer than the original context / low
+    factor are slowed by ``factor``, shorter than context / high factor kept, and the
+    band between interpolated smoothly."""
+    factor = float(scaling["factor"])
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    wavelen = 2 * math.pi / inv_freq
+    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    between = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+    return torch.where(between, (1 - smooth) * scaled / factor + smooth * scaled, scaled)
 
 
 def rotate_half(x: Tensor) -> Tensor:
@@ -158,23 +181,34 @@ class Attention(nn.Module):
         self.n_kv_head = config.kv_heads
         self.head_dim = config.head_dim
         self.backend = config.attn_backend
-        d, hd = config.d_model, config.head_dim
-        self.q_proj = nn.Linear(d, self.n_head * hd, bias=False)
-        self.k_proj = nn.Linear(d, self.n_kv_head * hd, bias=False)
-        self.v_proj = nn.Linear(d, self.n_kv_head * hd, bias=False)
-        self.o_proj = nn.Linear(self.n_head * hd, d, bias=False)
-        cos, sin = rope_cache(config.seq_len, hd, config.rope_theta)
+        d, hd, bias = config.d_model, config.head_dim, config.qkv_bias
+        self.q_proj = nn.Linear(d, self.n_head * hd, bias=bias)
+        self.k_proj = nn.Linear(d, self.n_kv_head * hd, bias=bias)
+        self.v_proj = nn.Linear(d, self.n_kv_head * hd, bias=bias)
+        self.o_proj = nn.Linear(self.n_head * hd, d, bias=config.o_bias)
+        # QK-norm (Qwen3): one RMSNorm over head_dim, shared by every head of the layer.
+        self.q_norm = nn.RMSNorm(hd, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(hd, eps=config.norm_eps) if config.qk_norm else None
+        cos, sin = rope_cache(config.seq_len, hd, config.rope_theta, config.rope_scaling)
         self.register_buffer("cos", cos, persistent=False)
         self.register_buffer("sin", sin, persistent=False)
+
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """x [B, T, d_model] -> q [B, H, T, D], k and v [B, Hkv, T, D]: projections (with
+        their biases), QK-norm, then RoPE. The logits q.k are exactly the model's."""
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim)
+        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim)
+        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
     def forward(self, x: Tensor, track_max_logits: bool = False) -> tuple[Tensor, Tensor | None]:
         """x [B, T, d_model] -> (y [B, T, d_model], max logit per head [n_head] or None)."""
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        cos, sin = self.cos[:T], self.sin[:T]
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.project(x, self.cos[:T], self.sin[:T])
         gqa = self.n_kv_head != self.n_head
 
         backend = self.backend
@@ -229,10 +263,7 @@ class Attention(nn.Module):
         earlier tokens of x, never another slot's nor a stale tail past its length.
         """
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, ctx.cos, ctx.sin), apply_rope(k, ctx.cos, ctx.sin)
+        q, k, v = self.project(x, ctx.cos, ctx.sin)
         # Advanced indices split by a slice put their dims first: [B, T, Hkv, D].
         k_cache[ctx.rows_col, :, ctx.pos] = k.transpose(1, 2).to(k_cache.dtype)
         v_cache[ctx.rows_col, :, ctx.pos] = v.transpose(1, 2).to(v_cache.dtype)
@@ -367,6 +398,8 @@ class GPT(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
         for block in self.blocks:
             for w in (block.attn.o_proj.weight, block.mlp.down_proj.weight):
                 nn.init.normal_(w, mean=0.0, std=std / math.sqrt(2 * config.n_layer))

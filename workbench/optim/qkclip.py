@@ -21,8 +21,22 @@ passes untouched and instead rescales weights *after* each optimizer step:
      logits bit for bit. (The alternative, scaling the shared key by the min gamma of
      its group, would also shrink heads that were within bounds.)
 
+   - QK-norm (Qwen3: ``attn.q_norm`` / ``attn.k_norm``, an RMSNorm over head_dim
+     applied to q and k after the projections, before RoPE). Rescaling the projection
+     rows does nothing there: the norm divides the scale away. The logit is linear in
+     the norms' weights instead, but each norm is ONE weight vector shared by every
+     head of the layer. **Our rule: scale the layer's q_norm and k_norm weights each by
+     sqrt(gamma_min), gamma_min being the smallest gamma among the layer's clipped
+     heads.** The layer's largest logit lands exactly on tau; every other head of that
+     layer is scaled by the same factor, so it ends further below tau. Heads cannot be
+     clipped one by one without untying the norm, which the checkpoint format has no
+     room for. ``ClipResult.norm_layers`` lists the layers treated this way.
+
+Biases (Qwen2's q/k biases, Llama's attention_bias) sit inside the projection, before
+RoPE, so each head's bias rows are scaled with its weight rows and the rule stays exact.
+
 Layout assumed (workbench.models.gpt): ``attn.q_proj`` / ``attn.k_proj`` are
-``nn.Linear`` without bias; rows ``[h*head_dim:(h+1)*head_dim]`` of ``q_proj.weight``
+``nn.Linear`` (bias or not); rows ``[h*head_dim:(h+1)*head_dim]`` of ``q_proj.weight``
 belong to query head h, rows ``[g*head_dim:(g+1)*head_dim]`` of ``k_proj.weight`` to
 kv head g, and query head h uses kv head ``h // (n_head // n_kv_head)``. RoPE is a
 rotation applied equally to the scaled rows, so it does not change the rule. (With a
@@ -57,6 +71,7 @@ class ClipResult:
     mask: Tensor  # [n_layer, n_head] bool, S > tau
     tau: float = 100.0
     log_only: bool = False
+    norm_layers: list[int] | None = None  # QK-norm layers scaled whole (see the module doc)
 
     def to_event(self) -> dict[str, Any]:
         """A JSON-able payload for a ``qk_clip`` event."""
@@ -68,6 +83,7 @@ class ClipResult:
             "heads": [[layer, head] for layer, head in heads],
             "gamma": [float(self.gamma[layer, head]) for layer, head in heads],
             "min_gamma": float(self.gamma.min()) if self.gamma.numel() else 1.0,
+            "norm_layers": list(self.norm_layers or []),
         }
 
 
@@ -108,6 +124,7 @@ def qk_clip(
         return result
 
     mask_cpu, gamma_cpu = mask.cpu(), gamma.cpu()  # one device sync for the whole call
+    result.norm_layers = []
     for layer, attn in enumerate(attn_modules):
         n_head = int(attn.n_head)
         n_kv_head = int(getattr(attn, "n_kv_head", n_head))
@@ -116,7 +133,14 @@ def qk_clip(
             raise ValueError(
                 f"max_logits has {S.shape[1]} heads but layer {layer} has n_head={n_head}"
             )
-        for h in mask_cpu[layer].nonzero().flatten().tolist():
+        heads = mask_cpu[layer].nonzero().flatten().tolist()
+        if heads and getattr(attn, "q_norm", None) is not None:
+            g = float(gamma_cpu[layer, heads].min())
+            attn.q_norm.weight.mul_(g**0.5)
+            attn.k_norm.weight.mul_(g**0.5)
+            result.norm_layers.append(layer)
+            continue
+        for h in heads:
             g = float(gamma_cpu[layer, h])
             rows = slice(h * head_dim, (h + 1) * head_dim)
             if n_kv_head == n_head:
