@@ -251,3 +251,31 @@ def test_gpt_triton_cuda_matches_naive(monkeypatch: pytest.MonkeyPatch,
     torch.testing.assert_close(ma, mb, atol=1e-4, rtol=1e-4)
     for name in ga:
         torch.testing.assert_close(ga[name], gb[name], atol=1e-4, rtol=1e-3, msg=name)
+
+
+@needs_triton
+@pytest.mark.parametrize("family", ["qwen2", "qwen3", "llama3"])
+def test_kernel_on_a_checkpoint_family_layer(family: str) -> None:
+    """The q/k/v a Llama-family layer feeds its attention (biases, QK-norm, llama3 RoPE,
+    GQA, head_dim apart from d_model / n_head) go through the kernel: output, gradients
+    and max logits equal the reference. What the GPT's "triton" backend runs on CUDA."""
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8}
+    cfg = GPTConfig(vocab_size=64, seq_len=33, n_layer=1, n_head=4, n_kv_head=2, d_model=48,
+                    attn_head_dim=16, qkv_bias=family == "qwen2", qk_norm=family == "qwen3",
+                    rope_scaling=scaling if family == "llama3" else None)
+    torch.manual_seed(0)
+    attn = GPT(cfg).blocks[0].attn
+    x = torch.randn(2, 33, 48) * 4
+    q, k, v = attn.project(x, attn.cos[:33], attn.sin[:33])
+    ins = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    refs = [t.detach().clone().requires_grad_(True) for t in (q, k, v)]
+    out, mx = attention(*ins, backend="triton", **BLOCK)
+    ref, ref_mx = attention_ref(refs[0], refs[1].repeat_interleave(2, dim=1),
+                                refs[2].repeat_interleave(2, dim=1))
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(mx, ref_mx, atol=1e-4, rtol=1e-4)
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for a, b in zip(ins, refs, strict=True):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-3, rtol=1e-3)

@@ -120,6 +120,8 @@ def load_hf(folder: str | os.PathLike[str], seq_len: int | None = None,
     with torch.device("meta"):
         model = GPT(config)
     model = model.to_empty(device="cpu")
+    if config.tie_embeddings:  # to_empty allocates each module's tensors apart: tie again
+        model.lm_head.weight = model.embed.weight
     state = read_state(folder)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
