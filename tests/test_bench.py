@@ -61,3 +61,11 @@ def test_tokens_to_reach() -> None:
     assert tokens_to_reach(curve, 3.0) == pytest.approx(100.0)
     assert tokens_to_reach(curve, 6.0) == 0.0
     assert tokens_to_reach(curve, 1.9) is None
+
+
+def test_engine_hf_tiny() -> None:
+    """Our engine and transformers' generate on the same checkpoint: same greedy tokens."""
+    r = BENCHES["engine-hf"](quick=True, progress=None, tiny=True)
+    assert r["outputs_match"] == 1.0
+    assert r["ours_tok_s"] > 0 and r["transformers_tok_s"] > 0 and r["speedup"] > 0
+    assert r["tokens"] == r["requests"] * r["new_tokens"]

@@ -10,6 +10,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - rl: asynchronous vs synchronous RL wall time for the same trainer steps (bench/rl.py).
 - engine: generated tokens/s, continuous vs static batching on a skewed-length workload
   (bench/engine.py).
+- engine-hf: our torch engine vs transformers' generate on the same Hugging Face
+  checkpoint (the tiny Qwen2 of `wb example-model`), batched and greedy (bench/engine_hf.py).
 - depth: accuracy vs recurrences, adaptive exit, KV sharing and self-speculative
   decoding on a freshly trained depth-tiny (bench/depth.py).
 - mirror: a remote run's mirror over loopback ssh: rows/s and the lag from a remote
@@ -62,6 +64,12 @@ def _engine(**kw: Any) -> dict[str, Any]:
     return bench_engine(**kw)
 
 
+def _engine_hf(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.engine_hf import bench_engine_hf
+
+    return bench_engine_hf(**kw)
+
+
 def _tui(**kw: Any) -> dict[str, Any]:
     from workbench.bench.tui import bench_tui
 
@@ -99,6 +107,7 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "maxlogit": _maxlogit,
     "optimizers": _optimizers,
     "engine": _engine,
+    "engine-hf": _engine_hf,
     "tui": _tui,
     "rl": _rl,
     "depth": _depth,
