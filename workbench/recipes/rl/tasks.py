@@ -43,9 +43,11 @@ Problem ids
     twice; the orchestration numbers its own groups).
 
 User problem sets
-    `load_jsonl(path, verifier, prompt_field, answer_field)`: one JSON object per line,
-    checked by the named verifier (verifier.py: a name in VERIFIERS, or
-    "package.module:function" imported in the verifier processes). See its docstring.
+    `load_jsonl(path, verifier, prompt_field, answer_field, answer_format)`: one JSON
+    object per line, checked by the named verifier (verifier.py: a name in VERIFIERS,
+    or "package.module:function" imported in the verifier processes). `answer_format`
+    reads GSM8K ("... #### 72") and MATH ("... \\boxed{72}") solutions as they come,
+    so those sets load without preprocessing. See its docstring.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,6 +79,22 @@ class Problem:
     # Task data (the numbers, the string) for solution_text. Left out of == and hash
     # (everything else determines the problem), so a Problem can key a dict.
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+def closing_brace(text: str, start: int) -> int:
+    """Index of the "}" that closes a brace opened just before `start`, or -1.
+
+    Braces nest ("{" opens, "}" closes), so a box holding "\\frac{1}{2}" ends after it.
+    """
+    depth = 1
+    for i in range(start, len(text)):
+        if text[i] == "{":
+            depth += 1
+        elif text[i] == "}":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
 
 
 def completion_text(think: str, answer: str) -> str:
@@ -267,13 +286,67 @@ def flawed_solution_text(p: Problem, rng: np.random.Generator) -> str:
     return TASKS[p.task].flawed_solution(p, rng)
 
 
+# ----------------------------------------------------------------------------- JSONL
+
+# How a record's answer field holds its answer (see load_jsonl).
+ANSWER_FORMATS = ("plain", "gsm8k", "boxed")
+GSM8K_MARK = "####"
+_THOUSANDS_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+def gsm8k_answer(solution: str) -> str:
+    """The final answer of a GSM8K solution: the text after its last "####", stripped,
+    thousands commas dropped ("... #### 1,234" -> "1234"), so that "int" and "number"
+    verifiers can read it. ValueError when there is no mark or nothing after it."""
+    if GSM8K_MARK not in solution:
+        raise ValueError(f"no {GSM8K_MARK!r} final answer in the solution")
+    answer = _THOUSANDS_COMMA.sub("", solution.rsplit(GSM8K_MARK, 1)[1].strip())
+    if not answer:
+        raise ValueError(f"nothing after the last {GSM8K_MARK!r}")
+    return answer
+
+
+def boxed_answer(solution: str) -> str:
+    """The final answer of a MATH solution: the contents of its last \\boxed{...}, braces
+    matched ("\\boxed{\\frac{1}{2}}" -> "\\frac{1}{2}"), stripped. ValueError when there is
+    no box, it never closes, or it is empty."""
+    at = solution.rfind(BOX_OPEN)
+    if at < 0:
+        raise ValueError("no \\boxed{...} answer in the solution")
+    start = at + len(BOX_OPEN)
+    end = closing_brace(solution, start)
+    if end < 0:
+        raise ValueError("the last \\boxed{ never closes")
+    answer = solution[start:end].strip()
+    if not answer:
+        raise ValueError("the last \\boxed{} is empty")
+    return answer
+
+
+def _record_answer(value: Any, answer_format: str) -> str:
+    """The reference answer of one record's answer field (ValueError says why not)."""
+    if answer_format == "plain":
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError("must be a string or number")
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string (a solution) for answer_format {answer_format!r}")
+    return gsm8k_answer(value) if answer_format == "gsm8k" else boxed_answer(value)
+
+
 def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = "prompt",
-               answer_field: str = "answer") -> list[Problem]:
+               answer_field: str = "answer", answer_format: str = "plain") -> list[Problem]:
     """A user problem set: one JSON object per line, checked by the named verifier.
 
     - `prompt_field` must be a string; a newline is appended when it does not end with
-      one (the model continues after the prompt's newline).
-    - `answer_field` may be a string or a number (stored as its str()).
+      one (a byte-level policy continues after the prompt's newline; a chat template
+      does not mind it).
+    - `answer_field`, read according to `answer_format`:
+        "plain"  the answer itself, a string or a number (stored as its str());
+        "gsm8k"  a GSM8K solution: the answer is what follows its last "####",
+                 thousands commas removed (`gsm8k_answer`);
+        "boxed"  a MATH solution: the answer is its last \\boxed{...} (`boxed_answer`).
+      The solution text itself is not kept: only the answer is checked.
     - An optional "id" field names the problem (default "<file stem>:<line>"); every
       other field goes to meta, so a "solution" field (a worked completion in the
       format) is what `solution_text` returns for it.
@@ -284,6 +357,9 @@ def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = 
     from workbench.recipes.rl.verifier import get_verifier  # verifier imports this module
 
     get_verifier(verifier)
+    if answer_format not in ANSWER_FORMATS:
+        raise ValueError(f"answer_format {answer_format!r}: use one of "
+                         f"{', '.join(ANSWER_FORMATS)}")
     path = Path(path)
     problems: list[Problem] = []
     with path.open(encoding="utf-8") as f:
@@ -300,13 +376,13 @@ def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = 
             prompt = rec.get(prompt_field)
             if not isinstance(prompt, str):
                 raise ValueError(f"{where}: field {prompt_field!r} must be a string")
-            answer = rec.get(answer_field)
-            if isinstance(answer, bool) or not isinstance(answer, str | int | float):
-                raise ValueError(f"{where}: field {answer_field!r} must be a string or number")
+            try:
+                answer = _record_answer(rec.get(answer_field), answer_format)
+            except ValueError as e:
+                raise ValueError(f"{where}: field {answer_field!r}: {e}") from None
             if not prompt.endswith("\n"):
                 prompt += "\n"
             pid = str(rec.get("id", f"{path.stem}:{lineno}"))
             meta = {k: v for k, v in rec.items() if k not in (prompt_field, answer_field, "id")}
-            problems.append(Problem(pid, f"jsonl:{path.stem}", prompt, str(answer), verifier,
-                                    meta))
+            problems.append(Problem(pid, f"jsonl:{path.stem}", prompt, answer, verifier, meta))
     return problems

@@ -36,6 +36,17 @@ return a bool:
 - "number": both parse as floats and agree within rel 1e-6 / abs 1e-9.
 - "list": comma-separated items, each stripped, same length, itemwise equal (as
   integers when both parse as integers, else as strings); "[...]" brackets optional.
+- "math": mathematical equivalence by Hugging Face's math-verify (sympy underneath),
+  for GSM8K / MATH style answers. The reference may be plain ("72", "1/2", "1,000")
+  or LaTeX ("\\frac{1}{2}", "$\\sqrt{2}$"); both sides are boxed and parsed by
+  math-verify's LaTeX and expression extraction, then `verify(gold, answer)` decides:
+  "1,000" = "1000", "\\frac{1}{2}" = "0.5" = "1/2", "\\dfrac{3}{4}" = "3/4",
+  "2\\sqrt{2}" = "\\sqrt{8}", "\\{1,2\\}" = "\\{2,1\\}", "[1,2)" intervals,
+  "x^2+1" = "1+x^2". An answer math-verify cannot parse is wrong, not an error.
+  math-verify's own signal-based timeouts are off (they only work in a main thread,
+  and the checker may run in any); the pool's per-check `timeout_s` bounds it instead
+  (a direct call in-process has no bound). math-verify and sympy load on the first
+  "math" check in each process (about a second), not when a worker starts.
 - "sleep": TEST ONLY. Sleeps an hour, then says False: the way tests exercise the
   verifier timeout for real. Never use it in a problem set.
 - any other name of the form "package.module:function" is imported (in the verifier
@@ -62,10 +73,13 @@ This module imports no torch, so workers start in a fraction of a second.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import math
 import multiprocessing as mp
 import os
+import re
 import time
 from collections import deque
 from collections.abc import Callable
@@ -73,7 +87,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from workbench.recipes.rl.tasks import BOX_OPEN, THINK_CLOSE, THINK_OPEN, Problem
+from workbench.recipes.rl.tasks import BOX_OPEN, THINK_CLOSE, THINK_OPEN, Problem, closing_brace
 
 FORMAT_REWARD = 0.1
 CORRECT_REWARD = 0.9
@@ -113,15 +127,7 @@ def parse_completion(text: str) -> tuple[str | None, str]:
     if n_box != 1:
         return None, f"expected one \\boxed{{...}} after {THINK_CLOSE}, found {n_box}"
     start = rest.index(BOX_OPEN) + len(BOX_OPEN)
-    depth, end = 1, -1
-    for i in range(start, len(rest)):
-        if rest[i] == "{":
-            depth += 1
-        elif rest[i] == "}":
-            depth -= 1
-            if depth == 0:
-                end = i
-                break
+    end = closing_brace(rest, start)
     if end < 0:
         return None, "\\boxed{ never closes"
     answer = rest[start:end].strip()
@@ -190,6 +196,62 @@ def check_list(p: Problem, answer: str) -> bool:
     return True
 
 
+# Math delimiters a reference answer may be wrapped in ("$\\sqrt{2}$"), outermost first.
+_MATH_DELIMITERS = (("$$", "$$"), ("\\[", "\\]"), ("\\(", "\\)"), ("$", "$"))
+
+
+def _unwrap_math(text: str) -> str:
+    """`text` without one pair of math delimiters around all of it, stripped."""
+    text = text.strip()
+    for left, right in _MATH_DELIMITERS:
+        if len(text) >= len(left) + len(right) and text.startswith(left) \
+                and text.endswith(right):
+            return text[len(left):len(text) - len(right)].strip()
+    return text
+
+
+def _boxed(text: str) -> str:
+    """`text` as math-verify's LaTeX extraction finds it best: inside \\boxed{}. Boxing
+    both sides alike means a reference and an answer written the same way parse the
+    same way ("1,2" is the set {1, 2} on both, never 1.2 on one side only). A text
+    that already holds a box (a whole solution as reference) goes as it is."""
+    return text if BOX_OPEN in text else f"{BOX_OPEN}{_unwrap_math(text)}}}"
+
+
+class _NoTimeoutNotice(logging.Filter):
+    """Drops math-verify's "Timeout is disabled" warning: the pool's timeout is the
+    bound we rely on, and every worker would print it once otherwise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Timeout is disabled" not in record.getMessage()
+
+
+@functools.cache
+def _math_verify() -> tuple[Callable[[str], list[Any]], Callable[[list[Any], list[Any]], bool]]:
+    """(parse, verify) from math-verify with its timeouts off, imported on first use so
+    that verifier processes start without sympy."""
+    import math_verify
+
+    for name in ("math_verify.parser", "math_verify.grader"):
+        logging.getLogger(name).addFilter(_NoTimeoutNotice())
+    targets = [math_verify.LatexExtractionConfig(), math_verify.ExprExtractionConfig()]
+
+    def parse(text: str) -> list[Any]:
+        return math_verify.parse(text, extraction_config=targets, parsing_timeout=None)
+
+    def verify(gold: list[Any], answer: list[Any]) -> bool:
+        return bool(math_verify.verify(gold, answer, timeout_seconds=None))
+
+    return parse, verify
+
+
+def check_math(p: Problem, answer: str) -> bool:
+    """math-verify equivalence of the answer to the reference (see module doc)."""
+    parse, verify = _math_verify()
+    gold, got = parse(_boxed(p.answer)), parse(_boxed(answer))
+    return bool(gold) and bool(got) and verify(gold, got)
+
+
 SLEEP_SECONDS = 3600.0
 
 
@@ -204,8 +266,24 @@ VERIFIERS: dict[str, Callable[[Problem, str], bool]] = {
     "int": check_int,
     "number": check_number,
     "list": check_list,
+    "math": check_math,
     "sleep": check_sleep,  # test only
 }
+TEST_ONLY_VERIFIERS = frozenset({"sleep"})
+_IMPORT_PATH = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*")
+
+
+def verifier_choices() -> str:
+    """The names a spec may use, for error messages."""
+    names = [n for n in VERIFIERS if n not in TEST_ONLY_VERIFIERS]
+    return f"{', '.join(names)} or 'package.module:function'"
+
+
+def is_verifier_name(name: str) -> bool:
+    """Whether `name` can name a verifier: a VERIFIERS name, or "package.module:function"
+    in form. Imports nothing: a spec is checked where `wb launch` runs, and the module
+    may exist only where the run does (load_jsonl imports it there)."""
+    return name in VERIFIERS or _IMPORT_PATH.fullmatch(name) is not None
 
 
 def get_verifier(name: str) -> Callable[[Problem, str], bool]:
@@ -221,8 +299,7 @@ def get_verifier(name: str) -> Callable[[Problem, str], bool]:
         if not callable(fn):
             raise KeyError(f"verifier {name!r} is not callable")
         return fn
-    raise KeyError(f"unknown verifier {name!r}; built-in: {', '.join(VERIFIERS)}, "
-                   "or 'package.module:function'")
+    raise KeyError(f"unknown verifier {name!r}; use {verifier_choices()}")
 
 
 # ----------------------------------------------------------------------------- score
