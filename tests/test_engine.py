@@ -17,17 +17,17 @@ from workbench.data.corpus import BOS, EOS
 from workbench.engine import Completion, Engine, Request, generate_all, make_engine
 from workbench.engine.torch_engine import TorchEngine
 from workbench.engine.vllm import (
+    BYTE_SPECIAL,
     INSTALL_HINT,
     VLLMEngine,
-    export_hf_llama,
-    hf_config,
-    hf_name,
+    export_hf,
     sampling_kwargs,
-    to_hf_state,
     vllm_unavailable_reason,
 )
 from workbench.models.config import GPTConfig
 from workbench.models.gpt import GPT, KVCache
+from workbench.models.hf import hf_name, to_hf_state
+from workbench.models.hf_config import from_gpt_config
 
 
 @pytest.fixture(autouse=True)
@@ -307,7 +307,8 @@ def test_hf_names_cover_every_parameter() -> None:
     assert hf_name("_orig_mod.blocks.0.mlp.up_proj.weight") == "model.layers.0.mlp.up_proj.weight"
     with pytest.raises(KeyError):
         hf_name("blocks.0.attn.cos")
-    cfg = hf_config(GPTConfig(d_model=192, n_head=6, n_kv_head=2, seq_len=300))
+    cfg = from_gpt_config(GPTConfig(d_model=192, n_head=6, n_kv_head=2, seq_len=300),
+                          BYTE_SPECIAL)
     assert cfg["intermediate_size"] == 512 and cfg["num_key_value_heads"] == 2
     assert cfg["head_dim"] == 32 and cfg["max_position_embeddings"] == 300
     assert cfg["eos_token_id"] == EOS and cfg["architectures"] == ["LlamaForCausalLM"]
@@ -320,7 +321,7 @@ def test_export_matches_hf_llama(tmp_path) -> None:
                                        "(it comes with vLLM: pip install workbench-lab[gpu])")
     for tie, kv in ((True, None), (False, 2)):
         model = make_model(tie_embeddings=tie, n_kv_head=kv)
-        export_hf_llama(model, tmp_path / str(tie))
+        export_hf(model, tmp_path / str(tie))
         hf = transformers.LlamaForCausalLM.from_pretrained(
             str(tmp_path / str(tie)), torch_dtype=torch.float32).eval()
         x = torch.randint(0, 260, (2, 30))

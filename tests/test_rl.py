@@ -88,7 +88,7 @@ def values(store: Store, run_id: str, key: str) -> dict[int, float]:
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["rollout.l_cache=50"], "rollout.l_cache (50) must be below rollout.l_max (40)"),
     (["tasks.names=[\"sum\",\"nope\"]"], "unknown task 'nope'"),
-    (["policy.init=somewhere"], "use 'warmstart', 'random' or 'run:<id>'"),
+    (["policy.init=somewhere"], "use 'warmstart', 'random', 'run:<id>' or 'hf:<folder>'"),
     (["rollout.l_max=200"], "leaves no room for the prompt"),
     (["tasks.path=no/such.jsonl"], "tasks.path: no such file"),
 ])

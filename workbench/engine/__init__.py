@@ -23,6 +23,12 @@ The contract a generator relies on:
   wants "finish on the old weights" (``rollout.inflight = false``) stops adding, calls
   ``step()`` until ``num_active() == 0`` (``step(admit=False)`` keeps queued requests
   waiting), then loads.
+- A sequence stops at the first of its stop ids (``finish = "stop"``, that token kept as
+  the last of ``tokens``), at ``max_new_tokens``, or when prompt + completion fills
+  ``max_len`` (``finish = "length"``). Stop ids: our byte EOS by default; a chat model's
+  generator passes its tokenizer's ``stop_ids`` (EOS and the template's end-of-turn
+  token, e.g. ``<|im_end|>``): torch takes them as ``eos_id=[...]``, vLLM as
+  ``stop_ids=[...]``.
 - ``continuous=False`` is static batching: new requests enter only once every slot is
   free (the baseline of ``wb bench engine``).
 """
@@ -45,7 +51,7 @@ __all__ = ["ENGINES", "Completion", "Engine", "Request", "generate_all", "make_e
 @dataclass
 class Request:
     id: int  # unique per engine
-    prompt: list[int]  # token ids (BOS first)
+    prompt: list[int]  # token ids: BOS + bytes, or a chat template's rendering
     max_new_tokens: int
     meta: dict = field(default_factory=dict)  # passed through untouched
 
@@ -55,10 +61,10 @@ class Completion:
     id: int
     prompt: list[int]
     meta: dict
-    tokens: list[int]  # generated ids (EOS included if it stopped on EOS)
+    tokens: list[int]  # generated ids (the stop id included if it stopped on one)
     logprobs: list[float]  # log p(token) at temperature 1 under the weights that sampled it
     versions: list[int]  # policy version that produced each token
-    finish: str  # "stop" (EOS) or "length" (max_new_tokens or the cache length)
+    finish: str  # "stop" (a stop id) or "length" (max_new_tokens or the cache length)
 
 
 @runtime_checkable
@@ -87,7 +93,8 @@ def make_engine(name: str, model: GPT | None, *, max_batch: int, max_len: int,
 
     ``max_batch`` = sequences decoded together (slots); ``max_len`` = longest prompt +
     completion (the KV cache length, at most the model's seq_len). Extra keywords go to
-    the engine (torch: ``ignore_eos``, ``eos_id``; vllm: see VLLMEngine).
+    the engine (torch: ``ignore_eos``, ``eos_id`` (one id or a list: stop on any); vllm:
+    ``stop_ids``, ``model_dir`` (a checkpoint folder to load as is), see VLLMEngine).
     """
     if name == "torch":
         from workbench.engine.torch_engine import TorchEngine

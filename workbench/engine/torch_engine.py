@@ -13,8 +13,12 @@ A fixed number of slots (``max_batch``) share one ``KVCache``. Each ``step()``:
    (seeded ``torch.Generator``; greedy at temperature 0), and its log-prob under the
    model's plain log-softmax (temperature 1, what a trainer's forward pass recomputes)
    and the current policy version are written into preallocated per-slot tensors. The
-   stop test (EOS, max_new_tokens, cache length) is vectorized; only the slots that
-   finished are read back into Python to build their ``Completion``.
+   stop test (any of the stop ids, max_new_tokens, cache length) is vectorized; only the
+   slots that finished are read back into Python to build their ``Completion``.
+
+Stop ids: ``eos_id`` is one id or several. A chat model ends a turn with a token of its
+template (Qwen's ``<|im_end|>``, Llama 3's ``<|eot_id|>``) besides its EOS, and a
+generator passes the tokenizer's ``stop_ids``: the sequence stops at the first of any.
 
 Because every generated token (the first one too) comes out of the batched decode, a
 weight update lands cleanly between two steps: ``load_weights`` copies the new tensors
@@ -31,6 +35,7 @@ generation agree (up to float rounding ties).
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -47,7 +52,8 @@ class TorchEngine:
 
     def __init__(self, model: GPT, *, max_batch: int, max_len: int, temperature: float = 1.0,
                  seed: int = 0, device: str | torch.device = "cpu", continuous: bool = True,
-                 eos_id: int = EOS, ignore_eos: bool = False, version: int = 0) -> None:
+                 eos_id: int | Sequence[int] = EOS, ignore_eos: bool = False,
+                 version: int = 0) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch ({max_batch}) must be >= 1")
         if not 2 <= max_len <= model.config.seq_len:
@@ -62,6 +68,11 @@ class TorchEngine:
         self.temperature = float(temperature)
         self.continuous = continuous
         self.eos_id = eos_id
+        self.stop_ids = ([int(i) for i in eos_id] if isinstance(eos_id, Sequence)
+                         else [int(eos_id)])
+        if not self.stop_ids and not ignore_eos:
+            raise ValueError("eos_id: give at least one stop id (or ignore_eos=True)")
+        self._stop = torch.tensor(self.stop_ids, dtype=torch.long, device=self.device)
         self.ignore_eos = ignore_eos
         self.version = int(version)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
@@ -224,7 +235,7 @@ class TorchEngine:
 
         done = count >= self._limit[:n]
         if not self.ignore_eos:
-            done |= tok == self.eos_id
+            done |= torch.isin(tok, self._stop)
         if not bool(done.any()):
             return []
         slots = done.nonzero().flatten().tolist()
@@ -242,7 +253,7 @@ class TorchEngine:
         assert req is not None
         k = int(self._n_gen[slot])
         tokens = self._tokens[slot, :k].tolist()
-        stop = not self.ignore_eos and tokens[-1] == self.eos_id
+        stop = not self.ignore_eos and tokens[-1] in self.stop_ids
         self._ids.discard(req.id)
         return Completion(id=req.id, prompt=list(req.prompt), meta=req.meta, tokens=tokens,
                           logprobs=self._logprobs[slot, :k].tolist(),

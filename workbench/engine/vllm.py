@@ -7,11 +7,13 @@ and version tagging) is plain Python over a backend object and is tested without
 
 How it maps onto vLLM (written against vLLM's V1 engine, 0.10 and later):
 
-- Model. Our GPT is a Llama: RMSNorm, rotate-half RoPE, SwiGLU, GQA, no biases, optional
-  tied embeddings. ``export_hf_llama`` writes a Hugging Face ``LlamaForCausalLM``
-  checkpoint (config.json + model.safetensors, names mapped by ``hf_name``) that vLLM
-  loads natively: no custom model class. ``skip_tokenizer_init=True``: prompts go in as
-  token ids (``{"prompt_token_ids": ...}``), outputs come back as ids.
+- Model. Our GPT is a Llama, Qwen2 or Qwen3 (models/hf.py). An hf: policy's own
+  checkpoint folder is loaded as is (``model_dir``); any other policy (byte models) is
+  written by ``export_hf`` (models/hf.py's ``save_hf``: config.json of its family +
+  model.safetensors, names mapped by ``hf_name``). vLLM loads either natively: no custom
+  model class. ``skip_tokenizer_init=True``: prompts go in as token ids
+  (``{"prompt_token_ids": ...}``), outputs come back as ids. ``generation_config="vllm"``:
+  a folder's generation_config.json does not change our sampling.
 - Stepping. ``vllm.LLMEngine.from_engine_args(EngineArgs(...))``, ``add_request`` and
   ``step()``. With ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (set here unless the caller set
   it) the engine core runs in this process, so one ``step()`` is one scheduler step and
@@ -23,17 +25,19 @@ How it maps onto vLLM (written against vLLM's V1 engine, 0.10 and later):
   log-softmax before temperature or any other processing, i.e. temperature 1, as the
   torch engine reports. ``async_scheduling=False`` keeps a step's tokens on the weights
   that were loaded when the step was scheduled.
-- Stop. ``stop_token_ids=[EOS]`` (no tokenizer to say what EOS is); ``max_tokens`` =
-  min(max_new_tokens, max_len - prompt); vLLM's finish_reason "stop" / "length" carries
-  over.
+- Stop. ``stop_token_ids`` = the ``stop_ids`` given (the policy tokenizer's EOS and
+  end-of-turn ids; default our byte EOS: vLLM has no tokenizer to say what EOS is);
+  ``max_tokens`` = min(max_new_tokens, max_len - prompt); vLLM's finish_reason "stop" /
+  "length" carries over.
 - Weights. ``load_weights`` maps our names to the HF names and calls
   ``LLMEngine.collective_rpc("wb_load_weights", args=(pairs,))``; the method lives on
   ``WorkbenchWorkerExtension``, mixed into vLLM's worker through
   ``EngineArgs(worker_extension_cls=...)`` (the mechanism of vLLM's own RLHF examples),
-  and runs ``self.model_runner.model.load_weights(weights=pairs)``: vLLM's Llama loader
-  fuses q/k/v and gate/up itself. The KV cache is not touched (in-flight update).
-  Prefix caching is off, since a cached prefix computed under old weights would leak
-  into new requests. For several nodes, vLLM's NCCL weight-transfer API
+  and runs ``self.model_runner.model.load_weights(weights=pairs)``: vLLM's Llama / Qwen2
+  / Qwen3 loaders fuse q/k/v (biases too) and gate/up themselves. The KV cache is not
+  touched (in-flight update). Prefix caching is off, since a cached prefix computed
+  under old weights would leak into new requests. For several nodes, vLLM's NCCL
+  weight-transfer API
   (``init_weight_transfer_engine`` / ``update_weights``) replaces the RPC payload.
 - Static batching (``continuous=False``): vLLM always batches continuously, so requests
   are handed to it only when none is in flight. Admission is ours in both modes (at most
@@ -41,15 +45,15 @@ How it maps onto vLLM (written against vLLM's V1 engine, 0.10 and later):
 
 Not verified here (no GPU, no vLLM on the development machines): a run of vLLM itself.
 Verified without vLLM: the export against our model (tests/test_engine.py compares
-logits with transformers' LlamaForCausalLM where transformers is installed), the
-request/output conversion and version tagging against a fake backend.
+logits with transformers' LlamaForCausalLM), the names of every family's parameters
+(tests/test_rl_hf.py), the request/output conversion and version tagging against a fake
+backend.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 from collections import deque
 from dataclasses import dataclass, field
@@ -58,100 +62,30 @@ from typing import Any
 
 import torch
 
-from workbench.data.corpus import BOS, EOS, PAD
+from workbench.data.corpus import BOS, EOS, PAD, VOCAB_SIZE
 from workbench.engine import Completion, Request
 from workbench.models.config import GPTConfig
+from workbench.models.hf import save_hf, to_hf_state
+from workbench.models.hf_config import load_gpt_config
 
 INSTALL_HINT = "pip install workbench-lab[gpu]"
 
-_LAYER_MAP = {
-    "norm1.weight": "input_layernorm.weight",
-    "norm2.weight": "post_attention_layernorm.weight",
-    "attn.q_proj.weight": "self_attn.q_proj.weight",
-    "attn.k_proj.weight": "self_attn.k_proj.weight",
-    "attn.v_proj.weight": "self_attn.v_proj.weight",
-    "attn.o_proj.weight": "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight": "mlp.gate_proj.weight",
-    "mlp.up_proj.weight": "mlp.up_proj.weight",
-    "mlp.down_proj.weight": "mlp.down_proj.weight",
-}
-_TOP_MAP = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
-            "lm_head.weight": "lm_head.weight"}
-_BLOCK = re.compile(r"blocks\.(\d+)\.(.+)")
-
-
 # ----------------------------------------------------------------------------- export
 
-
-def hf_config(cfg: GPTConfig) -> dict[str, Any]:
-    """GPTConfig -> a Hugging Face LlamaConfig dict with the same function."""
-    return {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": cfg.vocab_size,
-        "hidden_size": cfg.d_model,
-        "intermediate_size": cfg.ffn_hidden,
-        "num_hidden_layers": cfg.n_layer,
-        "num_attention_heads": cfg.n_head,
-        "num_key_value_heads": cfg.kv_heads,
-        "head_dim": cfg.head_dim,
-        "max_position_embeddings": cfg.seq_len,
-        "rms_norm_eps": cfg.norm_eps,
-        "rope_theta": cfg.rope_theta,
-        # transformers >= 5 reads RoPE from here; older versions ignore it.
-        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
-        "rope_scaling": None,
-        "hidden_act": "silu",
-        "attention_bias": False,
-        "mlp_bias": False,
-        "tie_word_embeddings": cfg.tie_embeddings,
-        "bos_token_id": BOS,
-        "eos_token_id": EOS,
-        "pad_token_id": PAD,
-        "initializer_range": cfg.init_std,
-        "torch_dtype": "float32",
-    }
+# config.json's special ids for a byte-level policy (a checkpoint's own come with it).
+BYTE_SPECIAL = {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}
 
 
-def hf_name(name: str) -> str:
-    """Our parameter name -> the Llama one (``blocks.3.attn.q_proj.weight`` ->
-    ``model.layers.3.self_attn.q_proj.weight``)."""
-    for prefix in ("_orig_mod.", "module."):
-        if name.startswith(prefix):
-            name = name[len(prefix):]
-    if name in _TOP_MAP:
-        return _TOP_MAP[name]
-    m = _BLOCK.fullmatch(name)
-    if m and m.group(2) in _LAYER_MAP:
-        return f"model.layers.{m.group(1)}.{_LAYER_MAP[m.group(2)]}"
-    raise KeyError(f"no Llama name for parameter {name!r}")
-
-
-def to_hf_state(state: dict[str, torch.Tensor], tie_embeddings: bool) -> dict[str, torch.Tensor]:
-    """Rename a GPT state dict to Llama names. With tied embeddings lm_head.weight is
-    dropped (Llama ties it to embed_tokens; safetensors refuses shared tensors)."""
-    out = {}
-    for name, tensor in state.items():
-        key = hf_name(name)
-        if tie_embeddings and key == "lm_head.weight":
-            continue
-        out[key] = tensor
-    return out
-
-
-def export_hf_llama(model: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``model`` (a workbench GPT) as a Llama checkpoint directory vLLM can load."""
-    from safetensors.torch import save_file
-
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
+def export_hf(model: torch.nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``model`` (a workbench GPT of any supported family) as a checkpoint folder
+    vLLM loads natively (models/hf.py: Llama, Qwen2 with its q/k/v biases, Qwen3 with
+    q_norm / k_norm). Used for policies that have no folder of their own (byte models);
+    an hf: policy's original folder is loaded as is (``model_dir``)."""
     cfg: GPTConfig = model.config  # type: ignore[assignment]
-    state = to_hf_state(model.state_dict(), cfg.tie_embeddings)
-    save_file({k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(hf_config(cfg), indent=2))
-    (out / "generation_config.json").write_text(json.dumps(
-        {"bos_token_id": BOS, "eos_token_id": EOS, "pad_token_id": PAD}))
+    special = BYTE_SPECIAL if cfg.vocab_size == VOCAB_SIZE else None
+    out = save_hf(model, path, special=special)
+    if special is not None:
+        (out / "generation_config.json").write_text(json.dumps(special))
     return out
 
 
@@ -198,19 +132,21 @@ def engine_args_for(engine_args_cls: Any, args: dict[str, Any]) -> dict[str, Any
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(engine_args_cls)}
-    optional = {"logprobs_mode", "async_scheduling"}
+    optional = {"logprobs_mode", "async_scheduling", "generation_config"}
     return {k: v for k, v in args.items() if k in known or k not in optional}
 
 
 def sampling_kwargs(req: Request, *, max_len: int, temperature: float, seed: int,
-                    ignore_eos: bool = False) -> dict[str, Any]:
-    """The SamplingParams keywords for ``req`` (output_kind is added by the engine)."""
+                    ignore_eos: bool = False, stop_ids: list[int] | None = None,
+                    ) -> dict[str, Any]:
+    """The SamplingParams keywords for ``req`` (output_kind is added by the engine).
+    ``stop_ids``: the tokenizer's (EOS and end-of-turn); default our byte EOS."""
     kw: dict[str, Any] = {
         "n": 1,
         "max_tokens": max(1, min(req.max_new_tokens, max_len - len(req.prompt))),
         "temperature": float(temperature),
         "logprobs": 0,  # the sampled token's log-prob (raw: temperature 1)
-        "stop_token_ids": [] if ignore_eos else [EOS],
+        "stop_token_ids": [] if ignore_eos else list(stop_ids or [EOS]),
         "ignore_eos": ignore_eos,
         "skip_special_tokens": False,
         "detokenize": False,
@@ -243,11 +179,17 @@ class VLLMEngine:
                  temperature: float = 1.0, seed: int = 0, device: str = "cuda",
                  continuous: bool = True, model_dir: str | None = None,
                  dtype: str = "bfloat16", gpu_memory_utilization: float = 0.3,
-                 ignore_eos: bool = False, version: int = 0, backend: Any = None,
+                 ignore_eos: bool = False, stop_ids: list[int] | None = None,
+                 version: int = 0, backend: Any = None,
                  engine_kwargs: dict[str, Any] | None = None) -> None:
+        """``model``: our GPT (its weights are the starting state; its config maps the
+        names of later updates). ``model_dir``: a checkpoint folder vLLM loads as is (an
+        hf: policy's own); without it ``model`` is exported to a temporary folder.
+        ``stop_ids``: the tokenizer's stop ids (default our byte EOS)."""
         self.max_batch, self.max_len = max_batch, max_len
         self.temperature, self.seed = float(temperature), seed
         self.continuous, self.ignore_eos = continuous, ignore_eos
+        self.stop_ids = list(stop_ids or [EOS])
         self.version = int(version)
         self._waiting: deque[Request] = deque()
         self._running: dict[str, _Running] = {}
@@ -258,13 +200,7 @@ class VLLMEngine:
             self._state = {k: v.detach().to("cpu", copy=True)
                            for k, v in model.state_dict().items()}
         elif model_dir is not None:
-            cfg = json.loads((Path(model_dir) / "config.json").read_text())
-            self.config = GPTConfig(
-                vocab_size=cfg["vocab_size"], seq_len=cfg["max_position_embeddings"],
-                n_layer=cfg["num_hidden_layers"], n_head=cfg["num_attention_heads"],
-                n_kv_head=cfg["num_key_value_heads"], d_model=cfg["hidden_size"],
-                tie_embeddings=cfg["tie_word_embeddings"], rope_theta=cfg["rope_theta"],
-                norm_eps=cfg["rms_norm_eps"])
+            self.config = load_gpt_config(model_dir)
         else:
             raise ValueError("the vllm engine needs a model or a model_dir")
         if max_len > self.config.seq_len:
@@ -285,13 +221,17 @@ class VLLMEngine:
         from vllm.sampling_params import RequestOutputKind
 
         self._kind = RequestOutputKind.DELTA
+        folder_given = model_dir is not None
         if model_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="wb-vllm-")
-            model_dir = str(export_hf_llama(model, self._tmp.name))  # type: ignore[arg-type]
+            model_dir = str(export_hf(model, self._tmp.name))  # type: ignore[arg-type]
         args: dict[str, Any] = dict(
             model=model_dir, skip_tokenizer_init=True, max_model_len=max_len,
             max_num_seqs=max_batch, dtype=dtype, seed=seed,
             gpu_memory_utilization=gpu_memory_utilization, enable_prefix_caching=False,
+            # Sampling is ours alone: not the folder's generation_config.json defaults
+            # (temperature, top_p, extra eos ids) on top of it.
+            generation_config="vllm",
             worker_extension_cls=f"{__name__}.WorkbenchWorkerExtension",
             # Said explicitly where this vLLM has them (see engine_args_for):
             logprobs_mode="raw_logprobs", async_scheduling=False,
@@ -299,6 +239,10 @@ class VLLMEngine:
         args.update(engine_kwargs or {})
         self._engine = vllm.LLMEngine.from_engine_args(
             vllm.EngineArgs(**engine_args_for(vllm.EngineArgs, args)))
+        if folder_given and model is not None:
+            # The folder gave the architecture; the model's weights (a resumed run's, say)
+            # are the ones to generate with.
+            self._engine.collective_rpc("wb_load_weights", args=(self._hf_pairs(self._state),))
 
     # ------------------------------------------------------------------ interface
 
@@ -348,9 +292,7 @@ class VLLMEngine:
         return len(self._waiting)
 
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
-        pairs = [(k, v.detach().to("cpu"))
-                 for k, v in to_hf_state(state, self.config.tie_embeddings).items()]
-        self._engine.collective_rpc("wb_load_weights", args=(pairs,))
+        self._engine.collective_rpc("wb_load_weights", args=(self._hf_pairs(state),))
         self._state = {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
         self.version = int(version)
         self.weight_loads += 1
@@ -361,13 +303,19 @@ class VLLMEngine:
 
     # ------------------------------------------------------------------ internals
 
+    def _hf_pairs(self, state: dict[str, torch.Tensor]) -> list[tuple[str, torch.Tensor]]:
+        """Our state dict as (checkpoint name, CPU tensor) pairs for vLLM's loader."""
+        return [(k, v.detach().to("cpu"))
+                for k, v in to_hf_state(state, self.config.tie_embeddings).items()]
+
     def _admit(self) -> None:
         if not self.continuous and self._running:
             return
         while self._waiting and len(self._running) < self.max_batch:
             req = self._waiting.popleft()
             kw = sampling_kwargs(req, max_len=self.max_len, temperature=self.temperature,
-                                 seed=self.seed, ignore_eos=self.ignore_eos)
+                                 seed=self.seed, ignore_eos=self.ignore_eos,
+                                 stop_ids=self.stop_ids)
             if self._kind is not None:
                 from vllm import SamplingParams
 

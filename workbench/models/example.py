@@ -31,6 +31,7 @@ CHATML = (
 )
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 FAMILIES = ("qwen2", "qwen3", "llama")
+EXAMPLE_SEQ_LEN = 512  # max_position_embeddings of the default example
 
 
 def _training_text(max_bytes: int, seed: int) -> Iterator[str]:
@@ -68,7 +69,8 @@ def build_tokenizer(folder: Path, vocab_size: int = 1024, seed: int = 0,
 
 
 def write_example_model(folder: str | os.PathLike[str], family: str = "qwen2", seed: int = 0,
-                        d_model: int = 64, n_layer: int = 2, seq_len: int = 512) -> Path:
+                        d_model: int = 64, n_layer: int = 2,
+                        seq_len: int = EXAMPLE_SEQ_LEN) -> Path:
     """Write the tiny checkpoint and tokenizer into ``folder`` (replaced if present)."""
     import torch
 
@@ -107,3 +109,25 @@ def write_example_model(folder: str | os.PathLike[str], family: str = "qwen2", s
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def example_folder(cache: str | os.PathLike[str], family: str = "qwen2") -> Path:
+    """Where the default example checkpoint of ``family`` lives under a store's cache."""
+    return Path(cache).expanduser() / "example-model" / family
+
+
+def ensure_example_model(cache: str | os.PathLike[str], family: str = "qwen2") -> Path:
+    """The default example checkpoint of ``family`` under ``cache/example-model/``, written
+    on first use (``policy.init = "hf:example"``). A lock file serializes two runs that
+    start on an empty store together; the second finds the folder and reuses it."""
+    import fcntl
+
+    folder = example_folder(cache, family)
+    if (folder / "config.json").is_file():  # written whole (temporary folder, rename)
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.parent / f".{family}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "config.json").is_file():
+            write_example_model(folder, family=family)
+    return folder

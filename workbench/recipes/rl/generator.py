@@ -17,6 +17,12 @@ Loop (between two decode steps, so nothing waits longer than one step):
 3. one engine step; finished completions go to the trainer's queue.
 Idle time (nothing to decode: paused by the bound, or waiting for weights) is
 reported with each completion, for `perf/generator_idle_frac`.
+
+Tokens: the policy's tokenizer, given as its load_tokenizer string ("bytes" or
+"hf:<folder>": a spawned process cannot share the object). A byte policy's prompt is
+BOS + the task text; an hf: policy's goes through its chat template with
+`policy.system_prompt`. The engine stops on any of the tokenizer's stop ids (EOS and the
+template's end-of-turn token), and completions are decoded by the same tokenizer.
 """
 
 from __future__ import annotations
@@ -46,13 +52,12 @@ def unflatten(flat: Any, named: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def draw_problem(spec: Any, g: int, problems: list[Any] | None, room: int,
-                 ) -> tuple[Any, list[int]]:
-    """The problem of group g: a pure function of (seed, g). Draws from the same stream
-    until the prompt fits `room` tokens (a heavy-tailed task can exceed the context);
-    bounded, and a clear error if nothing fits."""
+                 tokenizer: Any) -> tuple[Any, list[int]]:
+    """The problem of group g and its prompt ids: a pure function of (seed, g). Draws from
+    the same stream until the prompt fits `room` tokens (a heavy-tailed task can exceed
+    the context); bounded, and a clear error if nothing fits."""
     import numpy as np
 
-    from workbench.data.corpus import BOS, encode
     from workbench.recipes.rl.tasks import sample_problem
 
     rng = np.random.default_rng([spec.seed, g])
@@ -61,7 +66,7 @@ def draw_problem(spec: Any, g: int, problems: list[Any] | None, room: int,
             problem = problems[int(rng.integers(len(problems)))]
         else:
             problem = sample_problem(rng, spec.tasks.names)
-        prompt = [BOS, *encode(problem.prompt).tolist()]
+        prompt = tokenizer.prompt_ids(problem.prompt, spec.policy.system_prompt or None)
         if len(prompt) <= room:
             return problem, prompt
     raise ValueError(f"no prompt fits policy.seq_len - rollout.l_max = {room} tokens "
@@ -80,16 +85,28 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="wb-watch-trainer", daemon=True).start()
 
 
+def engine_options(engine: str, tokenizer: Any) -> dict[str, Any]:
+    """The engine's stop ids (EOS and end-of-turn), and for vLLM an hf: policy's own
+    folder to load as is."""
+    if engine == "vllm":
+        folder = getattr(tokenizer, "folder", None)  # an HFTokenizer's checkpoint folder
+        return {"stop_ids": list(tokenizer.stop_ids),
+                **({"model_dir": str(folder)} if folder is not None else {})}
+    return {"eos_id": list(tokenizer.stop_ids)}
+
+
 def generator_main(rank: int, world: int, port: int, spec_toml: str,
-                   model_config: dict[str, Any], shared: dict[str, Any],
+                   model_config: dict[str, Any], tokenizer_name: str, shared: dict[str, Any],
                    control: Any, out: Any, parent_pid: int) -> None:
-    """Process entry (multiprocessing spawn). `shared`: version, started (mp.Values),
-    stop (mp.Event). `control`: this generator's queue; `out`: the trainer's queue."""
+    """Process entry (multiprocessing spawn). `tokenizer_name`: the policy's tokenizer as
+    load_tokenizer takes it ("bytes" or "hf:<folder>"). `shared`: version, started
+    (mp.Values), stop (mp.Event). `control`: this generator's queue; `out`: the trainer's
+    queue."""
     _watch_parent(parent_pid)
     import torch
     import torch.distributed as dist
 
-    from workbench.data.corpus import decode
+    from workbench.data.tokenizer import load_tokenizer
     from workbench.engine import Request, make_engine
     from workbench.models.gpt import GPT, GPTConfig
     from workbench.recipes.rl.spec import RLSpec
@@ -113,11 +130,14 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     with torch.no_grad():
         for (_, p), v in zip(named, unflatten(flat, named).values(), strict=True):
             p.copy_(v)
+    tokenizer = load_tokenizer(tokenizer_name)
     engine = make_engine(spec.engine.name, model, max_batch=ro.slots, max_len=model.config.seq_len,
-                         temperature=ro.temperature, seed=spec.seed * 1000 + rank)
+                         temperature=ro.temperature, seed=spec.seed * 1000 + rank,
+                         **engine_options(spec.engine.name, tokenizer))
     engine.version = version
-    problems = load_jsonl(spec.tasks.path, spec.tasks.verifier, spec.tasks.prompt_field,
-                          spec.tasks.answer_field) if spec.tasks.path else None
+    t = spec.tasks
+    problems = load_jsonl(t.path, t.verifier, t.prompt_field, t.answer_field,
+                          answer_format=t.answer_format) if t.path else None
 
     room = model.config.seq_len - ro.l_max  # prompt tokens that leave l_max for the answer
     pending: tuple[dict[str, Any], int] | None = None
@@ -164,7 +184,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
                             g // per_step >= spec.grpo.steps:
                         break
                     shared["started"].value = g + 1
-            problem, prompt = draw_problem(spec, g, problems, room)
+            problem, prompt = draw_problem(spec, g, problems, room, tokenizer)
             out.put(("start", rank, g))
             for i in range(G):
                 engine.add(Request(id=next_id, prompt=prompt, max_new_tokens=ro.l_max,
@@ -177,7 +197,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
                 tokens += len(c.tokens)
                 out.put(("rollout", rank, c.meta["group"], c.meta["index"], c.meta["problem"],
                          c.prompt, c.tokens, c.logprobs, c.versions, c.finish,
-                         decode([t for t in c.tokens if t < 256])))
+                         tokenizer.decode(c.tokens)))
             busy_s += time.perf_counter() - t0
         else:
             time.sleep(0.005)

@@ -1,25 +1,66 @@
 """The `rl` spec: policy, tasks, rollout (generators, staleness), GRPO, verifiers, engine.
 
 Free of torch: `wb launch` validates it (and refuses a bad one) before anything heavy
-loads. `rollout.max_staleness = 0` is the synchronous baseline.
+loads, an `hf:<folder>` policy included (its config.json, family, positions and chat
+template are read from the files). `rollout.max_staleness = 0` is the synchronous
+baseline.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from workbench.models.hf_config import (
+    HF_PREFIX,
+    CheckpointError,
+    hf_folder,
+    read_config,
+    to_gpt_config,
+)
 from workbench.spec import Section, SpecBase
+
+# Magistral's system prompt, adapted to the format our verifier scores
+# (verifier.py): the response opens with its one think block, then a summary that ends
+# in the one \boxed{} answer with nothing after it.
+DEFAULT_SYSTEM_PROMPT = (
+    "A user will ask you to solve a task. You should first draft your thinking process "
+    "(inner monologue) until you have derived the final answer. Afterwards, write a "
+    "self-contained summary of your thoughts (i.e. your summary should be succinct but "
+    "contain all the critical steps you needed to reach the conclusion). Write both your "
+    "thoughts and summary in the same language as the task posed by the user.\n\n"
+    "Your response must start with your thinking process, following the template below:\n"
+    "<think>\n"
+    "Your thoughts or/and draft, like working through an exercise on scratch paper. Be as "
+    "casual and as long as you want until you are confident to generate a correct "
+    "answer.\n"
+    "</think>\n\n"
+    "Here, provide a concise summary that reflects your reasoning, and end it with the "
+    "final answer in \\boxed{}, for example \\boxed{42}. Write nothing after the box."
+)
+# `policy.init = "hf:example"`: the tiny example checkpoint (models/example.py), written
+# into the store's cache on first use, so an hf: run needs no download.
+EXAMPLE_INIT = f"{HF_PREFIX}example"
+HF_SHAPE_KEYS = ("n_layer", "n_head", "d_model", "warmstart_steps")  # a checkpoint has its own
 
 
 class PolicySection(Section):
     """Where the policy starts, and its size when it is built here."""
 
     init: str = Field("warmstart", description="'warmstart' (supervised warm start on the "
-                      "task format, cached in the store), 'random', or 'run:<id>' (the latest "
-                      "checkpoint of a pretrain run).")
+                      "task format, cached in the store), 'random', 'run:<id>' (the latest "
+                      "checkpoint of a pretrain run), or 'hf:<folder>' (a Hugging Face "
+                      "Llama / Qwen2 / Qwen3 checkpoint folder with a chat template; "
+                      "'hf:example' is the tiny example checkpoint, written into the "
+                      "store's cache on first use; a folder named example: 'hf:./example').")
+    system_prompt: str = Field(DEFAULT_SYSTEM_PROMPT, description="System message of the "
+                               "chat template (hf: policies): Magistral's think-then-answer "
+                               "instruction adapted to <think>...</think> then \\boxed{}; "
+                               "empty = no system message. Byte policies (warmstart, random, "
+                               "run:) see the bare task text, which they were trained on.")
     n_layer: int = Field(2, ge=1, le=64, description="Blocks (warmstart / random only).")
     n_head: int = Field(4, ge=1, description="Heads (warmstart / random only).")
     d_model: int = Field(128, ge=8, description="Width (warmstart / random only).")
@@ -30,9 +71,11 @@ class PolicySection(Section):
     @field_validator("init")
     @classmethod
     def _init_form(cls, init: str) -> str:
-        if init in ("warmstart", "random") or (init.startswith("run:") and len(init) > 4):
+        if init in ("warmstart", "random") or \
+                any(init.startswith(p) and len(init) > len(p) for p in ("run:", HF_PREFIX)):
             return init
-        raise ValueError(f"policy.init {init!r}: use 'warmstart', 'random' or 'run:<id>'")
+        raise ValueError(f"policy.init {init!r}: use 'warmstart', 'random', 'run:<id>' or "
+                         "'hf:<folder>'")
 
 
 class TasksSection(Section):
@@ -41,9 +84,25 @@ class TasksSection(Section):
     names: list[str] = Field(["sum", "count"], min_length=1,
                              description="Built-in procedural tasks to mix.")
     path: str | None = Field(None, description="A JSONL problem set instead of the built-ins.")
-    verifier: str = Field("exact", description="Verifier for a JSONL set (see tasks).")
+    verifier: str = Field("exact", description="Verifier for a JSONL set: exact, int, "
+                          "number, list, math (math-verify equivalence), or "
+                          "'package.module:function'.")
     prompt_field: str = Field("prompt", description="JSONL field holding the prompt.")
     answer_field: str = Field("answer", description="JSONL field holding the answer.")
+    # Literal values: tasks.ANSWER_FORMATS (kept literal so the spec imports no numpy).
+    answer_format: Literal["plain", "gsm8k", "boxed"] = Field(
+        "plain", description="How answer_field holds the answer: 'plain' (as is), 'gsm8k' "
+        "(a GSM8K solution; the answer follows its last '####'), 'boxed' (a MATH solution; "
+        "the answer is its last \\boxed{...}).")
+
+    @field_validator("verifier")
+    @classmethod
+    def _known_verifier(cls, name: str) -> str:
+        from workbench.recipes.rl.verifier import is_verifier_name, verifier_choices
+
+        if not is_verifier_name(name):
+            raise ValueError(f"unknown verifier {name!r}; use {verifier_choices()}")
+        return name
 
 
 class RolloutSection(Section):
@@ -105,10 +164,17 @@ class RLSpec(SpecBase):
         return self.grpo.steps
 
     def for_launch(self) -> RLSpec:
-        if not self.tasks.path:
+        """Paths made absolute (the run's working directory is not `wb launch`'s)."""
+        folder = hf_folder(self.policy.init)
+        local_hf = folder is not None and self.policy.init != EXAMPLE_INIT
+        if not self.tasks.path and not local_hf:
             return self
         spec = self.model_copy(deep=True)
-        spec.tasks.path = str(Path(self.tasks.path).expanduser().resolve())
+        if self.tasks.path:
+            spec.tasks.path = str(Path(self.tasks.path).expanduser().resolve())
+        if local_hf:
+            assert folder is not None
+            spec.policy.init = f"{HF_PREFIX}{folder.resolve()}"
         return spec
 
     @model_validator(mode="after")
@@ -116,7 +182,9 @@ class RLSpec(SpecBase):
         if self.rollout.l_cache >= self.rollout.l_max:
             raise ValueError(f"rollout.l_cache ({self.rollout.l_cache}) must be below "
                              f"rollout.l_max ({self.rollout.l_max}) — lower l_cache")
-        if self.policy.d_model % self.policy.n_head:
+        if self.policy.init.startswith(HF_PREFIX):
+            check_hf_policy(self.policy)
+        elif self.policy.d_model % self.policy.n_head:
             raise ValueError(f"policy.n_head ({self.policy.n_head}) must divide "
                              f"policy.d_model ({self.policy.d_model})")
         if self.rollout.l_max >= self.policy.seq_len:
@@ -133,3 +201,49 @@ class RLSpec(SpecBase):
                 raise ValueError(f"tasks.names: unknown task {unknown[0]!r} — use "
                                  f"{', '.join(sorted(TASKS))}")
         return self
+
+
+def check_hf_policy(policy: PolicySection) -> None:
+    """Refuse an hf: policy that cannot run, before launch and without torch: a folder that
+    is not a checkpoint of a supported family, a policy.seq_len beyond its positions, a
+    tokenizer without a chat template (the prompts go through it), or shape keys (the
+    checkpoint has its own shape). Each refusal is one line naming the key."""
+    fields = PolicySection.model_fields
+    if changed := [k for k in HF_SHAPE_KEYS if getattr(policy, k) != fields[k].default]:
+        raise ValueError(f"policy.{changed[0]} does not apply to an hf: policy (the "
+                         "checkpoint has its own shape) — drop it")
+    if policy.init == EXAMPLE_INIT:  # written at run start: its size is known
+        from workbench.models.example import EXAMPLE_SEQ_LEN
+
+        if policy.seq_len > EXAMPLE_SEQ_LEN:
+            raise ValueError(f"policy.seq_len ({policy.seq_len}) exceeds the example "
+                             f"checkpoint's max_position_embeddings ({EXAMPLE_SEQ_LEN}) — "
+                             "lower policy.seq_len")
+        return
+    folder = hf_folder(policy.init)
+    assert folder is not None
+    try:
+        cfg = read_config(folder)
+        max_pos = int(cfg.get("max_position_embeddings", 2048))
+        if policy.seq_len > max_pos:
+            raise ValueError(f"policy.seq_len ({policy.seq_len}) exceeds the checkpoint's "
+                             f"max_position_embeddings ({max_pos}) — lower policy.seq_len")
+        to_gpt_config(cfg, policy.seq_len)  # what else our GPT cannot express
+    except CheckpointError as exc:
+        raise ValueError(f"policy.init: {exc}") from None
+    if not has_chat_template(folder):
+        raise ValueError(f"policy.init: {folder}: the tokenizer has no chat template — add "
+                         "chat_template to tokenizer_config.json (or a chat_template.jinja) "
+                         "or use a chat/instruct checkpoint")
+
+
+def has_chat_template(folder: Path) -> bool:
+    """Whether a checkpoint folder's tokenizer carries a chat template, from the files
+    alone (transformers 5 writes chat_template.jinja; 4.x a key of tokenizer_config.json)."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    config = folder / "tokenizer_config.json"
+    try:
+        return bool(json.loads(config.read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -20,6 +20,13 @@ g // groups_per_step), score them, compute Magistral's GRPO loss with the
 generators' log-probs as the behaviour policy, update, bump the version, broadcast.
 Staleness of a sample = the version that trains on it minus the oldest version
 among its tokens; the generators' admission rule keeps it <= max_staleness.
+
+The policy: a byte-level GPT (warm start, random, a pretrain run) whose prompts are BOS
++ the task text, or a Hugging Face checkpoint (`policy.init = "hf:<folder>"`, loaded by
+models/hf.py into the same GPT) whose prompts go through its chat template with
+`policy.system_prompt` and whose turns end on any of its tokenizer's stop ids. The
+tokenizer is recorded in the run's config; the trainer and every generator load their
+own from the same "bytes" / "hf:<folder>" string.
 """
 
 from __future__ import annotations
@@ -41,12 +48,14 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_model, save_model
 
+from workbench.data.tokenizer import ByteTokenizer, HFTokenizer, info, load_tokenizer
 from workbench.models.gpt import GPT, GPTConfig
+from workbench.models.hf_config import HF_PREFIX, hf_folder
 from workbench.recipes import Context
 from workbench.recipes.pretrain.checkpoint import STEP_PREFIX, checkpoints_in
 from workbench.recipes.rl.generator import generator_main
 from workbench.recipes.rl.grpo import group_advantages
-from workbench.recipes.rl.spec import RLSpec
+from workbench.recipes.rl.spec import EXAMPLE_INIT, RLSpec
 from workbench.recipes.rl.update import accumulate_grpo
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
@@ -58,9 +67,41 @@ VERIFY_POLL_S = 0.002
 # ----------------------------------------------------------------------------- policy
 
 
-def build_policy(spec: RLSpec, ctx: Context) -> GPT:
-    """The starting policy: a cached warm start, random init, or a pretrain run's weights."""
+def policy_source(spec: RLSpec, ctx: Context) -> str:
+    """Where the policy's weights and tokenizer come from, as load_tokenizer takes it:
+    "hf:<folder>" for a checkpoint (hf:example: the example, written into the store's
+    cache on first use), "bytes" for everything built here or pretrained by a run."""
     init = spec.policy.init
+    if init == EXAMPLE_INIT:
+        from workbench.models.example import ensure_example_model, example_folder
+
+        cache = ctx.run.root / "cache"
+        if not (example_folder(cache) / "config.json").is_file():
+            print("rl: writing the example checkpoint into the store's cache (first use)",
+                  flush=True)
+        return f"{HF_PREFIX}{ensure_example_model(cache)}"
+    return init if init.startswith(HF_PREFIX) else "bytes"
+
+
+def policy_tokenizer(source: str) -> ByteTokenizer | HFTokenizer:
+    """The policy's tokenizer; a checkpoint's must have a chat template (the prompts go
+    through it). Raises TokenizerError in one line."""
+    tokenizer = load_tokenizer(source)
+    if isinstance(tokenizer, HFTokenizer):
+        tokenizer.require_chat_template()
+    return tokenizer
+
+
+def build_policy(spec: RLSpec, ctx: Context, source: str = "bytes") -> GPT:
+    """The starting policy: a checkpoint folder (`source` = "hf:<folder>"), a cached warm
+    start, random init, or a pretrain run's weights."""
+    init = spec.policy.init
+    folder = hf_folder(source)
+    if folder is not None:
+        from workbench.models.hf import load_hf
+
+        print(f"rl: policy from {folder}", flush=True)
+        return load_hf(folder, seq_len=spec.policy.seq_len, attn_backend="sdpa")
     if init.startswith("run:"):
         return policy_from_run(init[4:], ctx)
     config = policy_config(spec)
@@ -434,8 +475,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_roles(spec: RLSpec, trainer: Trainer) -> Roles:
-    """Spawn generators and verifiers, form the process groups, send version 0."""
+def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -> Roles:
+    """Spawn generators and verifiers, form the process groups, send version 0.
+    `tokenizer_name`: the policy's tokenizer as load_tokenizer takes it (the generators
+    load their own: a spawned process gets the string, not the object)."""
     ctx = mp.get_context("spawn")
     n = spec.rollout.generators
     world = n + 1
@@ -451,8 +494,8 @@ def start_roles(spec: RLSpec, trainer: Trainer) -> Roles:
     procs = {}
     for r in range(1, world):
         p = ctx.Process(target=generator_main, name=f"wb-generator-{r}",
-                        args=(r, world, port, spec_toml, model_config, shared, controls[r], out,
-                              os.getpid()), daemon=True)
+                        args=(r, world, port, spec_toml, model_config, tokenizer_name, shared,
+                              controls[r], out, os.getpid()), daemon=True)
         p.start()
         procs[r] = p
     verifiers = VerifierPool(spec.verifier.procs, spec.verifier.timeout_s, spec.rollout.l_max,
@@ -497,12 +540,17 @@ def run(spec: RLSpec, ctx: Context) -> None:
     torch.set_num_threads(1)
     run_ = ctx.run
     run_.set_total_steps(spec.grpo.steps)
-    model = build_policy(spec, ctx)
+    source = policy_source(spec, ctx)
+    tokenizer = policy_tokenizer(source)
+    model = build_policy(spec, ctx, source)
+    if tokenizer.vocab_size > model.config.vocab_size:
+        raise ValueError(f"policy.init: the tokenizer has {tokenizer.vocab_size} ids but the "
+                         f"model embeds {model.config.vocab_size} — a mismatched checkpoint")
     trainer = Trainer(spec, ctx, model)
     trainer.restore()
     run_.update_config({"policy_params": model.num_params(),
-                        "policy_config": vars(model.config)})
-    roles = start_roles(spec, trainer)
+                        "policy_config": vars(model.config), "tokenizer": info(tokenizer)})
+    roles = start_roles(spec, trainer, source)
     run_.event("stage", step=trainer.version, stage="training", generators=len(roles.generators),
                max_staleness=spec.rollout.max_staleness, inflight=spec.rollout.inflight)
     try:

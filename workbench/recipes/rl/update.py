@@ -18,7 +18,6 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
-from workbench.data.corpus import PAD
 from workbench.kernels.logprobs import token_logprobs
 from workbench.recipes.rl.grpo import grpo_loss, token_logprobs_and_entropy
 
@@ -48,9 +47,13 @@ def completion_logprobs(model: nn.Module, samples: Sequence[Rollout],
 
     A model with a linear `lm_head` goes through the fused, chunked kernel
     (workbench.kernels.logprobs): the [B, W, vocab] logits are never materialized,
-    which is what bounds memory for a large-vocabulary policy."""
+    which is what bounds memory for a large-vocabulary policy.
+
+    Rows are right-padded with id 0, a valid id of any vocabulary: causal attention keeps
+    the padding from every real position and the mask drops its outputs, so its value
+    never matters (no tokenizer-specific PAD is needed)."""
     width = max(len(s.prompt) + len(s.tokens) for s in samples)
-    idx = torch.full((len(samples), width), PAD, dtype=torch.long)
+    idx = torch.zeros((len(samples), width), dtype=torch.long)
     targets = torch.zeros(len(samples), width, dtype=torch.long)
     old = torch.zeros(len(samples), width)
     mask = torch.zeros(len(samples), width)
