@@ -641,6 +641,48 @@ def export(
         sys.stderr.close()  # reader went away (| head): not an error
 
 
+@app.command("export-model")
+def export_model(
+    run: RunArg,
+    out_dir: Annotated[Path, typer.Argument(
+        help="Folder to write (created; must be empty or new unless --force).",
+        show_default=False)],
+    step: Annotated[int | None, typer.Option(
+        "--step", min=0, help="Export the checkpoint of this step (default: the latest).",
+        show_default=False)] = None,
+    dtype: Annotated[str, typer.Option(
+        "--dtype", help="Weights' dtype: float32 or bfloat16.")] = "float32",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUT_DIR if it exists and is not empty.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """Write a pretrain or RL run's checkpoint as a Hugging Face model folder:
+    config.json, model.safetensors and the tokenizer files of the checkpoint it started
+    from (a byte-level model has none). transformers' AutoModelForCausalLM (and vLLM)
+    load the folder.
+
+    Examples:
+
+      wb export-model muon-tiny-3 exports/muon-tiny-3
+
+      wb export-model cpt-qwen-1 out/qwen-cpt --step 200 --dtype bfloat16 --force
+    """
+    from workbench.export_model import ExportError
+    from workbench.export_model import export_model as write_model
+
+    st = open_store(store)
+    row = find_run(st, run)
+    try:
+        done = write_model(st, row, out_dir, step=step, dtype=dtype, force=force)
+    except ExportError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename or out_dir}: {exc.strerror}",
+                   code=EXIT_FAILED) from None
+    console.print(done.summary(), highlight=False, markup=False, soft_wrap=True)
+    console.print(done.hint(), highlight=False, markup=False, soft_wrap=True)
+
+
 def _export_files(st: Store, row: dict[str, Any], format: str, output: Path | None,
                   keys: list[str], since: int) -> None:
     """`wb export -f parquet|tensorboard`: the writers live in workbench/io/."""

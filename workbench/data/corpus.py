@@ -45,13 +45,24 @@ Train/val split (by document)
     smallest hash goes there; if every document landed in val, the one with the
     largest hash goes back to train. A one-document corpus is all train.
 
+Other tokenizers
+    `build_cache(..., tokenizer=tok)` tokenizes with any tokenizer of
+    data/tokenizer.py (a Hugging Face checkpoint's own, for continued pretraining):
+    documents are decoded as UTF-8 (errors="replace"), encoded in batches without
+    specials, and each is followed by `tok.eos_id` (the same EOS rule as above). The
+    cache is keyed by `tok.fingerprint()` and holds uint16 tokens when every id fits
+    (vocab_size <= 65536), else uint32; meta.json records the dtype and the tokenizer.
+    `tokenizer=None` (or the bytes tokenizer) is the byte-level cache, bit for bit and
+    with the same fingerprints as before tokenizers could be chosen.
+
 Cache
     `build_cache(source, cache_dir)` writes `cache_dir/<fingerprint>/` holding
-    train.bin and val.bin (raw little-endian uint16 tokens) and meta.json. The
-    fingerprint hashes the source kind, its resolved path, the sorted list of
+    train.bin and val.bin (raw little-endian uint16 or uint32 tokens) and meta.json.
+    The fingerprint hashes the source kind, its resolved path, the sorted list of
     (relative path, size, mtime_ns) of the selected input files, text_field,
     val_permille, max_files/max_bytes/suffixes and the tokenizer and cache format
-    versions: editing, adding or removing an input gives a new cache. Computing it
+    versions (and a non-byte tokenizer's fingerprint): editing, adding or removing an
+    input gives a new cache. Computing it
     only stats the inputs, so a second call reuses the cache without reading a
     single source file. The cache is built in a private temporary folder inside
     cache_dir and renamed into place with os.replace: a crash leaves no half cache,
@@ -91,6 +102,10 @@ TOKENIZER_VERSION = 1
 CACHE_FORMAT = 1
 CHUNK_BYTES = 4096
 DISK_DTYPE = np.dtype("<u2")  # train.bin / val.bin: little-endian uint16 on every machine
+DISK_DTYPES = {"uint16": DISK_DTYPE, "uint32": np.dtype("<u4")}  # meta.json "dtype" -> dtype
+BYTES_FINGERPRINT = "bytes-1"  # ByteTokenizer.fingerprint(): the byte-level cache
+ENCODE_BATCH_BYTES = 1 << 20  # documents handed to a tokenizer's batch encoder at once
+ENCODE_BATCH_DOCS = 1024
 
 DEFAULT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".py", ".jsonl")
 DEFAULT_VAL_PERMILLE = 10
@@ -114,6 +129,18 @@ def decode(tokens: Any) -> str:
 def tokenizer_info() -> dict[str, Any]:
     return {"name": TOKENIZER, "version": TOKENIZER_VERSION, "vocab_size": VOCAB_SIZE,
             "bos": BOS, "eos": EOS, "pad": PAD, "dtype": "uint16"}
+
+
+def is_bytes(tokenizer: Any | None) -> bool:
+    """None or the byte tokenizer: the byte-level cache of this module."""
+    return tokenizer is None or tokenizer.fingerprint() == BYTES_FINGERPRINT
+
+
+def dtype_name(tokenizer: Any | None) -> str:
+    """The cache's token dtype: uint16 when every id fits, else uint32."""
+    if is_bytes(tokenizer) or tokenizer.vocab_size <= 1 << 16:
+        return "uint16"
+    return "uint32"
 
 
 # ---------------------------------------------------------------- sources
@@ -325,31 +352,38 @@ def default_cache_dir() -> Path:
     return Path(base) / "workbench" / "data"
 
 
-def fingerprint(source: Source, files: list[InputFile] | None = None) -> str:
-    """16 hex digits identifying the source's exact inputs and the cache's contents."""
+def fingerprint(source: Source, files: list[InputFile] | None = None,
+                tokenizer: Any | None = None) -> str:
+    """16 hex digits identifying the source's exact inputs and the cache's contents.
+
+    A non-byte tokenizer adds its own fingerprint; the byte tokenizer adds nothing, so
+    byte-level caches keep the fingerprints (and folders) they always had."""
     files = list_files(source) if files is None else files
-    key = {
+    key: dict[str, Any] = {
         "format": CACHE_FORMAT,
         "tokenizer": [TOKENIZER, TOKENIZER_VERSION],
         "chunk_bytes": CHUNK_BYTES,
         "source": asdict(source),
         "files": [[f.rel, f.size, f.mtime_ns] for f in files],
     }
+    if not is_bytes(tokenizer):
+        key["tokenizer"] = [tokenizer.fingerprint(), dtype_name(tokenizer)]
     blob = json.dumps(key, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _open_tokens(path: Path) -> np.ndarray:
+def _open_tokens(path: Path, dtype: np.dtype = DISK_DTYPE) -> np.ndarray:
     if path.stat().st_size == 0:  # numpy cannot memory-map an empty file
-        empty = np.zeros(0, dtype=DISK_DTYPE)
+        empty = np.zeros(0, dtype=dtype)
         empty.flags.writeable = False
         return empty
-    return np.memmap(path, dtype=DISK_DTYPE, mode="r")
+    return np.memmap(path, dtype=dtype, mode="r")
 
 
 @dataclass
 class CachedCorpus:
-    """A built cache: read-only uint16 memmaps of the train and val token streams."""
+    """A built cache: read-only memmaps (uint16, or uint32 for a large vocabulary) of
+    the train and val token streams."""
 
     path: Path
     meta: dict[str, Any]
@@ -360,7 +394,9 @@ class CachedCorpus:
     def open(cls, path: str | os.PathLike[str]) -> CachedCorpus:
         path = Path(path)
         meta = json.loads((path / "meta.json").read_text())
-        return cls(path, meta, _open_tokens(path / "train.bin"), _open_tokens(path / "val.bin"))
+        dtype = DISK_DTYPES[meta.get("dtype", "uint16")]  # caches from before: uint16
+        return cls(path, meta, _open_tokens(path / "train.bin", dtype),
+                   _open_tokens(path / "val.bin", dtype))
 
     @property
     def fingerprint(self) -> str:
@@ -373,18 +409,20 @@ class CachedCorpus:
 
 def build_cache(source: Source | str | os.PathLike[str] | None = None,
                 cache_dir: str | os.PathLike[str] | None = None, *,
-                progress: Callable[[int, int], None] | None = None) -> CachedCorpus:
+                progress: Callable[[int, int], None] | None = None,
+                tokenizer: Any | None = None) -> CachedCorpus:
     """Tokenize `source` (a Source, a data.path, or None for the stdlib) into a cache.
 
     Returns the existing cache when one with the same fingerprint is there (the
     sources are only stat'ed, never read). `progress(files_done, total_files)` is
-    called as files are read on a real build.
+    called as files are read on a real build. `tokenizer`: one of data/tokenizer.py
+    (None = bytes; see "Other tokenizers" in the module docstring).
     """
     if not isinstance(source, Source):
         source = resolve_source(source)
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     files = list_files(source)
-    fp = fingerprint(source, files)
+    fp = fingerprint(source, files, tokenizer)
     final = cache_dir / fp
     if (final / "meta.json").is_file():
         return CachedCorpus.open(final)
@@ -393,7 +431,7 @@ def build_cache(source: Source | str | os.PathLike[str] | None = None,
     tmp = cache_dir / f".tmp-{fp}-{os.getpid()}-{secrets.token_hex(4)}-{socket.gethostname()}"
     tmp.mkdir()
     try:
-        _write_cache(tmp, source, files, fp, progress)
+        _write_cache(tmp, source, files, fp, progress, tokenizer)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -411,29 +449,74 @@ def build_cache(source: Source | str | os.PathLike[str] | None = None,
 def open_corpus(path: str | os.PathLike[str] | None = None,
                 cache_dir: str | os.PathLike[str] | None = None, *,
                 progress: Callable[[int, int], None] | None = None,
-                **options: Any) -> CachedCorpus:
+                tokenizer: Any | None = None, **options: Any) -> CachedCorpus:
     """`data.path` (None -> stdlib) plus source options -> a built (or reused) cache."""
-    return build_cache(resolve_source(path, **options), cache_dir, progress=progress)
+    return build_cache(resolve_source(path, **options), cache_dir, progress=progress,
+                       tokenizer=tokenizer)
+
+
+def tokenized_documents(source: Source, files: list[InputFile],
+                        progress: Callable[[int, int], None] | None = None,
+                        tokenizer: Any | None = None,
+                        ) -> Iterator[tuple[str, np.ndarray, bool, int]]:
+    """(document id, token ids, followed_by_eos, bytes read) in corpus order.
+
+    Bytes map one to one; another tokenizer gets the documents in batches of about
+    ENCODE_BATCH_BYTES, which a fast tokenizer encodes in parallel."""
+    docs = iter_documents(source, files, progress)
+    if is_bytes(tokenizer):
+        for doc_id, data, with_eos in docs:
+            yield doc_id, encode(data), with_eos, len(data)
+        return
+    for batch in _batches(docs):
+        texts = [data.decode("utf-8", errors="replace") for _, data, _ in batch]
+        encoded = (tokenizer.encode_batch(texts) if hasattr(tokenizer, "encode_batch")
+                   else [tokenizer.encode(t) for t in texts])
+        for (doc_id, data, with_eos), ids in zip(batch, encoded, strict=True):
+            yield doc_id, np.asarray(ids, dtype=np.int64), with_eos, len(data)
+
+
+def _batches(docs: Iterator[tuple[str, bytes, bool]],
+             ) -> Iterator[list[tuple[str, bytes, bool]]]:
+    batch: list[tuple[str, bytes, bool]] = []
+    size = 0
+    for doc in docs:
+        batch.append(doc)
+        size += len(doc[1])
+        if size >= ENCODE_BATCH_BYTES or len(batch) >= ENCODE_BATCH_DOCS:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
 
 
 def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
-                 progress: Callable[[int, int], None] | None) -> None:
+                 progress: Callable[[int, int], None] | None,
+                 tokenizer: Any | None = None) -> None:
     t0 = time.perf_counter()
-    eos = np.array([EOS], dtype=DISK_DTYPE).tobytes()
+    dtype_key = dtype_name(tokenizer)
+    dtype = DISK_DTYPES[dtype_key]
+    eos_id = EOS if is_bytes(tokenizer) else int(tokenizer.eos_id)
+    eos = np.array([eos_id], dtype=dtype).tobytes()
+    limit = np.iinfo(dtype).max
     spans: list[tuple[str, int, int]] = []  # (doc id, start, end) in all.bin, in tokens
     pos = 0
     n_bytes = 0
     with open(tmp / "all.bin", "wb") as out:
-        for doc_id, data, with_eos in iter_documents(source, files, progress):
-            out.write(encode(data).astype(DISK_DTYPE, copy=False).tobytes())
+        for doc_id, ids, with_eos, size in tokenized_documents(source, files, progress,
+                                                               tokenizer):
+            if len(ids) and (ids.min() < 0 or ids.max() > limit):
+                raise ValueError(f"{doc_id}: token id {int(ids.max())} does not fit "
+                                 f"{dtype_key} (tokenizer vocab_size is wrong)")
+            out.write(ids.astype(dtype, copy=False).tobytes())
             if with_eos:
                 out.write(eos)
-            end = pos + len(data) + with_eos
+            end = pos + len(ids) + with_eos
             spans.append((doc_id, pos, end))
             pos = end
-            n_bytes += len(data)
+            n_bytes += size
     val_ids = assign_split([s[0] for s in spans], source.val_permille)
-    all_tokens = _open_tokens(tmp / "all.bin")
+    all_tokens = _open_tokens(tmp / "all.bin", dtype)
     counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
     for split in ("train", "val"):
         with open(tmp / f"{split}.bin", "wb") as out:
@@ -451,7 +534,8 @@ def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
         "fingerprint": fp,
         "description": source.describe(),
         "source": asdict(source),
-        "tokenizer": tokenizer_info(),
+        "tokenizer": _tokenizer_meta(tokenizer, dtype_key),
+        "dtype": dtype_key,
         "files": len(files),
         "bytes": n_bytes,
         "documents": {k: v[0] for k, v in counts.items()},
@@ -465,6 +549,14 @@ def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
         json.dump(meta, out, indent=1)
         out.flush()
         os.fsync(out.fileno())
+
+
+def _tokenizer_meta(tokenizer: Any | None, dtype_key: str) -> dict[str, Any]:
+    if is_bytes(tokenizer):
+        return tokenizer_info()
+    from workbench.data.tokenizer import info
+
+    return {**info(tokenizer), "dtype": dtype_key}
 
 
 def _fsync_dir(path: Path) -> None:

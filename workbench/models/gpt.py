@@ -404,6 +404,28 @@ class GPT(nn.Module):
             for w in (block.attn.o_proj.weight, block.mlp.down_proj.weight):
                 nn.init.normal_(w, mean=0.0, std=std / math.sqrt(2 * config.n_layer))
 
+    @classmethod
+    def empty(cls, config: GPTConfig, device: torch.device | str = "cpu") -> GPT:
+        """A model whose weights are about to be loaded (a checkpoint, a broadcast): built
+        on the meta device and allocated on ``device`` without the cost of a random init.
+        The weights hold garbage until loaded; the head is tied and RoPE tabulated."""
+        with torch.device("meta"):
+            model = cls(config)
+        model = model.to_empty(device=device)
+        if config.tie_embeddings:  # to_empty allocates each module's tensors apart
+            model.lm_head.weight = model.embed.weight
+        return model.reset_rope()
+
+    def reset_rope(self) -> GPT:
+        """(Re)build the RoPE tables in float32 on the model's device: after to_empty, or
+        after casting the model to a low-precision dtype (the tables stay float32)."""
+        c = self.config
+        cos, sin = rope_cache(c.seq_len, c.head_dim, c.rope_theta, c.rope_scaling)
+        device = self.embed.weight.device
+        for attn in self.attn_layers():
+            attn.cos, attn.sin = cos.to(device), sin.to(device)
+        return self
+
     def forward(
         self, idx: Tensor, targets: Tensor | None = None, track_max_logits: bool = False,
         return_hidden: bool = False,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from workbench.models.config import GPTConfig
-from workbench.models.gpt import GPT, rope_cache
+from workbench.models.gpt import GPT
 from workbench.models.hf_config import CheckpointError, from_gpt_config, load_gpt_config
 
 # Files a tokenizer or generation setup may consist of; an export copies those present.
@@ -117,11 +117,7 @@ def load_hf(folder: str | os.PathLike[str], seq_len: int | None = None,
     max_position_embeddings)."""
     folder = Path(folder).expanduser()
     config = load_gpt_config(folder, seq_len, attn_backend)
-    with torch.device("meta"):
-        model = GPT(config)
-    model = model.to_empty(device="cpu")
-    if config.tie_embeddings:  # to_empty allocates each module's tensors apart: tie again
-        model.lm_head.weight = model.embed.weight
+    model = GPT.empty(config)
     state = read_state(folder)
     if config.tie_embeddings:
         state.pop("lm_head.weight", None)
@@ -139,12 +135,7 @@ def load_hf(folder: str | os.PathLike[str], seq_len: int | None = None,
                 raise CheckpointError(f"{folder}: {hf_name(name)} has shape "
                                       f"{tuple(src.shape)}, config.json implies {tuple(p.shape)}")
             p.copy_(src)
-    model = model.to(dtype)
-    # to_empty left the RoPE tables uninitialized: rebuild them (float32 whatever dtype).
-    cos, sin = rope_cache(config.seq_len, config.head_dim, config.rope_theta,
-                          config.rope_scaling)
-    for attn in model.attn_layers():
-        attn.cos, attn.sin = cos, sin
+    model = model.to(dtype).reset_rope()  # the RoPE tables stay float32
     return model
 
 

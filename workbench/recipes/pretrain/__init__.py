@@ -16,12 +16,22 @@
   flagged dozens of false spikes in depth-tiny (41 in 800 steps, 32 of them on draws
   of 1 to 4). NaN handling is unchanged.
 
+Continued pretraining (`model.init = "hf:<folder>"`): the model starts from a Llama /
+Qwen2 / Qwen3 checkpoint folder (models/hf.py), whose config.json fixes its shape
+(only model.seq_len and model.attn_backend may be set), and the corpus is tokenized with
+the checkpoint's own tokenizer (each document followed by its EOS; the cache is keyed
+by the tokenizer). Everything else (Muon routing, QK-Clip, max logits, spikes,
+checkpoints, resume) is the same; a resumed run loads its checkpoint over the
+checkpoint folder's weights. The run config records `model_init` and `tokenizer`, and
+each checkpoint's model.json lets `wb export-model` write a Hugging Face folder.
+
 Components, torchtitan style (config in, one small module per idea):
 - spec.py: the typed spec (no torch: a bad spec is refused before torch loads);
 - schedule.py: warm-up then cosine or WSD, a pure function of the step;
 - step.py: one step (forward, backward, clip), the update, evaluation, test faults;
 - metrics.py: update / weight RMS, SVD entropy, MFU;
-- checkpoint.py: atomic checkpoints and exact resume;
+- checkpoint.py: atomic checkpoints and exact resume (layout.py: the folder layout,
+  torch-free);
 - parallel.py: data parallelism through accelerate (a pass-through in one process);
 - train.py: `run`, which builds the components and drives the `Trainer` loop.
 
@@ -77,9 +87,10 @@ during a write never leaves a broken latest checkpoint.
 
 Test-only fault hooks (environment variables, read at start; never set them in real
 runs): WB_FAULT_CORRUPT_STEPS="12,30" replaces the batches of those steps with random
-input tokens and a constant target token that never occurs in the data (id 259), so
-the loss is genuinely high; WB_FAULT_NAN_STEPS="15" makes the loss of those steps NaN;
-WB_FAULT_SLEEP_S="0.05" sleeps that long every step (lets a test kill a run mid-way).
+input tokens and a constant target token, the model's last id (259 for bytes, a spare
+that never occurs in the data), so the loss is genuinely high; WB_FAULT_NAN_STEPS="15"
+makes the loss of those steps NaN; WB_FAULT_SLEEP_S="0.05" sleeps that long every step
+(lets a test kill a run mid-way).
 Steps name *data positions*: the batches step s reads in a run without rollbacks. So a
 corrupted batch behaves like bad data: a rollback that skips past it does not meet it
 again.
@@ -100,10 +111,11 @@ _EXPORTS = {
     "metrics": ("param_groups", "svd_params", "peak_flops", "rms", "svd_entropy", "Snapshot",
                 "PEAK_BF16_FLOPS"),
     "checkpoint": ("TrainState", "checkpoints_in", "save_checkpoint", "load_checkpoint",
-                   "clean_tmp", "STEP_PREFIX"),
+                   "clean_tmp", "STEP_PREFIX", "MODEL_JSON", "model_record",
+                   "read_model_record"),
     "parallel": ("Parallel",),
     "train": ("Trainer", "run", "seed_everything", "pick_device", "build_data", "build_model",
-              "build_optimizer_list",
+              "build_optimizer_list", "build_tokenizer",
               "ns_dtype"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

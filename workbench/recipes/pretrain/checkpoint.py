@@ -1,5 +1,9 @@
 """Checkpoints: safetensors weights plus optimizer, RNG, data position and detector state.
 
+Each also holds model.json, the model's architecture and config: enough to rebuild the
+network without the spec (`wb export-model` reads it; checkpoints from before it was
+written fall back to the run's spec).
+
 Written to a temporary folder and renamed into place, so a kill -9 during a write
 never leaves a broken latest checkpoint. In a data-parallel run every replica holds
 the same state, so rank 0 writes and every rank reads.
@@ -7,31 +11,38 @@ the same state, so rank 0 writes and every rank reads.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_model, save_model
 
 from workbench.data.loader import BatchLoader
+from workbench.recipes.pretrain.layout import (  # noqa: F401 - re-exported for callers
+    MODEL_JSON,
+    STEP_PREFIX,
+    checkpoints_in,
+    read_model_record,
+)
 from workbench.recipes.pretrain.schedule import lr_at
 from workbench.recipes.pretrain.spec import TrainedSpec
 from workbench.signals import SpikeDetector
 
-STEP_PREFIX = "step-"
 
+def model_record(model: torch.nn.Module) -> dict[str, Any]:
+    """{"arch", "config"} of a GPT or recurrent-depth model (what model.json holds)."""
+    from workbench.models.config import GPTConfig
 
-def checkpoints_in(folder: Path | None) -> list[Path]:
-    """Complete checkpoints in `folder`, oldest first (temporary folders are ignored)."""
-    if folder is None or not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(STEP_PREFIX)
-             and (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
-    return sorted(found, key=lambda p: int(p.name.removeprefix(STEP_PREFIX)))
+    config = model.config  # type: ignore[attr-defined]
+    arch = "gpt" if isinstance(config, GPTConfig) else "recurrent-depth"
+    return {"arch": arch, "config": dataclasses.asdict(config)}
 
 
 @dataclass
@@ -52,6 +63,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+    (tmp / MODEL_JSON).write_text(json.dumps(model_record(model), indent=1) + "\n")
     torch.save({
         "step": state.step,
         "rollbacks": state.rollbacks,

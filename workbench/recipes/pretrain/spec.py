@@ -17,6 +17,7 @@ from pydantic import Field, field_validator, model_validator
 
 from workbench.data.corpus import VOCAB_SIZE
 from workbench.models.config import GPTConfig, RecurrentDepthConfig, ffn_hidden
+from workbench.models.hf_config import HF_PREFIX, CheckpointError, hf_folder, load_gpt_config
 from workbench.signals.spikes import SpikeConfig
 from workbench.spec import Section, SpecBase
 
@@ -25,12 +26,19 @@ ORIGINAL_MUON_LR = 0.02  # Keller Jordan's Muon lr, the default under adjust_lr_
 
 RD_ONLY = ("n_prelude", "n_core", "n_coda", "mean_recurrence", "backprop_depth")
 GPT_ONLY = ("n_layer", "n_kv_head", "attn_backend")  # n_layer: ignored by recurrent-depth
+# Keys a checkpoint (model.init = "hf:...") decides; setting one is refused, not ignored.
+CHECKPOINT_FIXED = ("n_layer", "n_head", "n_kv_head", "d_model", "ffn_mult",
+                    "tie_embeddings")
 
 
 class ModelSection(Section):
     """The network: a GPT, or a recurrent-depth model (Huginn: prelude, a core looped
     r times, coda; models/recurrent_depth.py)."""
 
+    init: str = Field(
+        "scratch", description="Initial weights: 'scratch' (random, byte-level tokenizer) or "
+        "'hf:<folder>' (a Llama / Qwen2 / Qwen3 checkpoint folder; its config fixes the "
+        "shape and its tokenizer tokenizes the corpus).")
     arch: Literal["gpt", "recurrent-depth"] = Field(
         "gpt", description="Architecture: 'gpt' (decoder-only GPT) or 'recurrent-depth' "
         "(prelude + looped core + coda, Huginn-style).")
@@ -40,7 +48,8 @@ class ModelSection(Section):
     n_kv_head: int | None = Field(
         None, ge=1, description="Key/value heads for GQA (must divide n_head); unset = MHA.")
     d_model: int = Field(128, ge=2, description="Residual width.")
-    seq_len: int = Field(128, ge=2, description="Context length in tokens (bytes).")
+    seq_len: int = Field(128, ge=2, description="Context length in tokens (bytes for a model "
+                         "from scratch).")
     ffn_mult: float = Field(8 / 3, gt=0, le=64,
                             description="SwiGLU hidden size / d_model (rounded up to 64).")
     tie_embeddings: bool = Field(True, description="Share the input embedding and LM head.")
@@ -57,8 +66,23 @@ class ModelSection(Section):
     backprop_depth: int = Field(4, ge=1, le=1024, description="recurrent-depth: iterations "
                                 "with gradient (truncated backprop through the last k).")
 
+    @field_validator("init")
+    @classmethod
+    def _init_form(cls, init: str) -> str:
+        if init == "scratch" or (init.startswith(HF_PREFIX) and init[len(HF_PREFIX):].strip()):
+            return init
+        raise ValueError("use 'scratch' or 'hf:<folder>' (a Hugging Face checkpoint folder)")
+
+    @property
+    def checkpoint(self) -> Path | None:
+        """The folder of `init = "hf:<folder>"`, else None (a model from scratch)."""
+        return hf_folder(self.init)
+
     def build_config(self) -> GPTConfig | RecurrentDepthConfig:
-        """The config of `arch` (raises ValueError naming the problem)."""
+        """The config of `arch` (raises ValueError naming the problem; messages that
+        name their key in full start with "model.")."""
+        if self.checkpoint is not None:
+            return self.checkpoint_config()
         fields = type(self).model_fields
         changed = [k for k in (*RD_ONLY, *GPT_ONLY) if getattr(self, k) != fields[k].default]
         if self.arch == "gpt":
@@ -77,7 +101,32 @@ class ModelSection(Section):
             ffn_hidden=ffn_hidden(self.d_model, self.ffn_mult),
             tie_embeddings=self.tie_embeddings)
 
+    def checkpoint_config(self) -> GPTConfig:
+        """The GPTConfig of the `hf:` checkpoint at this seq_len and attention backend.
+
+        The checkpoint decides the shape, so a shape key set here would be silently
+        ignored: it is refused instead. Reads config.json only (no torch)."""
+        folder = self.checkpoint
+        assert folder is not None
+        if self.arch != "gpt":
+            raise ValueError(f"model.init = {self.init!r} loads a gpt checkpoint; arch "
+                             f"{self.arch!r} cannot start from one — use init = 'scratch'")
+        fields = type(self).model_fields
+        changed = [k for k in (*CHECKPOINT_FIXED, *RD_ONLY)
+                   if getattr(self, k) != fields[k].default]
+        if changed:
+            raise ValueError(f"model.{changed[0]} is fixed by the checkpoint model.init = "
+                             f"{self.init!r} — drop it (set only seq_len and attn_backend)")
+        try:
+            return load_gpt_config(folder, seq_len=self.seq_len, attn_backend=self.attn_backend)
+        except CheckpointError as exc:
+            key = "model.seq_len" if str(exc).startswith("seq_len ") else "model.init"
+            raise ValueError(f"{key}: {exc}") from None
+
     def gpt_config(self) -> GPTConfig:
+        """The GPT of this section: the checkpoint's with `init = "hf:..."`."""
+        if self.checkpoint is not None:
+            return self.checkpoint_config()
         return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.n_layer,
                          n_head=self.n_head, n_kv_head=self.n_kv_head, d_model=self.d_model,
                          ffn_mult=self.ffn_mult, tie_embeddings=self.tie_embeddings,
@@ -207,7 +256,8 @@ class TrainedSpec(SpecBase):
         try:
             self.model.build_config()
         except ValueError as exc:
-            raise ValueError(f"model: {exc}") from None
+            msg = str(exc)
+            raise ValueError(msg if msg.startswith("model.") else f"model: {msg}") from None
         if self.train.batch_size % self.train.grad_accum:
             raise ValueError(
                 f"train.grad_accum ({self.train.grad_accum}) must divide train.batch_size "
@@ -240,11 +290,12 @@ class PretrainSpec(TrainedSpec):
     data: DataSection = Field(default_factory=DataSection)
 
     def for_launch(self) -> PretrainSpec:
-        """A relative data.path is pinned to where `wb launch` ran."""
-        if self.data.path in (None, "", "stdlib"):
-            return self
+        """A relative data.path or model.init folder is pinned to where `wb launch` ran."""
         spec = self.model_copy(deep=True)
-        spec.data.path = str(Path(self.data.path).expanduser().resolve())
+        if self.data.path not in (None, "", "stdlib"):
+            spec.data.path = str(Path(self.data.path).expanduser().resolve())
+        if (folder := self.model.checkpoint) is not None:
+            spec.model.init = f"{HF_PREFIX}{folder.resolve()}"
         return spec
 
     @model_validator(mode="after")

@@ -38,23 +38,28 @@ class Faults:
     corrupt: set[int] = field(default_factory=set)
     nan: set[int] = field(default_factory=set)
     sleep_s: float = 0.0
+    vocab_size: int = VOCAB_SIZE  # the model's: a corrupted batch stays within its ids
 
     @classmethod
-    def from_env(cls) -> Faults:
+    def from_env(cls, vocab_size: int = VOCAB_SIZE) -> Faults:
         def steps(name: str) -> set[int]:
             raw = os.environ.get(name, "")
             return {int(s) for s in raw.split(",") if s.strip()}
 
         return cls(steps("WB_FAULT_CORRUPT_STEPS"), steps("WB_FAULT_NAN_STEPS"),
-                   float(os.environ.get("WB_FAULT_SLEEP_S") or 0))
+                   float(os.environ.get("WB_FAULT_SLEEP_S") or 0), vocab_size)
 
     def batch(self, step: int, x: torch.Tensor, y: torch.Tensor, seed: int,
               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random inputs and one constant target, the model's last id: for the byte
+        vocabulary id 259, a spare that never occurs; for a checkpoint's vocabulary a
+        padding row or a rare token. Either way the loss is genuinely high."""
         if step not in self.corrupt:
             return x, y
         gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return (torch.randint(0, 256, x.shape, generator=gen, dtype=x.dtype),
-                torch.full_like(y, VOCAB_SIZE - 1))  # id 259: a spare that never occurs
+        return (torch.randint(0, min(256, self.vocab_size), x.shape, generator=gen,
+                              dtype=x.dtype),
+                torch.full_like(y, self.vocab_size - 1))
 
 
 @dataclass

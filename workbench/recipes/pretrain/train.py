@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 
 from workbench.data.corpus import CachedCorpus, open_corpus
 from workbench.data.loader import BatchLoader, eval_batches
+from workbench.data.tokenizer import ByteTokenizer, HFTokenizer, info, load_tokenizer
 from workbench.models.config import GPTConfig
 from workbench.models.gpt import GPT
 from workbench.models.recurrent_depth import RecurrentDepthGPT
@@ -71,16 +73,60 @@ def ns_dtype(choice: str, device: torch.device) -> torch.dtype:
     return getattr(torch, choice)
 
 
-def build_data(spec: PretrainSpec, ctx: Context) -> CachedCorpus:
-    """Tokenize (or reuse) the corpus; the cache lives in the store, shared by runs."""
+def build_tokenizer(spec: TrainedSpec) -> ByteTokenizer | HFTokenizer:
+    """The checkpoint's own tokenizer for `model.init = "hf:..."`, else bytes. Refused
+    when it has ids beyond the model's embedding (a mismatched folder)."""
+    if spec.model.checkpoint is None:
+        return ByteTokenizer()
+    tok = load_tokenizer(spec.model.init)
+    vocab = spec.model.build_config().vocab_size
+    if tok.vocab_size > vocab:
+        raise ValueError(f"the tokenizer of {spec.model.init} has {tok.vocab_size} ids, more "
+                         f"than the model's vocab_size ({vocab}) — a tokenizer from another "
+                         "model?")
+    return tok
+
+
+def build_data(spec: PretrainSpec, ctx: Context,
+               tokenizer: ByteTokenizer | HFTokenizer | None = None,
+               say: Callable[[str], None] | None = None) -> CachedCorpus:
+    """Tokenize (or reuse) the corpus; the cache lives in the store, shared by runs.
+    `say` reports a real build's progress (a cache hit reads nothing and says nothing)."""
     d = spec.data
     options: dict[str, Any] = {"val_permille": d.val_permille, "max_bytes": d.max_bytes}
     if d.path not in (None, "", "stdlib"):
         options["text_field"] = d.text_field
-    return open_corpus(d.path, ctx.run.root / "cache" / "data", **options)
+    name = tokenizer.name if tokenizer is not None else "bytes"
+    return open_corpus(d.path, ctx.run.root / "cache" / "data", tokenizer=tokenizer,
+                       progress=cache_progress(say, name) if say else None, **options)
+
+
+def cache_progress(say: Callable[[str], None], tokenizer: str) -> Callable[[int, int], None]:
+    """A `progress(files_done, total)` for the cache build that prints at the start and
+    every tenth of the files (a big corpus with a real tokenizer takes minutes)."""
+    t0 = time.perf_counter()
+    shown = [-1]
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // max(1, total)
+        if done == 0:
+            say(f"pretrain: tokenizing {total:,} files with {tokenizer}")
+        elif tenth > shown[0] or done == total:
+            say(f"pretrain: tokenized {done:,}/{total:,} files "
+                f"({time.perf_counter() - t0:.1f} s)")
+        shown[0] = tenth
+
+    return progress
 
 
 def build_model(spec: TrainedSpec, device: torch.device) -> GPT | RecurrentDepthGPT:
+    """A new model, or the `hf:` checkpoint's (loaded on the CPU, then moved). A resumed
+    run loads its own checkpoint over it afterwards (`build_trainer`)."""
+    if (folder := spec.model.checkpoint) is not None:
+        from workbench.models.hf import load_hf
+
+        return load_hf(folder, seq_len=spec.model.seq_len,
+                       attn_backend=spec.model.attn_backend).to(device)
     config = spec.model.build_config()
     if isinstance(config, GPTConfig):
         return GPT(config).to(device)
@@ -321,11 +367,13 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     run_.set_total_steps(spec.train.steps)
     say = print if par.main else (lambda *_a, **_k: None)
 
+    tokenizer = build_tokenizer(spec)
+    run_.update_config({"model_init": spec.model.init, "tokenizer": info(tokenizer)})
     if par.main:  # one process tokenizes; the others then read its cache
-        corpus = build_data(spec, ctx)
+        corpus = build_data(spec, ctx, tokenizer, say=lambda text: say(text, flush=True))
     par.barrier()
     if not par.main:
-        corpus = build_data(spec, ctx)
+        corpus = build_data(spec, ctx, tokenizer)
     micro = spec.train.batch_size // spec.train.grad_accum // par.world  # per rank
     loader = BatchLoader(corpus.train, micro, spec.model.seq_len, seed=spec.seed,
                          rank=par.rank, world_size=par.world)
@@ -374,7 +422,8 @@ def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
     trainer = Trainer(spec=spec, ctx=ctx, par=par, model=model, ddp=par.wrap(model),
                       optimizers=optimizers, loader=loader, val=val,
                       detector=SpikeDetector(spec.stability.spike_config()),
-                      groups=param_groups(spec, routing), faults=Faults.from_env(),
+                      groups=param_groups(spec, routing),
+                      faults=Faults.from_env(model.config.vocab_size),
                       print_every=max(1, spec.train.steps // 50))
     if par.main:
         clean_tmp(ctx.checkpoint_dir)

@@ -122,7 +122,10 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     mine = groups[rank - 1]
 
     torch.manual_seed(spec.seed)
-    model = GPT(GPTConfig(**model_config)).eval()
+    # The trainer's weights arrive next: allocate without a random init. The torch engine
+    # decodes on the GPU when there is one.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT.empty(GPTConfig(**model_config), device=device).eval()
     named = list(model.named_parameters())
     flat = torch.empty(flat_numel([p for _, p in named]))
     dist.broadcast(flat, src=0, group=mine)  # the starting weights
@@ -132,7 +135,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
             p.copy_(v)
     tokenizer = load_tokenizer(tokenizer_name)
     engine = make_engine(spec.engine.name, model, max_batch=ro.slots, max_len=model.config.seq_len,
-                         temperature=ro.temperature, seed=spec.seed * 1000 + rank,
+                         temperature=ro.temperature, seed=spec.seed * 1000 + rank, device=device,
                          **engine_options(spec.engine.name, tokenizer))
     engine.version = version
     t = spec.tasks

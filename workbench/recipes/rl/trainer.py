@@ -199,8 +199,10 @@ class Roles:
 
 class Trainer:
     def __init__(self, spec: RLSpec, ctx: Context, model: GPT) -> None:
-        self.spec, self.ctx, self.model = spec, ctx, model
-        self.device = torch.device("cpu")
+        # The trainer takes the GPU when there is one; the weights still travel to the
+        # generators as one flat CPU tensor over gloo.
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.spec, self.ctx, self.model = spec, ctx, model.to(self.device)
         self.opt = torch.optim.AdamW(model.parameters(), lr=spec.grpo.lr,
                                      weight_decay=spec.grpo.weight_decay, betas=(0.9, 0.99))
         self.version = 0
@@ -218,7 +220,8 @@ class Trainer:
     # -- weights ----------------------------------------------------------------------
 
     def flat(self) -> torch.Tensor:
-        return torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()])
+        """Every parameter, float32, flattened into one CPU tensor (gloo's broadcast)."""
+        return torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()]).cpu()
 
     def broadcast(self) -> float:
         """Send the current weights (and version) to every live generator."""
@@ -548,7 +551,7 @@ def run(spec: RLSpec, ctx: Context) -> None:
                          f"model embeds {model.config.vocab_size} — a mismatched checkpoint")
     trainer = Trainer(spec, ctx, model)
     trainer.restore()
-    run_.update_config({"policy_params": model.num_params(),
+    run_.update_config({"policy_params": model.num_params(), "device": str(trainer.device),
                         "policy_config": vars(model.config), "tokenizer": info(tokenizer)})
     roles = start_roles(spec, trainer, source)
     run_.event("stage", step=trainer.version, stage="training", generators=len(roles.generators),
