@@ -21,7 +21,7 @@ from workbench.store import Store
 from workbench.tracking import Run
 
 COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", "logs",
-            "recipes", "bench", "compare", "watch", "import", "export-model"]
+            "recipes", "bench", "compare", "watch", "import", "export-model", "example-model"]
 
 
 def wb_json(*args: str) -> Any:

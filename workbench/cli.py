@@ -683,6 +683,49 @@ def export_model(
     console.print(done.hint(), highlight=False, markup=False, soft_wrap=True)
 
 
+@app.command("example-model")
+def example_model(
+    out_dir: Annotated[Path, typer.Argument(
+        help="Folder to write (created; must be empty or new unless --force).",
+        show_default=False)],
+    family: Annotated[str, typer.Option(
+        "--family", help="Architecture: qwen2 (q/k/v biases), qwen3 (QK-norm) or llama.")]
+    = "qwen2",
+    force: Annotated[bool, typer.Option(
+        "--force", help="Replace OUT_DIR if it exists and is not empty.")] = False,
+) -> None:
+    """Write a tiny Hugging Face checkpoint to try every hf: path without a download: a
+    byte-level BPE tokenizer trained here on local text (ChatML specials and chat
+    template) and a randomly initialized model of that family (config.json,
+    model.safetensors, generation_config.json). A few seconds.
+
+    Examples:
+
+      wb example-model ckpt/tiny-qwen2
+
+      wb launch muonclip-tiny --set model.init=hf:ckpt/tiny-qwen2 --set model.seq_len=128
+
+      wb example-model ckpt/tiny-qwen3 --family qwen3
+    """
+    from workbench.models.example import FAMILIES, write_example_model
+
+    if family not in FAMILIES:
+        raise fail(f"unknown --family {family!r} — use one of {', '.join(FAMILIES)}")
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())) and not force:
+        raise fail(f"{out_dir} exists and is not empty — pick a new folder or pass --force")
+    err_console.print(f"training a BPE tokenizer on local text, then writing a {family} model "
+                      f"to {out_dir} ...")
+    try:
+        folder = write_example_model(out_dir, family=family)
+    except OSError as exc:
+        raise fail(f"cannot write {exc.filename or out_dir}: {exc.strerror}",
+                   code=EXIT_FAILED) from None
+    files = ", ".join(sorted(p.name for p in folder.iterdir()))
+    console.print(f"wrote {folder}: {files}", highlight=False, markup=False, soft_wrap=True)
+    console.print(f"use it: model.init = \"hf:{folder}\" (pretrain) or policy.init = "
+                  f"\"hf:{folder}\" (rl)", highlight=False, markup=False, soft_wrap=True)
+
+
 def _export_files(st: Store, row: dict[str, Any], format: str, output: Path | None,
                   keys: list[str], since: int) -> None:
     """`wb export -f parquet|tensorboard`: the writers live in workbench/io/."""

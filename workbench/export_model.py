@@ -209,7 +209,7 @@ def load_run_model(ckpt: Path, config: GPTConfig) -> GPT:
 
     from workbench.models.gpt import GPT
 
-    model = GPT(config)
+    model = GPT.empty(config)
     load_model(model, str(ckpt / "model.safetensors"), strict=True)
     return model.eval()
 
@@ -255,18 +255,8 @@ def export_model(st: Store, row: dict[str, Any], out: str | Path, *, step: int |
     special = None if tokenizer else BYTE_SPECIALS
     written = save_hf(model, out, tokenizer_from=tokenizer, special=special,
                       dtype=getattr(torch, dtype))
-    _record_dtype(written, dtype)
     family = json.loads((written / "config.json").read_text())["model_type"]
     return Exported(out=written, run_id=row["id"],
                     step=checkpoint_step(ckpt), family=family, dtype=dtype,
                     files=sorted(p.name for p in written.iterdir()), tokenizer_from=tokenizer)
 
-
-def _record_dtype(folder: Path, dtype: str) -> None:
-    """config.json names the weights' dtype (save_hf writes float32 whatever it saved),
-    so from_pretrained(dtype="auto") loads a bfloat16 export as bfloat16."""
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    if config.get("torch_dtype") != dtype:
-        config["torch_dtype"] = dtype
-        path.write_text(json.dumps(config, indent=2) + "\n")

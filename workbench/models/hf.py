@@ -158,7 +158,7 @@ def save_hf(model: nn.Module, out: str | os.PathLike[str], *,
         gen = json.loads((src / "generation_config.json").read_text())
         special = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                    if gen.get(k) is not None}
-    config = from_gpt_config(cfg, special)
+    config = from_gpt_config(cfg, special, dtype=str(dtype).removeprefix("torch."))
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -138,10 +138,12 @@ def load_gpt_config(folder: str | Path, seq_len: int | None = None,
     return to_gpt_config(read_config(folder), seq_len, attn_backend)
 
 
-def from_gpt_config(c: GPTConfig, special: dict[str, Any] | None = None) -> dict[str, Any]:
+def from_gpt_config(c: GPTConfig, special: dict[str, Any] | None = None,
+                    dtype: str = "float32") -> dict[str, Any]:
     """GPTConfig -> a config.json of family ``c.family`` with the same function.
 
-    ``special``: bos/eos/pad token ids (from the tokenizer or the source checkpoint)."""
+    ``special``: bos/eos/pad token ids (from the tokenizer or the source checkpoint).
+    ``dtype``: the weights' dtype, so ``from_pretrained(dtype="auto")`` keeps it."""
     kind = c.family if c.family in SUPPORTED else "llama"
     if kind == "qwen2" and (not c.qkv_bias or c.o_bias or c.qk_norm):
         kind = "llama"  # Qwen2 hard-codes q/k/v biases and nothing else
@@ -169,7 +171,8 @@ def from_gpt_config(c: GPTConfig, special: dict[str, Any] | None = None) -> dict
         "hidden_act": "silu",
         "tie_word_embeddings": c.tie_embeddings,
         "initializer_range": c.init_std,
-        "torch_dtype": "float32",
+        "torch_dtype": dtype,
+        "dtype": dtype,  # transformers >= 5
     }
     if kind == "llama":
         if c.qkv_bias != c.o_bias:
