@@ -186,6 +186,33 @@ def test_hf_policy_runs_records_its_tokenizer_and_resumes(example: Path, tmp_pat
         assert event["step"] == 3
 
 
+@pytest.mark.slow
+def test_a_pretrain_run_from_a_checkpoint_starts_rl_with_that_tokenizer(
+        example: Path, store_dir: Path, tmp_path: Path) -> None:
+    """checkpoint -> continued pretraining -> RL (`policy.init = "run:<id>"`): the policy
+    has the checkpoint's shape and the RL run speaks through the checkpoint's tokenizer
+    and chat template, not bytes."""
+    pre = wb("launch", "muonclip-tiny", "--set", f"model.init=hf:{example}",
+             "--set", "model.seq_len=64", "--set", "train.steps=2", "--set",
+             "train.batch_size=2", "--set", "train.eval_every=2", "--set",
+             "train.eval_batches=1", "--set", "data.max_bytes=40000", "--set",
+             "optim.warmup_steps=0", timeout=240)
+    assert pre.returncode == 0, pre.stdout[-3000:] + pre.stderr[-3000:]
+    with Store(store_dir, create=False) as st:
+        (row,) = st.runs()
+    spec = tmp_path / "from-run.toml"
+    spec.write_text(spec_text(f"run:{row['id']}", steps=2).replace("seq_len = 256\n", ""))
+    proc = wb("launch", str(spec), "--set", "rollout.l_max=16", "--set", "rollout.l_cache=4",
+              timeout=240)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    with Store(store_dir, create=False) as st:
+        rl = next(r for r in st.runs() if r["kind"] == "rl")
+        config = json.loads(rl["config"])
+        assert config["tokenizer"]["name"] == f"hf:{example.resolve()}"
+        assert config["policy_config"]["family"] == "qwen2"
+        assert len(st.scalars(rl["id"], "rl/reward")) == 2
+
+
 def test_builtin_rl_hf_tiny_validates_with_the_example_policy() -> None:
     from workbench.spec import load_spec
 

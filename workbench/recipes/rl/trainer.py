@@ -70,8 +70,12 @@ VERIFY_POLL_S = 0.002
 def policy_source(spec: RLSpec, ctx: Context) -> str:
     """Where the policy's weights and tokenizer come from, as load_tokenizer takes it:
     "hf:<folder>" for a checkpoint (hf:example: the example, written into the store's
-    cache on first use), "bytes" for everything built here or pretrained by a run."""
+    cache on first use) or a pretrain run that started from one, "bytes" for everything
+    else built here or pretrained by a run."""
     init = spec.policy.init
+    if init.startswith("run:"):
+        start = getattr(pretrain_row(init[4:], ctx)[1].model, "init", "scratch")
+        return start if start.startswith(HF_PREFIX) else "bytes"
     if init == EXAMPLE_INIT:
         from workbench.models.example import ensure_example_model, example_folder
 
@@ -133,9 +137,8 @@ def policy_config(spec: RLSpec) -> GPTConfig:
                      attn_backend="sdpa")
 
 
-def policy_from_run(ref: str, ctx: Context) -> GPT:
-    """The latest checkpoint of a pretrain run in this store."""
-    from workbench.recipes.pretrain.checkpoint import checkpoints_in
+def pretrain_row(ref: str, ctx: Context) -> tuple[dict[str, Any], Any]:
+    """(row, parsed spec) of the pretrain run `ref` in this store."""
     from workbench.spec import parse_spec
     from workbench.store import Store
 
@@ -146,12 +149,21 @@ def policy_from_run(ref: str, ctx: Context) -> GPT:
         store.close()
     if row["kind"] != "pretrain":
         raise ValueError(f"policy.init run:{ref} is a {row['kind']} run; give a pretrain run")
+    return row, parse_spec(row["spec"])
+
+
+def policy_from_run(ref: str, ctx: Context) -> GPT:
+    """The latest checkpoint of a pretrain run in this store (its shape from its spec,
+    which for a run started from a checkpoint is that checkpoint's)."""
+    from workbench.recipes.pretrain.checkpoint import checkpoints_in
+
+    row, spec = pretrain_row(ref, ctx)
     found = checkpoints_in(ctx.run.root / row["id"] / "checkpoints")
     if not found:
         raise ValueError(f"policy.init run:{ref} has no checkpoint yet")
-    config = parse_spec(row["spec"]).model.gpt_config()  # type: ignore[attr-defined]
+    config = spec.model.gpt_config()
     config.attn_backend = "sdpa"
-    model = GPT(config)
+    model = GPT.empty(config)
     load_model(model, str(found[-1] / "model.safetensors"))
     print(f"rl: policy from run {row['id']} ({found[-1].name})", flush=True)
     return model
