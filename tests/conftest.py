@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,3 +34,14 @@ def store(store_dir: Path) -> Store:
     st = Store(store_dir)
     yield st
     st.close()
+
+
+@pytest.fixture
+def one_thread() -> Any:
+    """Decode steps are many tiny ops: one thread is faster and immune to a busy host."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -49,3 +50,16 @@ async def until(pilot: Pilot[Any], predicate: Callable[[], Any], timeout: float,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await pilot.pause(0.05)
+
+
+def assert_nothing_created(store_dir: Path) -> None:
+    """No run row and no run folder: the store either does not exist or is empty."""
+    from workbench.store import Store
+
+    if not store_dir.exists():
+        return
+    folders = [p for p in store_dir.iterdir() if p.is_dir()]
+    assert folders == [], f"run folders were created: {folders}"
+    if (store_dir / "workbench.db").exists():
+        with Store(store_dir, create=False) as st:
+            assert st.runs() == []

@@ -69,14 +69,3 @@ def checkpoint(store: Store, run_id: str, step: int) -> Path:
 
 def losses(store: Store, run_id: str, key: str = "train/loss") -> dict[int, float]:
     return {step: value for _, step, _, value, _ in store.scalars(run_id, key)}
-
-
-def assert_no_runs(store_dir: Path) -> None:
-    """No run row and no run folder: the store does not exist or holds no run."""
-    if not store_dir.exists():
-        return
-    folders = [p for p in store_dir.iterdir() if p.is_dir()]
-    assert folders == [], f"run folders were created: {folders}"
-    if (store_dir / "workbench.db").exists():
-        with Store(store_dir, create=False) as st:
-            assert st.runs() == []

@@ -29,14 +29,7 @@ from workbench.models.gpt import GPT, KVCache
 from workbench.models.hf import hf_name, to_hf_state
 from workbench.models.hf_config import from_gpt_config
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Decode steps are many tiny ops: one thread is faster and immune to a busy host."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 SMALL = dict(vocab_size=260, seq_len=96, n_layer=2, n_head=4, d_model=64)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import wb
-from tests.hf_helpers import assert_no_runs, checkpoint, cpt_spec, losses, run_inline
+from tests.helpers import assert_nothing_created, wb
+from tests.hf_helpers import checkpoint, cpt_spec, losses, run_inline
 from workbench.data.corpus import (
     CACHE_FORMAT,
     CHUNK_BYTES,
@@ -113,7 +113,7 @@ def test_wb_launch_refuses_a_bad_checkpoint_in_one_line(
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
     assert fragment in lines[0]
     assert proc.stdout == ""
-    assert_no_runs(store_dir)
+    assert_nothing_created(store_dir)
 
 
 def test_for_launch_pins_the_checkpoint_folder(tmp_path: Path, qwen2: Path) -> None:

@@ -16,8 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import wb
-from tests.test_spec import assert_nothing_created
+from tests.helpers import assert_nothing_created, wb
 from workbench.data.tokenizer import HFTokenizer, load_tokenizer
 from workbench.engine import Completion, Request, generate_all, make_engine
 from workbench.models.config import GPTConfig
@@ -30,13 +29,7 @@ from workbench.store import Store
 FAMILIES = ("llama", "qwen2", "qwen3")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Any:
-    """Decode steps are many tiny ops: one thread is faster and immune to a busy host."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import assert_nothing_created, wb
 from workbench.recipes import RECIPES, Recipe
 from workbench.recipes.script import ScriptSpec
 from workbench.spec import (
@@ -43,17 +43,6 @@ def write(path: Path, text: str) -> Path:
 @pytest.fixture
 def spec_file(tmp_path: Path) -> Path:
     return write(tmp_path / "exp.toml", SCRIPT_TOML)
-
-
-def assert_nothing_created(store_dir: Path) -> None:
-    """No run row and no run folder: the store either does not exist or is empty."""
-    if not store_dir.exists():
-        return
-    folders = [p for p in store_dir.iterdir() if p.is_dir()]
-    assert folders == [], f"run folders were created: {folders}"
-    if (store_dir / "workbench.db").exists():
-        with Store(store_dir, create=False) as st:
-            assert st.runs() == []
 
 
 # -- built-ins and the registry ----------------------------------------------------------

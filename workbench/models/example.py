@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,15 +75,12 @@ def write_example_model(folder: str | os.PathLike[str], family: str = "qwen2", s
 
     from workbench.models.config import GPTConfig
     from workbench.models.gpt import GPT
-    from workbench.models.hf import save_hf
+    from workbench.models.hf import new_folder, write_hf
 
     if family not in FAMILIES:
         raise ValueError(f"family {family!r}: use one of {', '.join(FAMILIES)}")
     out = Path(folder).expanduser()
-    tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with new_folder(out) as tmp:
         vocab = build_tokenizer(tmp, seed=seed)
         from transformers import AutoTokenizer
 
@@ -97,17 +93,7 @@ def write_example_model(folder: str | os.PathLike[str], family: str = "qwen2", s
                            n_kv_head=2, d_model=d_model, tie_embeddings=family != "llama",
                            rope_theta=10000.0, qkv_bias=family == "qwen2",
                            qk_norm=family == "qwen3", family=family, norm_eps=1e-6)
-        save_hf(GPT(config), tmp / "weights", tokenizer_from=tmp,
-                special={"eos_token_id": eos, "pad_token_id": pad})
-        for f in (tmp / "weights").iterdir():
-            if not (tmp / f.name).exists():
-                f.rename(tmp / f.name)
-        shutil.rmtree(tmp / "weights")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        write_hf(GPT(config), tmp, special={"eos_token_id": eos, "pad_token_id": pad})
     return out
 
 

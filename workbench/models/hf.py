@@ -14,6 +14,8 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -139,41 +141,53 @@ def load_hf(folder: str | os.PathLike[str], seq_len: int | None = None,
     return model
 
 
-def save_hf(model: nn.Module, out: str | os.PathLike[str], *,
-            tokenizer_from: str | os.PathLike[str] | None = None,
-            special: dict[str, Any] | None = None,
-            dtype: torch.dtype = torch.float32) -> Path:
-    """Write ``model`` (our GPT) as a checkpoint folder of its family.
-
-    ``tokenizer_from``: a folder whose tokenizer (and generation) files are copied along.
-    ``special``: bos/eos/pad ids for config.json (default: those of the copied
-    generation_config.json, if any). Written to a temporary folder and renamed, so a
-    crash leaves no half export."""
-    from safetensors.torch import save_file
-
-    out = Path(out).expanduser()
-    cfg: GPTConfig = model.config  # type: ignore[assignment]
-    src = Path(tokenizer_from).expanduser() if tokenizer_from else None
-    if special is None and src is not None and (src / "generation_config.json").is_file():
-        gen = json.loads((src / "generation_config.json").read_text())
-        special = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                   if gen.get(k) is not None}
-    config = from_gpt_config(cfg, special, dtype=str(dtype).removeprefix("torch."))
+@contextmanager
+def new_folder(out: Path) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to fill. It replaces ``out`` when the block ends
+    without an error and is removed otherwise: a crash never leaves a half folder."""
     tmp = out.with_name(f".tmp-{out.name}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        state = to_hf_state(model.state_dict(), cfg.tie_embeddings)
-        save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()},
-                  str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-        if src is not None:
-            for name in TOKENIZER_FILES:
-                if (src / name).is_file():
-                    shutil.copy2(src / name, tmp / name)
+        yield tmp
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_hf(model: nn.Module, folder: Path, special: dict[str, Any] | None = None,
+             dtype: torch.dtype = torch.float32) -> None:
+    """config.json and model.safetensors of ``model`` (our GPT) into ``folder``."""
+    from safetensors.torch import save_file
+
+    cfg: GPTConfig = model.config  # type: ignore[assignment]
+    state = to_hf_state(model.state_dict(), cfg.tie_embeddings)
+    save_file({k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()},
+              str(folder / "model.safetensors"), metadata={"format": "pt"})
+    config = from_gpt_config(cfg, special, dtype=str(dtype).removeprefix("torch."))
+    (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def save_hf(model: nn.Module, out: str | os.PathLike[str], *,
+            tokenizer_from: str | os.PathLike[str] | None = None,
+            special: dict[str, Any] | None = None,
+            dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``model`` (our GPT) as a checkpoint folder of its family, atomically.
+
+    ``tokenizer_from``: a folder whose tokenizer (and generation) files are copied along.
+    ``special``: bos/eos/pad ids for config.json (default: those of the copied
+    generation_config.json, if any)."""
+    out = Path(out).expanduser()
+    src = Path(tokenizer_from).expanduser() if tokenizer_from else None
+    if special is None and src is not None and (src / "generation_config.json").is_file():
+        gen = json.loads((src / "generation_config.json").read_text())
+        special = {k: gen[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                   if gen.get(k) is not None}
+    with new_folder(out) as tmp:
+        write_hf(model, tmp, special, dtype)
+        for name in TOKENIZER_FILES if src is not None else ():
+            if (src / name).is_file():
+                shutil.copy2(src / name, tmp / name)
     return out
