@@ -63,3 +63,17 @@ def assert_nothing_created(store_dir: Path) -> None:
     if (store_dir / "workbench.db").exists():
         with Store(store_dir, create=False) as st:
             assert st.runs() == []
+
+
+def assert_rounded_ratio(ratio: float, num: float, den: float, places: int,
+                         ratio_places: int, offset: float = 0.0) -> None:
+    """`ratio` is round(num / den + offset, ratio_places) where the bench reported num and
+    den rounded to `places` decimals: check it against every value the unrounded pair
+    could give. The slack is the rounding's, so the check does not depend on how fast
+    the machine is (at a few milliseconds, rounding to 1 us moves a ratio by 1e-3 and
+    more; a fixed relative tolerance then fails on a faster machine)."""
+    half = 0.5 * 10.0 ** -places
+    lo = (num - half) / (den + half)
+    hi = (num + half) / (den - half) if den > half else float("inf")
+    slack = 0.5 * 10.0 ** -ratio_places + 1e-12
+    assert lo + offset - slack <= ratio <= hi + offset + slack, (ratio, num, den, lo, hi)

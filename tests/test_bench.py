@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import assert_rounded_ratio
 from workbench.bench import BENCHES
 from workbench.bench.optimizers import tokens_to_reach
 
@@ -28,17 +29,29 @@ def test_muon_tiny() -> None:
     _finite(r, ["ours_ms", "torch_muon_ms", "adamw_ms", "ratio_vs_torch", "ours_bf16_ms",
                 "ratio_bf16_vs_torch", "matrices", "params"])
     assert r["ours_ms"] > 0 and r["torch_muon_ms"] > 0 and r["adamw_ms"] > 0
-    assert r["ratio_vs_torch"] == pytest.approx(r["ours_ms"] / r["torch_muon_ms"], rel=1e-2)
+    assert_rounded_ratio(r["ratio_vs_torch"], r["ours_ms"], r["torch_muon_ms"], 3, 4)
     assert r["matrices"] == 7  # one block: q, k, v, o, gate, up, down
-    assert r["ns_dtype"] in ("float32", "bfloat16")
+    assert r["ns_dtype"] in ("float32", "bfloat16", "mixed")
     assert r["device"]
+    # per dtype: bf16 against torch's bf16 (like with like), our fp32 separately
+    _finite(r, ["ours_fp32_ms", "ratio_fp32_vs_torch", "auto_decision_ms"])
+    for name in ("bf16", "fp32"):
+        assert_rounded_ratio(r[f"ratio_{name}_vs_torch"], r[f"ours_{name}_ms"],
+                             r["torch_muon_ms"], 3, 4)
+    # auto: the decision per shape, with the timings that made it
+    assert {tuple(c["shape"]) for c in r["ns_choice"]} == {(64, 64), (192, 64), (64, 192)}
+    assert all(set(c["ms"]) == {"float32", "bfloat16"} for c in r["ns_choice"])
+    if r["ns_dtype"] != "mixed":  # one dtype everywhere: that figure is auto's
+        assert {c["dtype"] for c in r["ns_choice"]} == {r["ns_dtype"]}
+        short = {"float32": "fp32", "bfloat16": "bf16"}[r["ns_dtype"]]
+        assert r[f"ours_{short}_ms"] == r["ours_ms"]
 
 
 def test_maxlogit_tiny() -> None:
     r = BENCHES["maxlogit"](quick=True, progress=None, tiny=True)
     _finite(r, ["with_ms", "without_ms", "overhead"])
     assert r["with_ms"] > 0 and r["without_ms"] > 0
-    assert r["overhead"] == pytest.approx(r["with_ms"] / r["without_ms"] - 1, abs=1e-3)
+    assert_rounded_ratio(r["overhead"], r["with_ms"], r["without_ms"], 3, 4, offset=-1)
     assert r["backend"] in ("sdpa", "flex")
 
 
@@ -69,3 +82,25 @@ def test_engine_hf_tiny() -> None:
     assert r["outputs_match"] == 1.0
     assert r["ours_tok_s"] > 0 and r["transformers_tok_s"] > 0 and r["speedup"] > 0
     assert r["tokens"] == r["requests"] * r["new_tokens"]
+
+
+def test_spikes_tiny() -> None:
+    """`wb bench spikes` end to end on the first 400 steps of each shipped curve: recall
+    per jump and false positives per 1,000 clean steps, for the shipped detector."""
+    r = BENCHES["spikes"](quick=True, progress=None, tiny=True)
+    assert set(r["curves"]) == {"muon-tiny", "adamw-tiny", "depth-tiny", "rl-tiny"}
+    _finite(r, ["lm_min_recall_ge_10pct", "lm_recall_5pct", "lm_fp_per_10k",
+                "lm_clean_steps", "muon-tiny recall 10%", "depth-tiny fp_per_1k"])
+    for name, c in r["curves"].items():
+        assert c["steps"] == 400 and c["positions"] > 0, name
+        assert c["fp_per_1k"] == pytest.approx(1000 * c["false_positives"] / 400, abs=1e-3)
+        for shape in ("single", "burst3"):
+            recall = c["recall"][shape]
+            assert list(recall) == r["jumps"] == ["5%", "10%", "15%", "20%", "30%", "50%"]
+            assert all(0 <= v <= 1 for v in recall.values()), (name, recall)
+        single = list(c["recall"]["single"].values())
+        assert single == sorted(single), (name, single)  # a bigger jump fires more often
+        # three bad steps in a row are caught at least as often as one
+        assert all(c["recall"]["burst3"][j] >= c["recall"]["single"][j] for j in r["jumps"])
+    assert r["config"]["muon-tiny"]["min_rel_jump"] < 0.25  # issue 17: not the old floor
+    assert r["curves"]["muon-tiny"]["recall"]["single"]["50%"] == 1.0

@@ -61,6 +61,33 @@ def test_exit_rules_bound_the_steps(rule: str) -> None:
         generate(model, [1, 2, 3], 2, steps=4, rule=rule, cache="full")
 
 
+def test_the_decoder_counts_readouts_per_rule() -> None:
+    """The kl rule runs the coda and LM head after every iteration (its exit test needs
+    the distribution); latent and none read out once per token; a prefill once per
+    position. compute_ratio (recipes/depth) is built on this count."""
+    model = tiny()
+    for rule, per_token in (("kl", 3), ("latent", 1), ("none", 1)):
+        dec = DepthDecoder(model, 8, max_steps=3)
+        for tok in (1, 2, 3):
+            dec.step(tok, rule, threshold=0.0)  # never exits: 3 iterations each
+        assert dec.readouts == 3 * per_token, rule
+    dec = DepthDecoder(model, 8, max_steps=3)
+    dec.feed([1, 2, 3, 4], 3)
+    assert dec.readouts == 4
+
+
+def test_decode_flops_adds_stages_per_use() -> None:
+    """decode_flops: prelude once, core per iteration, coda + head per readout, and
+    attention linear in the context length."""
+    model = tiny()
+    f = model.decode_flops
+    core, readout = f(10, 2) - f(10, 1), f(10, 1, 2) - f(10, 1, 1)
+    assert core > 0 and readout > 0 and f(10, 5, 3) == f(10, 1, 1) + 4 * core + 2 * readout
+    c = model.config
+    layers = c.n_prelude + 5 * c.n_core + 3 * c.n_coda
+    assert f(11, 5, 3) - f(10, 5, 3) == 4 * c.d_model * layers  # one more key per layer
+
+
 def test_bad_arguments_are_refused() -> None:
     model = tiny()
     with pytest.raises(ValueError, match="exit rule"):

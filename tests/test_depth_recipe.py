@@ -14,7 +14,7 @@ import torch
 from tests.helpers import wb
 from workbench.recipes import Context
 from workbench.recipes.depth.run import run as depth_run
-from workbench.recipes.depth.task import ChainTask, TaskLoader
+from workbench.recipes.depth.task import ChainTask, Sequence, TaskLoader
 from workbench.recipes.pretrain import run as pretrain_run
 from workbench.spec import SpecError, dump_toml, load_spec, parse_spec
 from workbench.store import Store
@@ -47,6 +47,31 @@ def test_chain_task_answers_are_the_operations_applied_in_order() -> None:
     x, y = task.batch(task.sequences(5, 0, 4))
     assert x.shape == y.shape == (4, 64)
     assert int((y != -100).sum()) == sum(len(s.answers) for s in task.sequences(5, 0, 4))
+
+
+def problem_texts(seqs: list[Sequence]) -> set[str]:
+    """Every problem of the sequences, as its text up to '=' ("7*~+=")."""
+    out = set()
+    for seq in seqs:
+        text = bytes(t for t in seq.ids if t < 256).decode()
+        out |= {p.split("=")[0] + "=" for p in text.split(";") if p}
+    return out
+
+
+def test_evaluated_problems_are_never_trained_on() -> None:
+    """With up to 3 operations there are only 390 problems: training draws every one of
+    them unless some are held out. The evaluation set (and validation) holds held-out
+    problems only, of every length."""
+    task = ChainTask(max_ops=3, seq_len=48)
+    trained = problem_texts(task.sequences(seed=0, start=0, n=800))
+    evaluated = problem_texts(task.eval_set(0, 64))
+    assert len(trained) > 300 and len(evaluated) > 20
+    assert not trained & evaluated
+    assert {len(p) - 2 for p in evaluated} == {1, 2, 3}  # every chain length
+    from workbench.recipes.depth.task import split_of
+
+    assert all(split_of(p) == "eval" for p in evaluated)
+    assert all(split_of(p) == "train" for p in trained)
 
 
 def test_task_loader_is_a_pure_function_of_seed_and_index_and_resumes() -> None:
@@ -163,11 +188,19 @@ def test_a_depth_run_trains_then_logs_every_depth_metric(store: Store) -> None:
     loaded = load_spec("depth-tiny", DEPTH_TINY)
     row = inline(store, loaded.to_toml(), "depth", depth_run)
     rid = row["id"]
+    summary = store.events(rid, kind="depth_eval")[0]["payload"]
+    # perf/tokens_per_s is the training throughput only: the evaluation, logged at the
+    # last training step, wrote the decoding speed there too.
+    training = [v for _, _, k, v, _ in store.scalars(rid) if k == "perf/tokens_per_s"]
+    assert training and summary["adaptive_tok_s"] not in training
     keys = {k for _, _, k, _, _ in store.scalars(rid)}
     expected = {"train/loss", "train/recurrence", "val/loss", "eval/accuracy",
-                "eval/accuracy_fixed", "depth/steps_mean", "depth/steps_fixed",
-                "depth/steps_ratio", "depth/kv_bytes", "depth/kv_bytes_unshared",
-                "depth/spec_accept_rate", "perf/tokens_per_s", "perf/spec_tokens_per_s",
+                "eval/accuracy_fixed", "eval/accuracy_fixed_shared", "eval/accuracy_seen",
+                "depth/steps_mean",
+                "depth/steps_fixed", "depth/steps_ratio", "depth/compute_ratio",
+                "depth/readouts_mean", "depth/kv_bytes", "depth/kv_bytes_unshared",
+                "depth/spec_accept_rate", "perf/tokens_per_s", "depth/decode_tokens_per_s",
+                "depth/decode_tokens_per_s_fixed", "perf/spec_tokens_per_s",
                 "perf/plain_tokens_per_s",
                 *(f"eval/accuracy/r{r}" for r in (1, 2, 4)),
                 *(f"perf/tokens_per_s/r{r}" for r in (1, 2, 4))}
@@ -181,8 +214,9 @@ def test_a_depth_run_trains_then_logs_every_depth_metric(store: Store) -> None:
     sample = store.events(rid, kind="depth_sample")[0]["payload"]
     assert len(sample["tokens"]) == len(sample["depths"]) > 0
     assert "=" in "".join(sample["tokens"]) and all(1 <= d <= 4 for d in sample["depths"])
-    summary = store.events(rid, kind="depth_eval")[0]["payload"]
     assert summary["spec_equal"] is True  # speculative == plain greedy at verify depth
+    assert value["depth/decode_tokens_per_s"] == summary["adaptive_tok_s"]
+    assert value["depth/compute_ratio"] >= value["depth/steps_ratio"]  # readouts cost too
     stages = [e["payload"]["stage"] for e in store.events(rid, kind="stage")]
     assert stages[-3:] == ["training", "evaluating", "done"]
 
@@ -207,38 +241,137 @@ def test_adaptive_exit_prefill_on_a_shared_cache_equals_the_parallel_forward() -
     torch.testing.assert_close(fed, ref, atol=1e-4, rtol=1e-4)
 
 
+def tiny_model(**kw: Any) -> Any:
+    from workbench.models.config import RecurrentDepthConfig
+    from workbench.models.recurrent_depth import RecurrentDepthGPT
+
+    torch.manual_seed(0)
+    args: dict[str, Any] = dict(seq_len=48, d_model=32, n_head=2, n_prelude=1, n_core=2,
+                                n_coda=1, mean_recurrence=4, backprop_depth=2, ffn_hidden=64)
+    return RecurrentDepthGPT(RecurrentDepthConfig(**(args | kw))).eval()
+
+
+def by_hand_flops(model: Any, context: int, steps: int, readouts: int) -> int:
+    """Decoding FLOPs of one token, written out stage by stage (the model in
+    `decode_flops`'s docstring): 2 per matrix weight, 4 * d * context per attention."""
+    c = model.config
+
+    def matrices(blocks: Any) -> int:
+        return sum(p.numel() for p in blocks.parameters() if p.dim() == 2)
+
+    attn = 4 * c.d_model * context
+    prelude = 2 * matrices(model.prelude) + attn * c.n_prelude
+    core = 2 * (matrices(model.core) + 2 * c.d_model * c.d_model) + attn * c.n_core
+    readout = 2 * (matrices(model.coda) + c.vocab_size * c.d_model) + attn * c.n_coda
+    return prelude + steps * core + readouts * readout
+
+
+def test_compute_ratio_counts_the_readouts_of_the_kl_rule() -> None:
+    """steps_ratio counts core iterations only; the kl rule also runs the coda and LM
+    head after every iteration, which compute_ratio counts (latent reads out once)."""
+    from types import SimpleNamespace
+
+    from workbench.recipes.depth.evaluate import adaptive_exit
+
+    model = tiny_model()
+    seqs = ChainTask(4, 48).eval_set(0, 2)
+    positions = [p for s in seqs for p in range(1, s.answers[-1] + 2)]  # context lengths
+    ratio = {}
+    for rule, readouts in (("kl", 2), ("latent", 1)):
+        ev = SimpleNamespace(max_steps=8, exit=rule, threshold=float("inf"))  # exit at 2
+        a = adaptive_exit(model, seqs, ev, 0, say=lambda _: None, stop=lambda: False)
+        assert a is not None and len(a.steps) == len(positions)
+        assert set(a.steps) == {2} and set(a.readouts) == {readouts}
+        want = sum(by_hand_flops(model, p, 2, readouts) for p in positions)
+        fixed = sum(by_hand_flops(model, p, 8, 1) for p in positions)
+        assert (a.flops, a.fixed_flops) == (want, fixed)
+        ratio[rule] = a.flops / a.fixed_flops
+    assert ratio["kl"] > ratio["latent"] > 2 / 8  # steps_ratio: prelude and readouts cost
+
+
+def test_fixed_baseline_on_the_shared_cache_isolates_the_exit_rule() -> None:
+    """With the exit rule off, adaptive decoding is the shared-cache baseline token for
+    token (gap 0, same compute); the full-cache baseline is a different computation."""
+    from types import SimpleNamespace
+
+    from workbench.recipes.depth.evaluate import adaptive_exit
+
+    model = tiny_model()
+    seqs = ChainTask(4, 48).eval_set(0, 3)
+    ev = SimpleNamespace(max_steps=4, exit="none", threshold=None)
+    a = adaptive_exit(model, seqs, ev, 0, say=lambda _: None, stop=lambda: False)
+    assert a is not None
+    assert a.shared_hits == a.hits and a.flops == a.fixed_flops
+    assert len(a.fixed_hits) == len(a.hits) == sum(len(s.answers) for s in seqs)
+
+
 def test_bench_depth_runs_and_reports_its_fields() -> None:
     """`wb bench depth` end to end on a tiny run (the figures come from the real bench,
     reported in the issue note)."""
     from workbench.bench.depth import bench_depth
 
     r = bench_depth(quick=True, overrides=DEPTH_TINY)
-    for key in ("fixed_steps_mean", "adaptive_steps_mean", "steps_ratio", "fixed_acc",
-                "adaptive_acc", "kv_bytes_shared", "kv_bytes_unshared", "spec_tok_s",
-                "plain_tok_s", "spec_accept_rate"):
+    for key in ("fixed_steps_mean", "adaptive_steps_mean", "steps_ratio", "compute_ratio",
+                "fixed_acc", "fixed_shared_acc", "adaptive_acc", "seen_acc", "kv_bytes_shared",
+                "kv_bytes_unshared", "spec_tok_s", "plain_tok_s", "spec_accept_rate",
+                "decode_tok_s", "fixed_decode_tok_s"):
         assert isinstance(r[key], int | float) and r[key] >= 0, key
-    assert r["fixed_steps_mean"] == 4 and r["steps_ratio"] <= 1
+    # compute_ratio >= steps_ratio always; it may pass 1 on a tiny model, where the kl
+    # rule's readouts (coda + a 260-row LM head) cost more than the iterations saved.
+    assert r["fixed_steps_mean"] == 4 and r["steps_ratio"] <= r["compute_ratio"]
+    assert r["acc_gap_shared"] == r["fixed_shared_acc"] - r["adaptive_acc"]
+    assert r["acc_gap_full"] == r["fixed_acc"] - r["adaptive_acc"]
+    assert "held-out problems" in r["eval_split"]
     assert r["kv_bytes_shared"] < r["kv_bytes_unshared"]
     assert set(r["accuracy_by_r"]) == {"1", "2", "4"} and r["spec_equal"] is True
 
 
-def test_short_recurrence_draws_do_not_feed_the_spike_detector(store: Store) -> None:
-    """A draw below the mean recurrence has a higher loss by design; fed to the detector
-    it raised dozens of false loss_spike events (recipes/pretrain docstring)."""
+def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store) -> None:
+    """A draw below the mean recurrence has a higher loss by design: against one baseline
+    it raised dozens of false loss_spike events, and skipping such draws left them
+    unwatched. The detector keeps a level per recurrence bucket (recipes/pretrain
+    docstring): a spike at a short draw fires, the normal gap between draws does not."""
     from workbench.recipes.pretrain.step import Faults, StepOut
-    from workbench.recipes.pretrain.train import Trainer
-    from workbench.signals import SpikeDetector
+    from workbench.recipes.pretrain.train import Trainer, spike_detector
 
     spec = parse_spec(RD_PRETRAIN.format(tau=100))
     row = store.create_run(kind="pretrain", base="t", status="running")
     run = Run(store, row, owner=True)
-    detector = SpikeDetector(spec.stability.spike_config())
     trainer = Trainer(spec=spec, ctx=Context(run=run, run_dir=store.run_dir(row["id"])),
                       par=None, model=None, ddp=None, optimizers=[], loader=None, val=[],
-                      detector=detector, groups={}, faults=Faults())  # type: ignore[arg-type]
+                      detector=spike_detector(spec), groups={}, faults=Faults())  # type: ignore[arg-type]
     m = torch.zeros(4, 2)
-    assert trainer.on_bad_step(1, StepOut(9.0, 1.0, m, recurrence=1.0)) == "apply"
-    assert detector.state_dict()["seen"] == 0
-    assert trainer.on_bad_step(2, StepOut(2.0, 1.0, m, recurrence=4.0)) == "apply"
-    assert detector.state_dict()["seen"] == 1  # a draw at the mean is watched
+    rng = random.Random(0)
+    draws = [1.0, 2.0, 3.0, 4.0, 4.0, 5.0, 6.0, 8.0]  # mean_recurrence is 4: half below
+    spike_at = 0
+    for step in range(1, 401):
+        r = draws[step % len(draws)]
+        loss = 2.0 * (1 + 1.5 / r) * (1 + 0.01 * rng.gauss(0, 1))  # r = 1 costs 2.5x
+        if step > 300 and r == 1.0 and not spike_at:
+            spike_at, loss = step, loss * 1.3
+        assert trainer.on_bad_step(step, StepOut(loss, 1.0, m, recurrence=r)) == "apply"
     run.finish()
+    events = store.events(row["id"], kind="loss_spike")
+    assert [e["step"] for e in events] == [spike_at]
+    assert events[0]["payload"]["baseline"] == pytest.approx(5.0, rel=0.03)  # r = 1's level
+
+
+def test_depth_tab_figures_line_reads_the_evaluation_keys(store: Store) -> None:
+    """The Depth tab's figures line shows decoding speed from its own key, next to the
+    exit rule's accuracy against both fixed baselines and the two cost ratios."""
+    from workbench.feed import RunFeed
+    from workbench.screens.tabs.depth import depth_figures
+
+    run = Run(store, store.create_run(kind="depth", status="running"), owner=True)
+    feed = RunFeed(store, run.id)
+    feed.poll()
+    assert depth_figures(feed) == ""
+    run.log({"perf/tokens_per_s": 9000.0, "eval/accuracy": 0.75,
+             "eval/accuracy_fixed_shared": 0.8, "eval/accuracy_fixed": 0.85,
+             "depth/steps_ratio": 0.17, "depth/compute_ratio": 0.31,
+             "depth/decode_tokens_per_s": 42.0}, step=5)
+    run.finish()
+    feed.poll()
+    line = depth_figures(feed)
+    assert line == ("accuracy adaptive 0.750 · fixed shared 0.800 · fixed full 0.850 · "
+                    "steps ratio 0.170 · compute ratio 0.310 · decode tok/s 42")

@@ -156,6 +156,42 @@ def test_sample_recurrence_is_lognormal_poisson_plus_one() -> None:
     assert all(b == min(3, a + b) and a == max(a + b - 3, 0) for a, b in draws)
 
 
+def test_flops_per_token_is_the_mean_over_the_training_draws() -> None:
+    """The recurrence draw is Poisson(rate) + 1 with E[rate] = mean_recurrence: training
+    runs mean + 1 iterations on average, not mean. flops_per_token is the average of the
+    per-draw FLOPs (6 per weight outside the core, 2 per core weight per iteration plus 4
+    more per gradient iteration, 12 * layers * d * T attention)."""
+    c = RecurrentDepthConfig(d_model=32, n_head=2, n_prelude=1, n_core=4, n_coda=1,
+                             mean_recurrence=4, backprop_depth=2, ffn_hidden=64, seq_len=16,
+                             vocab_size=64)
+    model = RecurrentDepthGPT(c)
+    core = sum(p.numel() for p in model.core.parameters()) + model.adapter.weight.numel()
+    rest = model.lm_head.weight.numel() + sum(
+        p.numel() for blocks in (model.prelude, model.coda) for p in blocks.parameters())
+
+    def flops(no_grad: int, grad: int) -> int:
+        steps = no_grad + grad
+        layers = c.n_prelude + c.n_coda + c.n_core * steps
+        return 6 * rest + (2 * steps + 4 * grad) * core + 12 * layers * c.d_model * c.seq_len
+
+    g = torch.Generator().manual_seed(0)
+    draws = [flops(*sample_recurrence(4, 2, g)) for _ in range(20_000)]
+    assert model.flops_per_token() == pytest.approx(sum(draws) / len(draws), rel=0.01)
+
+
+def test_expected_recurrence_matches_the_sampler() -> None:
+    from workbench.models.recurrent_depth import expected_recurrence
+
+    g = torch.Generator().manual_seed(1)
+    for mean, backprop in ((8, 4), (2, 3)):
+        draws = [sample_recurrence(mean, backprop, g) for _ in range(20_000)]
+        total, grad = expected_recurrence(mean, backprop)
+        assert total == mean + 1
+        assert sum(a + b for a, b in draws) / len(draws) == pytest.approx(total, rel=0.01)
+        assert sum(b for _, b in draws) / len(draws) == pytest.approx(grad, rel=0.01)
+        assert grad < backprop  # short draws have fewer gradient steps than backprop
+
+
 def test_training_backprops_only_through_the_last_k_steps() -> None:
     cfg = RecurrentDepthConfig(d_model=32, n_head=2, n_prelude=1, n_core=1, n_coda=1,
                                mean_recurrence=4, backprop_depth=2, ffn_hidden=64, seq_len=16)

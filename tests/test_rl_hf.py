@@ -57,10 +57,12 @@ def untied_llama(example: Path) -> Path:
 # ----------------------------------------------------------------------------- engine
 
 
-def full_logprobs(model: GPT, c: Completion) -> torch.Tensor:
-    """log p(token) of each completion token by one full forward on prompt + completion."""
+def full_logprobs(model: GPT, c: Completion, temperature: float = 1.0) -> torch.Tensor:
+    """log p(token) of each completion token by one full forward on prompt + completion,
+    at `temperature` (logits / T)."""
     with torch.no_grad():
-        logp = F.log_softmax(model(torch.tensor([c.prompt + c.tokens])).logits[0].float(), -1)
+        logits = model(torch.tensor([c.prompt + c.tokens])).logits[0].float()
+        logp = F.log_softmax(logits / temperature, -1)
     start = len(c.prompt)
     return logp[start - 1:-1].gather(1, torch.tensor(c.tokens).unsqueeze(1)).squeeze(1)
 
@@ -102,8 +104,9 @@ def test_torch_engine_stops_on_any_stop_id_of_a_loaded_checkpoint(untied_llama: 
 
 
 def test_logprobs_of_a_loaded_checkpoint_equal_a_full_forward(example: Path) -> None:
-    """Sampled tokens' log-probs = the checkpoint's temperature-1 log-softmax, recomputed
-    by a plain forward on chat prompt + completion (what the trainer does)."""
+    """Sampled tokens' log-probs = the checkpoint's log-softmax at the sampling
+    temperature, recomputed by a plain forward on chat prompt + completion (what the
+    trainer does)."""
     tok = load_tokenizer(f"hf:{example}")
     model = load_hf(example, seq_len=160, attn_backend="sdpa").eval()
     engine = make_engine("torch", model, max_batch=4, max_len=160, temperature=0.8, seed=5,
@@ -112,7 +115,7 @@ def test_logprobs_of_a_loaded_checkpoint_equal_a_full_forward(example: Path) -> 
             for i in range(6)]
     out = generate_all(engine, reqs)
     for c in out:
-        torch.testing.assert_close(torch.tensor(c.logprobs), full_logprobs(model, c),
+        torch.testing.assert_close(torch.tensor(c.logprobs), full_logprobs(model, c, 0.8),
                                    atol=1e-4, rtol=1e-4)
         assert not set(c.tokens[:-1]) & set(tok.stop_ids)
     assert len({tuple(c.tokens) for c in out}) > 1

@@ -262,16 +262,17 @@ def test_pool_timeout_kills_and_replaces_the_worker() -> None:
         s = out[0][1]
         assert s == Score(0.0, False, False, 0.0, "verifier timeout after 0.5s",
                           pid=old_pid, seconds=s.seconds)
-        assert 0.5 <= elapsed < 5.0
+        assert elapsed >= 0.5  # not before the check's timeout (no upper bound: the
+        # machine's speed; results()' own 20 s would have returned nothing)
         assert pool.timeouts == 1 and pool.restarts == 1
         assert pool.pids[0] != old_pid and not _alive(old_pid)
         # The pool keeps working on its replacement worker.
         pool.submit("after", good, "<think></think>\\boxed{42}", 5)
         (key, s2), = pool.drain(timeout=30)
         assert key == "after" and s2.correct and s2.pid == pool.pids[0]
-        # Blocking on an empty pool returns at once instead of hanging.
-        t1 = time.monotonic()
-        assert pool.results(block=True) == [] and time.monotonic() - t1 < 1.0
+        # Blocking on an empty pool returns instead of hanging (pytest's timeout fails
+        # a hang; a bound on its duration would measure the machine).
+        assert pool.results(block=True) == []
 
 
 def test_pool_requeues_checks_behind_a_hung_one() -> None:
@@ -312,9 +313,11 @@ def test_pool_survives_a_killed_worker() -> None:
 # ----------------------------------------------------------------------------- warm start
 
 
-def test_warm_start_caches_and_is_deterministic(tmp_path: Path) -> None:
+def test_warm_start_caches_and_is_deterministic(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from workbench.recipes.rl import warmstart as ws
     from workbench.recipes.rl.warmstart import (
         WarmStartConfig,
         cache_path,
@@ -323,17 +326,18 @@ def test_warm_start_caches_and_is_deterministic(tmp_path: Path) -> None:
     )
 
     cfg = WarmStartConfig(n_layer=1, d_model=32, n_head=2, steps=3, batch_size=4, bucket=2)
-    t0 = time.perf_counter()
     first = warm_start(cfg, tmp_path)
-    train_s = time.perf_counter() - t0
     path = cache_path(cfg, tmp_path)
     assert path.is_file() and path.with_suffix(".json").is_file()
     mtime = path.stat().st_mtime_ns
-    t1 = time.perf_counter()
-    second = warm_start(cfg, tmp_path)
-    load_s = time.perf_counter() - t1
-    assert path.stat().st_mtime_ns == mtime  # loaded, not retrained
-    assert load_s < max(0.5, train_s)
+
+    def no_training(*_: object) -> None:
+        raise AssertionError("the cached warm start was trained again")
+
+    with monkeypatch.context() as patch:  # loaded, not retrained (not: loaded faster)
+        patch.setattr(ws, "train_warm_start", no_training)
+        second = warm_start(cfg, tmp_path)
+    assert path.stat().st_mtime_ns == mtime
     for (k, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(),
                               strict=True):
         assert torch.equal(a, b), k

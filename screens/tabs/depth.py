@@ -5,7 +5,11 @@ Records it reads (DESIGN.md names, plus two the depth recipe writes):
 - distribution `depth/steps_per_token`; scalar `depth/steps_mean`;
 - event `depth_sample` with payload {"tokens": [str, ...], "depths": [int, ...]} and
   optionally "prompt" (text, shown dim: it was prefilled, not decoded);
-- scalars `eval/accuracy/r<N>`: accuracy with the recurrence fixed at N steps.
+- scalars `eval/accuracy/r<N>`: accuracy with the recurrence fixed at N steps;
+- the depth recipe's evaluation figures, one line above the sample (`FIGURES`):
+  adaptive-exit accuracy against the fixed baselines, steps and compute ratios, and
+  decoding speed (`depth/decode_tokens_per_s`: `perf/tokens_per_s` is the training
+  throughput, on the Overview tab).
 """
 
 from __future__ import annotations
@@ -23,6 +27,16 @@ from workbench.screens.tabs.base import RunTab
 from workbench.screens.widgets import Histogram, LineChart
 
 ACCURACY_AT = re.compile(r"^eval/accuracy/r(\d+)$")
+# (label, key, format) of the figures line; absent keys are left out.
+FIGURES = (
+    ("accuracy adaptive", "eval/accuracy", "{:.3f}"),
+    ("fixed shared", "eval/accuracy_fixed_shared", "{:.3f}"),
+    ("fixed full", "eval/accuracy_fixed", "{:.3f}"),
+    ("steps ratio", "depth/steps_ratio", "{:.3f}"),
+    ("compute ratio", "depth/compute_ratio", "{:.3f}"),
+    ("decode tok/s", "depth/decode_tokens_per_s", "{:.0f}"),
+    ("fixed", "depth/decode_tokens_per_s_fixed", "{:.0f}"),
+)
 # Shallow to deep, colorblind-safe (blue -> yellow -> vermillion), 5 bands.
 DEPTH_STYLES = ("#0072b2", "#56b4e9", "#009e73", "#e69f00", "#d55e00")
 
@@ -65,6 +79,15 @@ def accuracy_by_steps(feed: RunFeed) -> tuple[np.ndarray, np.ndarray]:
             np.array([p[1] for p in points], dtype=np.float64))
 
 
+def depth_figures(feed: RunFeed) -> str:
+    """The evaluation's headline figures, latest values, on one line ("" before any)."""
+    parts = []
+    for label, key, fmt in FIGURES:
+        if last := feed.series(key).last():
+            parts.append(f"{label} {fmt.format(last[1])}")
+    return " · ".join(parts)
+
+
 class DepthTab(RunTab):
     TITLE = "Depth"
     KINDS = ("depth",)
@@ -75,6 +98,7 @@ class DepthTab(RunTab):
             yield Histogram(id="steps-hist")
             yield LineChart(id="accuracy")
         with Vertical(id="sample-box"):
+            yield Static("", id="depth-figures")
             yield Static("no sample yet", id="sample")
 
     def update_from(self, feed: RunFeed) -> None:
@@ -88,6 +112,7 @@ class DepthTab(RunTab):
         x, y = accuracy_by_steps(feed)
         if len(x):
             chart.set_series("accuracy", x, y)
+        self.query_one("#depth-figures", Static).update(depth_figures(feed))
         samples = feed.events_of("depth_sample")
         if samples:
             p = samples[-1]["payload"]

@@ -1,5 +1,8 @@
-"""Rollouts (async RL): length histogram and tails over steps, truncation, staleness,
-the policy-version timeline with weight syncs, and idle fractions per role."""
+"""Rollouts (async RL): length histogram and tails over steps, truncation, staleness
+beside how far the generators' policy is from the trained one (k3 per token: the
+train/inference mismatch, `rl/mismatch_kl`, and the drift by staleness,
+`rl/drift_kl/s<s>`; recipes/rl/update.py), the policy-version timeline with weight
+syncs, and idle fractions per role."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ from workbench.screens.widgets import Histogram, LineChart
 
 TAILS = ("rollout/len_p50", "rollout/len_p90", "rollout/len_p99", "rollout/len_max")
 IDLE = ("perf/trainer_idle_frac", "perf/generator_idle_frac")
+MISMATCH = "rl/mismatch_kl"
+DRIFT_PREFIX = "rl/drift_kl/"  # one key per staleness: rl/drift_kl/s0, s1, ...
 SYNCS_SHOWN = 20
 
 
@@ -22,15 +27,18 @@ class RolloutsTab(RunTab):
     PREFIXES = ("rollout/", "staleness", "policy/")
 
     def compose(self) -> ComposeResult:
+        # Two columns, row by row: staleness beside the KL it costs, syncs beside versions.
         with Grid(id="rollouts-grid"):
             yield Histogram(id="len-hist")
             yield LineChart(id="len-tails")
             yield LineChart(id="truncated")
+            yield LineChart(id="idle")
             yield Histogram(id="stale-hist")
+            yield LineChart(id="drift")
             yield LineChart(id="stale-lines")
+            yield LineChart(id="mismatch")
             yield LineChart(id="version")
             yield DataTable(id="syncs", cursor_type="row", zebra_stripes=True)
-            yield LineChart(id="idle")
 
     def on_mount(self) -> None:
         self.query_one("#syncs", DataTable).add_columns("step", "version", "seconds")
@@ -48,6 +56,11 @@ class RolloutsTab(RunTab):
                 quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
         self._lines("#stale-lines", "staleness mean / max",
                     ("staleness/mean", "staleness/max"), feed)
+        self._lines("#mismatch", "train/inference mismatch KL (k3, staleness 0)",
+                    (MISMATCH,), feed)
+        drift = tuple(sorted((k for k in feed.keys() if k.startswith(DRIFT_PREFIX)),
+                             key=staleness_of))
+        self._lines("#drift", "policy KL by staleness (k3)", drift, feed)
         self._lines("#version", "policy version", ("policy/version",), feed)
         syncs = feed.events_of("weight_sync")
         self.query_one("#version", LineChart).set_markers(
@@ -73,3 +86,9 @@ class RolloutsTab(RunTab):
         for key in keys:
             if len(s := feed.series(key)):
                 chart.set_series(key.rsplit("/", 1)[-1], s.step, s.value)
+
+
+def staleness_of(key: str) -> int:
+    """The staleness of an `rl/drift_kl/s<s>` key (numeric order: s10 after s9)."""
+    tail = key.rsplit("/", 1)[-1].removeprefix("s")
+    return int(tail) if tail.isdigit() else -1

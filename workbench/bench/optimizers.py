@@ -59,6 +59,7 @@ def train_arm(spec: Any, corpus: Any, eval_steps: list[int], say: Any) -> dict[s
     """Train one arm; val loss at each step in eval_steps (0 = before training)."""
     from workbench.data.loader import BatchLoader, eval_batches
     from workbench.optim import build_optimizers
+    from workbench.optim.muon import ns_dtype_summary
     from workbench.recipes import pretrain as pt
 
     device = pt.pick_device()
@@ -66,7 +67,7 @@ def train_arm(spec: Any, corpus: Any, eval_steps: list[int], say: Any) -> dict[s
     model = pt.build_model(spec, device)
     opts = build_optimizers(model, spec.optim.name, spec.optim.lr, spec.optim.weight_decay,
                             betas=spec.optim.betas, adjust_lr_fn=spec.optim.adjust_lr_fn,
-                            ns_dtype=pt.ns_dtype(spec.optim.ns_dtype, device))
+                            ns_dtype=pt.ns_dtype(spec.optim.ns_dtype))
     batch, seq = spec.train.batch_size, spec.model.seq_len
     loader = BatchLoader(corpus.train, batch, seq, seed=spec.seed)
     val_tokens = corpus.val if len(corpus.val) > seq else corpus.train
@@ -85,7 +86,7 @@ def train_arm(spec: Any, corpus: Any, eval_steps: list[int], say: Any) -> dict[s
             say(f"  {spec.optim.name} step {step}/{spec.train.steps}: train loss "
                 f"{out.loss:.4f}, val loss {loss:.4f} ({time.perf_counter() - t0:.0f} s)")
     return {"curve": curve, "final": curve[-1][1], "seconds": time.perf_counter() - t0,
-            "ns_dtype": str(pt.ns_dtype(spec.optim.ns_dtype, device)).removeprefix("torch.")}
+            "ns_dtype": ns_dtype_summary(opts)}
 
 
 def bench_optimizers(quick: bool = False, progress: Console | None = None,

@@ -12,11 +12,12 @@ The contract a generator relies on:
 - ``add(req)`` queues a request; ``step()`` admits waiting requests into free slots
   (prefill), decodes ONE token for every active sequence in one batched forward, and
   returns the completions that finished in that step.
-- Every generated token carries ``logprobs[i]`` = log p(token) under the weights that
-  sampled it, at temperature 1 (the model's plain log-softmax, whatever the sampling
-  temperature): the behaviour-policy log-prob that GRPO's importance ratio divides by and
-  that a trainer recomputes with a plain forward pass. ``versions[i]`` = the policy
-  version of those weights.
+- Every generated token carries ``logprobs[i]`` = log p(token) under the distribution it
+  was sampled from: the weights that sampled it, at the sampling temperature T,
+  ``log_softmax(logits / T)`` (T = 0, greedy: the plain log-softmax). That is the
+  behaviour-policy log-prob GRPO's importance ratio divides by; a trainer recomputes it
+  with the same T (``completion_logprobs(temperature=T)``), so that the ratio is 1
+  on-policy whatever T. ``versions[i]`` = the policy version of those weights.
 - ``load_weights(state, version)`` swaps the weights in place between two steps. Sequences
   in flight keep their KV cache (not recomputed) and continue under the new weights, so a
   completion can span several versions (Magistral's in-flight update). A generator that
@@ -62,7 +63,8 @@ class Completion:
     prompt: list[int]
     meta: dict
     tokens: list[int]  # generated ids (the stop id included if it stopped on one)
-    logprobs: list[float]  # log p(token) at temperature 1 under the weights that sampled it
+    logprobs: list[float]  # log p(token) at the sampling temperature, under the weights
+    #                        that sampled it (T = 0: the plain log-softmax)
     versions: list[int]  # policy version that produced each token
     finish: str  # "stop" (a stop id) or "length" (max_new_tokens or the cache length)
 

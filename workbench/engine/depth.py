@@ -16,8 +16,8 @@ Per-token exit, tested after each recurrence from the second on (a prompt's pref
 always runs max_steps, as Huginn does):
 - "none": always max_steps;
 - "kl": KL(p_prev || p_now) of successive readout distributions < threshold (the coda
-  runs at every recurrence to get them);
-- "latent": ||s_now - s_prev|| / ||s_now|| < threshold.
+  and LM head run at every recurrence to get them: `DepthDecoder.readouts` counts them);
+- "latent": ||s_now - s_prev|| / ||s_now|| < threshold (one readout, after the exit).
 
 Batch size 1: the point is per-token depth, not throughput.
 """
@@ -71,6 +71,7 @@ class DepthDecoder:
         self.coda = self._layers(c.n_coda)
         self.core: dict[int, _KV] = {}  # recurrence index (0 when shared) -> layers
         self.length = 0
+        self.readouts = 0  # coda + LM-head passes so far, one per position read out
 
     def _layers(self, n: int) -> _KV:
         return _KV([self._new() for _ in range(n)], [self._new() for _ in range(n)])
@@ -87,7 +88,9 @@ class DepthDecoder:
         return sum(t.numel() * t.element_size() for kv in kvs for t in (*kv.k, *kv.v))
 
     def _readout(self, s: Tensor, t: int) -> Tensor:
-        """Logits [T, V] of core outputs s [1, T, h] at positions t..t+T-1."""
+        """Logits [T, V] of core outputs s [1, T, h] at positions t..t+T-1 (counted in
+        `readouts`: the kl rule reads out after every iteration, which costs compute)."""
+        self.readouts += s.size(1)
         return self.model.readout(s, self.coda.layers, t)[0].float()
 
     def _embed(self, tokens: list[int], t: int) -> tuple[Tensor, Tensor]:

@@ -11,8 +11,10 @@ A fixed number of slots (``max_batch``) share one ``KVCache``. Each ``step()``:
 2. Decode: the pending tokens of all active slots go through ONE batched
    ``GPT.forward_cached`` (each slot at its own position). A token is sampled per slot
    (seeded ``torch.Generator``; greedy at temperature 0), and its log-prob under the
-   model's plain log-softmax (temperature 1, what a trainer's forward pass recomputes)
-   and the current policy version are written into preallocated per-slot tensors. The
+   distribution it was sampled from, ``log_softmax(logits / T)`` (the behaviour policy
+   a trainer's importance ratio divides by: the trainer recomputes it with the same T;
+   greedy decoding reports the plain log-softmax), and the current policy version are
+   written into preallocated per-slot tensors. The
    stop test (any of the stop ids, max_new_tokens, cache length) is vectorized; only the
    slots that finished are read back into Python to build their ``Completion``.
 
@@ -216,12 +218,14 @@ class TorchEngine:
         # Active slots are 0..n-1: the cache is read as a view, never gathered.
         logits = self.model.forward_cached(self._pending[:n].unsqueeze(1), self.cache)
         logits = logits[:, -1].float()
-        logp = F.log_softmax(logits, dim=-1)
         if self.temperature == 0:
             tok = logits.argmax(dim=-1)
+            logp = F.log_softmax(logits, dim=-1)  # greedy: no distribution; report T = 1
         else:
-            probs = F.softmax(logits / self.temperature, dim=-1)
+            scaled = logits / self.temperature
+            probs = F.softmax(scaled, dim=-1)
             tok = torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+            logp = F.log_softmax(scaled, dim=-1)  # of the distribution just sampled
         lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
 
         rows, count = self._arange[:n], self._n_gen[:n]

@@ -21,10 +21,15 @@ How it maps onto vLLM (written against vLLM's V1 engine, 0.10 and later):
   and the tokens after it are tagged with the new version. ``RequestOutputKind.DELTA``:
   each step returns only the new tokens of each request.
 - Log-probs. ``SamplingParams(logprobs=0)`` returns the sampled token's log-prob, and
-  ``logprobs_mode="raw_logprobs"`` (vLLM's default, set explicitly) makes it the model's
-  log-softmax before temperature or any other processing, i.e. temperature 1, as the
-  torch engine reports. ``async_scheduling=False`` keeps a step's tokens on the weights
-  that were loaded when the step was scheduled.
+  ``logprobs_mode="processed_logprobs"`` makes it the log-prob under the distribution
+  the token was sampled from: after temperature (and top-k / top-p / penalties, none of
+  which we set), i.e. ``log_softmax(logits / T)``, as the torch engine reports and the
+  trainer recomputes. (vLLM's default, ``raw_logprobs``, is the model's T = 1
+  log-softmax: at T != 1 the importance ratio would not be 1 on-policy.) A vLLM older
+  than 0.10.2 has no ``logprobs_mode`` and reports raw log-probs only: it is refused at
+  T != 1 (``check_logprobs_mode``). Greedy requests (T = 0) skip the temperature step:
+  their log-probs are the T = 1 ones, as in the torch engine. ``async_scheduling=False``
+  keeps a step's tokens on the weights that were loaded when the step was scheduled.
 - Stop. ``stop_token_ids`` = the ``stop_ids`` given (the policy tokenizer's EOS and
   end-of-turn ids; default our byte EOS: vLLM has no tokenizer to say what EOS is);
   ``max_tokens`` = min(max_new_tokens, max_len - prompt); vLLM's finish_reason "stop" /
@@ -124,11 +129,27 @@ def vllm_unavailable_reason() -> str | None:
     return None
 
 
+LOGPROBS_MODE = "processed_logprobs"  # after temperature: the sampling distribution's
+
+
+def check_logprobs_mode(engine_args_cls: Any, temperature: float) -> None:
+    """Refuse a vLLM without ``logprobs_mode`` (before 0.10.2) at a temperature other than
+    0 or 1: it reports T = 1 log-probs, which are not the behaviour policy's."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(engine_args_cls)}
+    if "logprobs_mode" not in known and temperature not in (0.0, 1.0):
+        raise RuntimeError(f"rollout.temperature = {temperature:g} needs vLLM 0.10.2 or later "
+                           "(logprobs_mode = processed_logprobs); this vLLM reports T = 1 "
+                           "log-probs only — upgrade vLLM or sample at temperature 1")
+
+
 def engine_args_for(engine_args_cls: Any, args: dict[str, Any]) -> dict[str, Any]:
     """Drop the optional settings this vLLM's EngineArgs lacks: ``logprobs_mode`` (0.10.2+;
-    before it log-probs were raw anyway) and ``async_scheduling`` (off: with it, the step
-    launched before a weight update would still run on the old weights while its tokens
-    came back after the update, tagged with the new version)."""
+    before it log-probs were raw, which `check_logprobs_mode` allows at T = 1 only) and
+    ``async_scheduling`` (off: with it, the step launched before a weight update would
+    still run on the old weights while its tokens came back after the update, tagged with
+    the new version)."""
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(engine_args_cls)}
@@ -145,7 +166,7 @@ def sampling_kwargs(req: Request, *, max_len: int, temperature: float, seed: int
         "n": 1,
         "max_tokens": max(1, min(req.max_new_tokens, max_len - len(req.prompt))),
         "temperature": float(temperature),
-        "logprobs": 0,  # the sampled token's log-prob (raw: temperature 1)
+        "logprobs": 0,  # the sampled token's log-prob (processed: after temperature)
         "stop_token_ids": [] if ignore_eos else list(stop_ids or [EOS]),
         "ignore_eos": ignore_eos,
         "skip_special_tokens": False,
@@ -234,9 +255,10 @@ class VLLMEngine:
             generation_config="vllm",
             worker_extension_cls=f"{__name__}.WorkbenchWorkerExtension",
             # Said explicitly where this vLLM has them (see engine_args_for):
-            logprobs_mode="raw_logprobs", async_scheduling=False,
+            logprobs_mode=LOGPROBS_MODE, async_scheduling=False,
         )
         args.update(engine_kwargs or {})
+        check_logprobs_mode(vllm.EngineArgs, self.temperature)
         self._engine = vllm.LLMEngine.from_engine_args(
             vllm.EngineArgs(**engine_args_for(vllm.EngineArgs, args)))
         if folder_given and model is not None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -157,6 +158,32 @@ def sample_recurrence(mean: int, backprop: int, generator: torch.Generator | Non
     return max(p - backprop, 0), min(backprop, p)
 
 
+def expected_recurrence(mean: int, backprop: int, sigma: float = 0.5,
+                        nodes: int = 64) -> tuple[float, float]:
+    """(E[total steps], E[gradient steps]) of `sample_recurrence`'s draw p = Poisson(rate)
+    + 1: mean + 1, and E[min(backprop, p)] = sum over j < backprop of P(Poisson(rate) >= j),
+    averaged over the log-normal rate by Gauss-Hermite quadrature (the sum has no closed
+    form; 64 nodes are exact to float precision for sigma up to about 1)."""
+    mu = math.log(mean) - sigma * sigma / 2
+    xs, ws = np.polynomial.hermite_e.hermegauss(nodes)  # weight exp(-x^2 / 2)
+    grad = 0.0
+    for x, w in zip(xs, ws / math.sqrt(2 * math.pi), strict=True):
+        rate = math.exp(mu + sigma * float(x))
+        below = term = math.exp(-rate)  # P(N <= j) and P(N = j), from j = 0
+        at_least = 1.0  # P(N >= j)
+        for j in range(backprop):
+            grad += float(w) * at_least
+            at_least = 1.0 - below
+            term *= rate / (j + 1)
+            below += term
+    return mean + 1.0, grad
+
+
+def _matmul_params(blocks: nn.Module) -> int:
+    """Weights that take part in a matrix multiply (2-D): not norms or biases."""
+    return sum(p.numel() for p in blocks.parameters() if p.dim() >= 2)
+
+
 class RecurrentDepthGPT(nn.Module):
     def __init__(self, config: RecurrentDepthConfig):
         super().__init__()
@@ -191,16 +218,46 @@ class RecurrentDepthGPT(nn.Module):
         return [b.attn for blocks in (self.prelude, self.core, self.coda) for b in blocks]
 
     def flops_per_token(self) -> int:
-        """Training FLOPs per token at the mean recurrence: 2 per weight per use forward,
-        4 more backward where the gradient flows (prelude, coda, head and the last
-        backprop_depth core iterations), plus the attention term of models/gpt.py."""
+        """Training FLOPs per token, averaged over the recurrence draws training makes:
+        `training_flops` at the draw's expected total and gradient steps
+        (`expected_recurrence`). The formula is linear in both, so this is the exact mean
+        over draws; the mean recurrence itself undercounts by one step (the draw is
+        Poisson(rate) + 1)."""
+        c = self.config
+        return round(self.training_flops(*expected_recurrence(c.mean_recurrence,
+                                                              c.backprop_depth)))
+
+    def training_flops(self, steps: float, grad_steps: float) -> float:
+        """Training FLOPs per token of one forward and backward with `steps` core
+        iterations, `grad_steps` of them with gradient: 2 per weight per use forward, 4 more
+        backward where the gradient flows (prelude, coda, head and the gradient steps),
+        plus the attention term of models/gpt.py (12 * layers * d_model * seq_len)."""
         c = self.config
         core = sum(p.numel() for p in self.core.parameters()) + self.adapter.weight.numel()
         rest = sum(p.numel() for blocks in (self.prelude, self.coda) for p in blocks.parameters())
         rest += self.lm_head.weight.numel()
-        r, k = c.mean_recurrence, min(c.backprop_depth, c.mean_recurrence)
-        layers = c.n_prelude + c.n_coda + c.n_core * r
-        return 6 * rest + (2 * r + 4 * k) * core + 12 * layers * c.d_model * c.seq_len
+        layers = c.n_prelude + c.n_coda + c.n_core * steps
+        return 6 * rest + (2 * steps + 4 * grad_steps) * core + \
+            12 * layers * c.d_model * c.seq_len
+
+    def decode_flops(self, context: int, steps: int, readouts: int = 1) -> int:
+        """Forward FLOPs of decoding one token that attends over `context` positions
+        (itself included) with `steps` core iterations and `readouts` coda + LM-head
+        passes (the kl exit rule reads out after every iteration; a fixed count once).
+
+        The model, for comparing decoding strategies (engine/depth.py): 2 FLOPs per
+        weight of a matrix multiply (embedding lookup, norms, biases, RoPE, softmax and
+        the exit test are left out: O(d_model) or O(vocab) per token against O(d_model^2)),
+        and per attention layer 4 * d_model * context (scores q.k and the weighted sum
+        of v over the cached positions). The prelude runs once, the adapter and core
+        layers once per iteration, the coda and LM head once per readout."""
+        c = self.config
+        attn = 4 * c.d_model * context
+        prelude = 2 * _matmul_params(self.prelude) + c.n_prelude * attn
+        core = 2 * (_matmul_params(self.core) + self.adapter.weight.numel()) + c.n_core * attn
+        readout = 2 * (_matmul_params(self.coda) + self.lm_head.weight.numel()) + \
+            c.n_coda * attn
+        return prelude + steps * core + readouts * readout
 
     def initial_state(self, like: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """s_0 shaped like `like`. Drawn on the generator's device (a CPU generator

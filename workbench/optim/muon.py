@@ -28,10 +28,17 @@ What ours adds:
   bucket of the shape-sorted list), and the bf16 results are exchanged with one
   ``all_gather`` per shape. Every rank then applies the identical update, so the
   replicas stay bit-identical. All distributed concerns live in this file.
-- ``ns_dtype``: the dtype NS runs in, bf16 by default (as torch.optim.Muon). On a
-  CPU without native bf16 matmuls (AVX2 only, e.g. the 2-core dev machine) a bf16
-  384x384 matmul is ~40x slower than fp32, so ``ns_dtype=torch.float32`` is the
-  practical choice there; fp32 NS is at least as accurate.
+- ``ns_dtype``: the dtype NS runs in, bf16 by default (as torch.optim.Muon), or
+  ``"auto"``: per matrix shape and device, whichever of fp32 and bf16 NS a one-time
+  timing found faster (:func:`measure_ns_dtypes`). Which wins depends on the hardware,
+  not the device type: on a CPU without native bf16 matmuls (AVX2 only) a bf16 384x384
+  NS is ~40x slower than fp32, on one with AVX-512 BF16 / AMX it is ~30x faster, and
+  on a GPU bf16 wins except on matrices too small to matter. bf16 must win by a
+  margin (:data:`BF16_MARGIN`): fp32 is at least as accurate, so a near-tie goes to it.
+  The decision is cached per process per (shape, device); under more than one rank,
+  rank 0's decision is broadcast, so the replicas do the same arithmetic; the
+  optimizer's ``state_dict`` carries its decisions (:class:`NsChoice`), so a resumed
+  run continues with the choice it started with instead of re-timing.
 
 ``build_optimizers`` pairs Muon (on :func:`workbench.optim.routing.route`'s hidden
 matrices) with AdamW on everything else.
@@ -40,9 +47,11 @@ matrices) with AdamW on everything else.
 from __future__ import annotations
 
 import math
+import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -55,13 +64,20 @@ from .routing import route
 
 __all__ = [
     "ADJUST_LR_FNS",
+    "AUTO",
+    "BF16_MARGIN",
     "IMPLS",
     "NS_COEFFICIENTS",
+    "NS_DTYPES",
     "OPTIMIZER_NAMES",
     "Muon",
+    "NsChoice",
     "adjust_lr",
     "build_optimizers",
+    "clear_ns_dtype_cache",
+    "measure_ns_dtypes",
     "newton_schulz",
+    "ns_dtype_summary",
 ]
 
 ADJUST_LR_FNS = ("match_rms_adamw", "original")
@@ -155,6 +171,181 @@ def _triton_ns_faster(
     return _TRITON_NS_FASTER[key]
 
 
+# ----------------------------------------------------------------------------- ns_dtype="auto"
+
+AUTO = "auto"
+NS_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+BF16_MARGIN = 0.9
+"""``auto`` takes bf16 only when its NS time is below this fraction of fp32's: fp32 is
+at least as accurate, so a near-tie (which timing noise could decide either way) goes to
+fp32."""
+_TIMED_CALLS = 3  # per dtype, after one warm-up call
+_CLEARLY_SLOWER = 3.0  # a second dtype this many times slower than the first stops early
+_CHEAP_MS = 200.0  # ... once a call of it (or the measurement) took this long
+
+
+@dataclass(frozen=True)
+class NsChoice:
+    """What ``ns_dtype="auto"`` chose for one matrix shape on one device type, and why.
+
+    ``ms``: the best time of one NS of one such matrix per dtype (:func:`measure_ns_dtypes`),
+    empty when nothing was timed. ``source``: ``"measured"`` (this process timed it),
+    ``"rank 0"`` (broadcast from rank 0, which timed it), ``"checkpoint"`` (restored with
+    the optimizer state) or ``"fixed rule"`` (timing impossible: CUDA-graph capture or
+    torch.compile tracing; bf16 on CUDA, fp32 elsewhere). ``device`` is the type, not the
+    index, so a record applies on every rank's GPU and survives a resume.
+    """
+
+    shape: tuple[int, ...]
+    device: str
+    dtype: str
+    ms: dict[str, float] = field(default_factory=dict)
+    source: str = "measured"
+
+    def record(self) -> dict[str, Any]:
+        """A JSON-ready dict (a failed timing, inf, becomes None)."""
+        return {"shape": list(self.shape), "device": self.device, "dtype": self.dtype,
+                "ms": {k: round(v, 3) if math.isfinite(v) else None
+                       for k, v in self.ms.items()},
+                "source": self.source}
+
+    @classmethod
+    def from_record(cls, record: dict[str, Any], source: str) -> NsChoice:
+        ms = {k: math.inf if v is None else float(v) for k, v in record.get("ms", {}).items()}
+        return cls(tuple(record["shape"]), record["device"], record["dtype"], ms, source)
+
+
+# (matrix shape, device) -> this process's measured choice: one timing per process per key.
+_NS_DTYPE_CHOICE: dict[tuple[tuple[int, ...], str], NsChoice] = {}
+
+
+def clear_ns_dtype_cache() -> None:
+    """Forget this process's ``auto`` timings (for a bench that reports their cost, and
+    tests). Optimizers keep the choices they already made."""
+    _NS_DTYPE_CHOICE.clear()
+
+
+def _call_ms(fn: Callable[[], Any], device: torch.device) -> float:
+    """Wall time of one call in ms (synchronized on CUDA); inf when it raises."""
+    try:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return (time.perf_counter() - t0) * 1e3
+    except Exception as exc:  # a dtype this device cannot run loses the comparison
+        warnings.warn(f"Newton-Schulz timing failed ({exc!r})", RuntimeWarning, stacklevel=2)
+        return math.inf
+
+
+def measure_ns_dtypes(
+    G: Tensor,
+    steps: int = 5,
+    eps: float = 1e-7,
+    coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
+) -> dict[str, float]:
+    """Best ms of one NS of the matrix ``G`` in each of :data:`NS_DTYPES`.
+
+    It runs once per shape inside the first optimizer step (or before training, see
+    :meth:`Muon.resolve_ns_dtypes`), so it is kept cheap; the best of a few calls keeps a
+    burst of load on a shared machine from deciding it:
+
+    - one matrix of the real shape: NS cost is linear in the number of stacked matrices,
+      so one ranks the dtypes as the whole bucket would, at a fraction of the cost;
+    - one dtype at a time, each after a warm-up call: a dtype's first call pays set-up
+      (a process's first matmul ~200 ms of library start-up; oneDNN / cuBLAS primitive
+      creation), which is not what every later step costs;
+    - the dtype the old fixed rule would pick (bf16 on CUDA, fp32 elsewhere) goes first:
+      warm-up, then ``_TIMED_CALLS`` timed calls. The other stops as soon as one of its
+      calls, the warm-up included, took over ``_CLEARLY_SLOWER`` times the first's best
+      and over ``_CHEAP_MS``: set-up only adds time, so such a call settles it (its time
+      is then that dtype's figure, an upper bound). A clearly slower dtype thus costs one
+      call per shape, less than one optimizer step in that dtype (a bf16 384x1024 NS takes
+      ~1.5 s on an AVX2-only CPU); cheap shapes and close calls get every call.
+    """
+    first = "bfloat16" if G.is_cuda else "float32"
+    best: dict[str, float] = {}
+    spent = 0.0
+    for name in sorted(NS_DTYPES, key=lambda n: n != first):
+        dtype = NS_DTYPES[name]
+
+        def run(dtype: torch.dtype = dtype) -> Tensor:
+            return newton_schulz(G, steps, eps, coefficients, dtype)
+
+        rival = min(best.values(), default=math.nan)  # the first dtype's best
+        best[name] = math.inf
+        for call in range(1 + _TIMED_CALLS):
+            ms = _call_ms(run, G.device)
+            spent += ms
+            if not math.isfinite(ms):  # this dtype failed: it loses
+                break
+            settled = ms > _CLEARLY_SLOWER * rival and ms > _CHEAP_MS
+            if call == 0 and not settled:  # a warm-up counts only when it settles it
+                continue
+            best[name] = min(best[name], ms)
+            if settled or (best[name] > _CLEARLY_SLOWER * rival and spent > _CHEAP_MS):
+                break
+    return best
+
+
+def _pick_dtype(ms: dict[str, float]) -> str:
+    """bf16 when it beat fp32 by :data:`BF16_MARGIN`, else fp32 (the more accurate)."""
+    return "bfloat16" if ms["bfloat16"] < BF16_MARGIN * ms["float32"] else "float32"
+
+
+def _local_ns_choice(G: Tensor, ns: dict[str, Any]) -> NsChoice:
+    """This process's choice for ``G``'s shape: cached, else timed now (or the fixed rule
+    where timing cannot run)."""
+    if torch.compiler.is_compiling() or (G.is_cuda and torch.cuda.is_current_stream_capturing()):
+        fixed = "bfloat16" if G.is_cuda else "float32"
+        return NsChoice(tuple(G.shape), G.device.type, fixed, source="fixed rule")
+    key = (tuple(G.shape), str(G.device))
+    if key not in _NS_DTYPE_CHOICE:
+        ms = measure_ns_dtypes(G, ns["steps"], ns["eps"], ns["coefficients"])
+        _NS_DTYPE_CHOICE[key] = NsChoice(key[0], G.device.type, _pick_dtype(ms), ms)
+    return _NS_DTYPE_CHOICE[key]
+
+
+def _decide_ns_dtype(G: Tensor, ns: dict[str, Any], group: Any | None) -> NsChoice:
+    """The choice for ``G``'s shape; with a process group of more than one rank, rank 0's.
+
+    Every rank must run NS in the same dtype: distributed Muon all_gathers results of
+    that dtype, and DDP replicas that orthogonalized differently would drift apart. Rank 0
+    decides (its own timing) and broadcasts; this is a collective, reached by every rank
+    in the same bucket order (step() and resolve_ns_dtypes() sort the shapes).
+    """
+    if group is None:
+        return _local_ns_choice(G, ns)
+    import torch.distributed as dist
+
+    lead = dist.get_rank(group) == 0
+    box = [_local_ns_choice(G, ns) if lead else None]
+    dist.broadcast_object_list(box, src=dist.get_global_rank(group, 0), group=group)
+    choice: NsChoice = box[0]  # type: ignore[assignment]
+    return choice if lead else replace(choice, source="rank 0")
+
+
+def ns_dtype_summary(optimizers: Iterable[torch.optim.Optimizer]) -> str | None:
+    """The NS dtype our Muon optimizers among ``optimizers`` run, for a run's record:
+    ``"float32"`` / ``"bfloat16"``, ``"mixed"`` (``auto`` chose per shape: see
+    :meth:`Muon.ns_choice_records`), ``"auto"`` (not decided yet), None without one."""
+    names: set[str] = set()
+    for opt in optimizers:
+        if not isinstance(opt, Muon):
+            continue
+        for group in opt.param_groups:
+            dtype = group.get("ns_dtype", torch.bfloat16)
+            if dtype != AUTO:
+                names.add(str(dtype).removeprefix("torch."))
+            else:
+                names |= {c.dtype for c in opt.ns_choices.values()} or {AUTO}
+    if not names:
+        return None
+    return names.pop() if len(names) == 1 else "mixed"
+
+
 def adjust_lr(lr: float, adjust_lr_fn: str | None, shape: Sequence[int]) -> float:
     """The shape-adjusted Muon lr, exactly as torch.optim.Muon computes it."""
     rows, cols = shape[0], shape[1]
@@ -199,11 +390,16 @@ class Muon(torch.optim.Optimizer):
             default group when None). Only takes effect when torch.distributed is
             initialized and the group has more than one rank; otherwise it is a no-op.
         process_group: the group to split over; passing one implies ``distributed``.
-        ns_dtype: dtype of the Newton-Schulz iteration (default bf16, as torch's).
+        ns_dtype: dtype of the Newton-Schulz iteration (default bf16, as torch's), or
+            ``"auto"``: per matrix shape, the faster of fp32 and bf16 by a one-time timing
+            (module docstring). Under an initialized process group of more than one rank,
+            ``auto`` is decided by rank 0 and broadcast, a collective: every rank must
+            step (true under DDP), even with ``distributed=False``.
 
     The state key is ``momentum_buffer``, as in torch.optim.Muon. In distributed mode
     every rank must hold the same parameters in the same order with gradients on the
-    same ones (true under DDP).
+    same ones (true under DDP). ``state_dict()`` adds ``"ns_choices"`` (the ``auto``
+    decisions, :class:`NsChoice` records) for ``load_state_dict`` to restore.
     """
 
     def __init__(
@@ -219,8 +415,10 @@ class Muon(torch.optim.Optimizer):
         ns_coefficients: tuple[float, float, float] = NS_COEFFICIENTS,
         distributed: bool = False,
         process_group: Any = None,
-        ns_dtype: torch.dtype = torch.bfloat16,
+        ns_dtype: torch.dtype | str = torch.bfloat16,
     ) -> None:
+        if isinstance(ns_dtype, str) and ns_dtype != AUTO:
+            raise ValueError(f"Muon ns_dtype must be a torch dtype or {AUTO!r}, got {ns_dtype!r}")
         if not lr >= 0.0:
             raise ValueError(f"Muon lr must be >= 0, got {lr}")
         if not weight_decay >= 0.0:
@@ -251,6 +449,57 @@ class Muon(torch.optim.Optimizer):
                     raise ValueError("Muon does not support complex parameters")
         self.distributed = distributed
         self.process_group = process_group
+        # ns_dtype="auto" decisions by (matrix shape, device type); saved in state_dict
+        self.ns_choices: dict[tuple[tuple[int, ...], str], NsChoice] = {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """torch's optimizer state plus ``"ns_choices"``, so a resume keeps the NS dtypes."""
+        state = super().state_dict()
+        state["ns_choices"] = self.ns_choice_records()
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore the state, and the ``auto`` decisions it recorded (source
+        ``"checkpoint"``): re-timing could pick differently on a near-tie and a resumed
+        run would no longer repeat the uninterrupted one bit for bit. A state without
+        them (torch.optim.Muon's, or older) leaves the shapes to be decided afresh."""
+        state_dict = dict(state_dict)
+        records = state_dict.pop("ns_choices", None) or []
+        super().load_state_dict(state_dict)
+        for record in records:
+            choice = NsChoice.from_record(record, source="checkpoint")
+            self.ns_choices[(choice.shape, choice.device)] = choice
+
+    def ns_choice_records(self) -> list[dict[str, Any]]:
+        """The ``auto`` decisions made so far, JSON-ready (:meth:`NsChoice.record`)."""
+        return [self.ns_choices[key].record() for key in sorted(self.ns_choices)]
+
+    @torch.no_grad()
+    def resolve_ns_dtypes(self) -> list[dict[str, Any]]:
+        """Decide ``auto`` now for every parameter shape instead of at the first step,
+        timing on the parameters themselves (no random numbers, so the RNG stream a
+        resume relies on is untouched); returns :meth:`ns_choice_records`. A recipe calls
+        it before training to record which dtype runs. A collective under more than one
+        rank, like step()."""
+        for group in self.param_groups:
+            firsts: dict[tuple, Tensor] = {}
+            for p in group["params"]:
+                firsts.setdefault(_bucket_key(p), p)
+            for key in sorted(firsts, key=_bucket_order):
+                self._ns_dtype(group, firsts[key].detach())
+        return self.ns_choice_records()
+
+    def _ns_dtype(self, group: dict[str, Any], sample: Tensor) -> torch.dtype:
+        """The NS dtype for matrices shaped like ``sample``: the group's, or under
+        ``auto`` the (once decided, then remembered) choice for this shape and device."""
+        dtype = group.get("ns_dtype", torch.bfloat16)  # absent in torch's state
+        if dtype != AUTO:
+            return dtype
+        key = (tuple(sample.shape), sample.device.type)
+        if key not in self.ns_choices:
+            self.ns_choices[key] = _decide_ns_dtype(
+                sample, _ns_args(group), _dist_group(True, self.process_group))
+        return NS_DTYPES[self.ns_choices[key].dtype]
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> Any:  # type: ignore[override]
@@ -281,15 +530,12 @@ class Muon(torch.optim.Optimizer):
             buf = state["momentum_buffer"]
             buf.lerp_(p.grad, 1 - mu)
             update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-            key = (tuple(p.shape), p.dtype, str(p.device))
-            buckets[key].append((p, update))
+            buckets[_bucket_key(p)].append((p, update))
 
-        ns = dict(steps=group["ns_steps"], eps=group["eps"],
-                  coefficients=group["ns_coefficients"],
-                  dtype=group.get("ns_dtype", torch.bfloat16))  # absent in torch's state
-        for key in sorted(buckets, key=lambda k: (k[0], str(k[1]), k[2])):
+        for key in sorted(buckets, key=_bucket_order):
             items = buckets[key]
             updates = [u for _, u in items]
+            ns = dict(_ns_args(group), dtype=self._ns_dtype(group, updates[0]))
             if dist_group is None and len(updates) == 1:
                 ortho = newton_schulz(updates[0], **ns).unsqueeze(0)
             elif dist_group is None:
@@ -300,6 +546,22 @@ class Muon(torch.optim.Optimizer):
             for (p, _), o in zip(items, ortho, strict=True):
                 p.mul_(1 - lr * wd)
                 p.add_(o, alpha=-adj_lr)
+
+
+def _bucket_key(p: Tensor) -> tuple[tuple[int, ...], torch.dtype, str]:
+    """Matrices batched into one NS: same shape, dtype and device."""
+    return (tuple(p.shape), p.dtype, str(p.device))
+
+
+def _bucket_order(key: tuple[tuple[int, ...], torch.dtype, str]) -> tuple[Any, ...]:
+    """A total order on bucket keys, the same on every rank (dtypes do not compare)."""
+    return (key[0], str(key[1]), key[2])
+
+
+def _ns_args(group: dict[str, Any]) -> dict[str, Any]:
+    """The group's Newton-Schulz arguments, less the dtype."""
+    return dict(steps=group["ns_steps"], eps=group["eps"],
+                coefficients=group["ns_coefficients"])
 
 
 def _distributed_ns(updates: list[Tensor], group: Any, ns: dict[str, Any]) -> list[Tensor]:
@@ -336,7 +598,7 @@ def build_optimizers(
     adjust_lr_fn: str = "match_rms_adamw",
     impl: str = "ours",
     distributed: bool = False,
-    ns_dtype: torch.dtype = torch.bfloat16,
+    ns_dtype: torch.dtype | str = torch.bfloat16,
 ) -> list[torch.optim.Optimizer]:
     """The optimizers for a pretraining arm; step all of them every step.
 
@@ -353,8 +615,9 @@ def build_optimizers(
 
     ``distributed=True`` splits Muon's Newton-Schulz work over the ranks of the
     default process group (ours only). ``ns_dtype`` (ours only) sets the
-    Newton-Schulz dtype: keep bf16 on GPUs, use ``torch.float32`` on CPUs without
-    native bf16 matmuls.
+    Newton-Schulz dtype, or ``"auto"`` to time fp32 against bf16 once per shape (the
+    pretrain recipe's default); torch.optim.Muon always runs bf16, which ``"auto"``
+    leaves as it is.
     """
     key = name.lower().strip()
     if key not in OPTIMIZER_NAMES:
@@ -372,7 +635,7 @@ def build_optimizers(
         )
     if impl == "torch" and distributed:
         raise ValueError("torch.optim.Muon has no distributed mode; use impl='ours'")
-    if impl == "torch" and ns_dtype != torch.bfloat16:
+    if impl == "torch" and ns_dtype not in (torch.bfloat16, AUTO):
         raise ValueError("torch.optim.Muon always runs NS in bf16; use impl='ours'")
     routing = route(model)
     optimizers: list[torch.optim.Optimizer] = []

@@ -3,14 +3,27 @@
 - Accuracy per fixed recurrence count r: one teacher-forced parallel forward per batch
   of evaluation sequences (the same computation as decoding with the full cache); an
   answer is right when the argmax at its '=' is the answer digit.
+- The evaluation sequences hold held-out problems only (task.py: a hash split, so no
+  evaluated problem was trained on, at any chain length). For comparison, the accuracy
+  at the largest r on as many sequences of training-split problems (`seen_acc`): the
+  difference is what memorizing the training problems adds.
 - Adaptive exit: each sequence decoded token by token with the shared KV cache, every
   token exiting by the rule (capped at the largest r), as if the model generated it:
-  the steps per token are the compute it spent. Each answer is scored at its '='.
-  Compared with the same sequences at the largest fixed r with the full cache (the
-  table's computation), which also gives the unshared KV size; the shared cache's
-  size is measured after decoding. With the shared cache a token reads earlier
-  tokens' last-iteration KV, so work done on earlier tokens carries forward: few
-  steps per token can do what a parallel pass needs many iterations for.
+  the steps per token are the core iterations it spent. Each answer is scored at its
+  '='. Compared with the same sequences at the largest fixed r twice:
+  - on the shared cache, decoded the same way with every token at the cap: the gap to
+    it is the exit rule's alone;
+  - with the full cache (the table's computation), which also gives the unshared KV
+    size: the gap to it adds what sharing the cache changes. With the shared cache a
+    token reads earlier tokens' last-iteration KV, so work done on earlier tokens
+    carries forward: few steps per token can do what a parallel pass needs many
+    iterations for.
+  The shared cache's size is measured after decoding.
+- Compute: `steps_ratio` counts core iterations only; `compute_ratio` is the FLOPs of
+  adaptive decoding over fixed-r decoding of the same tokens, counting the prelude
+  once, the core per iteration and the coda + LM head per readout (the kl rule reads
+  out after every iteration), attention over each token's context
+  (`RecurrentDepthGPT.decode_flops` defines the model).
 - Decode speed per r: greedy generation after a short prompt, shared cache (best of 3).
 - Self-speculative decoding: draft with `draft_steps`, verify with `verify_steps`,
   against plain greedy decoding at `verify_steps` (full cache, whose output the
@@ -32,7 +45,7 @@ import torch
 from workbench.data.corpus import decode
 from workbench.engine.depth import DepthDecoder, generate, generate_speculative
 from workbench.models.recurrent_depth import RecurrentDepthGPT
-from workbench.recipes.depth.task import ChainTask, Sequence
+from workbench.recipes.depth.task import EVAL_SPLIT, ChainTask, Sequence
 
 BATCH = 32
 
@@ -43,8 +56,12 @@ class DepthEval:
     tokens_per_s_by_r: dict[int, float]
     fixed_steps_mean: float  # the fixed maximum r compared with adaptive exit
     adaptive_steps_mean: float
-    steps_ratio: float  # adaptive / fixed
-    fixed_acc: float
+    steps_ratio: float  # adaptive / fixed core iterations
+    compute_ratio: float  # adaptive / fixed decoding FLOPs, readouts included
+    readouts_mean: float  # coda + LM-head passes per token, adaptive exit
+    fixed_acc: float  # at the maximum r, full cache (parallel forward)
+    seen_acc: float  # at the maximum r on problems of the training split
+    fixed_shared_acc: float  # at the maximum r, shared cache, decoded like adaptive exit
     adaptive_acc: float
     adaptive_steps: list[int]  # per decoded token
     answer_steps_mean: float  # mean over the tokens whose forward gives an answer
@@ -55,7 +72,9 @@ class DepthEval:
     plain_tok_s: float
     spec_accept_rate: float
     spec_equal: bool  # speculative output == plain output at verify_steps
-    adaptive_tok_s: float
+    adaptive_tok_s: float  # decoding with adaptive exit (shared cache)
+    fixed_shared_tok_s: float  # decoding the same tokens at the maximum r (shared cache)
+    eval_split: str = EVAL_SPLIT  # what the evaluation sequences hold
     sample_tokens: list[str] = field(default_factory=list)  # generated, one per token
     sample_depths: list[int] = field(default_factory=list)  # recurrences behind each
 
@@ -90,27 +109,40 @@ def accuracy_at(model: RecurrentDepthGPT, task: ChainTask, seqs: list[Sequence],
 
 @dataclass
 class Decoded:
-    """One sequence decoded token by token with adaptive exit."""
+    """One sequence decoded token by token on the shared cache, by an exit rule."""
 
     steps: list[int]  # recurrences of the forward at each position
+    readouts: list[int]  # coda + LM-head passes of the forward at each position
     predictions: dict[int, int]  # answer position -> the model's argmax there
     kv_bytes: int
+
+    def flops(self, model: RecurrentDepthGPT) -> int:
+        """Forward FLOPs of the whole decode (position p attends over p + 1 positions)."""
+        return sum(model.decode_flops(p + 1, n, r)
+                   for p, (n, r) in enumerate(zip(self.steps, self.readouts, strict=True)))
 
 
 @torch.no_grad()
 def decode_adaptive(model: RecurrentDepthGPT, seq: Sequence, max_steps: int, rule: str,
                     threshold: float | None, seed: int) -> Decoded:
-    """One sequence through the shared-cache decoder, every token exiting by `rule`."""
+    """One sequence through the shared-cache decoder, every token exiting by `rule`
+    ("none": every token at max_steps, the fixed baseline on the same cache)."""
     last = seq.answers[-1]
     dec = DepthDecoder(model, last + 1, "shared", max_steps, seed)
     answers = set(seq.answers)
-    steps, predictions = [], {}
+    steps, readouts, predictions = [], [], {}
     for pos in range(last + 1):
+        before = dec.readouts
         logits, n = dec.step(seq.ids[pos], rule, threshold)
         steps.append(n)
+        readouts.append(dec.readouts - before)
         if pos in answers:
             predictions[pos] = int(logits.argmax())
-    return Decoded(steps, predictions, dec.kv_bytes)
+    return Decoded(steps, readouts, predictions, dec.kv_bytes)
+
+
+def _hits(seq: Sequence, d: Decoded) -> list[bool]:
+    return [d.predictions[p] == seq.ids[p + 1] for p in seq.answers]
 
 
 def depth_sample(seq: Sequence, d: Decoded) -> tuple[list[str], list[int]]:
@@ -158,29 +190,53 @@ def token_text(tok: int) -> str:
 @dataclass
 class Adaptive:
     hits: list[bool] = field(default_factory=list)  # per answer, adaptive exit
-    fixed_hits: list[bool] = field(default_factory=list)  # per answer, fixed max r
+    fixed_hits: list[bool] = field(default_factory=list)  # per answer, fixed max r, full cache
+    shared_hits: list[bool] = field(default_factory=list)  # fixed max r, shared cache
     steps: list[int] = field(default_factory=list)  # per decoded token
+    readouts: list[int] = field(default_factory=list)  # per decoded token
     answer_steps: list[int] = field(default_factory=list)
+    flops: int = 0  # adaptive decoding
+    fixed_flops: int = 0  # the same tokens at the fixed max r
     kv_shared: int = 0
     kv_full: int = 0
     seconds: float = 0.0  # decoding with adaptive exit
+    fixed_seconds: float = 0.0  # decoding at the fixed max r, shared cache
     sample: tuple[list[str], list[int]] = ([], [])
+
+    def add_adaptive(self, model: RecurrentDepthGPT, seq: Sequence, d: Decoded,
+                     seconds: float) -> None:
+        """One sequence decoded with the exit rule: its answers, steps and compute."""
+        self.hits += _hits(seq, d)
+        self.steps += d.steps
+        self.readouts += d.readouts
+        self.answer_steps += [d.steps[p] for p in seq.answers]
+        self.flops += d.flops(model)
+        self.kv_shared = max(self.kv_shared, d.kv_bytes)
+        self.seconds += seconds
+
+    def add_fixed_shared(self, model: RecurrentDepthGPT, seq: Sequence, d: Decoded,
+                         seconds: float) -> None:
+        """The same sequence at the fixed maximum on the shared cache: the baseline that
+        differs from adaptive decoding by the exit rule only."""
+        self.shared_hits += _hits(seq, d)
+        self.fixed_flops += d.flops(model)
+        self.fixed_seconds += seconds
 
 
 def adaptive_exit(model: RecurrentDepthGPT, seqs: list[Sequence], ev: Any, seed: int,
                   say: Callable[[str], None], stop: Callable[[], bool]) -> Adaptive | None:
-    """Adaptive exit against the fixed maximum on the same sequences (module docstring)."""
+    """Adaptive exit against the fixed maximum on the same sequences, with the shared
+    and with the full cache (module docstring)."""
     a, top = Adaptive(), ev.max_steps
     for i, seq in enumerate(seqs):
         d, dt = _timed(lambda seq=seq, i=i: decode_adaptive(model, seq, top, ev.exit,
                                                              ev.threshold, seed + i))
-        a.seconds += dt
-        a.hits += [d.predictions[p] == seq.ids[p + 1] for p in seq.answers]
-        a.steps += d.steps
-        a.answer_steps += [d.steps[p] for p in seq.answers]
-        a.kv_shared = max(a.kv_shared, d.kv_bytes)
+        a.add_adaptive(model, seq, d, dt)
         if i == 0:
             a.sample = depth_sample(seq, d)
+        d, dt = _timed(lambda seq=seq, i=i: decode_adaptive(model, seq, top, "none", None,
+                                                             seed + i))
+        a.add_fixed_shared(model, seq, d, dt)
         fixed, kv_full = decode_full(model, seq, top, seed + i)
         a.fixed_hits += fixed
         a.kv_full = max(a.kv_full, kv_full)
@@ -210,12 +266,17 @@ def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
             return None
 
     top = ev.max_steps
+    seen = accuracy_at(model, task, task.seen_set(seed, ev.sequences), top, seed)
+    say(f"depth eval: r={top} accuracy {seen:.3f} on training-split problems, "
+        f"{accuracy[top]:.3f} held out")
     a = adaptive_exit(model, seqs[:ev.adaptive_sequences], ev, seed, say, stop)
     if a is None:
         return None
     say(f"depth eval: adaptive {_mean(a.hits):.3f} at {_mean(a.steps):.2f} mean steps per "
-        f"token ({_mean(a.answer_steps):.2f} on answers) vs fixed r={top} "
-        f"{_mean(a.fixed_hits):.3f} ({len(a.hits)} answers, {len(a.steps)} tokens)")
+        f"token ({_mean(a.answer_steps):.2f} on answers, compute ratio "
+        f"{a.flops / a.fixed_flops:.3f}) vs fixed r={top} {_mean(a.shared_hits):.3f} "
+        f"shared cache, {_mean(a.fixed_hits):.3f} full cache ({len(a.hits)} answers, "
+        f"{len(a.steps)} tokens)")
 
     prompt = prompt_of(seqs[0], model.config.seq_len - ev.decode_tokens - ev.lookahead)
     n_new = ev.decode_tokens
@@ -237,10 +298,13 @@ def evaluate(model: RecurrentDepthGPT, task: ChainTask, ev: Any, seed: int,
     return DepthEval(
         accuracy_by_r=accuracy, tokens_per_s_by_r=speed, fixed_steps_mean=float(top),
         adaptive_steps_mean=_mean(a.steps), steps_ratio=_mean(a.steps) / top,
-        fixed_acc=_mean(a.fixed_hits), adaptive_acc=_mean(a.hits), adaptive_steps=a.steps,
+        compute_ratio=a.flops / a.fixed_flops, readouts_mean=_mean(a.readouts),
+        fixed_acc=_mean(a.fixed_hits), seen_acc=seen, fixed_shared_acc=_mean(a.shared_hits),
+        adaptive_acc=_mean(a.hits), adaptive_steps=a.steps,
         answer_steps_mean=_mean(a.answer_steps), answers=len(a.hits),
         kv_bytes_shared=a.kv_shared, kv_bytes_unshared=a.kv_full,
         spec_tok_s=len(spec.tokens) / spec_s, plain_tok_s=len(plain.tokens) / plain_s,
         spec_accept_rate=spec.acceptance, spec_equal=spec.tokens == plain.tokens,
-        adaptive_tok_s=len(a.steps) / a.seconds, sample_tokens=a.sample[0],
+        adaptive_tok_s=len(a.steps) / a.seconds,
+        fixed_shared_tok_s=len(a.steps) / a.fixed_seconds, sample_tokens=a.sample[0],
         sample_depths=a.sample[1])

@@ -29,8 +29,8 @@ def _run(spec: DepthSpec, ctx: Context, par: Parallel) -> None:
     task = ChainTask(spec.task.max_ops, spec.model.seq_len)
     micro = spec.train.batch_size // spec.train.grad_accum
     loader = TaskLoader(task, micro, spec.seed)
-    val = [task.batch(task.sequences(spec.seed + VAL_SEED_OFFSET, i * micro, micro))
-           for i in range(spec.train.eval_batches)]
+    val = [task.batch(task.sequences(spec.seed + VAL_SEED_OFFSET, i * micro, micro, "eval"))
+           for i in range(spec.train.eval_batches)]  # held-out problems, as evaluated
     trainer = build_trainer(spec, ctx, par, loader, val)
     if not train(trainer, last_stage=False):
         return
@@ -46,15 +46,21 @@ def _run(spec: DepthSpec, ctx: Context, par: Parallel) -> None:
 
 
 def log_eval(run: Run, e: DepthEval, step: int, spec: DepthSpec) -> None:
-    """The evaluation under DESIGN.md's depth names (package docstring)."""
+    """The evaluation under DESIGN.md's depth names (package docstring). It is logged at
+    the last training step, so nothing here may reuse a training key: decoding speed is
+    `depth/decode_tokens_per_s`, `perf/tokens_per_s` stays the training throughput."""
     metrics = {f"eval/accuracy/r{r}": a for r, a in e.accuracy_by_r.items()}
     metrics |= {f"perf/tokens_per_s/r{r}": v for r, v in e.tokens_per_s_by_r.items()}
     metrics |= {
         "eval/accuracy": e.adaptive_acc, "eval/accuracy_fixed": e.fixed_acc,
+        "eval/accuracy_fixed_shared": e.fixed_shared_acc, "eval/accuracy_seen": e.seen_acc,
         "depth/steps_mean": e.adaptive_steps_mean, "depth/steps_fixed": e.fixed_steps_mean,
         "depth/steps_ratio": e.steps_ratio, "depth/steps_mean_answers": e.answer_steps_mean,
+        "depth/compute_ratio": e.compute_ratio, "depth/readouts_mean": e.readouts_mean,
         "depth/kv_bytes": e.kv_bytes_shared, "depth/kv_bytes_unshared": e.kv_bytes_unshared,
-        "depth/spec_accept_rate": e.spec_accept_rate, "perf/tokens_per_s": e.adaptive_tok_s,
+        "depth/spec_accept_rate": e.spec_accept_rate,
+        "depth/decode_tokens_per_s": e.adaptive_tok_s,
+        "depth/decode_tokens_per_s_fixed": e.fixed_shared_tok_s,
         "perf/spec_tokens_per_s": e.spec_tok_s, "perf/plain_tokens_per_s": e.plain_tok_s,
     }
     run.log(metrics, step=step)

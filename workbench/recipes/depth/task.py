@@ -18,11 +18,20 @@ steps, so a tiny model learns the task on a CPU in minutes.
 A training sequence is BOS followed by whole problems separated by `;` up to
 `seq_len`, then PAD. Only the answer digits are targets (the problems themselves are
 random); k is uniform in 1..max_ops. Sequences are a pure function of (seed, index):
-the loader resumes exactly, and the evaluation set is disjoint by seed.
+the loader resumes exactly.
+
+Held-out problems: there are only 10 * 3^k problems with k operations (7,290 at
+k = 6), so a training run sees every short problem many times, and an evaluation set
+drawn from other seeds would mostly repeat them. Each problem (its text, e.g.
+"7*~+=") therefore belongs to one split by a hash: about 1 in `HOLDOUT` is "eval",
+the rest "train". Training sequences hold train problems only, the evaluation and
+validation sequences eval problems only, so no evaluated problem was ever trained on,
+at every chain length (`split_of`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import random
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +44,9 @@ from workbench.data.loader import StepLoader
 OPS = "+*~"
 IGNORE = -100
 EVAL_SEED_OFFSET = 1_000_000_007  # eval sequences come from seeds no training batch uses
+HOLDOUT = 8  # about 1 problem in HOLDOUT is held out of training (module docstring)
+SPLITS = ("train", "eval")
+EVAL_SPLIT = f"held-out problems (1 in {HOLDOUT} by a hash of the problem text)"
 
 
 def apply(op: str, x: int) -> int:
@@ -52,8 +64,15 @@ class Problem:
     ops: int
 
 
-def problem(rng: random.Random, max_ops: int) -> Problem:
-    k = rng.randint(1, max_ops)
+def split_of(text: str) -> str:
+    """"eval" for about 1 problem text in HOLDOUT, else "train": a stable hash, so the
+    split is the same in every process and run."""
+    digest = hashlib.blake2b(text.encode(), digest_size=8).digest()
+    return "eval" if int.from_bytes(digest, "big") % HOLDOUT == 0 else "train"
+
+
+def draw_problem(rng: random.Random, k: int) -> Problem:
+    """A random digit and `k` random operations."""
     x = rng.randint(0, 9)
     text = str(x)
     for _ in range(k):
@@ -61,6 +80,19 @@ def problem(rng: random.Random, max_ops: int) -> Problem:
         x = apply(op, x)
         text += op
     return Problem(text + "=", str(x), k)
+
+
+def problem(rng: random.Random, max_ops: int, split: str = "train") -> Problem:
+    """A random problem of `split`, k uniform in 1..max_ops: drawn again at the same k
+    until its text falls in that split, so the split leaves k uniform (every length
+    has problems in both)."""
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r} must be one of {', '.join(SPLITS)}")
+    k = rng.randint(1, max_ops)
+    while True:
+        p = draw_problem(rng, k)
+        if split_of(p.text) == split:
+            return p
 
 
 @dataclass
@@ -75,10 +107,10 @@ class ChainTask:
     max_ops: int = 8
     seq_len: int = 64
 
-    def sequence(self, rng: random.Random) -> Sequence:
+    def sequence(self, rng: random.Random, split: str = "train") -> Sequence:
         text, answers, ops = "", [], []
         while True:
-            p = problem(rng, self.max_ops)
+            p = problem(rng, self.max_ops, split)
             if len(text) + len(p.text) + 2 > self.seq_len:  # the answer and ';' must fit
                 break
             text += p.text
@@ -98,12 +130,19 @@ class ChainTask:
                 y[b, p] = s.ids[p + 1]
         return x, y
 
-    def sequences(self, seed: int, start: int, n: int) -> list[Sequence]:
-        return [self.sequence(random.Random(seed * 1_000_003 + i))
+    def sequences(self, seed: int, start: int, n: int, split: str = "train",
+                  ) -> list[Sequence]:
+        return [self.sequence(random.Random(seed * 1_000_003 + i), split)
                 for i in range(start, start + n)]
 
     def eval_set(self, seed: int, n: int) -> list[Sequence]:
-        return self.sequences(seed + EVAL_SEED_OFFSET, 0, n)
+        """Evaluation sequences: held-out problems only, from seeds training never uses."""
+        return self.sequences(seed + EVAL_SEED_OFFSET, 0, n, split="eval")
+
+    def seen_set(self, seed: int, n: int) -> list[Sequence]:
+        """Sequences of training-split problems from the evaluation's seeds: what the
+        held-out accuracy is compared with."""
+        return self.sequences(seed + EVAL_SEED_OFFSET, 0, n, split="train")
 
 
 class TaskLoader(StepLoader):

@@ -4,18 +4,18 @@ Each also holds model.json, the model's architecture and config: enough to rebui
 network without the spec (`wb export-model` reads it; checkpoints from before it was
 written fall back to the run's spec).
 
-Written to a temporary folder and renamed into place, so a kill -9 during a write
-never leaves a broken latest checkpoint. In a data-parallel run every replica holds
-the same state, so rank 0 writes and every rank reads.
+Written by the shared checkpoint module (workbench/recipes/checkpoint.py, the RL
+recipe's too): a temporary folder, fsynced, renamed into place, so a kill -9 during a
+write never leaves a broken latest checkpoint; the newest `keep` are kept. In a
+data-parallel run every replica holds the same state, so rank 0 writes and every rank
+reads.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import random
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,10 +25,14 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from workbench.data.loader import BatchLoader
-from workbench.recipes.pretrain.layout import (  # noqa: F401 - re-exported for callers
-    MODEL_JSON,
+from workbench.recipes.checkpoint import (  # noqa: F401 - re-exported for callers
     STEP_PREFIX,
     checkpoints_in,
+    clean_tmp,
+    write_checkpoint,
+)
+from workbench.recipes.pretrain.layout import (  # noqa: F401 - re-exported for callers
+    MODEL_JSON,
     read_model_record,
 )
 from workbench.recipes.pretrain.schedule import lr_at
@@ -56,43 +60,30 @@ class TrainState:
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                     loader: BatchLoader, detector: SpikeDetector, state: TrainState,
                     spec: TrainedSpec, keep: int) -> Path:
-    """Write step-NNNNNNNN/ atomically (temporary folder, then rename) and prune old ones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{STEP_PREFIX}{state.step:08d}"
-    tmp = folder / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
-    (tmp / MODEL_JSON).write_text(json.dumps(model_record(model), indent=1) + "\n")
-    torch.save({
-        "step": state.step,
-        "rollbacks": state.rollbacks,
-        "optimizers": [opt.state_dict() for opt in optimizers],
-        "loader": loader.state_dict(),
-        "detector": detector.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "python": random.getstate(),
-            "numpy": np.random.get_state(),
-        },
-        "schedule": {"step": state.step, "lr": lr_at(spec, max(1, state.step)),
-                     "total_steps": spec.train.steps},
-        "optimizer": spec.optim.name,
-    }, tmp / "state.pt")
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
-    old = None
-    if final.exists():  # re-saving a step (after a rollback): keep the old one until done
-        old = folder / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    for stale in checkpoints_in(folder)[:-keep]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    """Write step-NNNNNNNN/ atomically and durably, keeping the newest `keep`
+    (workbench/recipes/checkpoint.py)."""
+
+    def write(tmp: Path) -> None:
+        save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
+        (tmp / MODEL_JSON).write_text(json.dumps(model_record(model), indent=1) + "\n")
+        torch.save({
+            "step": state.step,
+            "rollbacks": state.rollbacks,
+            "optimizers": [opt.state_dict() for opt in optimizers],
+            "loader": loader.state_dict(),
+            "detector": detector.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+            },
+            "schedule": {"step": state.step, "lr": lr_at(spec, max(1, state.step)),
+                         "total_steps": spec.train.steps},
+            "optimizer": spec.optim.name,
+        }, tmp / "state.pt")
+
+    return write_checkpoint(folder, state.step, write, keep)
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
@@ -116,11 +107,3 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: list[torch.o
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     return TrainState(step=int(state["step"]), rollbacks=int(state["rollbacks"]))
-
-
-def clean_tmp(folder: Path) -> None:
-    """Remove half-written checkpoints left by a killed process."""
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if p.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(p, ignore_errors=True)

@@ -2,8 +2,9 @@
 checkpoints and refuses bad input before anything heavy loads.
 
 A run's checkpoints live in `<run dir>/checkpoints/step-NNNNNNNN/` (pretrain and RL
-alike): model.safetensors and state.pt, plus model.json (pretrain: the model's arch and
-config). Temporary folders (`.tmp-*`, `.old-*`) are never complete checkpoints.
+alike; the listing and the write are workbench/recipes/checkpoint.py's, shared by
+every recipe): model.safetensors and state.pt, plus model.json (pretrain: the model's
+arch and config). Temporary folders (`.tmp-*`) are never complete checkpoints.
 """
 
 from __future__ import annotations
@@ -12,22 +13,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-STEP_PREFIX = "step-"
+from workbench.recipes.checkpoint import (  # noqa: F401 - re-exported for callers
+    STEP_PREFIX,
+    checkpoint_step,
+    checkpoints_in,
+)
+
 MODEL_JSON = "model.json"
-
-
-def checkpoints_in(folder: Path | None) -> list[Path]:
-    """Complete checkpoints in `folder`, oldest first (temporary folders are ignored)."""
-    if folder is None or not folder.is_dir():
-        return []
-    found = [p for p in folder.iterdir() if p.name.startswith(STEP_PREFIX)
-             and (p / "state.pt").is_file() and (p / "model.safetensors").is_file()]
-    return sorted(found, key=checkpoint_step)
-
-
-def checkpoint_step(path: Path) -> int:
-    """The step of a `step-NNNNNNNN` folder."""
-    return int(path.name.removeprefix(STEP_PREFIX))
 
 
 def read_model_record(path: Path) -> dict[str, Any] | None:

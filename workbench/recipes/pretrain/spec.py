@@ -22,6 +22,7 @@ from workbench.signals.spikes import SpikeConfig
 from workbench.spec import Section, SpecBase
 
 ORIGINAL_MUON_LR = 0.02  # Keller Jordan's Muon lr, the default under adjust_lr_fn=original
+_SPIKE = SpikeConfig()  # the spike detector's defaults, StabilitySection's too
 
 
 RD_ONLY = ("n_prelude", "n_core", "n_coda", "mean_recurrence", "backprop_depth")
@@ -150,8 +151,10 @@ class OptimSection(Section):
         None, gt=0, le=10, description="Muon's peak lr; unset = optim.lr under "
         f"match_rms_adamw, {ORIGINAL_MUON_LR} under original. The schedule scales it with lr.")
     ns_dtype: Literal["auto", "bfloat16", "float32"] = Field(
-        "auto", description="Newton-Schulz precision: auto = bfloat16 on CUDA, float32 on a "
-        "CPU (CPUs without native bf16 matmul run it about 35x slower).")
+        "auto", description="Newton-Schulz precision: auto = per matrix shape, whichever of "
+        "float32 and bfloat16 a one-time timing on this device found faster (bf16 needs a "
+        "10% lead; CPUs without native bf16 run it ~40x slower, with AVX-512 BF16/AMX ~30x "
+        "faster); recorded in the run config (muon_ns_choice), kept on resume.")
     tau: float = Field(100.0, gt=0, description="QK-Clip threshold on the max attention logit "
                        "(muonclip clips heads above it; other optimizers only log).")
     grad_clip: float = Field(1.0, ge=0, description="Clip the global grad norm to this; 0 = off.")
@@ -212,14 +215,18 @@ class StabilitySection(Section):
     spike_policy: Literal["alert", "skip", "rollback"] = Field(
         "alert", description="alert (record only), skip (drop the update) or rollback "
         "(restore the last checkpoint and skip the data window).")
-    window: int = Field(100, ge=1, description="Spike detector: rolling window of losses.")
-    threshold: float = Field(6.0, gt=0, description="Spike detector: robust sigmas above the "
-                             "rolling median.")
-    min_rel_jump: float = Field(0.25, ge=0, description="Spike detector: the loss must also be "
-                                "this fraction above the median.")
-    warmup: int = Field(50, ge=1, description="Spike detector: steps seen before any detection.")
-    persist: int = Field(10, ge=1, description="Spike detector: elevated steps that count as a "
-                         "level shift (no further events).")
+    # Defaults: SpikeConfig's, chosen with `wb bench spikes` (bench/spikes.py).
+    window: int = Field(_SPIKE.window, ge=1, description="Spike detector: rolling window of "
+                        "losses.")
+    threshold: float = Field(_SPIKE.threshold, gt=0, description="Spike detector: robust "
+                             "sigmas (1.4826 x MAD) above the rolling median.")
+    min_rel_jump: float = Field(_SPIKE.min_rel_jump, ge=0, description="Spike detector: the "
+                                "loss must also be this fraction above the median (a floor "
+                                "for very quiet curves; raise it for a loss near 0).")
+    warmup: int = Field(_SPIKE.warmup, ge=1, description="Spike detector: steps seen before "
+                        "any detection.")
+    persist: int = Field(_SPIKE.persist, ge=1, description="Spike detector: elevated steps "
+                         "that count as a level shift (no further events).")
     rollback_skip_batches: int = Field(0, ge=0, description="After a rollback, skip this many "
                                        "more steps' worth of data past the offending batch.")
     max_rollbacks: int = Field(5, ge=0, description="Rollbacks per run; later spikes are skipped.")

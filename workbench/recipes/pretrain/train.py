@@ -24,6 +24,7 @@ from workbench.models.config import GPTConfig
 from workbench.models.gpt import GPT
 from workbench.models.recurrent_depth import RecurrentDepthGPT
 from workbench.optim import Muon, build_optimizers, route
+from workbench.optim.muon import ns_dtype_summary
 from workbench.recipes import Context
 from workbench.recipes.pretrain.checkpoint import (
     TrainState,
@@ -51,7 +52,7 @@ from workbench.recipes.pretrain.step import (
     forward_backward,
     optimizer_step,
 )
-from workbench.signals import SpikeDetector
+from workbench.signals import BucketedSpikeDetector, Spike, SpikeDetector, recurrence_bucket
 
 # ----------------------------------------------------------------------------- setup
 
@@ -66,11 +67,28 @@ def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def ns_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """bf16 Newton-Schulz where it is fast (CUDA), fp32 elsewhere."""
-    if choice == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return getattr(torch, choice)
+def ns_dtype(choice: str) -> torch.dtype | str:
+    """Muon's `ns_dtype` for the spec's `optim.ns_dtype`: a fixed dtype, or "auto", which
+    Muon decides per matrix shape by timing fp32 against bf16 NS once on this device
+    (whether bf16 is fast is a property of the hardware, not of "CPU" vs "CUDA")."""
+    return choice if choice == "auto" else getattr(torch, choice)
+
+
+def record_ns_dtype(optimizers: list[torch.optim.Optimizer], run_: Any,
+                    say: Callable[..., None]) -> None:
+    """Decide `ns_dtype = "auto"` now, before step 1 (one timing per matrix shape, or the
+    restored checkpoint's decisions, so a resume repeats the arithmetic it started with),
+    and record in the config which NS dtype runs (`ns_dtype`) and, per shape, the choice,
+    the timings behind it and their source (`muon_ns_choice`). Every rank calls it: under
+    several ranks it is a collective (rank 0 decides)."""
+    choices = [c for opt in optimizers if isinstance(opt, Muon) for c in opt.resolve_ns_dtypes()]
+    summary = ns_dtype_summary(optimizers)
+    run_.update_config({"ns_dtype": summary if summary in (None, "mixed") else f"torch.{summary}",
+                        "muon_ns_choice": choices or None})
+    for c in choices:
+        ms = ", ".join(f"{k} {v} ms" for k, v in c["ms"].items())
+        say(f"Muon NS dtype (auto) {'x'.join(map(str, c['shape']))} on "
+            f"{c['device']}: {c['dtype']} ({c['source']}{': ' + ms if ms else ''})", flush=True)
 
 
 def build_tokenizer(spec: TrainedSpec) -> ByteTokenizer | HFTokenizer:
@@ -140,7 +158,7 @@ def build_optimizer_list(spec: TrainedSpec, model: torch.nn.Module, device: torc
                                   spec.optim.weight_decay, betas=spec.optim.betas,
                                   adjust_lr_fn=spec.optim.adjust_lr_fn,
                                   distributed=distributed,
-                                  ns_dtype=ns_dtype(spec.optim.ns_dtype, device))
+                                  ns_dtype=ns_dtype(spec.optim.ns_dtype))
     for opt in optimizers:
         if isinstance(opt, Muon):
             for group in opt.param_groups:
@@ -165,7 +183,7 @@ class Trainer:
     optimizers: list[torch.optim.Optimizer]
     loader: BatchLoader
     val: list[tuple[torch.Tensor, torch.Tensor]]
-    detector: SpikeDetector
+    detector: SpikeDetector | BucketedSpikeDetector  # `spike_detector(spec)`
     groups: dict[str, list[torch.nn.Parameter]]
     faults: Faults
     state: TrainState = field(default_factory=TrainState)
@@ -221,9 +239,7 @@ class Trainer:
             run.event("nan", step=step, severity="warning", key="train/loss", value=out.loss,
                       grad_norm=out.grad_norm, policy=policy, action=action)
             return action
-        if out.recurrence is not None and out.recurrence < self.spec.model.mean_recurrence:
-            return "apply"  # a short draw's higher loss is its cost, not a spike (docstring)
-        spike = self.detector.update(step, out.loss)
+        spike = self._detect(step, out)
         if spike is None:
             return "apply"
         action = self._limit_rollbacks("apply" if policy == "alert" else policy)
@@ -231,6 +247,14 @@ class Trainer:
                   baseline=spike.baseline, score=spike.score, rel_jump=spike.rel_jump,
                   policy=policy, action=action)
         return action
+
+    def _detect(self, step: int, out: StepOut) -> Spike | None:
+        """Feed the loss to the detector; a recurrent-depth step with its draw's bucket, so
+        each draw length is compared with its own level (package docstring)."""
+        if isinstance(self.detector, BucketedSpikeDetector):
+            bucket = recurrence_bucket(out.recurrence if out.recurrence is not None else 1.0)
+            return self.detector.update(step, out.loss, bucket)
+        return self.detector.update(step, out.loss)
 
     def _limit_rollbacks(self, action: str) -> str:
         if action == "rollback" and self.state.rollbacks >= self.spec.stability.max_rollbacks:
@@ -398,6 +422,15 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     train(trainer)
 
 
+def spike_detector(spec: TrainedSpec) -> SpikeDetector | BucketedSpikeDetector:
+    """The loss-spike detector for this spec: per recurrence bucket for a recurrent-depth
+    model (a short draw's loss is higher by design), else one rolling baseline."""
+    config = spec.stability.spike_config()
+    if spec.model.arch == "recurrent-depth":
+        return BucketedSpikeDetector(config)
+    return SpikeDetector(config)
+
+
 def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
                   val: list[tuple[torch.Tensor, torch.Tensor]]) -> Trainer:
     """Model, optimizers and the Trainer over `loader` / `val`, restored from the latest
@@ -411,7 +444,6 @@ def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
     variant = None if spec.optim.name == "adamw" else spec.optim.adjust_lr_fn
     run_.update_config({"routing": routing.table(), "muon_variant": variant,
                         "muon_lr": None if variant is None else spec.muon_lr,
-                        "ns_dtype": str(ns_dtype(spec.optim.ns_dtype, device)),
                         "device": str(device), "world_size": par.world,
                         "params": model.num_params(),
                         "flops_per_token": model.flops_per_token()})
@@ -421,7 +453,7 @@ def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
 
     trainer = Trainer(spec=spec, ctx=ctx, par=par, model=model, ddp=par.wrap(model),
                       optimizers=optimizers, loader=loader, val=val,
-                      detector=SpikeDetector(spec.stability.spike_config()),
+                      detector=spike_detector(spec),
                       groups=param_groups(spec, routing),
                       faults=Faults.from_env(model.config.vocab_size),
                       print_every=max(1, spec.train.steps // 50))
@@ -437,6 +469,7 @@ def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
     elif ctx.resume_dir is not None:
         say(f"{spec.kind}: no checkpoint in {ctx.resume_dir}; starting from scratch",
             flush=True)
+    record_ns_dtype(optimizers, run_, say)  # after the restore: a resume keeps its choice
     if source is None and spec.stability.spike_policy == "rollback":
         trainer.save("initial")  # something to roll back to before the first checkpoint
     return trainer
