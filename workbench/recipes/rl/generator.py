@@ -14,9 +14,16 @@ Loop (between two decode steps, so nothing waits longer than one step):
    so no sample is staler than max_staleness.
    Group ids come from one counter shared by all generators; the problem of group g
    is a pure function of (seed, g), so a resumed run draws the same problems.
+   Groups restarted after a lost generator (the trainer's "redo" messages) pass the
+   same bound: they go first, but wait while they would be too stale (`take_group`).
 3. one engine step; finished completions go to the trainer's queue.
 Idle time (nothing to decode: paused by the bound, or waiting for weights) is
 reported with each completion, for `perf/generator_idle_frac`.
+
+Stop: on the shared stop event (or a "stop" message) the loop ends and the process
+leaves with os._exit (`leave`): nothing it holds is needed any more, and the
+interpreter's teardown of torch and the gloo group took seconds (longer than
+`wb stop`'s grace on a busy host), during which the trainer waited to join it.
 
 Tokens: the policy's tokenizer, given as its load_tokenizer string ("bytes" or
 "hf:<folder>": a spawned process cannot share the object). A byte policy's prompt is
@@ -33,7 +40,7 @@ import sys
 import threading
 import time
 from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 STATS_EVERY_S = 0.25
 
@@ -83,6 +90,47 @@ def _watch_parent(parent_pid: int) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="wb-watch-trainer", daemon=True).start()
+
+
+def admissible(g: int, per_step: int, engine_version: int, max_staleness: int,
+               steps: int) -> bool:
+    """Whether group g may start on an engine holding weights `engine_version`: its batch
+    (g // per_step) is at most `max_staleness` versions ahead of those weights (its first
+    token's version), and the run still trains that batch."""
+    batch = g // per_step
+    return batch <= engine_version + max_staleness and batch < steps
+
+
+def take_group(redo: list[int], started: Any, engine_version: int, per_step: int,
+               max_staleness: int, steps: int) -> int | None:
+    """The next group this generator starts, or None to wait.
+
+    A restarted group (`redo`, oldest first) goes before a new one, under the same
+    staleness bound: a redo group too far ahead of this engine's weights waits (and so
+    does every new group, all of which are later). `started`: the shared counter of new
+    groups (an mp.Value), advanced only when its group is taken."""
+    if redo:
+        if not admissible(redo[0], per_step, engine_version, max_staleness, steps):
+            return None
+        return redo.pop(0)
+    with started.get_lock():
+        g = int(started.value)
+        if not admissible(g, per_step, engine_version, max_staleness, steps):
+            return None
+        started.value = g + 1
+    return g
+
+
+def leave(code: int = 0) -> NoReturn:
+    """Exit now, skipping the interpreter's teardown (see the module doc): the streams
+    are flushed; the rollout queue's unsent tail and the gloo sockets are dropped (the
+    trainer reads neither once it has asked for the stop)."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def engine_options(engine: str, tokenizer: Any) -> dict[str, Any]:
@@ -176,17 +224,12 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
         # refilled at once instead of idling until the group's longest answer ends.
         while pending is None and engine.num_waiting() < G and \
                 engine.num_active() + engine.num_waiting() < ro.slots + G:
-            if redo:
-                g = redo.pop(0)
-            else:
-                with shared["started"].get_lock():
-                    g = shared["started"].value
-                    # Against the weights this engine holds (not the trainer's counter,
-                    # which moves before the new weights arrive): the first token's version.
-                    if g // per_step > engine.version + ro.max_staleness or \
-                            g // per_step >= spec.grpo.steps:
-                        break
-                    shared["started"].value = g + 1
+            # Against the weights this engine holds (not the trainer's counter, which
+            # moves before the new weights arrive): the first token's version.
+            g = take_group(redo, shared["started"], engine.version, per_step,
+                           ro.max_staleness, spec.grpo.steps)
+            if g is None:
+                break
             problem, prompt = draw_problem(spec, g, problems, room, tokenizer)
             out.put(("start", rank, g))
             for i in range(G):
@@ -210,9 +253,4 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
             busy_s = idle_s = 0.0
             tokens = 0
             last_stats = time.monotonic()
-    out.put(("stats", rank, busy_s, idle_s, tokens))
-    try:
-        dist.destroy_process_group()
-    except Exception:  # noqa: BLE001 - the trainer may be gone already
-        pass
-    sys.exit(0)
+    leave(0)
