@@ -20,8 +20,6 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   their interpreter checks against the torch references (bench/kernels.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
-- spikes: loss-spike detector recall and false positives per 1,000 steps on recorded
-  clean curves with injected jumps of 5-50% (bench/spikes.py).
 """
 
 from __future__ import annotations
@@ -102,12 +100,6 @@ def _kernels(**kw: Any) -> dict[str, Any]:
     return bench_kernels(**kw)
 
 
-def _spikes(**kw: Any) -> dict[str, Any]:
-    from workbench.bench.spikes import bench_spikes
-
-    return bench_spikes(**kw)
-
-
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -121,5 +113,4 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "depth": _depth,
     "mirror": _mirror,
     "kernels": _kernels,
-    "spikes": _spikes,
 }

@@ -4,18 +4,11 @@ Used by the tracking SDK (distribution records), training recipes (live loss-spi
 detection) and the async-RL recipe (staleness accounting).
 """
 
-from .spikes import (
-    BucketedSpikeDetector,
-    Spike,
-    SpikeConfig,
-    SpikeDetector,
-    recurrence_bucket,
-)
+from .spikes import Spike, SpikeConfig, SpikeDetector
 from .staleness import StalenessSummary, StalenessTracker, sample_staleness
 from .tails import TailSummary, TailWindow, summarize
 
 __all__ = [
-    "BucketedSpikeDetector",
     "Spike",
     "SpikeConfig",
     "SpikeDetector",
@@ -23,7 +16,6 @@ __all__ = [
     "StalenessTracker",
     "TailSummary",
     "TailWindow",
-    "recurrence_bucket",
     "sample_staleness",
     "summarize",
 ]
