@@ -215,6 +215,74 @@ def test_bucketed_update_equals_the_full_batch_gradient() -> None:
 # ----------------------------------------------------------------------------- policy KL
 
 
+def test_k3_is_nonnegative_and_zero_only_on_agreement() -> None:
+    """k3 = (r - 1) - log r with r = p_train / p_gen: >= 0 whichever side is larger (k1,
+    old - new, is negative whenever the trainer gives its tokens more probability).
+    Computed in float64 from float32 log-probs: a one-ulp difference is not rounded to 0."""
+    from workbench.recipes.rl.update import token_k3
+
+    new = torch.tensor([-1.0, -2.0, -0.5, -3.0])
+    old = torch.tensor([-1.0, -1.5, -0.7, 0.0])
+    old[3] = torch.nextafter(new[3], torch.tensor(0.0))  # one float32 ulp (2.4e-7) away
+    k3 = token_k3(new, old)
+    assert k3.dtype == torch.float64
+    d = new.double() - old.double()
+    r = torch.exp(d)
+    torch.testing.assert_close(k3, (r - 1) - torch.log(r), atol=1e-12, rtol=1e-6)
+    assert (k3 >= 0).all() and k3[0] == 0
+    assert float(k3[3]) == pytest.approx(float(d[3]) ** 2 / 2, rel=1e-6) and k3[3] > 0
+    assert float((old - new)[2]) < 0  # the k1 term of that token
+
+
+def test_k3_by_staleness_separates_mismatch_from_drift() -> None:
+    """accumulate_grpo's k3 means by staleness = version minus each token's generating
+    version, over every completion token (dropped groups too), by hand."""
+    from dataclasses import dataclass
+
+    from workbench.models.gpt import GPT, GPTConfig
+    from workbench.recipes.rl.update import accumulate_grpo, completion_logprobs, token_k3
+
+    @dataclass
+    class R:
+        prompt: list[int]
+        tokens: list[int]
+        logprobs: list[float]
+        versions: list[int]
+
+    g = torch.Generator().manual_seed(1)
+    torch.manual_seed(1)
+    model = GPT(GPTConfig(seq_len=64, n_layer=1, n_head=2, d_model=16, attn_backend="sdpa"))
+    version = 7
+    batch = []
+    for i in range(6):
+        n = 5 + i
+        # generated from version 7 - i % 3 on, catching up on the way (in-flight updates)
+        versions = [version - max(0, i % 3 - j // 2) for j in range(n)]
+        batch.append(R(torch.randint(0, 256, (3,), generator=g).tolist(),
+                       torch.randint(0, 256, (n,), generator=g).tolist(),
+                       (-torch.rand(n, generator=g) * 6).tolist(), versions))
+    adv, keep = group_advantages(torch.tensor([1.0, 0.0, 0.5, 0.5, 1.0, 0.0]),
+                                 torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert not keep[2:4].any()
+    with torch.no_grad():
+        new, old, mask, _ = completion_logprobs(model, batch, torch.device("cpu"), 0.9)
+    k3 = token_k3(new, old)
+    want: dict[int, list[float]] = {}
+    for row, s in enumerate(batch):
+        for j, v in enumerate(s.versions):
+            want.setdefault(version - v, []).append(float(k3[row, len(s.prompt) - 1 + j]))
+    stats = accumulate_grpo(model, batch, adv, keep, 0.2, 0.28, budget=24,
+                            device=torch.device("cpu"), temperature=0.9, version=version)
+    assert stats.micro_batches > 1
+    assert list(stats.k3_by_staleness) == [0, 1, 2]
+    for s, values in want.items():
+        assert stats.k3_by_staleness[s] == pytest.approx(sum(values) / len(values), rel=1e-5)
+    # without a version: no staleness diagnostics (and no need for `versions`)
+    model.zero_grad(set_to_none=True)
+    assert accumulate_grpo(model, batch, adv, keep, 0.2, 0.28, budget=24,
+                           device=torch.device("cpu")).k3_by_staleness == {}
+
+
 def test_policy_kl_metrics_keys() -> None:
     """rl/mismatch_kl only where staleness-0 tokens exist (absent, not 0, otherwise);
     rl/drift_kl/s<s> for each staleness present."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from tests.helpers import wait_for
 from workbench.launch import local
 from workbench.launch.local import descendants
+from workbench.recipes.checkpoint import checkpoints_in
 from workbench.spec import LoadedSpec, SpecError, parse_spec
 from workbench.store import Store, pid_alive
 
@@ -98,12 +100,37 @@ def test_bad_rl_specs_are_refused_in_one_line(overrides: list[str], expected: st
     assert expected in str(info.value) and "\n" not in str(info.value)
 
 
+def test_redo_groups_wait_for_the_staleness_bound() -> None:
+    """Issue 17 item 6: a group restarted after a lost generator starts first, but only
+    once g // groups_per_step <= engine version + max_staleness, like a new group (it
+    used to start at once, whatever the weights it would be generated with)."""
+    import multiprocessing as mp
+
+    from workbench.recipes.rl.generator import admissible, take_group
+
+    started = mp.get_context("spawn").Value("i", 12)  # groups 0..11 handed out
+    redo = [9, 11]  # batch 4 and batch 5 at 2 groups per step
+    bound = {"per_step": 2, "max_staleness": 1, "steps": 100}
+    assert take_group(redo, started, 2, **bound) is None  # batch 4 > 2 + 1: wait
+    assert redo == [9, 11] and started.value == 12  # nothing taken, no new group either
+    assert take_group(redo, started, 3, **bound) == 9  # batch 4 <= 3 + 1
+    assert take_group(redo, started, 3, **bound) is None  # group 11: batch 5 > 4
+    assert take_group(redo, started, 4, **bound) == 11
+    assert take_group(redo, started, 4, **bound) is None  # new group 12: batch 6 > 5
+    assert take_group(redo, started, 5, **bound) == 12 and started.value == 13
+    assert not admissible(200, 2, 99, 1, 100)  # batch 100 is past the run's last step
+    assert admissible(0, 2, 0, 0, 100)  # synchronous: the current batch only
+
+
 def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> None:
     row = wait_end(store, launch(store, smoke(steps=6, staleness=1)))
     keys = {k for _, _, k, _, _ in store.scalars(row["id"])}
     assert RL_SCALARS <= keys, RL_SCALARS - keys
     assert sorted(values(store, row["id"], "policy/version")) == list(range(1, 7))
     assert max(values(store, row["id"], "staleness/max").values()) <= 1
+    drift = {k for _, _, k, _, _ in store.scalars(row["id"]) if k.startswith("rl/drift_kl/")}
+    assert drift and drift <= {"rl/drift_kl/s0", "rl/drift_kl/s1"}
+    assert all(v >= 0 for k in drift for v in values(store, row["id"], k).values())
     dists = {r["key"] for r in store.records(row["id"]) if r["type"] == "dist"}
     assert {"rollout/length", "staleness"} <= dists
     syncs = store.events(row["id"], kind="weight_sync")
@@ -118,6 +145,13 @@ def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> No
 def test_sync_baseline_has_zero_staleness(store: Store) -> None:
     row = wait_end(store, launch(store, smoke(steps=4, staleness=0)))
     assert set(values(store, row["id"], "staleness/max").values()) == {0.0}
+    # Every token comes from the trained weights: the mismatch alone, each step, tiny
+    # (the same weights in two implementations) and never negative (k3).
+    mismatch = values(store, row["id"], "rl/mismatch_kl")
+    assert sorted(mismatch) == [1, 2, 3, 4]
+    assert all(0 <= v < 1e-4 for v in mismatch.values()), mismatch
+    drift = {k for _, _, k, _, _ in store.scalars(row["id"]) if k.startswith("rl/drift_kl/")}
+    assert drift == {"rl/drift_kl/s0"}
 
 
 def test_kill_9_of_a_generator_is_recorded_and_the_run_goes_on(store: Store,
@@ -160,6 +194,73 @@ def test_trainer_killed_takes_its_roles_down_and_resume_continues(store: Store) 
                 if e["payload"].get("action") == "resumed"]
     assert event["step"] == ckpt
     assert sorted(values(store, resumed["id"], "policy/version")) == list(range(ckpt + 1, 31))
+
+
+def _fill_and_exit(q: Any, how: str) -> None:
+    """A generator's last moments at a stop: far more rollouts queued than the pipe holds
+    (64 KiB), none read any more by the trainer, then the exit."""
+    from workbench.recipes.rl.generator import leave
+
+    for _ in range(64):
+        q.put(b"x" * 16384)
+    if how == "leave":
+        leave(0)
+    sys.exit(0)  # what generators did: the queue's feeder thread is joined at exit
+
+
+def test_a_generator_exits_at_once_with_unread_rollouts_queued() -> None:
+    """Issue 17 item 12, the hang itself: a process exiting normally joins its queue's
+    feeder thread, which blocks on a full pipe nobody reads (the trainer stops reading
+    at the stop), so a generator did not exit and was killed 10 s later. `leave`
+    (os._exit) exits at once, and drops the unsent rollouts."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = {}
+    for how in ("leave", "sys.exit"):
+        q = ctx.Queue()
+        procs[how] = (ctx.Process(target=_fill_and_exit, args=(q, how), daemon=True), q)
+        procs[how][0].start()
+    try:
+        procs["leave"][0].join(30)
+        assert procs["leave"][0].exitcode == 0
+        procs["sys.exit"][0].join(3)
+        assert procs["sys.exit"][0].is_alive()  # the old exit path: stuck in the join
+    finally:
+        for proc, q in procs.values():
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            q.cancel_join_thread()
+
+
+def test_wb_stop_ends_an_rl_run_on_sigterm_alone(store: Store) -> None:
+    """Issue 17 item 12: `wb stop` of a running rl run checkpoints and exits within the
+    10 s grace on SIGTERM alone, every role gone (it used to wait up to 10 s on
+    generators stuck at exit, then be SIGKILLed: "did not exit within 10s; killed",
+    exit code -9)."""
+    import time
+
+    from tests.helpers import wb
+
+    row = launch(store, smoke(steps=500, staleness=1))
+    wait_for(lambda: values(store, row["id"], "policy/version"), 180, "a first step",
+             interval=0.1)
+    tree = descendants(row["pid"])
+    assert len(tree) >= 3  # generators and a verifier
+    t0 = time.monotonic()
+    out = wb("stop", row["id"], "--grace", "10", check=True).stdout
+    seconds = time.monotonic() - t0
+    print(f"wb stop of an rl run: {seconds:.1f} s (CLI start included)")
+    assert "killed" not in out and f"run {row['id']} stopped" in out, out
+    row["_process"].wait(timeout=5)
+    done = store.get_run(row["id"])
+    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
+    assert done["status"] == "stopped" and done["exit_code"] == 0, log[-3000:]
+    (version,) = re.findall(r"rl: stopped at version (\d+)", log)
+    newest = checkpoints_in(store.run_dir(row["id"]) / "checkpoints")[-1]
+    assert newest.name == f"step-{int(version):08d}"  # the stop's (or that step's own)
+    wait_for(lambda: not any(pid_alive(p) for p in tree), 5, "every role to be gone")
 
 
 def test_bench_rl_runs_both_modes_and_reports_its_fields(tmp_path: Path,

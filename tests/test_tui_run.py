@@ -69,7 +69,10 @@ def rl_run(store: Store) -> Run:
                  "rollout/len_p99": float(np.percentile(lengths, 99)),
                  "rollout/truncated_frac": 0.1, "staleness/mean": 1.0, "staleness/max": 2.0,
                  "policy/version": step // 4, "perf/trainer_idle_frac": 0.2,
-                 "perf/generator_idle_frac": 0.05}, step=step)
+                 "perf/generator_idle_frac": 0.05, "rl/drift_kl/s1": 2e-3,
+                 "rl/drift_kl/s2": 5e-3, "rl/drift_kl/s10": 1e-2}, step=step)
+        if step % 2:  # steps with no staleness-0 token log no mismatch
+            run.log({"rl/mismatch_kl": 1e-5 * step, "rl/drift_kl/s0": 1e-5 * step}, step=step)
         if step % 4 == 0:
             run.event("weight_sync", step=step, version=step // 4, seconds=0.25)
     run.finish()
@@ -203,6 +206,11 @@ def test_rl_run_shows_rollouts_not_attention(store: Store, store_dir: Path) -> N
             [4.0, 8.0, 12.0, 16.0, 20.0]
         idle = screen.query_one("#idle", LineChart)
         assert set(idle.series_names) == {"trainer_idle_frac", "generator_idle_frac"}
+        # issue 17 item 2: the mismatch beside staleness, the drift by staleness
+        mismatch = screen.query_one("#mismatch", LineChart)
+        x, y = mismatch.points("mismatch_kl")
+        assert x.tolist() == list(range(1, 21, 2)) and y[-1] == pytest.approx(1.9e-4)
+        assert screen.query_one("#drift", LineChart).series_names == ["s0", "s1", "s2", "s10"]
 
     on_screen(store_dir, lambda: RunScreen(run.id), body)
 

@@ -56,7 +56,7 @@ class RolloutsTab(RunTab):
                 quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
         self._lines("#stale-lines", "staleness mean / max",
                     ("staleness/mean", "staleness/max"), feed)
-        self._lines("#mismatch", "train/inference mismatch KL (k3, staleness 0)",
+        self._lines("#mismatch", "train/inference mismatch (k3)",
                     (MISMATCH,), feed)
         drift = tuple(sorted((k for k in feed.keys() if k.startswith(DRIFT_PREFIX)),
                              key=staleness_of))

@@ -65,9 +65,12 @@ class UpdateStats:
 
 
 def token_k3(logp: Tensor, old: Tensor) -> Tensor:
-    """Per-token k3 = (r - 1) - log r with r = exp(logp - old): >= 0, 0 iff the two
-    log-probs agree. expm1 keeps the small differences that matter here exact."""
-    d = logp - old
+    """Per-token k3 = (r - 1) - log r with r = exp(logp - old), float64: >= 0, and 0
+    only where the two log-probs agree. k3 is about d^2 / 2 for a small difference d,
+    which float32 rounds to 0 below |d| ~ 1e-7 (and resolves coarsely above): the
+    difference of the two float32 log-probs is taken exactly in float64, then expm1
+    keeps its square's size."""
+    d = logp.double() - old.double()
     return torch.expm1(d) - d
 
 
