@@ -82,3 +82,30 @@ def test_engine_hf_tiny() -> None:
     assert r["outputs_match"] == 1.0
     assert r["ours_tok_s"] > 0 and r["transformers_tok_s"] > 0 and r["speedup"] > 0
     assert r["tokens"] == r["requests"] * r["new_tokens"]
+
+
+def test_spikes_tiny() -> None:
+    """`wb bench spikes` end to end on the first 400 steps of each shipped curve: recall
+    per jump and false positives per 1,000 clean steps, for the shipped detector."""
+    r = BENCHES["spikes"](quick=True, progress=None, tiny=True)
+    assert set(r["curves"]) == {"muon-tiny", "adamw-tiny", "depth-tiny", "rl-tiny",
+                                "muon-tiny/4", "adamw-tiny/4", "muon-tiny/8", "adamw-tiny/8"}
+    _finite(r, ["recorded_min_recall_ge_10pct", "recorded_fp_per_10k", "quiet8_mean_recall",
+                "muon-tiny recall 10%", "depth-tiny fp_per_1k", "muon-tiny noise"])
+    for name, c in r["curves"].items():
+        assert c["steps"] == 400 and c["positions"] > 0, name
+        assert c["fp_per_1k"] == pytest.approx(1000 * c["false_positives"] / 400, abs=1e-3)
+        for shape in ("single", "burst3"):
+            recall = c["recall"][shape]
+            assert list(recall) == r["jumps"] == ["5%", "10%", "15%", "20%", "30%", "50%"]
+            assert all(0 <= v <= 1 for v in recall.values()), (name, recall)
+        single = list(c["recall"]["single"].values())
+        assert single == sorted(single), (name, single)  # a bigger jump fires more often
+        # three bad steps in a row are caught at least as often as one
+        assert all(c["recall"]["burst3"][j] >= c["recall"]["single"][j] for j in r["jumps"])
+    # the quiet views are quieter, and the depth curve runs with its spec's floor
+    assert r["muon-tiny/8 noise"] < r["muon-tiny/4 noise"] < r["muon-tiny noise"]
+    assert r["config"]["depth-tiny"]["min_rel_jump"] == 1.0
+    # issue 17: no relative floor of 0.25 any more, so a 20% jump on a quiet curve fires
+    assert r["config"]["muon-tiny"]["min_rel_jump"] < 0.2
+    assert r["curves"]["adamw-tiny/8"]["recall"]["single"]["20%"] > 0.5

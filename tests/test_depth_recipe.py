@@ -326,27 +326,34 @@ def test_bench_depth_runs_and_reports_its_fields() -> None:
     assert set(r["accuracy_by_r"]) == {"1", "2", "4"} and r["spec_equal"] is True
 
 
-def test_short_recurrence_draws_do_not_feed_the_spike_detector(store: Store) -> None:
-    """A draw below the mean recurrence has a higher loss by design; fed to the detector
-    it raised dozens of false loss_spike events (recipes/pretrain docstring)."""
+def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store) -> None:
+    """A draw below the mean recurrence has a higher loss by design: against one baseline
+    it raised dozens of false loss_spike events, and skipping such draws left them
+    unwatched. The detector keeps a level per recurrence bucket (recipes/pretrain
+    docstring): a spike at a short draw fires, the normal gap between draws does not."""
     from workbench.recipes.pretrain.step import Faults, StepOut
-    from workbench.recipes.pretrain.train import Trainer
-    from workbench.signals import SpikeDetector
+    from workbench.recipes.pretrain.train import Trainer, spike_detector
 
     spec = parse_spec(RD_PRETRAIN.format(tau=100))
     row = store.create_run(kind="pretrain", base="t", status="running")
     run = Run(store, row, owner=True)
-    detector = SpikeDetector(spec.stability.spike_config())
     trainer = Trainer(spec=spec, ctx=Context(run=run, run_dir=store.run_dir(row["id"])),
                       par=None, model=None, ddp=None, optimizers=[], loader=None, val=[],
-                      detector=detector, groups={}, faults=Faults())  # type: ignore[arg-type]
+                      detector=spike_detector(spec), groups={}, faults=Faults())  # type: ignore[arg-type]
     m = torch.zeros(4, 2)
-    assert trainer.on_bad_step(1, StepOut(9.0, 1.0, m, recurrence=1.0)) == "apply"
-    assert detector.state_dict()["seen"] == 0
-    assert trainer.on_bad_step(2, StepOut(2.0, 1.0, m, recurrence=4.0)) == "apply"
-    assert detector.state_dict()["seen"] == 1  # a draw at the mean is watched
+    rng = random.Random(0)
+    draws = [1.0, 2.0, 3.0, 4.0, 4.0, 5.0, 6.0, 8.0]  # mean_recurrence is 4: half below
+    spike_at = 0
+    for step in range(1, 401):
+        r = draws[step % len(draws)]
+        loss = 2.0 * (1 + 1.5 / r) * (1 + 0.01 * rng.gauss(0, 1))  # r = 1 costs 2.5x
+        if step > 300 and r == 1.0 and not spike_at:
+            spike_at, loss = step, loss * 1.3
+        assert trainer.on_bad_step(step, StepOut(loss, 1.0, m, recurrence=r)) == "apply"
     run.finish()
-
+    events = store.events(row["id"], kind="loss_spike")
+    assert [e["step"] for e in events] == [spike_at]
+    assert events[0]["payload"]["baseline"] == pytest.approx(5.0, rel=0.03)  # r = 1's level
 
 
 def test_depth_tab_figures_line_reads_the_evaluation_keys(store: Store) -> None:

@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 
 from workbench.signals import (
+    BucketedSpikeDetector,
     Spike,
     SpikeConfig,
     SpikeDetector,
     StalenessTracker,
     TailWindow,
+    recurrence_bucket,
     sample_staleness,
     summarize,
 )
@@ -144,6 +146,87 @@ def test_reset_restarts_warmup() -> None:
 def test_config_validation(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         SpikeConfig(**kwargs)
+
+
+OLD_DEFAULTS = SpikeConfig(window=100, threshold=6.0, min_rel_jump=0.25, warmup=50, persist=10)
+
+
+def test_twenty_percent_jump_of_13_mad_fires_with_the_defaults() -> None:
+    """Issue 17: the old relative floor (min_rel_jump 0.25) hid a 20% jump that stood
+    about 13 MADs above the median. The defaults now let the robust score decide."""
+    clean = clean_curve(3000)
+    loss = noisy(clean, seed=11, noise=0.0195)  # robust sigma ~2%: a MAD of ~1.3%
+    loss[2000] = clean[2000] * 1.2
+    (spike,) = run(loss)
+    assert spike.step == 2000 and spike.rel_jump == pytest.approx(0.2, abs=0.03)
+    assert spike.score * 1.4826 == pytest.approx(13, abs=1.5)  # sigmas -> MADs
+    assert run(loss, OLD_DEFAULTS) == []
+
+
+def depth_like(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A recurrent-depth loss: recurrence draws as Huginn's (Poisson(LogNormal) + 1, mean
+    8), a short draw's loss higher by design, and more so as training teaches the model
+    to use its iterations; 2% noise on a decaying curve."""
+    rng = np.random.default_rng(seed)
+    rate = np.exp(np.log(8) - 0.125 + 0.5 * rng.standard_normal(n))
+    r = rng.poisson(rate) + 1.0
+    t = np.arange(n, dtype=float)
+    depth_gain = 0.3 + 1.2 * t / n  # how much worse one iteration is than many
+    loss = clean_curve(n) * (1 + depth_gain / r) * (1 + 0.02 * rng.standard_normal(n))
+    return loss, r
+
+
+def run_bucketed(loss: np.ndarray, r: np.ndarray,
+                 config: SpikeConfig | None = None) -> list[Spike]:
+    det = BucketedSpikeDetector(config)
+    return [s for i, (v, k) in enumerate(zip(loss, r, strict=True))
+            if (s := det.update(i, float(v), recurrence_bucket(k))) is not None]
+
+
+def test_recurrence_buckets() -> None:
+    assert [recurrence_bucket(r) for r in range(1, 11)] == [0, 4, 6, 8, 9, 10, 11, 12, 13, 13]
+    assert recurrence_bucket(2.1) == recurrence_bucket(2) and recurrence_bucket(0.5) == 0
+
+
+def test_bucketed_detector_ignores_normal_variation_between_draws() -> None:
+    loss, r = depth_like(20_000, seed=12)
+    assert run_bucketed(loss, r) == []
+    # One baseline over every draw flags the short draws: why buckets exist.
+    assert len(run(loss)) > 20
+
+
+def test_bucketed_detector_catches_a_spike_at_a_short_draw() -> None:
+    loss, r = depth_like(4000, seed=13)
+    at = int(np.flatnonzero((r == 2) & (np.arange(r.size) > 3000))[0])
+    level = float(np.median(loss[at - 400:at][r[at - 400:at] == 2]))
+    loss[at] *= 1.3
+    (spike,) = run_bucketed(loss, r)
+    assert spike.step == at and spike.kind == "spike"
+    assert spike.baseline == pytest.approx(level, rel=0.05)  # the r = 2 level, not all draws'
+    assert spike.rel_jump == pytest.approx(loss[at] / level - 1, abs=0.05)
+
+
+def test_bucketed_detector_nan_and_state_round_trip() -> None:
+    loss, r = (a[:600] for a in depth_like(20_000, seed=14))  # the drift of a long run
+    loss[450] *= 1.5
+    loss[500] = math.nan
+    a, b = BucketedSpikeDetector(), BucketedSpikeDetector()
+    for i in range(400):
+        a.update(i, float(loss[i]), recurrence_bucket(r[i]))
+    b.load_state_dict(a.state_dict())
+    events = []
+    for i in range(400, 600):
+        ea = a.update(i, float(loss[i]), recurrence_bucket(r[i]))
+        eb = b.update(i, float(loss[i]), recurrence_bucket(r[i]))
+        assert repr(ea) == repr(eb)  # repr: a nan event's fields are nan
+        events += [(ea.step, ea.kind)] if ea is not None else []
+    assert events == [(450, "spike"), (500, "nan")]
+    assert a.state_dict() == b.state_dict()
+    # A checkpoint from before buckets (a plain detector's state): start over.
+    old = SpikeDetector()
+    old.update(0, 2.0)
+    b.load_state_dict(old.state_dict())
+    assert b.state_dict() == BucketedSpikeDetector().state_dict()
 
 
 # ---------------------------------------------------------------- tails

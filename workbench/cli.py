@@ -797,7 +797,7 @@ def recipes() -> None:
 def bench(
     name: Annotated[str, typer.Argument(
         help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl, "
-        "depth, mirror, kernels.",
+        "depth, mirror, kernels, spikes.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,

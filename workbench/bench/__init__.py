@@ -20,6 +20,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   their interpreter checks against the torch references (bench/kernels.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
+- spikes: loss-spike detector recall and false positives per 1,000 steps on recorded
+  clean curves with injected jumps of 5-50% (bench/spikes.py).
 """
 
 from __future__ import annotations
@@ -100,6 +102,12 @@ def _kernels(**kw: Any) -> dict[str, Any]:
     return bench_kernels(**kw)
 
 
+def _spikes(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.spikes import bench_spikes
+
+    return bench_spikes(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -113,4 +121,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "depth": _depth,
     "mirror": _mirror,
     "kernels": _kernels,
+    "spikes": _spikes,
 }

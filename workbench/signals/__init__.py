@@ -4,11 +4,18 @@ Used by the tracking SDK (distribution records), training recipes (live loss-spi
 detection) and the async-RL recipe (staleness accounting).
 """
 
-from .spikes import Spike, SpikeConfig, SpikeDetector
+from .spikes import (
+    BucketedSpikeDetector,
+    Spike,
+    SpikeConfig,
+    SpikeDetector,
+    recurrence_bucket,
+)
 from .staleness import StalenessSummary, StalenessTracker, sample_staleness
 from .tails import TailSummary, TailWindow, summarize
 
 __all__ = [
+    "BucketedSpikeDetector",
     "Spike",
     "SpikeConfig",
     "SpikeDetector",
@@ -16,6 +23,7 @@ __all__ = [
     "StalenessTracker",
     "TailSummary",
     "TailWindow",
+    "recurrence_bucket",
     "sample_staleness",
     "summarize",
 ]

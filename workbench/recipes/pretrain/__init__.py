@@ -11,10 +11,14 @@
   distinct layer (prelude, then core, then coda), and a core layer's row is its max
   over every iteration of the step. QK-Clip rescales the core's shared weights from
   that max, which bounds every iteration's logit;
-- the spike detector sees only steps whose draw is at least the mean recurrence: a
-  short draw's loss is higher by design (fewer iterations), and fed to the detector it
-  flagged dozens of false spikes in depth-tiny (41 in 800 steps, 32 of them on draws
-  of 1 to 4). NaN handling is unchanged.
+- the spike detector compares each step with its own draw's level: a short draw's loss
+  is higher by design (fewer iterations), so one baseline over all draws flagged dozens
+  of false spikes in depth-tiny (41 in 800 steps, 32 on draws of 1 to 4), and watching
+  only draws at or above the mean left short ones unwatched (and still fired 47 times
+  in 1,500 steps once the task loss neared 1e-4). A `BucketedSpikeDetector`
+  (signals/spikes.py) keeps a rolling median per quarter-octave bucket of r and watches
+  the loss divided by it, on a log scale (9 events on the same curve; `wb bench
+  spikes`). NaN handling is unchanged.
 
 Continued pretraining (`model.init = "hf:<folder>"`): the model starts from a Llama /
 Qwen2 / Qwen3 checkpoint folder (models/hf.py), whose config.json fixes its shape
@@ -116,7 +120,7 @@ _EXPORTS = {
     "parallel": ("Parallel",),
     "train": ("Trainer", "run", "seed_everything", "pick_device", "build_data", "build_model",
               "build_optimizer_list", "build_tokenizer",
-              "ns_dtype"),
+              "ns_dtype", "record_ns_dtype"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 

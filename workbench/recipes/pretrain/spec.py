@@ -215,7 +215,7 @@ class StabilitySection(Section):
     spike_policy: Literal["alert", "skip", "rollback"] = Field(
         "alert", description="alert (record only), skip (drop the update) or rollback "
         "(restore the last checkpoint and skip the data window).")
-    # Defaults: SpikeConfig's (signals/spikes.py).
+    # Defaults: SpikeConfig's, chosen with `wb bench spikes` (bench/spikes.py).
     window: int = Field(_SPIKE.window, ge=1, description="Spike detector: rolling window of "
                         "losses.")
     threshold: float = Field(_SPIKE.threshold, gt=0, description="Spike detector: robust "

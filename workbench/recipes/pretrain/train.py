@@ -52,7 +52,7 @@ from workbench.recipes.pretrain.step import (
     forward_backward,
     optimizer_step,
 )
-from workbench.signals import Spike, SpikeDetector
+from workbench.signals import BucketedSpikeDetector, Spike, SpikeDetector, recurrence_bucket
 
 # ----------------------------------------------------------------------------- setup
 
@@ -183,7 +183,7 @@ class Trainer:
     optimizers: list[torch.optim.Optimizer]
     loader: BatchLoader
     val: list[tuple[torch.Tensor, torch.Tensor]]
-    detector: SpikeDetector  # `spike_detector(spec)`
+    detector: SpikeDetector | BucketedSpikeDetector  # `spike_detector(spec)`
     groups: dict[str, list[torch.nn.Parameter]]
     faults: Faults
     state: TrainState = field(default_factory=TrainState)
@@ -249,10 +249,11 @@ class Trainer:
         return action
 
     def _detect(self, step: int, out: StepOut) -> Spike | None:
-        """Feed the loss to the detector, except a recurrent-depth step drawn below the
-        mean recurrence: its higher loss is the draw's cost (package docstring)."""
-        if out.recurrence is not None and out.recurrence < self.spec.model.mean_recurrence:
-            return None  # a short draw's higher loss is its cost, not a spike (docstring)
+        """Feed the loss to the detector; a recurrent-depth step with its draw's bucket, so
+        each draw length is compared with its own level (package docstring)."""
+        if isinstance(self.detector, BucketedSpikeDetector):
+            bucket = recurrence_bucket(out.recurrence if out.recurrence is not None else 1.0)
+            return self.detector.update(step, out.loss, bucket)
         return self.detector.update(step, out.loss)
 
     def _limit_rollbacks(self, action: str) -> str:
@@ -421,9 +422,13 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     train(trainer)
 
 
-def spike_detector(spec: TrainedSpec) -> SpikeDetector:
-    """The loss-spike detector for this spec: one rolling baseline."""
-    return SpikeDetector(spec.stability.spike_config())
+def spike_detector(spec: TrainedSpec) -> SpikeDetector | BucketedSpikeDetector:
+    """The loss-spike detector for this spec: per recurrence bucket for a recurrent-depth
+    model (a short draw's loss is higher by design), else one rolling baseline."""
+    config = spec.stability.spike_config()
+    if spec.model.arch == "recurrent-depth":
+        return BucketedSpikeDetector(config)
+    return SpikeDetector(config)
 
 
 def build_trainer(spec: TrainedSpec, ctx: Context, par: Parallel, loader: Any,
