@@ -171,8 +171,9 @@ def test_cache_reuse_reads_no_source(tmp_path: Path, monkeypatch: pytest.MonkeyP
     src = stdlib_source(max_files=30, max_bytes=300_000)
     seen: list[tuple[int, int]] = []
     first = build_cache(src, tmp_path, progress=lambda done, total: seen.append((done, total)))
-    n = first.meta["files"]
-    assert seen[0] == (0, n) and seen[-1] == (n, n) and len(seen) == n + 1
+    n, size = first.meta["files"], first.meta["bytes"]  # progress counts input bytes
+    assert seen[0] == (0, size) and seen[-1] == (size, size) and len(seen) == n + 1
+    assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:], strict=False))
 
     def forbidden(path: Path) -> bytes:
         raise AssertionError(f"source read on a cache hit: {path}")

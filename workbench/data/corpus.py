@@ -27,6 +27,11 @@ Sources (a frozen `Source`; `resolve_source(path)` builds one from `data.path`)
             "text") is a string; that string (UTF-8) is one document with id
             `name:LINE`. Blank lines are skipped. A line that is not JSON, not an
             object, or lacks a string `text_field` raises ValueError("FILE:LINE: ...").
+    parquet a .parquet file, or a directory holding .parquet files (recursively; other
+            files are then ignored): the `text_field` column of every row is one
+            document with id `rel:ROW` (FineWeb's layout). Read with pyarrow in record
+            batches, never a whole file; null rows are skipped. A file without the
+            column raises ValueError naming the file and its columns.
 
     Files are always taken in sorted order of their relative POSIX path.
     `max_files` keeps the first N files; `max_bytes` keeps files, in order, while
@@ -58,6 +63,9 @@ Other tokenizers
 Cache
     `build_cache(source, cache_dir)` writes `cache_dir/<fingerprint>/` holding
     train.bin and val.bin (raw little-endian uint16 or uint32 tokens) and meta.json.
+    It streams: each document is tokenized in a batch and appended to its split's file
+    at once, so memory stays bounded whatever the corpus size (the small-corpus safety
+    rules move their one document between the files at the end).
     The fingerprint hashes the source kind, its resolved path, the sorted list of
     (relative path, size, mtime_ns) of the selected input files, text_field,
     val_permille, max_files/max_bytes/suffixes and the tokenizer and cache format
@@ -107,6 +115,8 @@ BYTES_FINGERPRINT = "bytes-1"  # ByteTokenizer.fingerprint(): the byte-level cac
 ENCODE_BATCH_BYTES = 1 << 20  # documents handed to a tokenizer's batch encoder at once
 ENCODE_BATCH_DOCS = 1024
 
+KINDS = ("stdlib", "text", "dir", "jsonl", "parquet")
+PARQUET_BATCH_ROWS = 1024
 DEFAULT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".py", ".jsonl")
 DEFAULT_VAL_PERMILLE = 10
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
@@ -150,7 +160,7 @@ def dtype_name(tokenizer: Any | None) -> str:
 class Source:
     """What to read. Build one with `stdlib_source`, `path_source` or `resolve_source`."""
 
-    kind: str  # "stdlib" | "text" | "dir" | "jsonl"
+    kind: str  # "stdlib" | "text" | "dir" | "jsonl" | "parquet"
     path: str  # absolute
     text_field: str = "text"
     val_permille: int = DEFAULT_VAL_PERMILLE
@@ -159,7 +169,7 @@ class Source:
     suffixes: tuple[str, ...] = DEFAULT_SUFFIXES
 
     def __post_init__(self) -> None:
-        if self.kind not in ("stdlib", "text", "dir", "jsonl"):
+        if self.kind not in KINDS:
             raise ValueError(f"unknown source kind {self.kind!r}")
         if not 0 <= self.val_permille < 1000:
             raise ValueError(f"val_permille must be in [0, 1000), got {self.val_permille}")
@@ -197,8 +207,10 @@ def path_source(path: str | os.PathLike[str], *, text_field: str = "text",
     p = Path(path).expanduser().resolve()
     if p.is_dir():
         kind = "dir"
+        if any(p.rglob("*.parquet")):
+            kind, suffixes = "parquet", (".parquet",)
     elif p.is_file():
-        kind = "jsonl" if p.suffix.lower() == ".jsonl" else "text"
+        kind = {".jsonl": "jsonl", ".parquet": "parquet"}.get(p.suffix.lower(), "text")
     else:
         raise FileNotFoundError(f"data.path {str(path)!r} does not exist")
     return Source(kind, str(p), text_field=text_field, val_permille=val_permille,
@@ -225,7 +237,7 @@ class InputFile:
 def list_files(source: Source) -> list[InputFile]:
     """The selected input files, sorted by relative path (stats only, reads nothing)."""
     root = Path(source.path)
-    if source.kind in ("text", "jsonl"):
+    if source.kind in ("text", "jsonl") or (source.kind == "parquet" and root.is_file()):
         st = root.stat()
         files = [InputFile(root.name, root, st.st_size, st.st_mtime_ns)]
     else:
@@ -233,7 +245,7 @@ def list_files(source: Source) -> list[InputFile]:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames[:] = [d for d in dirnames if not _skip_dir(source, d)]
             for name in filenames:
-                if source.kind == "dir" and name.startswith("."):
+                if source.kind in ("dir", "parquet") and name.startswith("."):
                     continue
                 if os.path.splitext(name)[1].lower() not in source.suffixes:
                     continue
@@ -262,7 +274,7 @@ def list_files(source: Source) -> list[InputFile]:
 
 
 def _skip_dir(source: Source, name: str) -> bool:
-    return name in SKIP_DIRS or (source.kind == "dir" and name.startswith("."))
+    return name in SKIP_DIRS or (source.kind in ("dir", "parquet") and name.startswith("."))
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -273,21 +285,70 @@ def _read_bytes(path: Path) -> bytes:
 def iter_documents(source: Source, files: list[InputFile] | None = None,
                    progress: Callable[[int, int], None] | None = None,
                    ) -> Iterator[tuple[str, bytes, bool]]:
-    """(document id, bytes, followed_by_eos) in corpus order."""
+    """(document id, bytes, followed_by_eos) in corpus order.
+
+    `progress(bytes_done, bytes_total)` counts input file bytes: after each file, and
+    after each record batch of a Parquet file (pro rata of its rows)."""
     files = list_files(source) if files is None else files
-    total = len(files)
+    total = sum(f.size for f in files)
+    done = 0
     if progress:
         progress(0, total)
-    for i, f in enumerate(files):
-        data = _read_bytes(f.path)
-        if f.path.suffix.lower() == ".jsonl" and source.kind in ("jsonl", "dir"):
-            yield from _jsonl_records(f, data, source.text_field)
-        elif source.kind == "text":
-            yield from _chunks(f.rel, data)
+    for f in files:
+        if source.kind == "parquet":
+            for doc, frac in _parquet_records(f, source.text_field):
+                yield doc
+                if progress and frac is not None:
+                    progress(done + int(f.size * frac), total)
         else:
-            yield f.rel, data, True
+            data = _read_bytes(f.path)
+            if f.path.suffix.lower() == ".jsonl" and source.kind in ("jsonl", "dir"):
+                yield from _jsonl_records(f, data, source.text_field)
+            elif source.kind == "text":
+                yield from _chunks(f.rel, data)
+            else:
+                yield f.rel, data, True
+        done += f.size
         if progress:
-            progress(i + 1, total)
+            progress(done, total)
+
+
+def parquet_text_column(path: Path, text_field: str) -> None:
+    """Refuse a Parquet file without a string `text_field` column (reads its footer only)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
+    if text_field not in schema.names:
+        cols = ", ".join(schema.names[:12]) + (" ..." if len(schema.names) > 12 else "")
+        raise ValueError(f"{path}: no column {text_field!r} (columns: {cols}) — set "
+                         "data.text_field to the text column")
+    kind = schema.field(text_field).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise ValueError(f"{path}: column {text_field!r} is {kind}, not text — set "
+                         "data.text_field to the text column")
+
+
+def _parquet_records(f: InputFile, text_field: str,
+                     ) -> Iterator[tuple[tuple[str, bytes, bool], float | None]]:
+    """((id, bytes, True), fraction of the file read or None) per non-null row."""
+    import pyarrow.parquet as pq
+
+    parquet_text_column(f.path, text_field)
+    pf = pq.ParquetFile(f.path)
+    rows = max(1, pf.metadata.num_rows)
+    row = 0
+    for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_field]):
+        texts = batch.column(0).to_pylist()
+        last = len(texts) - 1
+        for i, text in enumerate(texts):
+            if text is not None:
+                yield (f"{f.rel}:{row + i}", text.encode("utf-8", errors="surrogatepass"),
+                       True), ((row + len(texts)) / rows if i == last else None)
+        row += len(texts)
 
 
 def _jsonl_records(f: InputFile, data: bytes, text_field: str,
@@ -490,6 +551,82 @@ def _batches(docs: Iterator[tuple[str, bytes, bool]],
         yield batch
 
 
+class _SplitWriter:
+    """Appends each document to train.bin or val.bin as it comes (bounded memory) and
+    remembers what the small-corpus safety rules of `assign_split` may need to move:
+    the lowest-hash document (to val) and the highest-hash val document (to train)."""
+
+    def __init__(self, tmp: Path, dtype: np.dtype, val_permille: int) -> None:
+        self.tmp, self.dtype, self.val_permille = tmp, dtype, val_permille
+        self.out = {k: open(tmp / f"{k}.bin", "wb") for k in ("train", "val")}
+        self.pos = {"train": 0, "val": 0}
+        self.counts = {"train": [0, 0, 0], "val": [0, 0, 0]}  # documents, tokens, bytes
+        self.lowest: tuple[int, str, str, int, int, int] | None = None  # hash, id, split, ...
+        self.highest_val: tuple[int, str, str, int, int, int] | None = None
+        self.val_sample: list[str] = []
+
+    def add(self, doc_id: str, tokens: bytes, n_tokens: int, n_bytes: int) -> None:
+        h = doc_hash(doc_id)
+        split = "val" if h % 1000 < self.val_permille else "train"
+        self.out[split].write(tokens)
+        where = (h, doc_id, split, self.pos[split], self.pos[split] + n_tokens, n_bytes)
+        self.pos[split] += n_tokens
+        c = self.counts[split]
+        c[0], c[1], c[2] = c[0] + 1, c[1] + n_tokens, c[2] + n_bytes
+        if self.lowest is None or h < self.lowest[0]:
+            self.lowest = where
+        if split == "val":
+            if self.highest_val is None or h > self.highest_val[0]:
+                self.highest_val = where
+            if len(self.val_sample) < 50 or doc_id < self.val_sample[-1]:
+                self.val_sample = sorted([*self.val_sample, doc_id])[:50]
+
+    def close(self) -> None:
+        """Apply the safety rules (see the module docstring), then fsync both files."""
+        for f in self.out.values():
+            f.close()
+        docs = self.counts["train"][0] + self.counts["val"][0]
+        if docs < 2 and self.counts["val"][0]:
+            self._move(self.highest_val, "train")  # a one-document corpus is all train
+        elif docs >= 2 and self.val_permille > 0:
+            if not self.counts["val"][0]:
+                self._move(self.lowest, "val")
+            elif not self.counts["train"][0]:
+                self._move(self.highest_val, "train")
+        for k in ("train", "val"):
+            with open(self.tmp / f"{k}.bin", "rb+") as f:
+                os.fsync(f.fileno())
+
+    def _move(self, doc: tuple[int, str, str, int, int, int] | None, to: str) -> None:
+        """Move one document from its split's file to the (empty) other one."""
+        assert doc is not None
+        _, doc_id, frm, start, end, n_bytes = doc
+        size = self.dtype.itemsize
+        src, dst = self.tmp / f"{frm}.bin", self.tmp / f"{to}.bin"
+        rest = self.tmp / "rest.bin"
+        with open(src, "rb") as f, open(dst, "wb") as d, open(rest, "wb") as r:
+            _copy(f, r, start * size)
+            _copy(f, d, (end - start) * size)
+            _copy(f, r, None)
+        os.replace(rest, src)
+        for split, sign in ((frm, -1), (to, 1)):
+            c = self.counts[split]
+            c[0], c[1], c[2] = c[0] + sign, c[1] + sign * (end - start), c[2] + sign * n_bytes
+        self.val_sample = [doc_id] if to == "val" else [
+            d for d in self.val_sample if d != doc_id]
+
+
+def _copy(src: Any, dst: Any, n: int | None, chunk: int = 1 << 24) -> None:
+    """Copy n bytes (None: the rest) from one open file to another, in chunks."""
+    while n is None or n > 0:
+        data = src.read(chunk if n is None else min(chunk, n))
+        if not data:
+            break
+        dst.write(data)
+        if n is not None:
+            n -= len(data)
+
+
 def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
                  progress: Callable[[int, int], None] | None,
                  tokenizer: Any | None = None) -> None:
@@ -499,36 +636,17 @@ def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
     eos_id = EOS if is_bytes(tokenizer) else int(tokenizer.eos_id)
     eos = np.array([eos_id], dtype=dtype).tobytes()
     limit = np.iinfo(dtype).max
-    spans: list[tuple[str, int, int]] = []  # (doc id, start, end) in all.bin, in tokens
-    pos = 0
+    writer = _SplitWriter(tmp, dtype, source.val_permille)
     n_bytes = 0
-    with open(tmp / "all.bin", "wb") as out:
-        for doc_id, ids, with_eos, size in tokenized_documents(source, files, progress,
-                                                               tokenizer):
-            if len(ids) and (ids.min() < 0 or ids.max() > limit):
-                raise ValueError(f"{doc_id}: token id {int(ids.max())} does not fit "
-                                 f"{dtype_key} (tokenizer vocab_size is wrong)")
-            out.write(ids.astype(dtype, copy=False).tobytes())
-            if with_eos:
-                out.write(eos)
-            end = pos + len(ids) + with_eos
-            spans.append((doc_id, pos, end))
-            pos = end
-            n_bytes += size
-    val_ids = assign_split([s[0] for s in spans], source.val_permille)
-    all_tokens = _open_tokens(tmp / "all.bin", dtype)
-    counts = {"train": [0, 0], "val": [0, 0]}  # documents, tokens
-    for split in ("train", "val"):
-        with open(tmp / f"{split}.bin", "wb") as out:
-            for doc_id, start, end in spans:
-                if (doc_id in val_ids) == (split == "val"):
-                    out.write(all_tokens[start:end].tobytes())
-                    counts[split][0] += 1
-                    counts[split][1] += end - start
-            out.flush()
-            os.fsync(out.fileno())
-    del all_tokens
-    (tmp / "all.bin").unlink()
+    for doc_id, ids, with_eos, size in tokenized_documents(source, files, progress, tokenizer):
+        if len(ids) and (ids.min() < 0 or ids.max() > limit):
+            raise ValueError(f"{doc_id}: token id {int(ids.max())} does not fit "
+                             f"{dtype_key} (tokenizer vocab_size is wrong)")
+        data = ids.astype(dtype, copy=False).tobytes() + (eos if with_eos else b"")
+        writer.add(doc_id, data, len(ids) + with_eos, size)
+        n_bytes += size
+    writer.close()
+    counts = writer.counts
     meta = {
         "format": CACHE_FORMAT,
         "fingerprint": fp,
@@ -540,7 +658,8 @@ def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
         "bytes": n_bytes,
         "documents": {k: v[0] for k, v in counts.items()},
         "tokens": {k: v[1] for k, v in counts.items()},
-        "val_documents_sample": sorted(val_ids)[:50],
+        "split_bytes": {k: v[2] for k, v in counts.items()},
+        "val_documents_sample": writer.val_sample,
         "created": time.time(),
         "build_seconds": round(time.perf_counter() - t0, 3),
         "python": sys.version.split()[0],

@@ -118,8 +118,9 @@ _EXPORTS = {
                    "clean_tmp", "STEP_PREFIX", "MODEL_JSON", "model_record",
                    "read_model_record"),
     "parallel": ("Parallel",),
-    "train": ("Trainer", "run", "seed_everything", "pick_device", "build_data", "build_model",
-              "build_optimizer_list", "build_tokenizer",
+    "data": ("TrainData", "build_data", "build_tokenizer", "check_data", "train_bpe"),
+    "train": ("Trainer", "run", "seed_everything", "pick_device", "build_model",
+              "build_optimizer_list",
               "ns_dtype", "record_ns_dtype"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -10,10 +10,11 @@ spec and refuses a bad one before anything heavy is imported.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 
 from workbench.data.corpus import VOCAB_SIZE
 from workbench.models.config import GPTConfig, RecurrentDepthConfig, ffn_hidden
@@ -67,6 +68,10 @@ class ModelSection(Section):
     backprop_depth: int = Field(4, ge=1, le=1024, description="recurrent-depth: iterations "
                                 "with gradient (truncated backprop through the last k).")
 
+    # The embedding's rows for a model from scratch: the data tokenizer's vocabulary
+    # (PretrainSpec sets it from data.tokenizer; bytes by default).
+    _vocab_size: int = PrivateAttr(VOCAB_SIZE)
+
     @field_validator("init")
     @classmethod
     def _init_form(cls, init: str) -> str:
@@ -95,7 +100,7 @@ class ModelSection(Section):
             raise ValueError(f"{wrong[0]} applies to arch 'gpt'; a recurrent-depth model has "
                              "MHA and sdpa attention — drop it")
         return RecurrentDepthConfig(
-            vocab_size=VOCAB_SIZE, seq_len=self.seq_len, d_model=self.d_model,
+            vocab_size=self._vocab_size, seq_len=self.seq_len, d_model=self.d_model,
             n_head=self.n_head, n_prelude=self.n_prelude, n_core=self.n_core,
             n_coda=self.n_coda, mean_recurrence=self.mean_recurrence,
             backprop_depth=self.backprop_depth,
@@ -128,7 +133,7 @@ class ModelSection(Section):
         """The GPT of this section: the checkpoint's with `init = "hf:..."`."""
         if self.checkpoint is not None:
             return self.checkpoint_config()
-        return GPTConfig(vocab_size=VOCAB_SIZE, seq_len=self.seq_len, n_layer=self.n_layer,
+        return GPTConfig(vocab_size=self._vocab_size, seq_len=self.seq_len, n_layer=self.n_layer,
                          n_head=self.n_head, n_kv_head=self.n_kv_head, d_model=self.d_model,
                          ffn_mult=self.ffn_mult, tie_embeddings=self.tie_embeddings,
                          attn_backend=self.attn_backend)
@@ -197,16 +202,55 @@ class TrainSection(Section):
                                     "machine; a resumed run uses the same value.")
 
 
-class DataSection(Section):
-    """The corpus: the Python stdlib's source by default."""
+class SourceSection(Section):
+    """One corpus of a mixture (`[[data.sources]]`)."""
 
-    path: str | None = Field(None, description="Text file, directory or JSONL; unset = the "
-                             "Python standard library's source files.")
-    text_field: str = Field("text", min_length=1, description="JSONL field holding the text.")
+    path: str = Field(description="Like data.path: text, folder, JSONL, Parquet or .bin shards.")
+    weight: float = Field(1.0, gt=0, description="Share of the batch rows drawn from it "
+                          "(normalized over the sources).")
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Its name in "
+                             "train/source_frac/<name>; default: the file or folder name.")
+    text_field: str | None = Field(None, min_length=1, description="Its JSONL / Parquet text "
+                                   "field; default: data.text_field.")
+    val_path: str | None = Field(None, description=".bin shards: the validation shards' glob.")
+
+    @property
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        stem = Path(self.path.rstrip("/*")).name.split("*")[0].rstrip("_-.") or "source"
+        return stem.removesuffix(".bin").removesuffix(".parquet").removesuffix(".jsonl")
+
+
+class DataSection(Section):
+    """The corpus: the Python stdlib's source by default (recipes/pretrain/data.py)."""
+
+    path: str | None = Field(None, description="Text file, directory, JSONL, Parquet file or "
+                             "folder, or llm.c .bin shards (a glob, folder or file); unset = "
+                             "the Python standard library's source files.")
+    text_field: str = Field("text", min_length=1, description="JSONL field or Parquet column "
+                            "holding the text.")
+    tokenizer: str | None = Field(None, min_length=1, description="'bytes', a tokenizer.json "
+                                  "(or a folder holding one), 'gpt2-bin' (GPT-2 ids of .bin "
+                                  "shards) or 'bpe:<vocab>' (train a byte-level BPE on the "
+                                  "corpus once, cached in the store); unset = bytes, or the "
+                                  "checkpoint's own with model.init = 'hf:...'.")
+    val_path: str | None = Field(None, description=".bin shards: glob of the validation "
+                                 "shards; unset = the shards whose names contain 'val'.")
     val_permille: int = Field(10, ge=0, lt=1000, description="Documents held out for "
-                              "validation, per thousand.")
+                              "validation, per thousand (text, JSONL, Parquet).")
     max_bytes: int | None = Field(None, ge=1, description="Read at most this many bytes of "
                                   "input (whole files, in order); for tiny runs.")
+    sources: list[SourceSection] | None = Field(None, min_length=1, description="A mixture: "
+                                                "[[data.sources]] with path and weight; "
+                                                "data.path must then be unset.")
+
+    def source_list(self) -> list[SourceSection]:
+        """The corpora: the mixture's, else data.path (or the stdlib) as one source."""
+        if self.sources:
+            return self.sources
+        return [SourceSection(path=self.path or "stdlib", name="main",
+                              val_path=self.val_path)]
 
 
 class StabilitySection(Section):
@@ -292,6 +336,25 @@ class TrainedSpec(SpecBase):
         return self
 
 
+def _pin(path: str | None) -> str | None:
+    """A relative path (or glob) as an absolute one; keywords stay as they are."""
+    if path in (None, "", "stdlib", "bytes", "gpt2-bin") or path.startswith("bpe:"):
+        return path
+    p = Path(os.path.expanduser(path))
+    return str(p.resolve() if p.exists() else p.absolute())
+
+
+def pinned_paths(data: DataSection) -> dict[str, object]:
+    """data's paths pinned to where `wb launch` ran."""
+    out: dict[str, object] = {"path": _pin(data.path), "val_path": _pin(data.val_path),
+                              "tokenizer": _pin(data.tokenizer)}
+    if data.sources:
+        out["sources"] = [s.model_copy(update={"path": _pin(s.path),
+                                               "val_path": _pin(s.val_path)})
+                          for s in data.sources]
+    return out
+
+
 class PretrainSpec(TrainedSpec):
     kind: Literal["pretrain"]
     data: DataSection = Field(default_factory=DataSection)
@@ -299,16 +362,28 @@ class PretrainSpec(TrainedSpec):
     def for_launch(self) -> PretrainSpec:
         """A relative data.path or model.init folder is pinned to where `wb launch` ran."""
         spec = self.model_copy(deep=True)
-        if self.data.path not in (None, "", "stdlib"):
-            spec.data.path = str(Path(self.data.path).expanduser().resolve())
+        spec.data = spec.data.model_copy(update=pinned_paths(self.data))
         if (folder := self.model.checkpoint) is not None:
             spec.model.init = f"{HF_PREFIX}{folder.resolve()}"
         return spec
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
-        if self.data.path not in (None, "", "stdlib") and \
-                not Path(self.data.path).expanduser().exists():
-            raise ValueError(f"data.path: no such file or directory {self.data.path!r} — "
-                             "point it at a text file, a directory or a JSONL file")
+        from workbench.recipes.pretrain.data import check_data
+
+        vocab = check_data(self.data, checkpoint=self.model.checkpoint is not None)
+        if self.model.checkpoint is None:
+            self.model._vocab_size = padded_vocab(vocab)
+        elif self.data.tokenizer is not None:
+            embedding = self.model.build_config().vocab_size
+            if vocab > embedding:
+                raise ValueError(f"data.tokenizer has {vocab:,} ids, more than the embedding "
+                                 f"of model.init ({embedding:,}) — use that checkpoint's own "
+                                 "tokenizer (unset data.tokenizer)")
         return self
+
+
+def padded_vocab(n: int) -> int:
+    """Embedding rows for a tokenizer of n ids: our 260 bytes as they are, anything
+    else rounded up to a multiple of 64 (nanoGPT's 50,257 -> 50,304; faster matmuls)."""
+    return n if n == VOCAB_SIZE else -(-n // 64) * 64

@@ -17,9 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from workbench.data.corpus import CachedCorpus, open_corpus
-from workbench.data.loader import BatchLoader, eval_batches
-from workbench.data.tokenizer import ByteTokenizer, HFTokenizer, info, load_tokenizer
+from workbench.data.loader import BatchLoader
+from workbench.data.tokenizer import info
 from workbench.models.config import GPTConfig
 from workbench.models.gpt import GPT
 from workbench.models.recurrent_depth import RecurrentDepthGPT
@@ -33,6 +32,7 @@ from workbench.recipes.pretrain.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from workbench.recipes.pretrain.data import TrainData, build_data, build_tokenizer
 from workbench.recipes.pretrain.metrics import (
     Snapshot,
     param_groups,
@@ -91,52 +91,6 @@ def record_ns_dtype(optimizers: list[torch.optim.Optimizer], run_: Any,
             f"{c['device']}: {c['dtype']} ({c['source']}{': ' + ms if ms else ''})", flush=True)
 
 
-def build_tokenizer(spec: TrainedSpec) -> ByteTokenizer | HFTokenizer:
-    """The checkpoint's own tokenizer for `model.init = "hf:..."`, else bytes. Refused
-    when it has ids beyond the model's embedding (a mismatched folder)."""
-    if spec.model.checkpoint is None:
-        return ByteTokenizer()
-    tok = load_tokenizer(spec.model.init)
-    vocab = spec.model.build_config().vocab_size
-    if tok.vocab_size > vocab:
-        raise ValueError(f"the tokenizer of {spec.model.init} has {tok.vocab_size} ids, more "
-                         f"than the model's vocab_size ({vocab}) — a tokenizer from another "
-                         "model?")
-    return tok
-
-
-def build_data(spec: PretrainSpec, ctx: Context,
-               tokenizer: ByteTokenizer | HFTokenizer | None = None,
-               say: Callable[[str], None] | None = None) -> CachedCorpus:
-    """Tokenize (or reuse) the corpus; the cache lives in the store, shared by runs.
-    `say` reports a real build's progress (a cache hit reads nothing and says nothing)."""
-    d = spec.data
-    options: dict[str, Any] = {"val_permille": d.val_permille, "max_bytes": d.max_bytes}
-    if d.path not in (None, "", "stdlib"):
-        options["text_field"] = d.text_field
-    name = tokenizer.name if tokenizer is not None else "bytes"
-    return open_corpus(d.path, ctx.run.root / "cache" / "data", tokenizer=tokenizer,
-                       progress=cache_progress(say, name) if say else None, **options)
-
-
-def cache_progress(say: Callable[[str], None], tokenizer: str) -> Callable[[int, int], None]:
-    """A `progress(files_done, total)` for the cache build that prints at the start and
-    every tenth of the files (a big corpus with a real tokenizer takes minutes)."""
-    t0 = time.perf_counter()
-    shown = [-1]
-
-    def progress(done: int, total: int) -> None:
-        tenth = done * 10 // max(1, total)
-        if done == 0:
-            say(f"pretrain: tokenizing {total:,} files with {tokenizer}")
-        elif tenth > shown[0] or done == total:
-            say(f"pretrain: tokenized {done:,}/{total:,} files "
-                f"({time.perf_counter() - t0:.1f} s)")
-        shown[0] = tenth
-
-    return progress
-
-
 def build_model(spec: TrainedSpec, device: torch.device) -> GPT | RecurrentDepthGPT:
     """A new model, or the `hf:` checkpoint's (loaded on the CPU, then moved). A resumed
     run loads its own checkpoint over it afterwards (`build_trainer`)."""
@@ -189,6 +143,7 @@ class Trainer:
     state: TrainState = field(default_factory=TrainState)
     saved_step: int = -1
     print_every: int = 1
+    data: TrainData | None = None  # the pretrain kind's corpora (bits per byte, mixtures)
 
     @property
     def device(self) -> torch.device:
@@ -338,6 +293,10 @@ class Trainer:
                 metrics["qkclip/clipped_heads"] = clip.clipped if clip is not None else 0
             if out.recurrence is not None:
                 metrics["train/recurrence"] = out.recurrence
+            if self.data is not None and self.data.mixture:  # this step's rows per source
+                accum = spec.train.grad_accum
+                shares = self.loader.fractions(self.loader.step - accum, accum)
+                metrics.update({f"train/source_frac/{k}": v for k, v in shares.items()})
             run.log(metrics, step=step)
         if clip is not None and clip.clipped:
             run.event("qk_clip", step=step, count=clip.clipped,
@@ -348,8 +307,11 @@ class Trainer:
             run.log({f"svd/entropy/{name}": svd_entropy(p)
                      for name, p in svd_params(self.model).items()}, step=step)
         if step % spec.train.eval_every == 0 or step == spec.train.steps:
-            run.log({"val/loss": evaluate(self.model, self.val, self.device, self.par)},
-                    step=step)
+            loss = evaluate(self.model, self.val, self.device, self.par)
+            scores = {"val/loss": loss}
+            if self.data is not None and (bpb := self.data.val_bits_per_byte(loss)) is not None:
+                scores["val/bits_per_byte"] = bpb
+            run.log(scores, step=step)
         if step % self.print_every == 0 or step == spec.train.steps:
             self.say(f"step {step}/{spec.train.steps} loss {out.loss:.4f} lr {lr:.2e} "
                      f"max_logit {float(out.max_logits.max()):.1f} {dt * 1000:.0f} ms")
@@ -391,34 +353,40 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     run_.set_total_steps(spec.train.steps)
     say = print if par.main else (lambda *_a, **_k: None)
 
-    tokenizer = build_tokenizer(spec)
+    cache = ctx.run.root / "cache"
+    tokenizer = build_tokenizer(spec, cache, say=lambda text: say(text, flush=True))
     run_.update_config({"model_init": spec.model.init, "tokenizer": info(tokenizer)})
     if par.main:  # one process tokenizes; the others then read its cache
-        corpus = build_data(spec, ctx, tokenizer, say=lambda text: say(text, flush=True))
+        data = build_data(spec, cache, tokenizer, say=lambda text: say(text, flush=True))
     par.barrier()
     if not par.main:
-        corpus = build_data(spec, ctx, tokenizer)
+        data = build_data(spec, cache, tokenizer)
     micro = spec.train.batch_size // spec.train.grad_accum // par.world  # per rank
-    loader = BatchLoader(corpus.train, micro, spec.model.seq_len, seed=spec.seed,
-                         rank=par.rank, world_size=par.world)
-    val_tokens = corpus.val
-    if len(corpus.val) <= spec.model.seq_len:  # too small a split: say so, don't hide it
-        val_tokens = corpus.train
+    loader = data.loader(micro, spec.model.seq_len, spec.seed, par.rank, par.world)
+    val_tokens = []
+    for src in data.sources:
+        if len(src.val) > spec.model.seq_len:
+            val_tokens.append(src.val)
+            continue
+        val_tokens.append(src.train)  # too small a split: say so, don't hide it
         run_.event("data_warning", step=0, severity="warning",
-                   message=f"validation split has {len(corpus.val)} tokens, fewer than one "
-                   f"window of {spec.model.seq_len + 1}; val/loss is measured on training "
-                   "data — raise data.val_permille or use more data")
-        say(f"pretrain: warning: the validation split ({len(corpus.val)} tokens) is shorter "
-            "than one window; val/loss uses training data (raise data.val_permille)",
-            flush=True)
-    val = eval_batches(val_tokens, micro, spec.model.seq_len, spec.train.eval_batches,
-                       rank=par.rank, world_size=par.world)
-    run_.event("stage", step=0, stage="data_ready", train_tokens=len(corpus.train),
-               val_tokens=len(corpus.val), cache=str(corpus.path))
-    say(f"pretrain: data {len(corpus.train):,} train / {len(corpus.val):,} val tokens "
-        f"({corpus.path})", flush=True)
+                   message=f"validation split of {src.name} has {len(src.val)} tokens, fewer "
+                   f"than one window of {spec.model.seq_len + 1}; val/loss is measured on "
+                   "training data — raise data.val_permille or use more data")
+        say(f"pretrain: warning: the validation split of {src.name} ({len(src.val)} tokens) "
+            "is shorter than one window; val/loss uses training data (raise "
+            "data.val_permille)", flush=True)
+    val = data.eval(val_tokens, micro, spec.model.seq_len, spec.train.eval_batches,
+                    par.rank, par.world)
+    run_.event("stage", step=0, stage="data_ready", train_tokens=data.train_tokens,
+               val_tokens=data.val_tokens, cache=", ".join(s.where for s in data.sources))
+    for src in data.sources:
+        share = f" weight {src.weight:g}" if data.mixture else ""
+        say(f"pretrain: data {src.name}{share}: {len(src.train):,} train / {len(src.val):,} "
+            f"val tokens ({src.where})", flush=True)
 
     trainer = build_trainer(spec, ctx, par, loader, val)
+    trainer.data = data
     train(trainer)
 
 
