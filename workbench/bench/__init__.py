@@ -20,6 +20,9 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   their interpreter checks against the torch references (bench/kernels.py).
 - tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
   (bench/tui.py).
+- data: tokenizing into the cache vs the tokenizers library alone, batches from
+  memory-mapped .bin shards vs a training step, and a BPE run vs bytes in bits per
+  byte (bench/data.py).
 - spikes: loss-spike detector recall and false positives per 1,000 steps on recorded
   clean curves with injected jumps of 5-50% (bench/spikes.py).
 """
@@ -108,6 +111,12 @@ def _spikes(**kw: Any) -> dict[str, Any]:
     return bench_spikes(**kw)
 
 
+def _data(**kw: Any) -> dict[str, Any]:
+    from workbench.bench.data import bench_data
+
+    return bench_data(**kw)
+
+
 BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "store": _store,
     "muon": _muon,
@@ -122,4 +131,5 @@ BENCHES: dict[str, Callable[..., dict[str, Any]]] = {
     "mirror": _mirror,
     "kernels": _kernels,
     "spikes": _spikes,
+    "data": _data,
 }

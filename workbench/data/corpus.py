@@ -91,6 +91,7 @@ import sys
 import sysconfig
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -529,12 +530,26 @@ def tokenized_documents(source: Source, files: list[InputFile],
         for doc_id, data, with_eos in docs:
             yield doc_id, encode(data), with_eos, len(data)
         return
-    for batch in _batches(docs):
-        texts = [data.decode("utf-8", errors="replace") for _, data, _ in batch]
-        encoded = (tokenizer.encode_batch(texts) if hasattr(tokenizer, "encode_batch")
-                   else [tokenizer.encode(t) for t in texts])
-        for (doc_id, data, with_eos), ids in zip(batch, encoded, strict=True):
-            yield doc_id, np.asarray(ids, dtype=np.int64), with_eos, len(data)
+    encode_many = tokenizer.encode_batch if hasattr(tokenizer, "encode_batch") else (
+        lambda texts: [tokenizer.encode(t) for t in texts])
+    # One batch in flight: the library encodes batch i (without the GIL, on every core)
+    # while this thread reads and decodes batch i + 1 and writes batch i - 1.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending: tuple[list[tuple[str, bytes, bool]], Future[list[list[int]]]] | None = None
+        for batch in _batches(docs):
+            texts = [data.decode("utf-8", errors="replace") for _, data, _ in batch]
+            submitted = (batch, pool.submit(encode_many, texts))
+            if pending is not None:
+                yield from _encoded(*pending)
+            pending = submitted
+        if pending is not None:
+            yield from _encoded(*pending)
+
+
+def _encoded(batch: list[tuple[str, bytes, bool]], future: Future[list[list[int]]],
+             ) -> Iterator[tuple[str, np.ndarray, bool, int]]:
+    for (doc_id, data, with_eos), ids in zip(batch, future.result(), strict=True):
+        yield doc_id, np.asarray(ids, dtype=np.int64), with_eos, len(data)
 
 
 def _batches(docs: Iterator[tuple[str, bytes, bool]],
