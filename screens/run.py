@@ -1,6 +1,7 @@
 """The run screen: one run, live, in tabs (Overview, Attention, Rollouts, Depth,
-Events, Logs, Config, System). Tabs that don't fit the run's kind stay hidden until the
-run logs metrics they show.
+Metrics, Events, Logs, Config, System). Tabs that don't fit the run's kind stay hidden
+until the run logs metrics they show; the number keys follow the tabs shown (on an rl
+run, 2 is Rollouts).
 
 The screen owns one `RunFeed` and polls it twice a second; only the visible tab
 is refreshed (a hidden one catches up when it is shown), which keeps a refresh of
@@ -23,18 +24,20 @@ from workbench.screens.tabs import (
     DepthTab,
     EventsTab,
     LogsTab,
+    MetricsTab,
     OverviewTab,
     RolloutsTab,
     SystemTab,
 )
 from workbench.screens.tabs.base import RunTab
+from workbench.screens.tabs.overview import toggle_pin
 from workbench.screens.widgets import Heatmap
 from workbench.store import Store
 from workbench.themes import stylesheet
 
-# System last: it came later, and the keys 1-7 keep their tabs.
+# The number keys follow this order over the tabs a run shows.
 TABS: tuple[type[RunTab], ...] = (OverviewTab, AttentionTab, RolloutsTab, DepthTab,
-                                  EventsTab, LogsTab, ConfigTab, SystemTab)
+                                  MetricsTab, EventsTab, LogsTab, ConfigTab, SystemTab)
 POLL_S = 0.5
 
 
@@ -49,14 +52,8 @@ class RunScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
-        Binding("1", "show_tab(0)", "Overview", show=False),
-        Binding("2", "show_tab(1)", "Attention", show=False),
-        Binding("3", "show_tab(2)", "Rollouts", show=False),
-        Binding("4", "show_tab(3)", "Depth", show=False),
-        Binding("5", "show_tab(4)", "Events", show=False),
-        Binding("6", "show_tab(5)", "Logs", show=False),
-        Binding("7", "show_tab(6)", "Config", show=False),
-        Binding("8", "show_tab(7)", "System", show=False),
+        *(Binding(str(i + 1), f"show_tab({i})", f"tab {i + 1}", show=False)
+          for i in range(len(TABS))),
         Binding("right,l", "next_tab(1)", "Next tab"),
         Binding("left,h", "next_tab(-1)", "Prev tab", show=False),
         Binding("r", "refresh_now", "Refresh", show=False),
@@ -120,8 +117,10 @@ class RunScreen(Screen[None]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         tab = self.visible_tab()
         tab.update_from(self.feed)  # a hidden tab catches up when shown
-        # The heatmap's arrow keys read a cell: it takes the focus, or the arrows would
-        # go on switching tabs (h / l and 1-7 still do).
+        # The heatmap's arrow keys read a cell, the metrics grid's pick a chart: they
+        # take the focus, or the keys would go to the tab bar (h / l and 1-9 still do).
+        if isinstance(tab, MetricsTab):
+            tab.focus()
         for heatmap in tab.query(Heatmap):
             heatmap.focus()
             break
@@ -132,13 +131,26 @@ class RunScreen(Screen[None]):
         return [t for t in TABS if t.wants(self.feed)]
 
     def action_show_tab(self, index: int) -> None:
-        if 0 <= index < len(TABS) and TABS[index].wants(self.feed):
-            self.query_one(TabbedContent).active = tab_id(TABS[index])
-        else:  # a tab may say why it is missing better than "does not apply"
-            tab = TABS[index]
-            self.notify(getattr(tab, "UNFIT", "")
-                        or f"{tab.TITLE} does not apply to a {self.feed.row['kind']} run",
+        """The index-th of the tabs this run shows (the number keys)."""
+        fitting = self.fitting()
+        if 0 <= index < len(fitting):
+            self.query_one(TabbedContent).active = tab_id(fitting[index])
+        else:
+            shown = ", ".join(t.TITLE for t in fitting)
+            self.notify(f"no tab {index + 1}: this {self.feed.row['kind']} run shows {shown}",
                         severity="warning")
+
+    def on_metrics_tab_open(self, message: MetricsTab.Open) -> None:
+        """A chart of the Metrics grid, full size: the compare view of this run, which
+        has the x axis choices and smoothing (and can overlay other runs)."""
+        from workbench.screens.compare import CompareScreen
+
+        self.app.push_screen(CompareScreen([self.run_id], self.store, metric=message.key))
+
+    def on_metrics_tab_pin(self, message: MetricsTab.Pin) -> None:
+        pinned = toggle_pin(self.run_id, message.key)
+        self.notify(f"{message.key} {'pinned to' if message.key in pinned else 'unpinned from'}"
+                    " the Overview", timeout=2)
 
     def action_next_tab(self, delta: int) -> None:
         fitting = [tab_id(t) for t in self.fitting()]

@@ -121,8 +121,8 @@ def test_pretrain_run_overview_marks_spikes_and_rollbacks(store: Store, store_di
     run = pretrain_run(store)
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
-        assert visible_tabs(screen) == ["tab-overview", "tab-attention", "tab-events",
-                                        "tab-logs", "tab-config"]  # no rollouts, no depth
+        assert visible_tabs(screen) == ["tab-overview", "tab-attention", "tab-metrics",
+                                        "tab-events", "tab-logs", "tab-config"]  # no rl, depth
         chart = screen.query_one("#main-chart", LineChart)
         assert chart.series_names == ["train/loss", "val/loss"]
         x, y = chart.points("train/loss")
@@ -178,10 +178,10 @@ def test_attention_tab_arrows_read_cells_without_a_tab_press(store: Store,
         assert "layer 0 head 2: 30" in str(heat.border_subtitle)  # m: the hottest cell
         await pilot.press("l")  # letters still switch tabs
         await pilot.pause(0.2)
-        assert tabs.active == "tab-events"
+        assert tabs.active == "tab-metrics"
         await pilot.press("right")  # away from the heatmap, arrows switch tabs again
         await pilot.pause(0.2)
-        assert tabs.active == "tab-logs"
+        assert tabs.active == "tab-events"
 
     on_screen(store_dir, lambda: RunScreen(run.id), body)
 
@@ -222,7 +222,7 @@ def test_weight_sync_table_keeps_the_newest_sync_in_view(store: Store,
     run = rl_run(store)
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
-        await pilot.press("3")
+        await pilot.press("2")  # the number keys follow the tabs shown: Rollouts
         syncs = screen.query_one("#syncs", DataTable)
         await until(pilot, lambda: syncs.row_count == 5, 5, "the syncs")
         await pilot.pause(0.2)
@@ -237,7 +237,7 @@ def test_depth_run_shows_depth_histogram_sample_and_accuracy(store: Store,
     run = depth_run(store)
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
-        await pilot.press("4")
+        await pilot.press("2")  # the number keys follow the tabs shown: Depth
         await pilot.pause(0.3)
         assert screen.query_one(TabbedContent).active == "tab-depth"
         assert sum(screen.query_one("#steps-hist", Histogram).counts) == 7
@@ -287,12 +287,12 @@ def test_events_logs_and_config_tabs(store: Store, store_dir: Path) -> None:
     store.update_run(run.id, spec='kind = "pretrain"\n[optim]\nname = "muon"\n')
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
-        await pilot.press("5")
+        await pilot.press("4")  # Overview, Attention, Metrics, Events, Logs, Config
         await pilot.pause(0.2)
         events = screen.query_one("#events-table", DataTable)
         kinds = [str(events.get_row_at(i)[1]) for i in range(events.row_count)]
         assert kinds == ["loss_spike", "rollback"]
-        await pilot.press("6")
+        await pilot.press("5")
         await pilot.pause(0.2)
         log = screen.query_one("#log", Log)
         assert list(log.lines) == ["hello from the run", "step 1"]  # the partial line waits
@@ -300,7 +300,7 @@ def test_events_logs_and_config_tabs(store: Store, store_dir: Path) -> None:
             fh.write(" line\nmore\n")
         await until(pilot, lambda: list(log.lines)[-1:] == ["more"], 3, "the log tail")
         assert list(log.lines)[2] == "partial line"
-        await pilot.press("7")
+        await pilot.press("6")
         await pilot.pause(0.2)
         assert 'name = "muon"' in screen.query_one("#config-text", Static).content.code
 

@@ -25,6 +25,8 @@ __all__ = [
     "DEFAULT_THEME",
     "THEMES",
     "load_theme_name",
+    "load_setting",
+    "save_setting",
     "register_themes",
     "save_theme_name",
     "settings_path",
@@ -155,7 +157,17 @@ def load_theme_name() -> str:
 
 
 def save_theme_name(name: str) -> None:
-    """Remember `name` as the theme, keeping any other settings in the file.
+    """Remember `name` as the theme, keeping any other settings in the file."""
+    save_setting("theme", name)
+
+
+def load_setting(key: str) -> Any:
+    """One saved dashboard setting (None when unset or the file is unreadable)."""
+    return _read_settings().get(key)
+
+
+def save_setting(key: str, value: Any) -> None:
+    """Save one setting, keeping the others.
 
     The write is atomic (a temporary file in the same folder, then
     os.replace), so two dashboards closing at once or a crash mid-write leave
@@ -164,7 +176,7 @@ def save_theme_name(name: str) -> None:
     path = settings_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     settings = _read_settings()
-    settings["theme"] = name
+    settings[key] = value
     fd, tmp = tempfile.mkstemp(prefix=".settings-", suffix=".json", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

@@ -489,15 +489,29 @@ def compare(
 
 
 @app.command()
-def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None) -> None:
+def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None,
+         summary: Annotated[bool, typer.Option(
+             "--summary", help="Last, min and max of every scalar, and the W&B summary.")]
+         = False) -> None:
     """Status, step, latest value of every metric, and event counts of one run.
 
-    Example: wb show charlm-3
+    Examples: wb show charlm-3 ; wb show charlm-3 --summary --json
     """
-    from workbench.render import run_detail, summarize_run
+    from workbench.render import run_detail, summarize_run, summary_table
 
     st = open_store(store)
     row = find_run(st, run)
+    if summary:
+        from workbench.metric_keys import run_summary
+
+        data = run_summary(st, row["id"])
+        if as_json:
+            from workbench.store import strict_json
+
+            print_json(strict_json(data))
+        else:
+            console.print(summary_table(row, data))
+        return
     if as_json:
         print_json(summarize_run(st, row, full=True))
     else:

@@ -88,6 +88,27 @@ def _config(text: str | None) -> Any:
         return text
 
 
+def summary_table(row: dict[str, Any], data: dict[str, Any]) -> Table:
+    """`wb show RUN --summary`: one row per scalar, then the W&B summary's keys."""
+    table = Table(title=f"{row['name']} ({row['id']}) summary", box=None,
+                  header_style="bold", pad_edge=False, title_justify="left")
+    for col in ("key", "last", "step", "min", "max", "points"):
+        table.add_column(col, justify="left" if col == "key" else "right")
+
+    def num(v: Any) -> str:
+        return "-" if v is None else f"{v:.6g}" if isinstance(v, float) else str(v)
+
+    for key, m in data["metrics"].items():
+        table.add_row(key, num(m["last"]), num(m["step"]), num(m["min"]), num(m["max"]),
+                      num(m["count"]))
+    for key, value in (data.get("wandb_summary") or {}).items():
+        table.add_row(f"wandb.summary.{key}", num(value) if isinstance(value, int | float)
+                      else str(value)[:40], "", "", "", "")
+    if not data["metrics"] and not data.get("wandb_summary"):
+        table.add_row("no metrics logged", "", "", "", "", "")
+    return table
+
+
 def mirror_text(mirror: dict[str, Any]) -> str:
     """A remote run's mirror in one line: its state, when, and its last error."""
     state = mirror["state"] or "not started"

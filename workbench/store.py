@@ -618,6 +618,16 @@ class Store:
         )
         return {k: (s, value_of(v, f)) for _, s, k, v, _, f in rows}
 
+    def scalar_stats(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """Per scalar key: point count, and min / max over its finite values (None
+        when it has none). One aggregate query, for summaries."""
+        rows = self.conn.execute(
+            "SELECT k.name, count(*), min(CASE WHEN r.flag = 0 THEN r.value END), "
+            "max(CASE WHEN r.flag = 0 THEN r.value END) FROM scalars r "
+            "JOIN keys k ON k.id = r.key WHERE r.run = ? GROUP BY r.key ORDER BY k.name",
+            (self.run_num(run_id),))
+        return {k: {"count": n, "min": lo, "max": hi} for k, n, lo, hi in rows}
+
     def latest_value(self, run_id: str, key: str) -> tuple[int, float] | None:
         """(step, value) of one key's newest point: an index seek, for live views."""
         row = self.conn.execute(

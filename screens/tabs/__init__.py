@@ -4,7 +4,8 @@ metrics it shows; `update_from(feed)` refreshes it from a `RunFeed`.
 `wants(feed)` says whether a tab fits the run: by kind first (pretrain shows
 Attention, rl shows Rollouts, depth shows Depth), else by the metrics present, so
 a custom SDK run that logs `rollout/*` gets the Rollouts tab as soon as they arrive,
-and any run gets the System tab once it has `sys/...` metrics.
+and any run gets the System tab once it has `sys/...` metrics. Metrics (every key, in
+a grid) fits every run.
 """
 
 from workbench.screens.tabs.attention import AttentionTab
@@ -12,9 +13,10 @@ from workbench.screens.tabs.config import ConfigTab
 from workbench.screens.tabs.depth import DepthTab
 from workbench.screens.tabs.events import EventsTab
 from workbench.screens.tabs.logs import LogsTab
+from workbench.screens.tabs.metrics import MetricsTab
 from workbench.screens.tabs.overview import OverviewTab
 from workbench.screens.tabs.rollouts import RolloutsTab
 from workbench.screens.tabs.system import SystemTab
 
-__all__ = ["AttentionTab", "ConfigTab", "DepthTab", "EventsTab", "LogsTab", "OverviewTab",
-           "RolloutsTab", "SystemTab"]
+__all__ = ["AttentionTab", "ConfigTab", "DepthTab", "EventsTab", "LogsTab", "MetricsTab",
+           "OverviewTab", "RolloutsTab", "SystemTab"]

@@ -43,3 +43,8 @@ class AttentionTab(RunTab):
         clipped.set_title("qkclip/clipped_heads")
         if len(s := feed.series("qkclip/clipped_heads")):
             clipped.set_series("clipped heads", s.step, s.value)
+        optim = feed.config.get("optim") if isinstance(feed.config.get("optim"), dict) else {}
+        if optim.get("name") not in (None, "muonclip"):
+            clipped.empty_text = f"QK-Clip off (optim.name = {optim['name']})"
+        elif tau is None:
+            clipped.empty_text = "QK-Clip off (tau not set)"

@@ -79,7 +79,6 @@ class SystemTab(RunTab):
 
     TITLE = "System"
     PREFIXES = (PREFIX,)
-    UNFIT = EMPTY  # what the run screen says when `8` is pressed on a run without them
     DEFAULT_CSS = stylesheet("system").read_text(encoding="utf-8")
 
     def compose(self) -> ComposeResult:

@@ -173,6 +173,8 @@ class LineChart(PlotextPlot):
     ) -> None:
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._title = title
+        self.empty_text = "no data yet"
+        """What an empty chart says (a panel of a feature the run does not use says so)."""
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._markers: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
         self._hline: tuple[float, str] | None = None
@@ -351,7 +353,7 @@ class LineChart(PlotextPlot):
         text.append("\n" * top)
         if self._title:
             text.append(self._title[:width].center(width).rstrip() + "\n")
-        text.append("no data yet".center(width).rstrip(), muted)
+        text.append(self.empty_text[:width].center(width).rstrip(), muted)
         return text
 
     def _build(self) -> Text | AnsiLines:
