@@ -31,7 +31,6 @@ from workbench.screens.tabs import (
 )
 from workbench.screens.tabs.base import RunTab
 from workbench.screens.tabs.overview import toggle_pin
-from workbench.screens.widgets import Heatmap
 from workbench.store import Store
 from workbench.themes import stylesheet
 
@@ -117,13 +116,15 @@ class RunScreen(Screen[None]):
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         tab = self.visible_tab()
         tab.update_from(self.feed)  # a hidden tab catches up when shown
-        # The heatmap's arrow keys read a cell, the metrics grid's pick a chart: they
-        # take the focus, or the keys would go to the tab bar (h / l and 1-9 still do).
-        if isinstance(tab, MetricsTab):
+        # The heatmap's arrows read a cell, the metrics grid's pick a chart, the events,
+        # log and config scroll: they take the focus, or the keys would go to the tab
+        # bar (h / l and 1-9 still switch tabs).
+        if tab.FOCUS == "":
             tab.focus()
-        for heatmap in tab.query(Heatmap):
-            heatmap.focus()
-            break
+        elif tab.FOCUS:
+            for widget in tab.query(tab.FOCUS):
+                widget.focus()
+                break
 
     # -- actions ----------------------------------------------------------------------
 

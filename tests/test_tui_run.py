@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from textual import events
+from textual.containers import VerticalScroll
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
@@ -290,6 +291,7 @@ def test_events_logs_and_config_tabs(store: Store, store_dir: Path) -> None:
         await pilot.press("4")  # Overview, Attention, Metrics, Events, Logs, Config
         await pilot.pause(0.2)
         events = screen.query_one("#events-table", DataTable)
+        assert app.focused is events
         kinds = [str(events.get_row_at(i)[1]) for i in range(events.row_count)]
         assert kinds == ["loss_spike", "rollback"]
         await pilot.press("5")
@@ -300,8 +302,10 @@ def test_events_logs_and_config_tabs(store: Store, store_dir: Path) -> None:
             fh.write(" line\nmore\n")
         await until(pilot, lambda: list(log.lines)[-1:] == ["more"], 3, "the log tail")
         assert list(log.lines)[2] == "partial line"
+        assert app.focused is log  # it scrolls with the keyboard, no Tab first
         await pilot.press("6")
         await pilot.pause(0.2)
+        assert isinstance(app.focused, VerticalScroll)
         assert 'name = "muon"' in screen.query_one("#config-text", Static).content.code
 
     on_screen(store_dir, lambda: RunScreen(run.id), body)

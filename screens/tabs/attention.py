@@ -15,6 +15,7 @@ HEADS_KEY = "attn/max_logit_heads"
 
 class AttentionTab(RunTab):
     TITLE = "Attention"
+    FOCUS = "#heads"  # the arrows read cells at once, no Tab first
     KINDS = ("pretrain",)
     PREFIXES = ("attn/", "qkclip/")
 

@@ -15,6 +15,7 @@ class RunTab(Container):
     KINDS: tuple[str, ...] = ()  # kinds it always fits; () = every kind
     PREFIXES: tuple[str, ...] = ()  # metric prefixes that make it fit any run
     FOLLOWS_FILES = False  # refresh on every poll, not only when the store has news
+    FOCUS: str | None = None  # what takes the keys when the tab is shown ("" = the tab)
 
     @classmethod
     def wants(cls, feed: RunFeed) -> bool:

@@ -15,6 +15,7 @@ from workbench.screens.tabs.base import RunTab
 
 class ConfigTab(RunTab):
     TITLE = "Config"
+    FOCUS = "VerticalScroll"  # scrolls with the keyboard at once, no Tab first
 
     def compose(self) -> ComposeResult:
         with VerticalScroll():

@@ -13,6 +13,7 @@ from workbench.screens.tabs.base import RunTab
 
 class EventsTab(RunTab):
     TITLE = "Events"
+    FOCUS = "#events-table"  # scrolls with the keyboard at once, no Tab first
 
     def compose(self) -> ComposeResult:
         yield DataTable(id="events-table", cursor_type="row", zebra_stripes=True)

@@ -14,6 +14,7 @@ MAX_LINES = 5000
 
 class LogsTab(RunTab):
     TITLE = "Logs"
+    FOCUS = "#log"  # scrolls with the keyboard at once, no Tab first
     FOLLOWS_FILES = True  # the log grows without any store record
 
     def compose(self) -> ComposeResult:

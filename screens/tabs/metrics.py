@@ -31,6 +31,7 @@ BAND = ("p50", "p90", "p99")
 
 class MetricsTab(RunTab):
     TITLE = "Metrics"
+    FOCUS = ""  # the tab takes the keys: select, page, filter
     can_focus = True
 
     BINDINGS = [
