@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -516,6 +517,45 @@ def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None,
         print_json(summarize_run(st, row, full=True))
     else:
         console.print(run_detail(st, row))
+
+
+@app.command()
+def report(
+    run: Annotated[str, typer.Argument(help="Run id, prefix or name, or a group name.",
+                                       show_default=False)],
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="The HTML file to write (default: report-NAME.html).")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """One self-contained HTML file of a run (or a group, overlaid): every metric as a
+    chart, distributions as quantile bands, the max-logit heatmap, the depth table,
+    summary, events and config. It requests nothing when opened.
+
+    Examples: wb report muon-tiny-3 -o muon.html ; wb report optimizers-tiny-1
+    """
+    import tempfile
+
+    from workbench.report import build_report
+
+    st = open_store(store)
+    if st.has_group(run):
+        ids, title = [r["id"] for r in st.runs(group=run)], f"group {run}"
+    else:
+        row = find_run(st, run)
+        ids, title = [row["id"]], f"{row['name']} ({row['id']})"
+    out = output or Path(f"report-{run}.html")
+    if not out.parent.resolve().is_dir():
+        raise fail(f"no folder {str(out.parent)!r} for the report — create it or pick "
+                   "another --output")
+    t0 = time.perf_counter()
+    text = build_report(st, ids, title)
+    fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, out)
+    console.print(f"wrote {out} ({len(text.encode()) / 1e3:,.0f} KB, {len(ids)} run"
+                  f"{'s' * (len(ids) > 1)}, {time.perf_counter() - t0:.2f} s)",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

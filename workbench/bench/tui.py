@@ -16,8 +16,9 @@ without its writer thread) into a temporary folder.
   compositor refresh that renders the changed widgets, charts included; the event
   loop's latency in between counts). Only refreshes that found new data count.
   `refresh_data_ms` is the call alone (reads and widget updates, before painting).
-- run_screen_open_s: from pushing the run screen of the 1M-point run until its
-  first refresh has painted (its whole history read once).
+- open_run_s: from pressing enter on the 1M-point run in the runs table until its
+  run screen's main chart has been drawn with its points (its whole history read
+  once). Target (issue 20): <= 1.0 s.
 
 Targets (issue 4): first frame <= 1.5 s, refresh <= 100 ms.
 """
@@ -179,12 +180,20 @@ async def _refresh(root: Path, big_id: str, samples: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the runs screen did not fill within 30 s")
             await pilot.pause(0.05)
+        # open_run_s: enter on the big run (the newest: the first row) until its main
+        # chart has been drawn with the run's points.
         t0 = time.perf_counter()
-        try:
-            screen = await app.open_run_screen(big_id)
-        except ImportError as exc:  # the run screen is another part of the dashboard
-            return {"refresh_error": f"no run screen: {exc}"}
-        await pilot.pause()
+        await pilot.press("enter")
+        screen = None
+        while time.monotonic() < deadline + 60:
+            if getattr(app.screen, "run_id", None) == big_id:
+                charts = app.screen.query("#main-chart")
+                if charts and charts.first().series_names and charts.first().build_count:
+                    screen = app.screen
+                    break
+            await pilot.pause(0.005)
+        if screen is None:
+            return {"refresh_error": "the big run's charts were not drawn within the limit"}
         opened = time.perf_counter() - t0
         # When a repaint ends: the screen's compositor refresh renders the widgets a
         # refresh dirtied (the charts). Instrumented here, for the bench only.
@@ -224,7 +233,9 @@ async def _refresh(root: Path, big_id: str, samples: int) -> dict[str, Any]:
         return {"refresh_error": "RunScreen.refresh_data() never reported new data"}
     return {"refresh_ms": statistics.median(totals), "refresh_max_ms": max(totals),
             "refresh_data_ms": statistics.median(calls), "refresh_samples": len(totals),
-            "run_screen_open_s": opened}
+            "open_run_s": opened,
+            "open_run_method": "in-process App.run_test (headless 120x40): from pressing "
+                               "enter on the 1M-point run until its main chart is drawn"}
 
 
 def bench_tui(quick: bool = False, progress: Console | None = None,
