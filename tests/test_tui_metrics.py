@@ -151,6 +151,24 @@ def test_the_overview_uses_a_scripts_own_names_and_the_summary(store: Store,
     on_run(store_dir, run.id, (120, 36), body)
 
 
+def test_a_run_that_tokenizes_shows_the_stage_and_its_progress(store: Store,
+                                                               store_dir: Path) -> None:
+    row = store.create_run(kind="pretrain", name="p", status="running", launcher="sdk",
+                           total_steps=100)
+    run = Run(store, row, owner=True)
+    run.event("stage", step=0, stage="tokenizing", done=3_000_000, total=8_000_000)
+    run.flush()
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any], screen: RunScreen) -> None:
+        label = str(screen.query_one("#progress-label").render())
+        assert "tokenizing 38%" in label
+        main = screen.query_one("#main-chart", LineChart)
+        assert main.empty_text == "tokenizing 38%: training has not started"
+
+    on_run(store_dir, run.id, (100, 32), body)
+    run.finish()
+
+
 def test_a_muon_run_says_qk_clip_is_off(store: Store, store_dir: Path) -> None:
     row = store.create_run(kind="pretrain", name="m", status="finished", launcher="sdk",
                            config={"optim": {"name": "muon", "tau": 100.0}})

@@ -111,6 +111,9 @@ def test_a_parquet_corpus_with_a_bpe_tokenizer_learns(corpus: dict[str, Path], t
         loss = [v for *_, v, _ in st.scalars(row["id"], "train/loss")]
         bpb = [v for *_, v, _ in st.scalars(row["id"], "val/bits_per_byte")]
         config = st.get_run(row["id"])["config"]
+        stages = [e["payload"] for e in st.events(row["id"], kind="stage")]
+    tokenizing = [p for p in stages if p["stage"] == "tokenizing"]
+    assert tokenizing[0]["done"] == 0 and tokenizing[-1]["done"] == tokenizing[-1]["total"] > 0
     config = json.loads(config) if isinstance(config, str) else config
     assert row["status"] == "finished"
     assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.5  # it learns (ln 600 = 6.4 at start)

@@ -30,8 +30,7 @@ SMALL = SMALL_CHARTS
 MAX_PINS = 4
 SUMMARY_MIN_WIDTH = 100  # narrower, the summary pane would squeeze the main chart
 # Stages during which a run trains nothing yet: the Overview names them.
-PREPARING = {"warm_start", "warmstart", "tokenizing", "data", "evaluation", "eval",
-             "compile", "loading"}
+PREPARING = {"warm_start", "tokenizing", "training_tokenizer", "evaluating", "loading"}
 MARKS = {"loss_spike": "spike", "nan": "nan", "rollback": "rollback", "skip": "skip"}
 LATEST_EVENTS = 6
 
@@ -95,12 +94,20 @@ def toggle_pin(run_id: str, key: str) -> list[str]:
 
 
 def stage_of(feed: RunFeed) -> str | None:
-    """The preparatory stage a run is in (its latest `stage` event), if any."""
-    stages = [e for e in feed.events_of("stage")]
+    """The preparatory stage a run is in, from its latest `stage` event, with its
+    progress when the event carries one (`done` of `total`); None while it trains."""
+    stages = feed.events_of("stage")
     if not stages:
         return None
-    name = str(stages[-1].get("stage", ""))
-    return name if name in PREPARING else None
+    payload = stages[-1].get("payload") or {}
+    name = str(payload.get("stage", ""))
+    if name not in PREPARING:
+        return None
+    done, total = payload.get("done"), payload.get("total")
+    text = name.replace("_", " ")
+    if isinstance(done, int | float) and isinstance(total, int | float) and total > 0:
+        text += f" {100 * done / total:.0f}%"
+    return text
 
 
 def fmt(v: float | None) -> str:
@@ -146,7 +153,7 @@ class OverviewTab(RunTab):
         left = eta(row) if active else None
         stage = stage_of(feed) if active else None
         self.query_one("#progress-label", Label).update(
-            (f" {stage.replace('_', ' ')}…  " if stage else "")
+            (f" {stage}…  " if stage else "")
             + f" step {step}" + (f"/{total}" if total else "") + f"  {row['status']}"
             + (f"  eta {duration(left)}" if left is not None else ""))
 
@@ -154,7 +161,7 @@ class OverviewTab(RunTab):
         chart = self.query_one("#main-chart", LineChart)
         chart.set_title(main if companion is None else f"{main} / {companion}")
         if stage and not len(feed.series(main)):
-            chart.empty_text = f"{stage.replace('_', ' ')}: training has not started"
+            chart.empty_text = f"{stage}: training has not started"
         for key in (main, companion):
             if key and len(s := feed.series(key)):
                 chart.set_series(key, s.step, s.value)

@@ -279,9 +279,11 @@ def _corpus_source(src: SourceSection, data: DataSection) -> Any:
 
 
 def build_data(spec: PretrainSpec, cache: Path, tokenizer: AnyTokenizer | None = None,
-               say: Callable[[str], None] | None = None) -> TrainData:
+               say: Callable[[str], None] | None = None,
+               stage: Callable[[int, int], None] | None = None) -> TrainData:
     """Every source ready to read: text tokenized into `cache/data` (or reused), shards
-    memory-mapped where they are. `say` reports a real build's progress."""
+    memory-mapped where they are. `say` reports a real build's progress, `stage` its
+    bytes done of total (see `tokenize_progress`)."""
     from workbench.data.corpus import build_cache
     from workbench.data.shards import ShardStream
 
@@ -295,7 +297,8 @@ def build_data(spec: PretrainSpec, cache: Path, tokenizer: AnyTokenizer | None =
         name = tokenizer.name if tokenizer is not None else "bytes"
         corpus = build_cache(_corpus_source(src, spec.data), cache / "data",
                              tokenizer=tokenizer,
-                             progress=tokenize_progress(say, name) if say else None)
+                             progress=tokenize_progress(say, name, stage=stage)
+                             if say else None)
         val_bytes = corpus.meta.get("split_bytes", {}).get("val")
         out.append(SourceData(src.label, src.weight, corpus.train, corpus.val,
                               str(corpus.path), val_bytes))
@@ -303,9 +306,13 @@ def build_data(spec: PretrainSpec, cache: Path, tokenizer: AnyTokenizer | None =
 
 
 def tokenize_progress(say: Callable[[str], None], tokenizer: str,
-                      every_s: float = PROGRESS_EVERY_S) -> Callable[[int, int], None]:
+                      every_s: float = PROGRESS_EVERY_S,
+                      stage: Callable[[int, int], None] | None = None,
+                      ) -> Callable[[int, int], None]:
     """A `progress(bytes_done, bytes_total)` for a cache build: a line at the start, at
-    most every `every_s` seconds with the rate and the time left, and at the end."""
+    most every `every_s` seconds with the rate and the time left, and at the end.
+    `stage(done, total)` is called at the same moments (the run's `stage` event, which
+    the dashboard's Overview shows while the run tokenizes)."""
     t0 = time.perf_counter()
     last = [t0]
 
@@ -313,10 +320,14 @@ def tokenize_progress(say: Callable[[str], None], tokenizer: str,
         now = time.perf_counter()
         if done == 0:
             say(f"pretrain: tokenizing {total / 1e6:,.1f} MB with {tokenizer}")
+            if stage is not None:
+                stage(0, total)
             return
         if done < total and now - last[0] < every_s:
             return
         last[0] = now
+        if stage is not None:
+            stage(done, total)
         rate = done / max(now - t0, 1e-9)
         left = (total - done) / rate if rate > 0 else 0.0
         bar = "#" * int(20 * done / max(total, 1))

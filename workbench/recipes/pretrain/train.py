@@ -357,7 +357,9 @@ def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:
     tokenizer = build_tokenizer(spec, cache, say=lambda text: say(text, flush=True))
     run_.update_config({"model_init": spec.model.init, "tokenizer": info(tokenizer)})
     if par.main:  # one process tokenizes; the others then read its cache
-        data = build_data(spec, cache, tokenizer, say=lambda text: say(text, flush=True))
+        data = build_data(spec, cache, tokenizer, say=lambda text: say(text, flush=True),
+                          stage=lambda done, total: run_.event(
+                              "stage", step=0, stage="tokenizing", done=done, total=total))
     par.barrier()
     if not par.main:
         data = build_data(spec, cache, tokenizer)
