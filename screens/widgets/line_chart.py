@@ -174,6 +174,7 @@ class LineChart(PlotextPlot):
         super().__init__(name=name, id=id, classes=classes, disabled=disabled)
         self._title = title
         self.empty_text = "no data yet"
+        self._legend: list[tuple[str, str, RGB]] = []  # (glyph, name, colour) per entry
         """What an empty chart says (a panel of a feature the run does not use says so)."""
         self._series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._markers: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
@@ -365,8 +366,14 @@ class LineChart(PlotextPlot):
             return self._empty(width, height)
         plt = self.plt
         plt.clear_figure()
-        plt.plotsize(width, height)
-        plt._set_size(width, height)  # see PlotextPlot.render: needed for resizes to stick
+        # The legend goes on its own row under the plot: drawn inside it (plotext's
+        # way) it covered the first points of every curve at 80x24.
+        self._legend = []
+        labelled = len(self._series) > 1 or self._hline is not None or bool(self._markers)
+        legend_row = labelled and height >= 6
+        plot_height = height - 1 if legend_row else height
+        plt.plotsize(width, plot_height)
+        plt._set_size(width, plot_height)  # see PlotextPlot.render: resizes must stick
         plt.canvas_color("default")  # the widget's own (tcss) background shows through
         plt.axes_color("default")
         plt.ticks_color(self._rgb("linechart--axes"))
@@ -389,9 +396,9 @@ class LineChart(PlotextPlot):
                 x, y = downsample_minmax(*smoothed(x, y, buckets), buckets)
             else:
                 x, y = downsample_minmax(x, y, buckets)
-            labelled = len(self._series) > 1 or self._hline is not None or bool(self._markers)
-            plt.plot(x.tolist(), y.tolist(), marker="braille", color=color,
-                     label=name if labelled else None)
+            plt.plot(x.tolist(), y.tolist(), marker="braille", color=color)
+            if labelled:
+                self._legend.append(("⣿", name, color))
             self._extend_y(y)
             drawn[name] = (x, y)
         self._draw_hline(x_lo, x_hi)
@@ -426,7 +433,21 @@ class LineChart(PlotextPlot):
             plt.xlabel(self.x_label)
         self.drawn = drawn
         self.build_count += 1
-        return AnsiLines(plt.build())  # 10x faster than Text.from_ansi (see ansi.py)
+        out = plt.build()
+        if legend_row:
+            out = out.rstrip("\n") + "\n" + self._legend_line(width)
+        return AnsiLines(out)  # 10x faster than Text.from_ansi (see ansi.py)
+
+    def _legend_line(self, width: int) -> str:
+        """One row of coloured `glyph name` entries, cut to the width."""
+        parts, used = [], 1
+        for glyph, name, (r, g, b) in self._legend:
+            entry = f"{glyph} {name}"
+            if used + len(entry) > width:
+                break
+            parts.append(f"\x1b[38;2;{r};{g};{b}m{entry}\x1b[0m")
+            used += len(entry) + 2
+        return " " + "  ".join(parts)
 
     def _extend_y(self, y: np.ndarray) -> None:
         """Track the y range plotext will use, for the tick positions."""
@@ -444,7 +465,8 @@ class LineChart(PlotextPlot):
         if x_lo < x_hi:
             # A two-point line rather than plotext's horizontal_line, which
             # takes no label: the legend then says what the line is.
-            self.plt.plot([x_lo, x_hi], [y, y], marker="─", color=color, label=f"{label} {y:g}")
+            self.plt.plot([x_lo, x_hi], [y, y], marker="─", color=color)
+            self._legend.append(("─", f"{label} {y:g}", color))
             self._extend_y(np.array([y]))
         else:
             self.plt.horizontal_line(y, color=color)
@@ -469,5 +491,6 @@ class LineChart(PlotextPlot):
                 self.plt.scatter(
                     xs[keep].tolist(), ys[keep].tolist(),
                     marker=MARKER_GLYPHS[k % len(MARKER_GLYPHS)], color=color,
-                    label=f"{label} ({int(xs.size)})",
                 )
+                self._legend.append((MARKER_GLYPHS[k % len(MARKER_GLYPHS)],
+                                     f"{label} ({int(xs.size)})", color))
