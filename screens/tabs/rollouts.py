@@ -2,13 +2,19 @@
 beside how far the generators' policy is from the trained one (k3 per token: the
 train/inference mismatch, `rl/mismatch_kl`, and the drift by staleness,
 `rl/drift_kl/s<s>`; recipes/rl/update.py), the policy-version timeline with weight
-syncs, and idle fractions per role."""
+syncs, and idle fractions per role.
+
+Ten panels in two columns. Each keeps at least PANEL_MIN_ROWS rows (four of plot): on a
+short terminal (80x24) they come in pages, `[` / `]` (PageUp / PageDown) to turn."""
 
 from __future__ import annotations
 
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Grid
-from textual.widgets import DataTable
+from textual.events import Resize
+from textual.reactive import reactive
+from textual.widgets import DataTable, Label
 
 from workbench.feed import RunFeed
 from workbench.screens.tabs.base import RunTab
@@ -19,14 +25,27 @@ IDLE = ("perf/trainer_idle_frac", "perf/generator_idle_frac")
 MISMATCH = "rl/mismatch_kl"
 DRIFT_PREFIX = "rl/drift_kl/"  # one key per staleness: rl/drift_kl/s0, s1, ...
 SYNCS_SHOWN = 20
+PANEL_MIN_ROWS = 6  # border + title + 4 plot rows
+COLUMNS, PANEL_ROWS = 2, 5
 
 
 class RolloutsTab(RunTab):
     TITLE = "Rollouts"
     KINDS = ("rl",)
     PREFIXES = ("rollout/", "staleness", "policy/")
+    FOCUS = ""  # the tab takes [ and ] (its panels come in pages on a short terminal)
+    can_focus = True
+
+    BINDINGS = [
+        Binding("right_square_bracket,pagedown", "page(1)", "Next panels"),
+        Binding("left_square_bracket,pageup", "page(-1)", "Prev panels", show=False),
+    ]
+
+    page: reactive[int] = reactive(0)
+    rows: reactive[int] = reactive(PANEL_ROWS)  # panel rows a page holds
 
     def compose(self) -> ComposeResult:
+        yield Label("", id="rollouts-page")
         # Two columns, row by row: staleness beside the KL it costs, syncs beside versions.
         with Grid(id="rollouts-grid"):
             yield Histogram(id="len-hist")
@@ -42,6 +61,38 @@ class RolloutsTab(RunTab):
 
     def on_mount(self) -> None:
         self.query_one("#syncs", DataTable).add_columns("step", "version", "seconds")
+        self._paginate()
+
+    def on_resize(self, event: Resize) -> None:
+        self.rows = max(1, min(PANEL_ROWS, (event.size.height - 1) // PANEL_MIN_ROWS))
+
+    @property
+    def pages(self) -> int:
+        return -(-PANEL_ROWS // self.rows)
+
+    def watch_rows(self) -> None:
+        self.page = min(self.page, self.pages - 1)
+        self._paginate()
+
+    def watch_page(self) -> None:
+        self._paginate()
+
+    def _paginate(self) -> None:
+        if not self.is_mounted:
+            return
+        grid = self.query_one("#rollouts-grid", Grid)
+        grid.styles.grid_size_rows = self.rows
+        first = self.page * self.rows * COLUMNS
+        panels = list(grid.children)
+        for i, panel in enumerate(panels):
+            panel.display = first <= i < first + self.rows * COLUMNS
+        label = self.query_one("#rollouts-page", Label)
+        label.display = self.pages > 1
+        last = min(len(panels), first + self.rows * COLUMNS)
+        label.update(f" panels {first + 1}-{last} of {len(panels)} · ] next, [ previous")
+
+    def action_page(self, delta: int) -> None:
+        self.page = (self.page + delta) % self.pages
 
     def update_from(self, feed: RunFeed) -> None:
         if (d := feed.dist("rollout/length")) is not None:
