@@ -17,8 +17,9 @@
   only draws at or above the mean left short ones unwatched (and still fired 47 times
   in 1,500 steps once the task loss neared 1e-4). A `BucketedSpikeDetector`
   (signals/spikes.py) keeps a rolling median per quarter-octave bucket of r and watches
-  the loss divided by it, on a log scale (9 events on the same curve; `wb bench
-  spikes`). NaN handling is unchanged.
+  the loss divided by it, on a log scale (9 events on the same curve, 2 since the
+  detector forecasts a trend-following level; `wb bench spikes`). NaN handling is
+  unchanged.
 
 Continued pretraining (`model.init = "hf:<folder>"`): the model starts from a Llama /
 Qwen2 / Qwen3 checkpoint folder (models/hf.py), whose config.json fixes its shape

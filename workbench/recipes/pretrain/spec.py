@@ -261,11 +261,13 @@ class StabilitySection(Section):
         "(restore the last checkpoint and skip the data window).")
     # Defaults: SpikeConfig's, chosen with `wb bench spikes` (bench/spikes.py).
     window: int = Field(_SPIKE.window, ge=1, description="Spike detector: rolling window of "
-                        "losses.")
+                        "losses (step noise and trend slope).")
     threshold: float = Field(_SPIKE.threshold, gt=0, description="Spike detector: robust "
-                             "sigmas (1.4826 x MAD) above the rolling median.")
+                             "sigmas of step noise (1.4826 x MAD of successive differences "
+                             "/ sqrt 2) above the level (median of the last 10 losses "
+                             "carried along the trend).")
     min_rel_jump: float = Field(_SPIKE.min_rel_jump, ge=0, description="Spike detector: the "
-                                "loss must also be this fraction above the median (a floor "
+                                "loss must also be this fraction above the level (a floor "
                                 "for very quiet curves; raise it for a loss near 0).")
     warmup: int = Field(_SPIKE.warmup, ge=1, description="Spike detector: steps seen before "
                         "any detection.")
