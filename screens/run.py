@@ -38,6 +38,7 @@ from workbench.themes import stylesheet
 TABS: tuple[type[RunTab], ...] = (OverviewTab, AttentionTab, RolloutsTab, DepthTab,
                                   MetricsTab, EventsTab, LogsTab, ConfigTab, SystemTab)
 POLL_S = 0.5
+PROGRESSIVE_ROWS = 100_000  # a run this big paints its newest points, then loads the rest
 
 
 def tab_id(tab: type[RunTab]) -> str:
@@ -79,26 +80,54 @@ class RunScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.feed = RunFeed(self.store, self.run_id)
-        self.refresh_data()
+        self.loading = False
+        if self.store.scalar_span(self.run_id) > PROGRESSIVE_ROWS and self.feed.preview():
+            # A big run: paint its newest points now, read the whole history in a
+            # thread (on its own connection), then repaint with it.
+            self._show(changed=True)
+            self.loading = True
+            # After the preview's paint: the loader holds the GIL for most of its read.
+            self.call_after_refresh(lambda: self.run_worker(
+                self._load_history, thread=True, exclusive=True, group="load"))
+        else:
+            self.refresh_data()
         self.set_interval(POLL_S, self.refresh_data)
+
+    def _load_history(self) -> None:
+        reader = Store(self.store.root, create=False)
+        try:
+            self.feed.poll(store=reader)
+        finally:
+            reader.close()
+        self.app.call_from_thread(self._history_loaded)
+
+    def _history_loaded(self) -> None:
+        self.loading = False
+        self._show(changed=True)
 
     # -- data -------------------------------------------------------------------------
 
     def refresh_data(self) -> bool:
         """Poll the feed; on news, update the visible tab and the tab set. Returns
         whether anything changed (the TUI bench times this call)."""
+        if self.loading:  # the loader thread has the feed
+            return False
         t0 = time.perf_counter()
         changed = self.feed.poll()
+        self._show(changed)
+        self.last_refresh_ms = (time.perf_counter() - t0) * 1000
+        return changed
+
+    def _show(self, changed: bool) -> None:
         if changed:
             row = self.feed.row
             self.title = f"{row['name']} ({row['id']})"
-            self.sub_title = f"{row['kind']} · {row['status']}"
+            self.sub_title = f"{row['kind']} · {row['status']}" + (
+                " · loading history" if self.feed.partial else "")
             self._show_fitting_tabs()
         tab = self.visible_tab()
         if changed or tab.FOLLOWS_FILES:
             tab.update_from(self.feed)
-        self.last_refresh_ms = (time.perf_counter() - t0) * 1000
-        return changed
 
     def _show_fitting_tabs(self) -> None:
         tabs = self.query_one(TabbedContent)
@@ -115,7 +144,8 @@ class RunScreen(Screen[None]):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         tab = self.visible_tab()
-        tab.update_from(self.feed)  # a hidden tab catches up when shown
+        if not self.loading:  # else the loader's repaint brings it up to date
+            tab.update_from(self.feed)  # a hidden tab catches up when shown
         # The heatmap's arrows read a cell, the metrics grid's pick a chart, the events,
         # log and config scroll: they take the focus, or the keys would go to the tab
         # bar (h / l and 1-9 still switch tabs).

@@ -26,6 +26,7 @@ import numpy as np
 
 from workbench.store import Store
 
+PREVIEW_POINTS = 20_000  # the newest points a big run paints first (`RunFeed.preview`)
 RECORD_PAGE = 10_000  # records per read; a poll reads at most MAX_PAGES of them
 MAX_PAGES = 100
 
@@ -92,26 +93,43 @@ class RunFeed:
         self._scalar_cursor = 0
         self._record_cursor = 0
         self.polls = 0
+        self.partial = False  # series hold a preview only (the newest points)
 
     # -- reading ----------------------------------------------------------------------
 
-    def poll(self) -> bool:
+    def preview(self, limit: int = PREVIEW_POINTS) -> bool:
+        """Fill the series with the run's newest `limit` points, moving no cursor: a
+        big run paints at once, then `poll()` reads the whole history in their place."""
+        columns = self.store.scalar_tail(self.run_id, limit)
+        for key, (steps, values, walls) in columns.items():
+            series = Series()
+            series.extend(steps, values, walls)
+            self._series[key] = series
+        self.partial = bool(columns)
+        return self.partial
+
+    def poll(self, store: Store | None = None) -> bool:
         """Read what was committed since the last poll. True when anything changed
-        (new records, or the run's status or step)."""
+        (new records, or the run's status or step). `store`: another connection to
+        the same store (a loader thread's); after a preview the new series replace
+        the preview's at the end, so a view never sees half a history."""
+        store = store or self.store
         before = (self.row.get("status"), self.row.get("last_step"), self.row.get("heartbeat"))
-        self.row = self.store.get_run(self.run_id)
+        self.row = store.get_run(self.run_id)
         changed = before != (self.row.get("status"), self.row.get("last_step"),
                              self.row.get("heartbeat")) or self.polls == 0
         self.polls += 1
-        self._scalar_cursor, columns = self.store.scalar_columns(self.run_id,
-                                                                 self._scalar_cursor)
+        self._scalar_cursor, columns = store.scalar_columns(self.run_id, self._scalar_cursor)
+        target: dict[str, Series] = {} if self.partial else self._series
         for key, (steps, values, walls) in columns.items():
-            self._series.setdefault(key, Series()).extend(steps, values, walls)
+            target.setdefault(key, Series()).extend(steps, values, walls)
+        if self.partial:
+            self._series, self.partial = target, False
         changed |= bool(columns)
         for _ in range(MAX_PAGES):
-            page = list(self.store.records(self.run_id, since=self._record_cursor,
-                                           limit=RECORD_PAGE,
-                                           tables=("dists", "matrices", "events")))
+            page = list(store.records(self.run_id, since=self._record_cursor,
+                                      limit=RECORD_PAGE,
+                                      tables=("dists", "matrices", "events")))
             for rec in page:
                 self._take(rec)
                 self._record_cursor = rec["id"]

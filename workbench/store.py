@@ -9,6 +9,7 @@ with no gaps and no duplicates.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -245,6 +246,15 @@ _SELECT = {
     "FROM matrices r JOIN keys k ON k.id = r.key",
     "events": "SELECT r.id, r.step, r.kind, r.severity, r.payload, r.wall FROM events r",
 }
+
+
+@functools.cache
+def _scalar_dtype() -> Any:
+    """The structured row of scalar reads (numpy stays out of `import workbench.store`)."""
+    import numpy as np
+
+    return np.dtype([("step", "<i8"), ("key", "<i8"), ("value", "<f8"), ("wall", "<f8"),
+                     ("flag", "<i8")])
 
 
 class Store:
@@ -591,23 +601,56 @@ class Store:
 
         num = self.run_num(run_id)
         upto = self.last_id()
-        rows = self.conn.execute(
+        cursor = self.conn.execute(
             "SELECT step, key, ifnull(value, 0.0), wall, flag FROM scalars "
-            "WHERE run = ? AND id > ? AND id <= ? ORDER BY id", (num, since, upto)).fetchall()
-        if not rows:
-            return upto, {}
-        cols = np.array(rows, dtype=np.float64)
-        steps, key_ids, values, walls, flags = cols.T
-        values[flags == NAN] = math.nan
-        ids = np.unique(key_ids).astype(np.int64)
+            "WHERE run = ? AND id > ? AND id <= ? ORDER BY id", (num, since, upto))
+        return upto, self._columns(np.fromiter(cursor, dtype=_scalar_dtype()))
+
+    def scalar_span(self, run_id: str) -> int:
+        """About how many scalar rows a run has (its id range: two index seeks), to
+        decide cheaply whether a view should load it progressively."""
+        lo, hi = self.conn.execute("SELECT min(id), max(id) FROM scalars WHERE run = ?",
+                                   (self.run_num(run_id),)).fetchone()
+        return 0 if lo is None else hi - lo + 1
+
+    def scalar_tail(self, run_id: str, limit: int) -> dict[str, tuple[Any, Any, Any]]:
+        """The newest points of every scalar key, about `limit` in all, as columns per
+        key (oldest first): what a view paints first while the whole history loads.
+        Index seeks only: the run's keys by a skip-scan, then each key's tail."""
+        import numpy as np
+
+        num = self.run_num(run_id)
+        keys = [k for (k,) in self.conn.execute(
+            "WITH RECURSIVE k(key) AS (SELECT min(key) FROM scalars WHERE run = ?1 "
+            "UNION ALL SELECT (SELECT min(key) FROM scalars WHERE run = ?1 AND key > k.key) "
+            "FROM k WHERE k.key IS NOT NULL) SELECT key FROM k WHERE key IS NOT NULL",
+            (num,))]
+        if not keys:
+            return {}
+        each = max(1, int(limit) // len(keys))
+        parts = [np.fromiter(self.conn.execute(
+            "SELECT step, key, ifnull(value, 0.0), wall, flag FROM scalars WHERE run = ? "
+            "AND key = ? ORDER BY step DESC, id DESC LIMIT ?", (num, key, each)),
+            dtype=_scalar_dtype())[::-1] for key in keys]
+        return self._columns(np.concatenate(parts))
+
+    def _columns(self, rows: Any) -> dict[str, tuple[Any, Any, Any]]:
+        """Structured scalar rows -> {key: (steps, values, walls)}, NaN restored."""
+        import numpy as np
+
+        if not len(rows):
+            return {}
+        values = rows["value"].copy()
+        values[rows["flag"] == NAN] = math.nan
+        ids = np.unique(rows["key"])
         names = dict(self.conn.execute(
             f"SELECT id, name FROM keys WHERE id IN ({','.join('?' * len(ids))})",
             [int(i) for i in ids]).fetchall())
         out = {}
         for key_id in ids:
-            mask = key_ids == key_id
-            out[names[int(key_id)]] = (steps[mask].astype(np.int64), values[mask], walls[mask])
-        return upto, out
+            mask = rows["key"] == key_id
+            out[names[int(key_id)]] = (rows["step"][mask], values[mask], rows["wall"][mask])
+        return out
 
     def latest(self, run_id: str) -> dict[str, tuple[int, float]]:
         """Latest (step, value) per scalar key."""

@@ -16,9 +16,10 @@ without its writer thread) into a temporary folder.
   compositor refresh that renders the changed widgets, charts included; the event
   loop's latency in between counts). Only refreshes that found new data count.
   `refresh_data_ms` is the call alone (reads and widget updates, before painting).
-- open_run_s: from pressing enter on the 1M-point run in the runs table until its
-  run screen's main chart has been drawn with its points (its whole history read
-  once). Target (issue 20): <= 1.0 s.
+- first_paint_s: from pressing enter on the 1M-point run in the runs table until its
+  main chart shows points (a big run paints its newest 20,000 first);
+  open_run_s: until the chart has been drawn with the whole history (read in a
+  thread). Targets (issue 20): first paint <= 0.4 s, open <= 1.0 s.
 
 Targets (issue 4): first frame <= 1.5 s, refresh <= 100 ms.
 """
@@ -180,18 +181,27 @@ async def _refresh(root: Path, big_id: str, samples: int) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the runs screen did not fill within 30 s")
             await pilot.pause(0.05)
-        # open_run_s: enter on the big run (the newest: the first row) until its main
-        # chart has been drawn with the run's points.
+        # first_paint_s: enter on the big run (the newest: the first row) until its main
+        # chart shows points (the newest ones first); open_run_s: until it has been
+        # drawn again with the whole history.
         t0 = time.perf_counter()
-        await pilot.press("enter")
-        screen = None
+        # Not awaited here: pilot.press returns only once the app is idle, which with a
+        # loader thread is after the whole history; the loop below watches the screen.
+        press = asyncio.ensure_future(pilot.press("enter"))
+        screen, painted = None, None
         while time.monotonic() < deadline + 60:
             if getattr(app.screen, "run_id", None) == big_id:
-                charts = app.screen.query("#main-chart")
-                if charts and charts.first().series_names and charts.first().build_count:
+                chart = app.screen.query("#main-chart")
+                drawn = chart.first().drawn if chart else {}
+                if painted is None and drawn and chart.first().build_count:
+                    painted = time.perf_counter() - t0
+                xs = [x for x, _ in drawn.values() if len(x)]
+                whole = xs and min(x.min() for x in xs) <= 0.01 * max(x.max() for x in xs)
+                if whole and not app.screen.loading and not app.screen.feed.partial:
                     screen = app.screen
                     break
-            await pilot.pause(0.005)
+            await asyncio.sleep(0.002)
+        await press
         if screen is None:
             return {"refresh_error": "the big run's charts were not drawn within the limit"}
         opened = time.perf_counter() - t0
@@ -233,7 +243,7 @@ async def _refresh(root: Path, big_id: str, samples: int) -> dict[str, Any]:
         return {"refresh_error": "RunScreen.refresh_data() never reported new data"}
     return {"refresh_ms": statistics.median(totals), "refresh_max_ms": max(totals),
             "refresh_data_ms": statistics.median(calls), "refresh_samples": len(totals),
-            "open_run_s": opened,
+            "open_run_s": opened, "first_paint_s": painted,
             "open_run_method": "in-process App.run_test (headless 120x40): from pressing "
                                "enter on the 1M-point run until its main chart is drawn"}
 
