@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -68,6 +69,31 @@ def test_feed_reads_each_record_kind_once_and_incrementally(store: Store) -> Non
     assert [e["kind"] for e in feed.events] == ["nan", "loss_spike", "checkpoint"]
     assert feed.row["last_step"] == 6
     run.finish()
+
+
+def test_a_preview_paints_each_keys_newest_points_then_poll_replaces_it(store: Store,
+                                                                         tmp_path: Any) -> None:
+    row = store.create_run(kind="custom", name="big", status="finished", launcher="sdk")
+    run = Run(store, row, owner=True)
+    for block in range(4):  # logged key by key in blocks, as a batched writer does
+        for key in ("a", "b"):
+            for step in range(block * 100, block * 100 + 100):
+                run.log({key: float(step) if key == "a" else -float(step)}, step=step)
+    run.log({"c": math.nan}, step=399)
+    run.finish()
+    assert store.scalar_span(row["id"]) == 801
+    feed = RunFeed(store, row["id"])
+    assert feed.preview(limit=60)
+    assert feed.partial and sorted(feed.keys()) == ["a", "b", "c"]  # every key, not the last
+    assert feed.series("a").step.tolist() == list(range(380, 400))
+    assert feed.series("b").value[-1] == -399 and math.isnan(feed.series("c").value[0])
+    other = Store(store.root, create=False)  # a loader thread's own connection
+    try:
+        assert feed.poll(store=other)
+    finally:
+        other.close()
+    assert not feed.partial and feed.series("a").step.tolist() == list(range(400))
+    assert not feed.poll()  # the cursor moved: nothing is read twice
 
 
 def test_feed_sees_rows_written_by_another_process_while_polling(store: Store) -> None:
