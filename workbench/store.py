@@ -680,6 +680,13 @@ class Store:
         ).fetchone()
         return None if row is None else (row[0], value_of(row[1], row[2]))
 
+    def loss_spike_counts(self) -> dict[str, int]:
+        """Loss-spike events per run id, for every run at once (`wb ls`)."""
+        rows = self.conn.execute(
+            "SELECT r.id, count(*) FROM events e JOIN runs r ON r.num = e.run "
+            "WHERE e.kind = 'loss_spike' GROUP BY e.run")
+        return dict(rows.fetchall())
+
     def event_counts(self, run_id: str) -> dict[str, int]:
         rows = self.conn.execute(
             "SELECT kind, count(*) FROM events WHERE run = ? GROUP BY kind ORDER BY kind",
