@@ -93,6 +93,11 @@ class RunScreen(Screen[None]):
             self.refresh_data()
         self.set_interval(POLL_S, self.refresh_data)
 
+    def on_screen_resume(self) -> None:
+        """Back on top (a compare view or dialog closed): catch up at once."""
+        if hasattr(self, "feed"):
+            self.refresh_data()
+
     def _load_history(self) -> None:
         reader = Store(self.store.root, create=False)
         try:
@@ -110,7 +115,7 @@ class RunScreen(Screen[None]):
     def refresh_data(self) -> bool:
         """Poll the feed; on news, update the visible tab and the tab set. Returns
         whether anything changed (the TUI bench times this call)."""
-        if self.loading:  # the loader thread has the feed
+        if self.loading or not self.is_current:  # the loader has the feed, or hidden
             return False
         t0 = time.perf_counter()
         changed = self.feed.poll()
