@@ -128,6 +128,8 @@ def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> No
     assert RL_SCALARS <= keys, RL_SCALARS - keys
     assert sorted(values(store, row["id"], "policy/version")) == list(range(1, 7))
     assert max(values(store, row["id"], "staleness/max").values()) <= 1
+    # slot occupancy: absent from a step no generator stats reached, else in (0, 1]
+    assert all(0 < v <= 1 for v in values(store, row["id"], "perf/slot_occupancy").values())
     drift = {k for _, _, k, _, _ in store.scalars(row["id"]) if k.startswith("rl/drift_kl/")}
     assert drift and drift <= {"rl/drift_kl/s0", "rl/drift_kl/s1"}
     assert all(v >= 0 for k in drift for v in values(store, row["id"], k).values())
@@ -266,18 +268,53 @@ def test_wb_stop_ends_an_rl_run_on_sigterm_alone(store: Store) -> None:
 def test_bench_rl_runs_both_modes_and_reports_its_fields(tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
     """`wb bench rl` end to end on a tiny random policy (the figures themselves come from
-    the built-in spec; see the issue note)."""
+    the built-in spec; see the issue note): speed, quality and slot occupancy per mode,
+    consistent with each other. A target of 0 over 2 steps is reached at step 2."""
+    import statistics
+
     from workbench.bench.rl import bench_rl
 
     monkeypatch.setenv("WB_STORE", str(tmp_path / "store"))
     tiny = ["policy.init=random", "policy.n_layer=1", "policy.d_model=64", "policy.seq_len=128",
-            "rollout.l_max=40", "rollout.l_cache=8", "rollout.slots=8", "grpo.group_size=4",
+            "rollout.l_max=40", "rollout.l_cache=8", "rollout.slots=16", "grpo.group_size=4",
             "grpo.groups_per_step=2"]
-    r = bench_rl(overrides=tiny, steps=3)
+    r = bench_rl(overrides=tiny, steps=3, target_accuracy=0.0, window=2)
     fields = {"async_s", "sync_s", "speedup", "staleness_mean", "staleness_max",
-              "trainer_idle_frac_async", "trainer_idle_frac_sync"}
-    assert fields <= set(r)
+              "trainer_idle_frac_async", "trainer_idle_frac_sync", "speedup_to_target",
+              "target_accuracy", "target_window", "sync_slot_bound", "last_n"}
+    per_mode = ("accuracy_final", "accuracy_last20", "reward_final", "reward_last20",
+                "time_to_target_s", "steps_to_target", "slot_occupancy", "accuracy_curve")
+    assert fields | {f"{k}_{m}" for k in per_mode for m in ("async", "sync")} <= set(r)
     assert r["async_s"] > 0 and r["sync_s"] > 0
     assert r["speedup"] == pytest.approx(r["sync_s"] / r["async_s"])
     assert 0 <= r["staleness_mean"] <= r["staleness_max"] <= r["max_staleness"] == 4
     assert 0 <= r["trainer_idle_frac_sync"] <= 1 and r["trainer_steps"] == 3
+    assert r["last_n"] == 3 and r["target_window"] == 2  # a run shorter than 20 steps
+    # sync (staleness 0) holds one batch, 2 x 4 sequences, in 16 slots
+    # (the generator reports it when a batch runs out, so a sync step after the first
+    # has it; an async run this short may have none: null)
+    assert r["sync_slot_bound"] == 0.5
+    assert 0 < r["slot_occupancy_sync"] <= r["sync_slot_bound"] + 1e-9
+    assert r["slot_occupancy_async"] is None or 0 < r["slot_occupancy_async"] <= 1
+    for mode in ("async", "sync"):
+        acc = r[f"accuracy_curve_{mode}"]
+        assert len(acc) == 3 and all(0 <= a <= 1 for a in acc)
+        assert r[f"accuracy_final_{mode}"] == pytest.approx(acc[-1], abs=1e-4)
+        assert r[f"accuracy_last20_{mode}"] == pytest.approx(statistics.fmean(acc), abs=1e-4)
+        assert 0 <= r[f"reward_final_{mode}"] <= 1 and 0 <= r[f"reward_last20_{mode}"] <= 1
+        # target 0 over a window of 2: first reached at step 2, within the run's time
+        assert r[f"steps_to_target_{mode}"] == 2
+        assert 0 < r[f"time_to_target_s_{mode}"] <= r[f"{mode}_s"]
+    assert r["speedup_to_target"] == pytest.approx(
+        r["time_to_target_s_sync"] / r["time_to_target_s_async"])
+
+
+def test_time_to_target() -> None:
+    from workbench.bench.rl import time_to_target
+
+    points = [(1, 0.1, 101.0), (2, 0.5, 102.0), (3, 0.2, 103.0), (4, 0.6, 104.0)]
+    assert time_to_target(points, 100.0, 0.3, window=2) == (2.0, 2)  # mean(0.1, 0.5)
+    assert time_to_target(points, 100.0, 0.4, window=2) == (4.0, 4)  # mean(0.2, 0.6)
+    assert time_to_target(points, 100.0, 0.5, window=1) == (2.0, 2)
+    assert time_to_target(points, 100.0, 0.5, window=2) is None
+    assert time_to_target(points, 100.0, 0.0, window=5) is None  # shorter than the window

@@ -7,7 +7,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
-- rl: asynchronous vs synchronous RL wall time for the same trainer steps (bench/rl.py).
+- rl: asynchronous vs synchronous RL: wall time for the same trainer steps, accuracy
+  and reward, time to a fixed accuracy, slot occupancy (bench/rl.py).
 - engine: generated tokens/s, continuous vs static batching on a skewed-length workload
   (bench/engine.py).
 - engine-hf: our torch engine vs transformers' generate on the same Hugging Face

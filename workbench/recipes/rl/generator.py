@@ -18,7 +18,18 @@ Loop (between two decode steps, so nothing waits longer than one step):
    same bound: they go first, but wait while they would be too stale (`take_group`).
 3. one engine step; finished completions go to the trainer's queue.
 Idle time (nothing to decode: paused by the bound, or waiting for weights) is
-reported with each completion, for `perf/generator_idle_frac`.
+reported with each completion, for `perf/generator_idle_frac`. So is slot occupancy,
+for `perf/slot_occupancy`: the fraction of `rollout.slots` decoding, averaged over the
+decode steps weighted by each step's duration (idle time is not in it: that is
+the idle fraction). A step's sequences are those still active after it plus those it
+finished. Time-weighted because a step with few sequences is short: a plain mean per
+step would count the many quick steps of a batch's long tail many times over. The
+figures travel every STATS_EVERY_S and whenever the generator runs out of work; a
+trainer step that received none (a step shorter than that, async) has no
+`perf/slot_occupancy`. Under
+`max_staleness = 0` at most `groups_per_step` x `group_size` sequences may be in flight
+(one batch), so a synchronous run's occupancy is at most that over `slots`, and lower
+while the batch's long tail finishes.
 
 Stop: on the shared stop event (or a "stop" message) the loop ends and the process
 leaves with os._exit (`leave`): nothing it holds is needed any more, and the
@@ -195,6 +206,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     redo: list[int] = []
     idle_s = busy_s = 0.0
     tokens = 0
+    slot_s = decode_s = 0.0  # sum of (sequences decoded x step seconds); decode seconds
     next_id = 0
     last_stats = time.monotonic()
     print(f"generator {rank}: pid {os.getpid()}, {ro.slots} slots, version {version}",
@@ -238,7 +250,13 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
                 next_id += 1
         # 3. decode
         if engine.has_work():
+            t_step = time.perf_counter()
             done = engine.step(admit=pending is None)  # old weights: drain, admit nothing
+            decoded = engine.num_active() + len(done)
+            if decoded:
+                dt = time.perf_counter() - t_step
+                slot_s += decoded * dt
+                decode_s += dt
             for c in done:
                 tokens += len(c.tokens)
                 out.put(("rollout", rank, c.meta["group"], c.meta["index"], c.meta["problem"],
@@ -248,9 +266,12 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
         else:
             time.sleep(0.005)
             idle_s += time.perf_counter() - t0
-        if time.monotonic() - last_stats > STATS_EVERY_S:
-            out.put(("stats", rank, busy_s, idle_s, tokens))
-            busy_s = idle_s = 0.0
+        # Also as soon as the work runs out (a synchronous batch's end): that batch's
+        # figures then reach the trainer ahead of the next batch's completions.
+        if time.monotonic() - last_stats > STATS_EVERY_S or (
+                decode_s and not engine.has_work()):
+            out.put(("stats", rank, busy_s, idle_s, tokens, slot_s, decode_s))
+            busy_s = idle_s = slot_s = decode_s = 0.0
             tokens = 0
             last_stats = time.monotonic()
     leave(0)

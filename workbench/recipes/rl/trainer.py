@@ -249,6 +249,7 @@ class Trainer:
         self.owner: dict[int, int] = {}  # group -> the generator generating it
         self.gen_busy = self.gen_idle = 0.0
         self.gen_tokens = 0
+        self.slot_s = self.decode_s = 0.0  # from the generators' stats (slot occupancy)
         self.idle_s = 0.0
         self.t_mark = time.perf_counter()
         self.roles: Roles | None = None
@@ -348,9 +349,11 @@ class Trainer:
                 roles.verifiers.submit(self.next_key, problem, text, len(tokens))
                 self.next_key += 1
             elif msg is not None and msg[0] == "stats":
-                _, _, busy, idle, _tokens = msg
+                _, _, busy, idle, _tokens, slot_s, decode_s = msg
                 self.gen_busy += busy
                 self.gen_idle += idle
+                self.slot_s += slot_s
+                self.decode_s += decode_s
             for key, score in roles.verifiers.results():
                 s = self.pending.pop(key, None)
                 if s is not None and s.rank not in roles.lost:
@@ -425,11 +428,14 @@ class Trainer:
             "sync/seconds": sync_s, "policy/version": float(self.version),
         }
         metrics.update(policy_kl_metrics(upd.k3_by_staleness))
+        if self.decode_s:  # absent, not 0, when no generator stats arrived in this step
+            metrics["perf/slot_occupancy"] = self.slot_s / (self.decode_s * spec.rollout.slots)
         run.log(metrics, step=self.version)
         run.log_dist("rollout/length", lengths, step=self.version)
         run.log_dist("staleness", stale or [0], step=self.version)
         self.gen_busy = self.gen_idle = 0.0
         self.gen_tokens = 0
+        self.slot_s = self.decode_s = 0.0
         self.idle_s = 0.0
         every = max(1, spec.grpo.steps // 50)
         if self.version % every == 0 or self.version == spec.grpo.steps:
