@@ -9,7 +9,11 @@ import pytest
 
 from tests.helpers import assert_rounded_ratio
 from workbench.bench import BENCHES
-from workbench.bench.optimizers import tokens_to_reach
+from workbench.bench.optimizers import best_lr, efficiency, next_lr, tokens_to_reach
+from workbench.kernels.newton_schulz import ns_flops
+from workbench.optim import build_optimizers
+from workbench.recipes import pretrain as pt
+from workbench.spec import load_spec
 
 
 def _finite(result: dict, keys: list[str]) -> None:
@@ -58,14 +62,63 @@ def test_maxlogit_tiny() -> None:
 def test_optimizers_tiny(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WB_DATA_CACHE", str(tmp_path / "data-cache"))
     r = BENCHES["optimizers"](quick=True, progress=None, tiny=True)
-    _finite(r, ["muon_val_loss", "adamw_val_loss", "tokens", "lr_muon", "lr_adamw", "steps"])
+    _finite(r, ["muon_val_loss", "adamw_val_loss", "tokens", "best_lr_muon", "best_lr_adamw",
+                "steps", "flops_per_token", "ns_flops_per_step", "ns_flops_frac"])
+    # the sweep: at least 3 lrs per arm (tiny: no extension), the best is the argmin
+    for arm in ("muon", "adamw"):
+        sweep = r[f"sweep_{arm}"]
+        assert len(sweep) >= 3 and [lr for lr, _ in sweep] == sorted(lr for lr, _ in sweep)
+        lr, loss = min(sweep, key=lambda row: row[1])
+        assert r[f"best_lr_{arm}"] == lr and r[f"{arm}_val_loss"] == loss
+        assert r[f"{arm}_curve"][-1][1] == loss
+        assert r[f"best_at_edge_{arm}"] == (lr in (sweep[0][0], sweep[-1][0]))
+    # the ratios: efficiency() of the best runs (tested on its own below), all or none
+    ratios = ("muon_tokens_to_adamw_loss", "muon_tokens_to_adamw_loss_ratio",
+              "token_efficiency", "muon_flops_to_adamw_loss_ratio", "compute_efficiency")
+    assert len({r[k] is None for k in ratios}) == 1
     ratio = r["muon_tokens_to_adamw_loss_ratio"]
-    assert ratio is None or (math.isfinite(ratio) and 0 <= ratio <= 1)
+    assert ratio is None or 0 <= ratio <= r["muon_flops_to_adamw_loss_ratio"] and ratio <= 1
+    # NS FLOPs, counted from the optimizer's own Muon matrices: one block, d 32, SwiGLU
+    # (q, k, v, o 32 x 32; gate, up, down 32 x hidden), 5 iterations each
+    spec = load_spec("muon-tiny", ["model.n_layer=1", "model.d_model=32", "model.n_head=2",
+                                   "model.seq_len=32"]).spec
+    opts = build_optimizers(pt.build_model(spec, "cpu"), "muon", 1e-3, 0.0, ns_dtype="auto")
+    shapes = [tuple(p.shape) for p in opts[0].param_groups[0]["params"]]
+    assert len(shapes) == 7
+    assert r["ns_flops_per_step"] == sum(ns_flops(m, n, 5) for m, n in shapes)
+    assert 0 < r["ns_flops_frac"] < 1
     assert r["tokens"] == r["steps"] * r["batch_size"] * r["seq_len"]
     assert r["muon_curve"][0][0] == 0 and r["muon_curve"][-1][0] == r["tokens"]
     assert r["adamw_curve"][-1][1] == r["adamw_val_loss"]
     # both arms start from the same weights and evaluate the same batches
     assert r["muon_curve"][0][1] == r["adamw_curve"][0][1]
+
+
+def test_optimizers_efficiency() -> None:
+    """Tokens and FLOPs to AdamW's best loss; NS FLOPs scale the token ratio by
+    1 + NS / training FLOPs per step."""
+    curve = [(0, 5.0), (100, 3.0), (200, 2.0)]  # AdamW's best, after 400 tokens: 2.5
+    e = efficiency(curve, 2.5, 400, per_step=10, flops_per_token=6, ns_per_step=30)
+    assert e["muon_tokens_to_adamw_loss"] == 150
+    assert e["muon_tokens_to_adamw_loss_ratio"] == pytest.approx(150 / 400)
+    assert e["token_efficiency"] == pytest.approx(400 / 150, abs=1e-3)
+    # Muon: 150 tokens x 6 + 15 steps x 30 = 1350 FLOPs; AdamW: 400 x 6 = 2400
+    assert e["muon_flops_to_adamw_loss_ratio"] == pytest.approx(1350 / 2400)
+    assert e["compute_efficiency"] == pytest.approx(2400 / 1350, abs=1e-3)
+    assert e["muon_flops_to_adamw_loss_ratio"] == pytest.approx(
+        e["muon_tokens_to_adamw_loss_ratio"] * (1 + 30 / (6 * 10)))
+    never = efficiency(curve, 1.0, 400, 10, 6, 30)
+    assert set(never.values()) == {None} and set(never) == set(e)
+
+
+def test_optimizers_lr_ladder() -> None:
+    assert best_lr({1e-3: 2.0, 3e-3: 1.5, 1e-2: float("nan")}) == 3e-3
+    assert next_lr({1e-3: 2.0, 3e-3: 1.5, 1e-2: 1.7}) is None  # inside: done
+    assert next_lr({1e-3: 2.0, 3e-3: 1.8, 1e-2: 1.7}) == 3e-2  # best at the top edge
+    assert next_lr({1e-3: 1.6, 3e-3: 1.8, 1e-2: 1.9}) == 3e-4  # at the bottom edge
+    assert next_lr({1e-4: 1.0, 3e-4: 2.0}) is None  # the ladder ends there
+    with pytest.raises(RuntimeError, match="diverged"):
+        best_lr({1e-3: float("inf")})
 
 
 def test_tokens_to_reach() -> None:

@@ -6,7 +6,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 - muon: optimizer-step time, our Muon vs torch.optim.Muon vs AdamW (bench/muon.py).
 - muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
-- optimizers: Muon vs AdamW val loss for a fixed token budget (bench/optimizers.py).
+- optimizers: Muon vs AdamW, each at its best of a swept lr: tokens and FLOPs
+  (Newton-Schulz counted) to reach AdamW's best val loss (bench/optimizers.py).
 - rl: asynchronous vs synchronous RL: wall time for the same trainer steps, accuracy
   and reward, time to a fixed accuracy, slot occupancy (bench/rl.py).
 - engine: generated tokens/s, continuous vs static batching on a skewed-length workload
