@@ -50,6 +50,14 @@ def test_two_processes_match_one_with_the_same_global_batch(store: Store) -> Non
     assert wa.keys() == wb_.keys()
     for k in wa:
         torch.testing.assert_close(wb_[k], wa[k], rtol=1e-3, atol=1e-5)
+    # Muon's momentum is sharded over the ranks; the checkpoint still holds all of it
+    ma, mb = (torch.load(store.run_dir(r["id"]) / "checkpoints" / f"step-{STEPS:08d}" /
+                         "state.pt", weights_only=False)["optimizers"][0]["state"]
+              for r in (one, two))
+    assert ma and mb.keys() == ma.keys()
+    for i in ma:
+        torch.testing.assert_close(mb[i]["momentum_buffer"], ma[i]["momentum_buffer"],
+                                   rtol=1e-3, atol=1e-5)
 
     config = store.get_run(two["id"])["config"]
     config = json.loads(config) if isinstance(config, str) else config

@@ -4,7 +4,8 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
 
 - store: SDK logging throughput vs raw SQLite (bench/store.py).
 - muon: optimizer-step time, our Muon vs torch.optim.Muon vs AdamW (bench/muon.py).
-- muon-dist: distributed Muon step time per rank, 2 processes vs 1 (bench/muon_dist.py).
+- muon-dist: distributed Muon step time per rank, 2 processes vs 1, and optimizer-state
+  bytes per rank at 2-4 ranks (bench/muon_dist.py).
 - maxlogit: training-step time with / without max-logit tracking (bench/maxlogit.py).
 - optimizers: Muon vs AdamW, each at its best of a swept lr: tokens and FLOPs
   (Newton-Schulz counted) to reach AdamW's best val loss (bench/optimizers.py).

@@ -1,9 +1,11 @@
-"""`wb bench muon-dist`: distributed Muon's optimizer-step time per rank, 2 ranks vs 1.
+"""`wb bench muon-dist`: distributed Muon's step time and optimizer state per rank, N ranks vs 1.
 
-Distributed Muon (``Muon(distributed=True)``, workbench/optim/muon.py) splits the
-Newton-Schulz work over the ranks and shares the results with one ``all_gather`` per
-shape bucket. This bench measures what that buys: the step time of one rank of a
-2-process job against the same optimizer in a single process, on the Muon-routed
+Distributed Muon (``Muon(distributed=True)``, workbench/optim/muon.py) shards the
+optimizer (ZeRO-1): each matrix's owner rank alone keeps its momentum and runs its
+Newton-Schulz, and the results are shared with one ``all_gather`` per shape bucket.
+This bench measures what that buys: the step time of one rank of a 2-process job
+against the same optimizer in a single process, and the optimizer-state bytes each
+rank holds at 2, 3 (and, full, 4) ranks against one process's, on the Muon-routed
 matrices of the GPT that ``wb bench muon`` uses (:func:`workbench.bench.muon.shapes_config`):
 CPU full d_model 384 x 6 layers (42 matrices), CPU --quick one block (7 matrices; its
 buckets of 4, 2 and 1 matrices split 4 : 3 over 2 ranks, so it cannot reach x2);
@@ -17,10 +19,14 @@ worker started with plain ``python`` (no process group, ``distributed=False``).
 
 Fairness on a CPU: every process runs ``torch.set_num_threads(1)``, so one rank of
 the 2-rank job has exactly the compute of the baseline and "per rank" compares like
-with like (on the 2-core dev machine the two ranks take one core each). NS runs in
-fp32 on a CPU (bf16 matmuls are ~35x slower without native support), bf16 on CUDA.
-CUDA is used only when there are at least 2 GPUs (NCCL, one GPU per rank); with
-fewer, both arms run on the CPU with gloo.
+with like (on the 2-core dev machine the two ranks take one core each). The NS dtype
+is the optimizer's own ``ns_dtype="auto"`` choice: the 1-process arm decides it per
+shape (:meth:`Muon.resolve_ns_dtypes`, a one-time timing before the timed steps, on
+its one thread) and every other arm adopts those choices, so all arms run the same
+arithmetic; ``ns_dtype`` reports it (``"mixed"`` when shapes differ) and
+``ns_choices`` the per-shape records with their timings. ``bench_muon_dist(ns_dtype=
+"float32")`` (or ``"bfloat16"``) fixes it instead. CUDA is used only when there are at
+least 2 GPUs (NCCL, one GPU per rank); with fewer, every arm runs on the CPU with gloo.
 
 Networking: ``--standalone`` rendezvouses at ``localhost:0`` and hands the ranks
 ``MASTER_ADDR=localhost``; gloo would pick its own address from the hostname, so the
@@ -43,8 +49,16 @@ the same time: the cost of sharing the machine, no exchange) and ``speedup_bound
 on the 2-vCPU dev box the two cores slow each other down), and
 the correctness check ``replicas_identical`` (rank 0 and rank 1 parameters bit-equal
 after all the steps), ``max_abs_diff_vs_single`` and ``matches_single`` (vs the
-1-process run after the same steps, within ``tolerance``). ``load_avg_before`` is the
-1-minute load average at the start: on a shared machine, other work skews the figures.
+1-process run after the same steps, within ``tolerance``; on a CPU they are bit-equal,
+0.0). ``load_avg_before`` is the 1-minute load average at the start: on a shared
+machine, other work skews the figures.
+
+Optimizer state (:meth:`Muon.state_bytes`, the momentum buffers each process holds
+after its steps): ``state_bytes_one_process``, ``state_bytes_per_rank`` (the timed
+2-rank job), ``state_bytes_ratio`` = the largest rank's bytes / one process's (ideal
+1/N; a bucket whose size is not a multiple of N puts one matrix more on some ranks)
+and ``state_by_world``: the same per N for N = 2, 3 (and 4 when not --quick), the
+extra N from a short untimed torchrun job of one step.
 """
 
 from __future__ import annotations
@@ -70,9 +84,11 @@ from rich.console import Console
 from workbench.bench.muon import LR, WD, shapes_config
 from workbench.models.gpt import GPT
 from workbench.optim import Muon, adjust_lr, route
+from workbench.optim.muon import AUTO, NS_DTYPES, NsChoice, ns_dtype_summary
 
 MODULE = "workbench.bench.muon_dist"
 WORLD = 2
+STATE_WORLDS = (2, 3, 4)  # N at which the state bytes per rank are measured (quick: 2, 3)
 
 
 def _sync(device: torch.device) -> None:
@@ -107,7 +123,11 @@ def _worker(argv: Sequence[str]) -> None:
     ap.add_argument("--warmup", type=int, required=True)
     ap.add_argument("--reps", type=int, required=True)
     ap.add_argument("--deadline", type=float, required=True, help="seconds before self-exit")
-    ap.add_argument("--tag", default="single", help="output name of a 1-process run")
+    ap.add_argument("--tag", default=None,
+                    help="output name (default: single, or rank{r} under torchrun)")
+    ap.add_argument("--ns-dtype", choices=(AUTO, *NS_DTYPES), default=AUTO)
+    ap.add_argument("--ns-choices", type=Path, default=None,
+                    help="auto's per-shape choices to adopt (the 1-process arm's), JSON")
     args = ap.parse_args(argv)
     faulthandler.dump_traceback_later(args.deadline, exit=True)  # never outlive the bench
     torch.set_num_threads(1)
@@ -123,7 +143,7 @@ def _worker(argv: Sequence[str]) -> None:
     backend = "nccl" if device.type == "cuda" else "gloo"
     if world > 1:
         dist.init_process_group(backend, timeout=timedelta(seconds=args.deadline))
-    ns_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    ns_dtype = AUTO if args.ns_dtype == AUTO else NS_DTYPES[args.ns_dtype]
 
     # Record every all_gather Muon makes: the chunk it sent, to replay the exchange alone
     # afterwards, and on a CPU its time (the exchange plus any wait for the slower rank;
@@ -147,6 +167,11 @@ def _worker(argv: Sequence[str]) -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = g.clone()
     opt = Muon(params, lr=LR, weight_decay=WD, ns_dtype=ns_dtype, distributed=world > 1)
+    if ns_dtype == AUTO and args.ns_choices is not None:  # every arm runs the same dtypes
+        for record in json.loads(args.ns_choices.read_text()):
+            choice = NsChoice.from_record(record, source="1-process arm")
+            opt.ns_choices[(choice.shape, choice.device)] = choice
+    opt.resolve_ns_dtypes()  # any timing happens here, before the timed steps
 
     def barrier() -> None:
         if world > 1:
@@ -183,13 +208,17 @@ def _worker(argv: Sequence[str]) -> None:
         dist.barrier()
         dist.destroy_process_group()
 
-    tag = f"rank{rank}" if world > 1 else args.tag
+    if world > 1:
+        tag = f"{args.tag}-rank{rank}" if args.tag else f"rank{rank}"
+    else:
+        tag = args.tag or "single"
     torch.save([p.detach().cpu() for p in params], args.out / f"{tag}.pt")
     info = {
         "step_ms": step_ms, "all_gather_ms": exchange_ms,
         "in_step_all_gather_ms": gather_ms if device.type == "cpu" else None,
         "world_size": world, "threads": torch.get_num_threads(),
-        "ns_dtype": str(ns_dtype).removeprefix("torch."),
+        "ns_dtype": ns_dtype_summary([opt]), "ns_choices": opt.ns_choice_records(),
+        "state_bytes": opt.state_bytes(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "backend": backend,
         "matrices": len(params), "params": sum(p.numel() for p in params),
@@ -237,10 +266,21 @@ def run_bounded(cmds: list[list[str]], env: dict[str, str], timeout: float) -> N
 def tolerance(ns_dtype: str, shapes: Sequence[Sequence[int]], steps: int) -> float:
     """How far a replica may drift from the 1-process run: a few NS-dtype ulps of the
     largest shape-adjusted update per step (batched NS over fewer matrices may round
-    differently). On this CPU the results are bit-equal; the slack is for GPUs."""
-    ulp = torch.finfo(getattr(torch, ns_dtype)).eps
+    differently). On this CPU the results are bit-equal; the slack is for GPUs.
+    ``"mixed"`` (auto chose per shape) takes bf16's, the coarser."""
+    ulp = torch.finfo(torch.float32 if ns_dtype == "float32" else torch.bfloat16).eps
     step = max(adjust_lr(LR, "match_rms_adamw", s) for s in shapes)
     return steps * step * 1.5 * 4 * ulp
+
+
+def state_figures(single: dict[str, Any], ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Optimizer-state bytes per rank of an N-rank job against one process's."""
+    one = single["state_bytes"]
+    per_rank = [r["state_bytes"] for r in ranks]
+    return {"world_size": len(ranks), "state_bytes_per_rank": per_rank,
+            "state_bytes_one_process": one,
+            "state_bytes_ratio": round(max(per_rank) / one, 4) if one else None,
+            "ideal_ratio": round(1 / len(ranks), 4)}
 
 
 def summarize(single: dict[str, Any], ranks: list[dict[str, Any]],
@@ -261,6 +301,7 @@ def summarize(single: dict[str, Any], ranks: list[dict[str, Any]],
     diff = max(float((a - s).abs().max()) for params in rank_params
                for a, s in zip(params, single_params, strict=True))
     tol = tolerance(single["ns_dtype"], single["shapes"], steps)
+    state = state_figures(single, ranks)
     return {
         "one_proc_ms": round(one, 3),
         "two_proc_ms_per_rank": round(two, 3),
@@ -275,11 +316,15 @@ def summarize(single: dict[str, Any], ranks: list[dict[str, Any]],
         "max_abs_diff_vs_single": diff,
         "matches_single": diff <= tol,
         "tolerance": tol,
+        "state_bytes_per_rank": state["state_bytes_per_rank"],
+        "state_bytes_one_process": state["state_bytes_one_process"],
+        "state_bytes_ratio": state["state_bytes_ratio"],
         "device": single["device"],
         "backend": ranks[0]["backend"],
         "world_size": len(ranks),
         "threads_per_rank": single["threads"],
         "ns_dtype": single["ns_dtype"],
+        "ns_choices": single.get("ns_choices", []),
         "matrices": single["matrices"],
         "params": single["params"],
         "d_model": single["d_model"],
@@ -289,13 +334,19 @@ def summarize(single: dict[str, Any], ranks: list[dict[str, Any]],
     }
 
 
-def bench_muon_dist(quick: bool = False, progress: Console | None = None) -> dict[str, Any]:
+def bench_muon_dist(quick: bool = False, progress: Console | None = None,
+                    ns_dtype: str = AUTO) -> dict[str, Any]:
     say: Callable[..., None] = progress.print if progress else (lambda *a, **k: None)
+    if ns_dtype != AUTO and ns_dtype not in NS_DTYPES:
+        raise ValueError(f"ns_dtype must be {AUTO!r} or one of {', '.join(NS_DTYPES)}")
     device = "cuda" if torch.cuda.device_count() >= WORLD else "cpu"
     if device == "cuda":
         warmup, reps = (5, 20) if quick else (10, 50)
     else:
         warmup, reps = (1, 5) if quick else (2, 10)
+    worlds = [n for n in STATE_WORLDS if n != WORLD and (n <= 3 or not quick)]
+    if device == "cuda":  # one GPU per rank
+        worlds = [n for n in worlds if n <= torch.cuda.device_count()]
     timeout = 100.0 if quick else 240.0
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     ifname = _loopback_ifname()
@@ -304,36 +355,58 @@ def bench_muon_dist(quick: bool = False, progress: Console | None = None) -> dic
     root = str(Path(__file__).resolve().parents[2])  # importable even when not installed
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
 
+    def torchrun(n: int) -> list[str]:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                "--nproc_per_node", str(n), "--module", MODULE]
+
     # the machine may be shared: other load skews both arms, so the figures carry it
     load = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory(prefix="wb-muon-dist-") as tmp:
         out = Path(tmp)
-        worker = ["--worker", "--out", str(out), "--device", device, "--warmup", str(warmup),
-                  "--reps", str(reps), "--deadline", str(timeout - 10),
-                  *(["--quick"] if quick else [])]
+        base = ["--worker", "--out", str(out), "--device", device,
+                "--deadline", str(timeout - 10), "--ns-dtype", ns_dtype,
+                *(["--quick"] if quick else [])]
+        worker = [*base, "--warmup", str(warmup), "--reps", str(reps)]
         cfg = shapes_config(torch.device(device), quick)
         say(f"muon-dist bench on {device}: the Muon matrices of GPT(d_model={cfg.d_model}, "
             f"n_layer={cfg.n_layer}), {warmup} warm-up + {reps} timed steps, "
-            "1 thread per process")
+            f"1 thread per process, NS dtype {ns_dtype}")
         say("  1 process (distributed off) ...")
         run_bounded([[sys.executable, "-m", MODULE, *worker]], env, timeout)
+        single = json.loads((out / "single.json").read_text())
+        choices = out / "ns_choices.json"  # auto's choices, adopted by every other arm
+        choices.write_text(json.dumps(single["ns_choices"]))
+        worker += ["--ns-choices", str(choices)]
         say(f"  {WORLD} unconnected 1-process runs at once (what sharing the machine costs) ...")
         run_bounded([[sys.executable, "-m", MODULE, *worker, "--tag", f"indep{i}"]
                      for i in range(WORLD)], env, timeout)
         say(f"  {WORLD} processes (torchrun --standalone, "
             f"{'nccl' if device == 'cuda' else 'gloo'}) ...")
-        run_bounded([[sys.executable, "-m", "torch.distributed.run", "--standalone",
-                      "--nproc_per_node", str(WORLD), "--module", MODULE, *worker]], env, timeout)
-        single = json.loads((out / "single.json").read_text())
+        run_bounded([[*torchrun(WORLD), *worker]], env, timeout)
+        for n in worlds:
+            say(f"  {n} processes, one untimed step (optimizer state per rank) ...")
+            run_bounded([[*torchrun(n), *base, "--warmup", "1", "--reps", "0",
+                          "--ns-choices", str(choices), "--tag", f"w{n}"]], env, timeout)
         ranks = [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORLD)]
         independent = [json.loads((out / f"indep{i}.json").read_text()) for i in range(WORLD)]
+        by_world = {n: [json.loads((out / f"w{n}-rank{r}.json").read_text()) for r in range(n)]
+                    for n in worlds}
         single_params = torch.load(out / "single.pt")
         rank_params = [torch.load(out / f"rank{r}.pt") for r in range(WORLD)]
     result = summarize(single, ranks, single_params, rank_params, warmup + reps, independent)
+    result["ns_dtype_rule"] = (
+        "auto: timed once per shape by the 1-process arm, adopted by every arm"
+        if ns_dtype == AUTO else f"fixed: {ns_dtype}")
+    result["state_by_world"] = [state_figures(single, ranks)] + [
+        state_figures(single, by_world[n]) for n in worlds]
     result["quick"] = quick
     result["load_avg_before"] = load
     say(f"  1 process {result['one_proc_ms']:.1f} ms/step, {WORLD} processes "
         f"{result['two_proc_ms_per_rank']:.1f} ms/step per rank: x{result['speedup']:.2f}")
+    for row in result["state_by_world"]:
+        say(f"  optimizer state at {row['world_size']} ranks: largest rank "
+            f"{max(row['state_bytes_per_rank']):,} B of {row['state_bytes_one_process']:,} B "
+            f"in one process (x{row['state_bytes_ratio']}, ideal x{row['ideal_ratio']})")
     return result
 
 

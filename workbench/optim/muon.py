@@ -21,13 +21,18 @@ What ours adds:
 - ``step()`` buckets same-shape matrices and runs one batched NS per shape
   (``torch.baddbmm``). That is where a GPU gains; on a 2-core CPU it is a wash.
   On this CPU the batched result is bit-identical to the per-matrix one.
-- a distributed mode (Moonlight's distributed Muon idea). NS needs a whole matrix,
-  so the *work* is split instead of the matrices: every rank updates its momentum
-  buffers (gradients are assumed already averaged, e.g. by DDP), then each rank
-  orthogonalizes only its share of the matrices (round-robin within each shape
-  bucket of the shape-sorted list), and the bf16 results are exchanged with one
-  ``all_gather`` per shape. Every rank then applies the identical update, so the
-  replicas stay bit-identical. All distributed concerns live in this file.
+- a distributed mode (Moonlight's distributed Muon, ZeRO-1 style). NS needs a whole
+  matrix, so matrices are not split; instead each matrix has one *owner* rank:
+  round-robin within each shape bucket (matrix i of a bucket, in parameter order,
+  belongs to rank i % W; buckets in shape order). Only the owner keeps the matrix's
+  momentum buffer, updates it (gradients are assumed already averaged, e.g. by DDP)
+  and orthogonalizes it; the NS results are exchanged with one ``all_gather`` per
+  shape, and every rank applies the identical update to its full parameters, so the
+  replicas stay bit-identical. Each rank thus holds about 1/W of the optimizer state
+  (:meth:`Muon.state_bytes`). ``state_dict()`` gathers the momentum back into the full,
+  unsharded state (a collective: every rank must call it) and ``load_state_dict()``
+  keeps only this rank's shard, so a checkpoint saved at any W resumes at any other,
+  one process included. All distributed concerns live in this file.
 - ``ns_dtype``: the dtype NS runs in, bf16 by default (as torch.optim.Muon), or
   ``"auto"``: per matrix shape and device, whichever of fp32 and bf16 NS a one-time
   timing found faster (:func:`measure_ns_dtypes`). Which wins depends on the hardware,
@@ -386,9 +391,10 @@ class Muon(torch.optim.Optimizer):
             (Keller Jordan); same meaning as in torch.optim.Muon.
         eps: Frobenius-normalization floor (default 1e-7).
         ns_coefficients: quintic coefficients (a, b, c).
-        distributed: split the NS work over the ranks of ``process_group`` (the
-            default group when None). Only takes effect when torch.distributed is
-            initialized and the group has more than one rank; otherwise it is a no-op.
+        distributed: shard the momentum and the NS work over the ranks of
+            ``process_group`` (the default group when None; module docstring). Only
+            takes effect when torch.distributed is initialized and the group has more
+            than one rank; otherwise it is a no-op.
         process_group: the group to split over; passing one implies ``distributed``.
         ns_dtype: dtype of the Newton-Schulz iteration (default bf16, as torch's), or
             ``"auto"``: per matrix shape, the faster of fp32 and bf16 by a one-time timing
@@ -398,8 +404,11 @@ class Muon(torch.optim.Optimizer):
 
     The state key is ``momentum_buffer``, as in torch.optim.Muon. In distributed mode
     every rank must hold the same parameters in the same order with gradients on the
-    same ones (true under DDP). ``state_dict()`` adds ``"ns_choices"`` (the ``auto``
-    decisions, :class:`NsChoice` records) for ``load_state_dict`` to restore.
+    same ones (true under DDP), ``self.state`` holds only the matrices this rank owns,
+    and ``step()``, ``state_dict()`` and ``load_state_dict()`` are collectives (every
+    rank calls them). ``state_dict()`` is always the full state, the same at any number
+    of ranks, plus ``"ns_choices"`` (the ``auto`` decisions, :class:`NsChoice` records)
+    for ``load_state_dict`` to restore.
     """
 
     def __init__(
@@ -453,8 +462,16 @@ class Muon(torch.optim.Optimizer):
         self.ns_choices: dict[tuple[tuple[int, ...], str], NsChoice] = {}
 
     def state_dict(self) -> dict[str, Any]:
-        """torch's optimizer state plus ``"ns_choices"``, so a resume keeps the NS dtypes."""
+        """torch's optimizer state plus ``"ns_choices"``, so a resume keeps the NS dtypes.
+
+        Sharded (distributed over more than one rank), the momentum buffers are gathered
+        from their owners, so every rank returns the full state, equal to one process's:
+        a checkpoint does not depend on the number of ranks that wrote it. A collective.
+        """
         state = super().state_dict()
+        dist_group = _dist_group(self.distributed, self.process_group)
+        if dist_group is not None:
+            state["state"] = self._gathered_state(dist_group)
         state["ns_choices"] = self.ns_choice_records()
         return state
 
@@ -465,10 +482,66 @@ class Muon(torch.optim.Optimizer):
         them (torch.optim.Muon's, or older) leaves the shapes to be decided afresh."""
         state_dict = dict(state_dict)
         records = state_dict.pop("ns_choices", None) or []
+        dist_group = _dist_group(self.distributed, self.process_group)
+        if dist_group is not None:  # a full state, from any number of ranks: keep my shard
+            owned = self._owned(dist_group)
+            mine = {i for i, p in self._indexed_params() if id(p) in owned}
+            state_dict["state"] = {i: s for i, s in state_dict["state"].items()
+                                   if int(i) in mine}
         super().load_state_dict(state_dict)
         for record in records:
             choice = NsChoice.from_record(record, source="checkpoint")
             self.ns_choices[(choice.shape, choice.device)] = choice
+
+    def state_bytes(self) -> int:
+        """Bytes of the tensors in this process's optimizer state (the momentum buffers):
+        sharded over W ranks, about 1/W of one process's."""
+        return sum(t.numel() * t.element_size() for s in self.state.values()
+                   for t in s.values() if isinstance(t, Tensor))
+
+    def _indexed_params(self) -> list[tuple[int, Tensor]]:
+        """(index, param) in the numbering torch's ``state_dict`` uses (groups in order)."""
+        return list(enumerate(p for group in self.param_groups for p in group["params"]))
+
+    def _owned(self, dist_group: Any) -> set[int]:
+        """``id``s of the parameters this rank owns: keeps the momentum of, orthogonalizes."""
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(dist_group), dist.get_rank(dist_group)
+        return {id(p) for group in self.param_groups
+                for _, members in _buckets(group["params"]) for p in members[rank::world]}
+
+    def _gathered_state(self, dist_group: Any) -> dict[int, dict[str, Any]]:
+        """The full ``state`` of ``state_dict()``: every owner's momentum buffers, gathered
+        with one ``all_gather`` per shape bucket (slots laid out as in :func:`_distributed_ns`)
+        plus one of flags (a matrix that never had a gradient has no buffer)."""
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(dist_group), dist.get_rank(dist_group)
+        index = {id(p): i for i, p in self._indexed_params()}
+        full: dict[int, dict[str, Any]] = {}
+        for group in self.param_groups:
+            for _, members in _buckets(group["params"]):
+                ref = members[0]
+                per_rank = math.ceil(len(members) / world)
+                chunk = torch.zeros((per_rank, *ref.shape), dtype=ref.dtype, device=ref.device)
+                has = torch.zeros(per_rank, dtype=torch.int32, device=ref.device)
+                for slot, p in enumerate(members[rank::world]):
+                    buf = self.state[p].get("momentum_buffer") if p in self.state else None
+                    if buf is not None:
+                        chunk[slot].copy_(buf)
+                        has[slot] = 1
+                chunks = [torch.empty_like(chunk) for _ in range(world)]
+                flags = [torch.empty_like(has) for _ in range(world)]
+                dist.all_gather(chunks, chunk, group=dist_group)
+                dist.all_gather(flags, has, group=dist_group)
+                present = [f.tolist() for f in flags]  # one sync per rank, not per matrix
+                for i, p in enumerate(members):
+                    if present[i % world][i // world]:  # a copy: a view would keep (and
+                        # save, and on load pin) the whole gathered chunk
+                        buf = chunks[i % world][i // world].clone()
+                        full[index[id(p)]] = {"momentum_buffer": buf}
+        return dict(sorted(full.items()))
 
     def ns_choice_records(self) -> list[dict[str, Any]]:
         """The ``auto`` decisions made so far, JSON-ready (:meth:`NsChoice.record`)."""
@@ -512,40 +585,74 @@ class Muon(torch.optim.Optimizer):
             self._step_group(group, group_dist)
         return loss
 
+    def _momentum_update(self, group: dict[str, Any], p: Tensor) -> Tensor:
+        """Advance ``p``'s momentum buffer with its gradient; the matrix to orthogonalize."""
+        if p.grad.is_sparse:  # type: ignore[union-attr]
+            raise RuntimeError("Muon does not support sparse gradients")
+        grad: Tensor = p.grad  # type: ignore[assignment]
+        mu = group["momentum"]
+        state = self.state[p]
+        if "momentum_buffer" not in state:
+            state["momentum_buffer"] = torch.zeros_like(grad, memory_format=torch.preserve_format)
+        buf = state["momentum_buffer"]
+        buf.lerp_(grad, 1 - mu)
+        return grad.lerp(buf, mu) if group["nesterov"] else buf
+
     def _step_group(self, group: dict[str, Any], dist_group: Any) -> None:
+        if dist_group is not None:
+            self._step_group_sharded(group, dist_group)
+            return
         lr = float(group["lr"])
         wd = group["weight_decay"]
-        mu = group["momentum"]
         buckets: dict[tuple, list[tuple[Tensor, Tensor]]] = defaultdict(list)
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Muon does not support sparse gradients")
-            state = self.state[p]
-            if "momentum_buffer" not in state:
-                state["momentum_buffer"] = torch.zeros_like(
-                    p.grad, memory_format=torch.preserve_format
-                )
-            buf = state["momentum_buffer"]
-            buf.lerp_(p.grad, 1 - mu)
-            update = p.grad.lerp(buf, mu) if group["nesterov"] else buf
-            buckets[_bucket_key(p)].append((p, update))
+            buckets[_bucket_key(p)].append((p, self._momentum_update(group, p)))
 
         for key in sorted(buckets, key=_bucket_order):
             items = buckets[key]
             updates = [u for _, u in items]
             ns = dict(_ns_args(group), dtype=self._ns_dtype(group, updates[0]))
-            if dist_group is None and len(updates) == 1:
+            if len(updates) == 1:
                 ortho = newton_schulz(updates[0], **ns).unsqueeze(0)
-            elif dist_group is None:
-                ortho = newton_schulz(torch.stack(updates), **ns)
             else:
-                ortho = _distributed_ns(updates, dist_group, ns)
+                ortho = newton_schulz(torch.stack(updates), **ns)
             adj_lr = adjust_lr(lr, group["adjust_lr_fn"], key[0])
             for (p, _), o in zip(items, ortho, strict=True):
                 p.mul_(1 - lr * wd)
                 p.add_(o, alpha=-adj_lr)
+
+    def _step_group_sharded(self, group: dict[str, Any], dist_group: Any) -> None:
+        """The distributed step: each rank advances the momentum of the matrices it owns
+        and orthogonalizes them; the results are all-gathered and every rank applies all.
+
+        Ownership is fixed by the parameter list (:func:`_buckets`), not by which
+        matrices have gradients this step, so a buffer never has to move between ranks.
+        """
+        import torch.distributed as dist
+
+        world, rank = dist.get_world_size(dist_group), dist.get_rank(dist_group)
+        lr = float(group["lr"])
+        wd = group["weight_decay"]
+        for key, members in _buckets(group["params"]):
+            stepping = [p for p in members if p.grad is not None]
+            if not stepping:
+                continue
+            for i, p in enumerate(members):  # e.g. a full state loaded before sharding
+                if i % world != rank:
+                    self.state.pop(p, None)
+            mine = [self._momentum_update(group, p) if p.grad is not None else None
+                    for p in members[rank::world]]
+            # what auto times on (rank 0's first matrix); else only its shape and device count
+            sample = next((u for u in mine if u is not None), stepping[0].detach())
+            ns = dict(_ns_args(group), dtype=self._ns_dtype(group, sample))
+            ortho = _distributed_ns(mine, len(members), sample, dist_group, ns)
+            adj_lr = adjust_lr(lr, group["adjust_lr_fn"], key[0])
+            for p, o in zip(members, ortho, strict=True):
+                if p.grad is not None:
+                    p.mul_(1 - lr * wd)
+                    p.add_(o, alpha=-adj_lr)
 
 
 def _bucket_key(p: Tensor) -> tuple[tuple[int, ...], torch.dtype, str]:
@@ -558,32 +665,39 @@ def _bucket_order(key: tuple[tuple[int, ...], torch.dtype, str]) -> tuple[Any, .
     return (key[0], str(key[1]), key[2])
 
 
+def _buckets(params: Sequence[Tensor]) -> list[tuple[tuple, list[Tensor]]]:
+    """Same-shape buckets of ``params`` in :func:`_bucket_order`, each in parameter
+    order: the layout the distributed mode's ownership (matrix i -> rank i % W) uses."""
+    buckets: dict[tuple, list[Tensor]] = defaultdict(list)
+    for p in params:
+        buckets[_bucket_key(p)].append(p)
+    return [(key, buckets[key]) for key in sorted(buckets, key=_bucket_order)]
+
+
 def _ns_args(group: dict[str, Any]) -> dict[str, Any]:
     """The group's Newton-Schulz arguments, less the dtype."""
     return dict(steps=group["ns_steps"], eps=group["eps"],
                 coefficients=group["ns_coefficients"])
 
 
-def _distributed_ns(updates: list[Tensor], group: Any, ns: dict[str, Any]) -> list[Tensor]:
-    """Orthogonalize same-shape matrices with the work split round-robin over ranks.
+def _distributed_ns(mine: list[Tensor | None], n: int, like: Tensor, group: Any,
+                    ns: dict[str, Any]) -> list[Tensor]:
+    """Orthogonalize this rank's matrices of a bucket of ``n`` and gather everyone's.
 
-    Rank r computes matrices r, r + W, r + 2W, ... The bucket is padded to a multiple
-    of W with zero slots that are sent but never computed; one ``all_gather`` shares
-    the (bf16) results, so every rank gets every matrix, bit-identical everywhere.
+    ``mine`` holds the matrices this rank owns, r, r + W, r + 2W, ... (None for one
+    without a gradient this step); ``like`` is any matrix of the bucket (shape, device).
+    Each rank sends ceil(n / W) slots, zero where nothing was computed; one
+    ``all_gather`` shares the results, so every rank gets every matrix (matrix i comes
+    from rank i % W), bit-identical everywhere.
     """
     import torch.distributed as dist
 
     world = dist.get_world_size(group)
-    rank = dist.get_rank(group)
-    n = len(updates)
-    per_rank = math.ceil(n / world)
-    mine = list(range(rank, n, world))
-    ref = updates[0]
-    out_shape = (per_rank, *ref.shape)
-    chunk = torch.zeros(out_shape, dtype=ns["dtype"], device=ref.device)
-    if mine:
-        stacked = torch.stack([updates[i] for i in mine])
-        chunk[: len(mine)] = newton_schulz(stacked, **ns)
+    chunk = torch.zeros((math.ceil(n / world), *like.shape), dtype=ns["dtype"],
+                        device=like.device)
+    slots = [j for j, u in enumerate(mine) if u is not None]
+    if slots:
+        chunk[slots] = newton_schulz(torch.stack([mine[j] for j in slots]), **ns)  # type: ignore[misc]
     gathered = [torch.empty_like(chunk) for _ in range(world)]
     dist.all_gather(gathered, chunk, group=group)
     return [gathered[i % world][i // world] for i in range(n)]
@@ -613,8 +727,8 @@ def build_optimizers(
       after each step (:func:`workbench.optim.qkclip.qk_clip`).
     - ``"adamw"``: one AdamW on every parameter.
 
-    ``distributed=True`` splits Muon's Newton-Schulz work over the ranks of the
-    default process group (ours only). ``ns_dtype`` (ours only) sets the
+    ``distributed=True`` shards Muon's momentum and Newton-Schulz work over the ranks
+    of the default process group (ours only; :class:`Muon`). ``ns_dtype`` (ours only) sets the
     Newton-Schulz dtype, or ``"auto"`` to time fp32 against bf16 once per shape (the
     pretrain recipe's default); torch.optim.Muon always runs bf16, which ``"auto"``
     leaves as it is.

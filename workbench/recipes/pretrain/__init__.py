@@ -43,7 +43,8 @@ Components, torchtitan style (config in, one small module per idea):
 Data parallel (`resources.procs = N`): the run's worker starts N ranks under torch's
 elastic launcher; they split every global batch (train.batch_size stays the global
 batch, so the loss curve matches one process's), all-reduce gradients through DDP,
-split Muon's Newton-Schulz work, and agree on every spike / clip / stop decision.
+shard Muon's momentum and Newton-Schulz work (each rank owns some matrices), and
+agree on every spike / clip / stop decision.
 Rank 0 logs and checkpoints; the run has one row. See parallel.py. With
 `resources.nodes = M` there are M * N ranks (torchrun on each node, launch/
 distributed.py): the split is by global rank and world size, so M nodes of N ranks

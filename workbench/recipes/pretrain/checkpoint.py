@@ -7,8 +7,10 @@ written fall back to the run's spec).
 Written by the shared checkpoint module (workbench/recipes/checkpoint.py, the RL
 recipe's too): a temporary folder, fsynced, renamed into place, so a kill -9 during a
 write never leaves a broken latest checkpoint; the newest `keep` are kept. In a
-data-parallel run every replica holds the same state, so rank 0 writes and every rank
-reads.
+data-parallel run every replica holds the same weights, so rank 0 writes and every rank
+reads. Distributed Muon shards its momentum over the ranks, but its state_dict() is the
+full one (gathered on every rank), and load_state_dict() keeps each rank's shard: the
+checkpoint is the same at any number of ranks and resumes at any other.
 """
 
 from __future__ import annotations
@@ -59,9 +61,16 @@ class TrainState:
 
 def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
                     loader: BatchLoader, detector: SpikeDetector, state: TrainState,
-                    spec: TrainedSpec, keep: int) -> Path:
+                    spec: TrainedSpec, keep: int,
+                    optimizer_states: list[dict[str, Any]] | None = None) -> Path:
     """Write step-NNNNNNNN/ atomically and durably, keeping the newest `keep`
-    (workbench/recipes/checkpoint.py)."""
+    (workbench/recipes/checkpoint.py).
+
+    `optimizer_states`: the optimizers' state dicts when already taken; a data-parallel
+    run takes them on every rank (distributed Muon's momentum is sharded, and its
+    `state_dict()` gathers it: a collective), then rank 0 alone writes."""
+    if optimizer_states is None:
+        optimizer_states = [opt.state_dict() for opt in optimizers]
 
     def write(tmp: Path) -> None:
         save_model(model, str(tmp / "model.safetensors"))  # tied weights stored once
@@ -69,7 +78,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch
         torch.save({
             "step": state.step,
             "rollbacks": state.rollbacks,
-            "optimizers": [opt.state_dict() for opt in optimizers],
+            "optimizers": optimizer_states,
             "loader": loader.state_dict(),
             "detector": detector.state_dict(),
             "rng": {

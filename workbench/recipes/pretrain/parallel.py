@@ -13,7 +13,8 @@ launcher (launch/distributed.py). Each rank then:
   is: it is computed from the averaged gradients);
 - leaves logging and checkpoint writing to rank 0.
 
-Distributed Muon splits its Newton-Schulz work over the same ranks (optim/muon.py).
+Distributed Muon shards its momentum and Newton-Schulz work over the same ranks
+(optim/muon.py); every rank takes its state for a checkpoint (train.py `Trainer.save`).
 bf16 autocast stays the recipe's own (step.autocast), so one process and many run
 the very same forward pass.
 """

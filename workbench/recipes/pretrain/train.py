@@ -157,13 +157,17 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------
 
     def save(self, reason: str) -> None:
-        """Rank 0 writes (replicas are identical); everyone waits until it is on disk."""
+        """Rank 0 writes (replicas are identical); everyone waits until it is on disk.
+
+        Every rank takes the optimizer state first: distributed Muon's momentum is
+        sharded, and its state_dict() gathers the full state (a collective)."""
         if self.saved_step == self.state.step:
             return
+        states = [opt.state_dict() for opt in self.optimizers]
         if self.par.main:
             path = save_checkpoint(self.ctx.checkpoint_dir, self.model, self.optimizers,
                                    self.loader, self.detector, self.state, self.spec,
-                                   self.spec.train.keep_checkpoints)
+                                   self.spec.train.keep_checkpoints, optimizer_states=states)
             self.ctx.run.event("checkpoint", step=self.state.step, path=str(path),
                                reason=reason)
         self.par.barrier()
