@@ -1,7 +1,7 @@
 """The `depth` kind and recurrent-depth pretraining: the chain task against a
 reference evaluator, spec refusals, the pretrain recipe with model.arch =
 recurrent-depth (recurrence logged, QK stats per distinct layer, MuonClip), and a
-whole depth run (train, evaluate, every metric under its DESIGN.md name)."""
+whole depth run (train, evaluate, every metric under its docs/ARCHITECTURE.md name)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The package layout of DESIGN.md, the install contract, and the one-way layering."""
+"""The package layout of docs/ARCHITECTURE.md, the install contract, the one-way layering."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """The run screen (tabs per kind, live charts, spike marks, heatmap against tau) and the
 compare screen, driven through the real app with Pilot over runs written through the
-SDK with DESIGN.md's metric names (RL and depth runs too: their recipes come later)."""
+SDK with the metric names of docs/ARCHITECTURE.md (RL and depth runs too)."""
 
 from __future__ import annotations
 

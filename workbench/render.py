@@ -168,7 +168,7 @@ def runs_table(st: Store, rows: list[dict[str, Any]]) -> Text:
     return text
 
 
-# What `wb compare` puts side by side (DESIGN.md metric names), with column labels.
+# What `wb compare` puts side by side (docs/ARCHITECTURE.md metric names), with labels.
 COMPARE_KEYS = {"train/loss": "train/loss", "val/loss": "val/loss",
                 "attn/max_logit": "max logit", "perf/tokens_per_s": "tokens/s"}
 LOWER_IS_BETTER = ("train/loss", "val/loss")

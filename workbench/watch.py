@@ -24,7 +24,7 @@ from workbench.render import duration, eta, event_line, fmt_value, key_metric, s
 from workbench.series import downsample_minmax
 from workbench.store import ACTIVE_STATUSES
 
-# The stats line per kind (DESIGN.md metric names); unknown kinds show their key metric.
+# The stats line per kind (docs/ARCHITECTURE.md metric names); unknown kinds show their key metric.
 STATS = {
     "pretrain": ["train/loss", "val/loss", "train/lr", "train/grad_norm", "attn/max_logit",
                  "perf/tokens_per_s", "perf/mfu"],

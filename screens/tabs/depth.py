@@ -1,7 +1,7 @@
 """Depth (recurrent-depth inference): recurrence steps per token, a generated sample
 colored by the depth each token took, and accuracy against the recurrence count.
 
-Records it reads (DESIGN.md names, plus two the depth recipe writes):
+Records it reads (docs/ARCHITECTURE.md names, plus two the depth recipe writes):
 - distribution `depth/steps_per_token`; scalar `depth/steps_mean`;
 - event `depth_sample` with payload {"tokens": [str, ...], "depths": [int, ...]} and
   optionally "prompt" (text, shown dim: it was prefilled, not decoded);

@@ -11,9 +11,9 @@ does (when set to something other than the output dir), else the store calls it
 custom-N. Under `wb launch` (WB_RUN_ID set) it attaches to the launched run instead.
 Pass `report_to=[]` (or "none") to keep the Trainer from also starting its own trackers.
 
-Trainer log keys become the workbench's metric names (DESIGN.md): loss -> train/loss,
-learning_rate -> train/lr, grad_norm -> train/grad_norm, eval_loss -> val/loss (drawn
-with train/loss), other eval_X / test_X -> eval/X / test/X, any other key -> train/KEY;
+Trainer log keys become the workbench's metric names (docs/ARCHITECTURE.md): loss ->
+train/loss, learning_rate -> train/lr, grad_norm -> train/grad_norm, eval_loss -> val/loss
+(drawn with train/loss), other eval_X / test_X -> eval/X / test/X, any other key -> train/KEY;
 a key that already holds a "/" is kept. The end-of-training totals (train_runtime,
 train_loss = mean loss, total_flos, ...) are one value each, not a series: like W&B's
 summary they go to the run's config under "summary". Only world process zero writes.

@@ -4,7 +4,8 @@ workbench.launch.distributed RUN_ID`, started by torchrun).
 
 Why torchrun and not `accelerate launch`: without a GPU, `accelerate launch
 --num_processes 2` starts one process (its multi-CPU mode wants MPI); torchrun
-starts every rank on gloo, and `accelerate.Accelerator` works inside each (DESIGN.md).
+starts every rank on gloo, and `accelerate.Accelerator` works inside each
+(docs/ARCHITECTURE.md).
 
 Who does what:
 - the worker keeps the run's status and heartbeat, waits for torchrun, and turns

@@ -46,9 +46,9 @@ def _run(spec: DepthSpec, ctx: Context, par: Parallel) -> None:
 
 
 def log_eval(run: Run, e: DepthEval, step: int, spec: DepthSpec) -> None:
-    """The evaluation under DESIGN.md's depth names (package docstring). It is logged at
-    the last training step, so nothing here may reuse a training key: decoding speed is
-    `depth/decode_tokens_per_s`, `perf/tokens_per_s` stays the training throughput."""
+    """The evaluation under the depth names of docs/ARCHITECTURE.md (package docstring). It
+    is logged at the last training step, so nothing here may reuse a training key: decoding
+    speed is `depth/decode_tokens_per_s`, `perf/tokens_per_s` stays the training throughput."""
     metrics = {f"eval/accuracy/r{r}": a for r, a in e.accuracy_by_r.items()}
     metrics |= {f"perf/tokens_per_s/r{r}": v for r, v in e.tokens_per_s_by_r.items()}
     metrics |= {

@@ -56,7 +56,7 @@ Steps are 1-based: step s is the s-th optimizer update, `train/loss` at step s i
 loss of the batch that update s was computed from, and a checkpoint "at step s" holds
 the state after s updates (training resumes with step s + 1).
 
-Metrics (names from DESIGN.md): every `train.log_every` steps `train/loss`, `train/lr`,
+Metrics (names in docs/ARCHITECTURE.md): every `train.log_every` steps `train/loss`, `train/lr`,
 `train/grad_norm`, `perf/tokens_per_s`, `perf/mfu` (CUDA only), `attn/max_logit`,
 `qkclip/clipped_heads` (muonclip), `optim/update_rms/<group>` and
 `optim/weight_rms/<group>` (group = "muon" / "adamw", the optimizer that owns the
