@@ -352,7 +352,10 @@ def test_muonclip_holds_the_max_logit_at_tau(store: Store) -> None:
             clipped = losses(store, row["id"], "qkclip/clipped_heads")
             first = min(s for s, v in clipped.items() if v > 0)
             (event, *_) = store.events(row["id"], kind="qk_clip")
-            assert event["payload"]["count"] >= 1 and 0 < event["payload"]["min_gamma"] < 1
+            payload = event["payload"]
+            assert payload["count"] >= 1 and 0 < payload["min_gamma"] < 1
+            assert len(payload["heads"]) == len(payload["gamma"]) == payload["count"]
+            assert min(payload["gamma"]) == pytest.approx(payload["min_gamma"])
     assert max(curves["muon"].values()) > 2 * tau
     after = [v for s, v in curves["muonclip"].items() if first is not None and s > first]
     assert after and statistics.median(after) <= tau * 1.2 and max(after) <= tau * 1.5

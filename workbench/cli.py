@@ -850,8 +850,8 @@ def recipes() -> None:
 @app.command()
 def bench(
     name: Annotated[str, typer.Argument(
-        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, tui, rl, "
-        "depth, mirror, kernels, spikes.",
+        help="What to measure: store, muon, muon-dist, maxlogit, optimizers, engine, "
+        "engine-hf, tui, rl, depth, mirror, kernels, spikes, data.",
         show_default=False)],
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,

@@ -64,6 +64,18 @@ class StepLoader:
     batch(step) and advances `step`, which is all a checkpoint needs to resume it."""
 
     step: int = 0
+    batch_size: int  # per rank
+    seq_len: int
+    world_size: int
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * self.world_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens (targets) in one global batch."""
+        return self.global_batch_size * self.seq_len
 
     def batch(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
@@ -102,15 +114,6 @@ class BatchLoader(StepLoader):
         self.rank = int(rank)
         self.world_size = int(world_size)
         self.step = 0
-
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def tokens_per_step(self) -> int:
-        """Tokens (targets) in one global batch."""
-        return self.global_batch_size * self.seq_len
 
     def global_starts(self, k: int) -> np.ndarray:
         """Window starts of global batch k (all ranks' rows)."""

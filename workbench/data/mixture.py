@@ -49,14 +49,6 @@ class MixtureLoader(StepLoader):
         self.rank, self.world_size = int(rank), int(world_size)
         self.step = 0
 
-    @property
-    def global_batch_size(self) -> int:
-        return self.batch_size * self.world_size
-
-    @property
-    def tokens_per_step(self) -> int:
-        return self.global_batch_size * self.seq_len
-
     def global_rows(self, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(source index, window start) of every row of global batch k."""
         if k < 0:

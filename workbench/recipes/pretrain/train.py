@@ -303,8 +303,10 @@ class Trainer:
                 metrics.update({f"train/source_frac/{k}": v for k, v in shares.items()})
             run.log(metrics, step=step)
         if clip is not None and clip.clipped:
-            run.event("qk_clip", step=step, count=clip.clipped,
-                      min_gamma=float(clip.gamma.min()), tau=spec.optim.tau)
+            detail = clip.to_event()  # which heads, their gamma, QK-norm layers scaled
+            run.event("qk_clip", step=step, count=clip.clipped, min_gamma=detail["min_gamma"],
+                      tau=spec.optim.tau, heads=detail["heads"], gamma=detail["gamma"],
+                      norm_layers=detail["norm_layers"])
         if step % spec.train.max_logit_every == 0:
             run.log_matrix("attn/max_logit_heads", out.max_logits, step=step)
         if spec.train.svd_every and step % spec.train.svd_every == 0 and self.par.main:
