@@ -88,6 +88,7 @@ def test_task_loader_is_a_pure_function_of_seed_and_index_and_resumes() -> None:
 
 @pytest.mark.parametrize(("overrides", "expected"), [
     (["resources.procs=2"], "the depth kind runs in one process"),
+    (["resources.nodes=2"], "the depth kind runs on one node"),
     (["eval.draft_steps=32"], "eval.draft_steps (32) must be less than eval.verify_steps"),
     (["task.max_ops=60", "model.seq_len=64"], "too long for model.seq_len"),
     (["eval.recurrences=[0, 4]"], "every recurrence count must be >= 1"),

@@ -93,6 +93,8 @@ def values(store: Store, run_id: str, key: str) -> dict[int, float]:
     (["policy.init=somewhere"], "use 'warmstart', 'random', 'run:<id>' or 'hf:<folder>'"),
     (["rollout.l_max=200"], "leaves no room for the prompt"),
     (["tasks.path=no/such.jsonl"], "tasks.path: no such file"),
+    (["resources.nodes=2"], "an rl run is one node today"),  # was refused only at run time
+    (["resources.procs=4"], "an rl run starts its own processes"),  # was silently ignored
 ])
 def test_bad_rl_specs_are_refused_in_one_line(overrides: list[str], expected: str) -> None:
     with pytest.raises(SpecError) as info:

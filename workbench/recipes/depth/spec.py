@@ -86,6 +86,8 @@ class DepthSpec(TrainedSpec):
         if self.eval.draft_steps >= self.eval.verify_steps:
             raise ValueError(f"eval.draft_steps ({self.eval.draft_steps}) must be less than "
                              f"eval.verify_steps ({self.eval.verify_steps})")
+        if self.resources.nodes > 1:
+            raise ValueError("the depth kind runs on one node — set resources.nodes = 1")
         if self.resources.procs > 1:
             raise ValueError("the depth kind runs in one process — set resources.procs = 1 "
                              "(pretrain a recurrent-depth model data-parallel with kind = "

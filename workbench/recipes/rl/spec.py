@@ -179,6 +179,13 @@ class RLSpec(SpecBase):
 
     @model_validator(mode="after")
     def _consistent(self) -> RLSpec:
+        if self.resources.nodes > 1:
+            raise ValueError("resources.nodes: an rl run is one node today (its roles share "
+                             "queues on this machine) — set resources.nodes = 1")
+        if self.resources.procs > 1:
+            raise ValueError("resources.procs: an rl run starts its own processes — size "
+                             "them with rollout.generators and verifier.procs and leave "
+                             "resources.procs = 1")
         if self.rollout.l_cache >= self.rollout.l_max:
             raise ValueError(f"rollout.l_cache ({self.rollout.l_cache}) must be below "
                              f"rollout.l_max ({self.rollout.l_max}) — lower l_cache")
