@@ -409,12 +409,16 @@ def ls_(
     )] = None,
     group: Annotated[str | None, typer.Option(
         "--group", "-g", help="Only the runs of this group (see `wb launch A B C`).")] = None,
+    kind: Annotated[str | None, typer.Option(
+        "--kind", "-k", help="Only runs of this kind (pretrain, rl, depth, script, selftest, "
+        "...).")] = None,
     as_json: JsonOpt = False,
     store: StoreOpt = None,
 ) -> None:
     """List runs, oldest first.
 
-    Examples: wb ls ; wb ls --status running --json ; wb ls --group optimizers-tiny-1
+    Examples: wb ls ; wb ls --status running --json ; wb ls --group optimizers-tiny-1 ;
+    wb ls --kind selftest
     """
     from workbench.render import runs_table, summarize_run
     from workbench.store import DB_NAME, RUN_STATUSES, resolve_root
@@ -430,11 +434,12 @@ def ls_(
     st = open_store(store)
     if group is not None and not st.has_group(group):
         raise fail(_no_group(st, group))
-    rows = st.runs(status=status, group=group)
+    rows = st.runs(status=status, group=group, kind=kind)
     if as_json:
         print_json([summarize_run(st, r) for r in rows])
     elif not rows:
         console.print(f"no runs in {st.root}" + (f" in group {group}" if group else "")
+                      + (f" of kind {kind}" if kind else "")
                       + (f" with status {status}" if status else ""))
     else:
         console.print(runs_table(st, rows))
@@ -874,6 +879,86 @@ def bench(
         console.print(bench_table(name, result))
 
 
+OnlyOpt = Annotated[list[str] | None, typer.Option(
+    "--only", help="Run only the checks matching this glob (repeatable), e.g. 'kernels/*'.",
+    show_default=False)]
+QuickOpt = Annotated[bool, typer.Option(
+    "--quick", help="Smaller sizes and fewer timing rounds: about 3 minutes on one GPU "
+    "(the full run: about 8).")]
+
+
+def _print_selftest(results: list[Any], data: dict[str, Any], title: str,
+                    as_json: bool) -> None:
+    from workbench.selftest.report import table, verdict_line
+    from workbench.store import strict_json
+
+    if as_json:
+        print_json(strict_json(data))
+        return
+    console.print(table(results, title))
+    console.print(verdict_line(results, data.get("seconds")), highlight=False)
+
+
+@app.command()
+def selftest(
+    quick: QuickOpt = False,
+    only: OnlyOpt = None,
+    list_checks: Annotated[bool, typer.Option(
+        "--list", help="List the checks and what each needs, run nothing.")] = False,
+    as_json: JsonOpt = False,
+    store: StoreOpt = None,
+) -> None:
+    """Check this machine end to end: the Triton kernels against torch at real shapes,
+    bf16 pretraining with each attention backend, NCCL, vLLM with in-flight weight
+    updates, a Huginn checkpoint in bf16, NVML; on any machine the kernels under the
+    Triton interpreter, a short run of each recipe and the store's round trip.
+
+    A check this machine cannot run (no CUDA, no vLLM, no NVML, one GPU) is skipped with
+    the reason. The answer is stored as a run of kind selftest (`wb ls --kind
+    selftest`): figures as metrics selftest/CHECK/FIGURE, each failure as an event, the
+    checks' output in its stdout.log (`wb logs RUN`). Exit code 1 if any check failed.
+
+    Examples: wb selftest ; wb selftest --quick --json ; wb selftest --only 'kernels/*'
+    """
+    from workbench.selftest import KIND, LAUNCHER, Facts, select
+    from workbench.selftest.runner import execute, progress_stream
+    from workbench.tracking import Run
+
+    try:
+        checks = select(only or [])
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    if list_checks:
+        for chk in checks:
+            needs = f"  [needs {', '.join(chk.needs)}]" if chk.needs else ""
+            console.print(f"{chk.name}: {chk.summary}{needs}", highlight=False, markup=False)
+        return
+    st = open_store(store, create=True)
+    facts = Facts.probe()
+    row = st.create_run(kind=KIND, status="running", launcher=LAUNCHER, pid=os.getpid(),
+                        config={"quick": quick, "only": only or []}, total_steps=len(checks))
+    stream = progress_stream()
+
+    def say(text: str) -> None:
+        print(text, file=stream, flush=True)
+
+    gpus = f"{facts.gpus} x {facts.device}" if facts.cuda else "no CUDA GPU"
+    say(f"selftest {row['name']} ({row['id']}): {len(checks)} checks on {gpus}, torch "
+        f"{facts.torch}{' (quick)' if quick else ''}; output in "
+        f"{st.run_dir(row['id']) / 'stdout.log'}")
+    run = Run(st, row, owner=True)
+    try:
+        results, data = execute(run, checks, quick=quick, facts=facts, say=say,
+                                log=st.run_dir(row["id"]) / "stdout.log")
+    except KeyboardInterrupt:
+        raise typer.Exit(EXIT_FAILED) from None
+    finally:
+        stream.close()
+    _print_selftest(results, data, f"wb selftest on {data['host']} ({row['name']})", as_json)
+    st.close()
+    raise typer.Exit(data["exit_code"])
+
+
 import_app = typer.Typer(
     help="Bring runs into the store: TensorBoard event files, or a `wb export` JSONL "
     "(from another store).\n\n"
@@ -1042,17 +1127,29 @@ def hosts_rm(name: Annotated[str, typer.Argument(help="Host name.", show_default
 
 @hosts_app.command("check")
 def hosts_check(name: Annotated[str, typer.Argument(help="Host name.", show_default=False)],
+                run_selftest: Annotated[bool, typer.Option(
+                    "--selftest", help="Run `wb selftest --json` on the host and show its "
+                    "table here; the answer is also stored here as a selftest run.")] = False,
+                quick: QuickOpt = False,
+                only: OnlyOpt = None,
                 as_json: JsonOpt = False) -> None:
-    """Connect and report the host's Python and workbench versions, GPUs and free disk.
+    """Connect and report the host's Python and workbench versions, GPUs and free disk;
+    with --selftest, run the acceptance checks there (see `wb selftest`).
 
-    Example: wb hosts check gpu1
+    Examples: wb hosts check gpu1 ; wb hosts check gpu1 --selftest --quick
     """
     from workbench.hosts import HostError, get_host
 
+    if (quick or only) and not run_selftest:
+        raise fail("--quick and --only go with --selftest (wb hosts check NAME --selftest "
+                   "--quick)")
     try:
         host = get_host(name)
     except HostError as exc:
         raise fail(str(exc)) from None
+    if run_selftest:
+        _remote_selftest(host, quick, only or [], as_json)
+        return
     try:
         info = host.check()
     except HostError as exc:  # unreachable or broken: not bad input
@@ -1067,6 +1164,27 @@ def hosts_check(name: Annotated[str, typer.Argument(help="Host name.", show_defa
                   + (", ".join(f"{g['name']} ({g['memory_used_mib']}/{g['memory_total_mib']} "
                                f"MiB, {g['utilization']}%)" for g in gpus) if gpus
                      else "no GPUs (no nvidia-smi)"), highlight=False)
+
+
+def _remote_selftest(host: Any, quick: bool, only: list[str], as_json: bool) -> None:
+    """`wb hosts check NAME --selftest`: the host's answer, recorded and shown here."""
+    from workbench.hosts import HostError
+    from workbench.selftest.remote import record_remote, run_remote
+
+    try:
+        data = run_remote(host, quick=quick, only=only,
+                          say=lambda text: err_console.print(text, highlight=False,
+                                                             markup=False))
+    except HostError as exc:
+        raise fail(str(exc), code=EXIT_FAILED) from None
+    st = open_store(None, create=True)
+    results, row = record_remote(st, host.name, data)
+    data["local_run"] = {"id": row["id"], "name": row["name"], "store": str(st.root)}
+    st.close()
+    remote_run = (data.get("run") or {}).get("name", "?")
+    _print_selftest(results, data, f"wb selftest on {host.name} ({data.get('host', '?')}, "
+                    f"run {remote_run} there, {row['name']} here)", as_json)
+    raise typer.Exit(data.get("exit_code", EXIT_FAILED))
 
 
 # Typer vendors click in recent versions; find its ClickException without a private import.

@@ -436,9 +436,13 @@ class Store:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
-    def runs(self, status: str | None = None, group: str | None = None) -> list[dict[str, Any]]:
-        """Runs oldest first; `status` filters on the read-time status (so `lost` works)."""
-        where, args = ("grp = ?", [group]) if group is not None else (None, None)
+    def runs(self, status: str | None = None, group: str | None = None,
+             kind: str | None = None) -> list[dict[str, Any]]:
+        """Runs oldest first; `status` filters on the read-time status (so `lost` works),
+        `group` and `kind` on the stored columns."""
+        clauses = [(c, v) for c, v in (("grp = ?", group), ("kind = ?", kind)) if v is not None]
+        where = " AND ".join(c for c, _ in clauses) or None
+        args = [v for _, v in clauses] or None
         rows = [_with_liveness(r)
                 for r in self.db["runs"].rows_where(where, args, order_by="num")]
         return [r for r in rows if status is None or r["status"] == status]

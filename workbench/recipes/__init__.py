@@ -106,3 +106,12 @@ register(Recipe(
             "KV sharing, self-speculative decoding",
     key_metric="eval/accuracy",
 ))
+
+register(Recipe(
+    kind="selftest",
+    spec="workbench.selftest.recipe:SelftestSpec",
+    entry="workbench.selftest.recipe:run",
+    summary="acceptance checks of this machine (kernels, bf16 training, NCCL, vLLM, Huginn, "
+            "NVML; CPU mode: interpreter, recipes, store); `wb selftest` runs them directly",
+    key_metric="selftest/failed",
+))
