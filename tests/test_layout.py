@@ -10,6 +10,8 @@ import sys
 import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"screens": "workbench.screens", "kernels": "workbench.kernels",
           "themes": "workbench.themes"}
@@ -112,3 +114,149 @@ def test_readme_commands_and_ci() -> None:
     ci = (ROOT / ".ci" / "run").read_text()
     assert tests in ci, ".ci/run must call the README's test command"
     assert "pytest -m slow" in ci
+
+
+# -- the import graph --------------------------------------------------------------------
+
+
+def _modules() -> dict[str, Path]:
+    """Every module of the installed package: dotted name -> file."""
+    return {".".join(_module_of(p)): p
+            for folder in ("workbench", *MAPPED) for p in (ROOT / folder).rglob("*.py")}
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING"
+            or isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _import_edges(name: str, path: Path, modules: dict[str, Path]) -> dict[str, str]:
+    """The workbench modules `name` imports -> how (line and where the import sits)."""
+    package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+    edges: dict[str, str] = {}
+
+    def visit(node: ast.AST, where: str) -> None:
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join([*base, *([node.module] if node.module else [])])
+            # `from pkg import sub` names the submodule; `from mod import attr` the module.
+            targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in modules else module
+                       for a in node.names]
+        elif (isinstance(node, ast.Call) and node.args
+              and (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+                   or isinstance(node.func, ast.Name) and node.func.id == "import_module")
+              and isinstance(node.args[0], ast.Constant)
+              and isinstance(node.args[0].value, str)):
+            targets = [node.args[0].value]
+        for target in targets:
+            if target in modules and target != name:
+                edges.setdefault(target, f"line {node.lineno}, {where}")
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
+            where = "in a function"
+        if isinstance(node, ast.If) and _is_type_checking(node.test):
+            for child in node.body:
+                visit(child, "under TYPE_CHECKING")
+            for child in node.orelse:
+                visit(child, where)
+            return
+        for child in ast.iter_child_nodes(node):
+            visit(child, where)
+
+    visit(ast.parse(path.read_text()), "at module level")
+    return edges
+
+
+def _cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+@pytest.mark.xfail(strict=True, reason="cycles being broken (issue 19 item 7)")
+def test_no_import_cycles() -> None:
+    """No two workbench modules import each other, directly or through others.
+
+    The graph holds every module of `workbench` (screens/, kernels/ and themes/ under
+    their installed names) and an edge for every import of another workbench module
+    wherever it sits: at module level, inside a function or method, and under
+    `if TYPE_CHECKING:` (a cycle there is still two modules that need each other; put
+    the shared type in a third module or describe it with a Protocol on the user's
+    side). Relative imports are resolved; `from pkg import sub` is an edge to the
+    submodule `pkg.sub`, `from mod import name` an edge to `mod`, and
+    `importlib.import_module("a.b")` with a literal name an edge to `a.b`. Import
+    strings resolved at run time (the recipe registry's "module:attr") are data, not
+    edges.
+
+    An edge goes to the module named only, not to its parent packages: importing
+    `a.b.c` runs `a/__init__.py` and `a/b/__init__.py` too, but counting that would
+    make every package `__init__` that re-exports a submodule a cycle with each of its
+    submodules. A package `__init__` is an ordinary node: where it really imports a
+    module that imports it back (a factory in `engine/__init__.py` and the engines
+    that import its types), that is a cycle.
+
+    Any strongly connected component of more than one module fails, listing the
+    modules and the imports between them.
+    """
+    modules = _modules()
+    graph = {name: _import_edges(name, path, modules) for name, path in modules.items()}
+    cycles = _cycles(graph)
+    lines = []
+    for component in cycles:
+        lines.append(" <-> ".join(component))
+        lines += [f"    {a} imports {b} ({how})" for a in component
+                  for b, how in sorted(graph[a].items()) if b in component]
+    assert not cycles, "import cycles:\n" + "\n".join(lines)
+
+
+def test_the_cycle_finder_finds_cycles(tmp_path: Path) -> None:
+    """The checker itself: a cycle through a function-level and a TYPE_CHECKING import."""
+    graph = {"a": {"b": "x"}, "b": {"c": "x"}, "c": {"a": "x"}, "d": {"a": "x"}, "e": {}}
+    assert _cycles(graph) == [["a", "b", "c"]]
+    path = tmp_path / "a.py"
+    path.write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import b\n"
+                    "def f():\n    from .c import thing\n"
+                    "    importlib.import_module('workbench.d')\n")
+    modules = {f"workbench.{n}": Path(n) for n in "abcd"}
+    edges = _import_edges("workbench.a", path, modules)
+    assert edges == {"workbench.b": "line 3, under TYPE_CHECKING",
+                     "workbench.c": "line 5, in a function",
+                     "workbench.d": "line 6, in a function"}
