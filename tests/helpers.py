@@ -25,6 +25,49 @@ def wb(*args: str, check: bool = False, timeout: float = 120,
     return proc
 
 
+def wb_inproc(*args: str, check: bool = False, env: dict[str, str | None] | None = None,
+              input: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `wb` in this process, as `wb` would run piped: the real entry point
+    (`workbench.cli.main`, so usage errors are its one line and exit 2), under Typer's
+    test runner (captured stdout/stderr, stdin from `input`, os.environ plus `env`, a value
+    of None unsets). The consoles are rebuilt for the captured streams. An uncaught
+    exception is a traceback on stderr and exit 1, as in a subprocess. Returns what `wb`
+    returns; use `wb` where processes, signals, terminals or detaching are the point."""
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from workbench import cli
+
+    saved = cli.console, cli.err_console, sys.argv
+    with CliRunner().isolation(input=input, env=env) as (out, err, _):
+        cli.console, cli.err_console = cli._consoles()
+        sys.argv = ["wb", *args]
+        try:
+            cli.main()
+            code = 0
+        except SystemExit as exc:
+            if exc.code is None or isinstance(exc.code, int):
+                code = exc.code or 0
+            else:
+                print(exc.code, file=sys.stderr)
+                code = 1
+        except Exception:
+            traceback.print_exc()
+            code = 1
+        finally:
+            cli.console, cli.err_console, sys.argv = saved
+            sys.stdout.flush()
+            sys.stderr.flush()
+        stdout = out.getvalue().decode()
+        stderr = err.getvalue().decode("utf-8", "backslashreplace")
+    proc = subprocess.CompletedProcess(["wb", *args], code, stdout, stderr)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"wb {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n"
+                             f"{proc.stderr}")
+    return proc
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str,
              interval: float = 0.05) -> Any:
     """Poll `predicate` until it returns something truthy; bounded in time and count."""

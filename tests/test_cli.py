@@ -1,4 +1,5 @@
-"""The `wb` command line, each check through the real `wb` subprocess."""
+"""The `wb` command line: launches through the real `wb` subprocess, the reading and
+refusing commands through the real entry point in this process (tests/helpers.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for, wb
+from tests.helpers import wait_for, wb, wb_inproc
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -25,7 +26,7 @@ COMMANDS = ["launch", "stop", "resume", "rm", "ls", "show", "events", "export", 
 
 
 def wb_json(*args: str) -> Any:
-    proc = wb(*args, "--json", check=True, timeout=60)
+    proc = wb_inproc(*args, "--json", check=True)
     return json.loads(proc.stdout)
 
 
@@ -93,22 +94,9 @@ def in_charlm_store(charlm: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> 
 # -- help --------------------------------------------------------------------------------
 
 
-def wb_many(*calls: list[str], timeout: float = 120) -> list[tuple[int, str, str]]:
-    """Run several `wb` commands at once: (returncode, stdout, stderr) of each, in order."""
-    procs = [subprocess.Popen([sys.executable, "-m", "workbench.cli", *args],
-                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for args in calls]
-    out = []
-    try:
-        for proc in procs:
-            stdout, stderr = proc.communicate(timeout=timeout)
-            out.append((proc.returncode, stdout, stderr))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait(timeout=10)
-    return out
+def wb_many(*calls: list[str]) -> list[tuple[int, str, str]]:
+    """Run several `wb` commands (in this process): (returncode, stdout, stderr) of each."""
+    return [(p.returncode, p.stdout, p.stderr) for p in (wb_inproc(*args) for args in calls)]
 
 
 def test_help_of_wb_and_of_every_command_exits_0_and_shows_an_example() -> None:
@@ -120,7 +108,7 @@ def test_help_of_wb_and_of_every_command_exits_0_and_shows_an_example() -> None:
 
 
 def test_version() -> None:
-    proc = wb("--version", timeout=60)
+    proc = wb_inproc("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("workbench-lab ")
 
 
@@ -144,7 +132,7 @@ def test_ls_json_and_status_filter(in_charlm_store: dict) -> None:
     assert "spec" not in row
     assert [r["id"] for r in wb_json("ls", "--status", "finished")] == [run_id]
     assert wb_json("ls", "--status", "running") == []
-    table = wb("ls", check=True, timeout=60).stdout
+    table = wb_inproc("ls", check=True).stdout
     assert run_id in table and "finished" in table
 
 
@@ -162,7 +150,7 @@ def test_show_json_has_status_step_latest_values_and_event_counts(in_charlm_stor
     assert info["event_counts"]["checkpoint"] == 1
     assert info["event_counts"]["stage"] == 1
     assert info["config"]["steps"] == 60  # an object, not a JSON string
-    human = wb("show", in_charlm_store["id"], check=True, timeout=60).stdout
+    human = wb_inproc("show", in_charlm_store["id"], check=True).stdout
     assert "finished" in human and "train/loss" in human
 
 
@@ -204,8 +192,8 @@ def test_foreground_launch_shows_output_and_final_line(store_dir: Path) -> None:
 
 
 def test_export_jsonl(in_charlm_store: dict) -> None:
-    records = parse_jsonl(wb("export", in_charlm_store["id"], "--format", "jsonl",
-                             check=True, timeout=60).stdout)
+    records = parse_jsonl(wb_inproc("export", in_charlm_store["id"], "--format", "jsonl",
+                                    check=True).stdout)
     assert records[0]["type"] == "run" and records[0]["id"] == in_charlm_store["id"]
     assert records[0]["status"] == "finished"
     body = records[1:]
@@ -217,11 +205,11 @@ def test_export_jsonl(in_charlm_store: dict) -> None:
 
 
 def test_export_csv_has_header_and_scalar_rows(in_charlm_store: dict) -> None:
-    text = wb("export", in_charlm_store["id"], "--format", "csv", check=True, timeout=60).stdout
+    text = wb_inproc("export", in_charlm_store["id"], "--format", "csv", check=True).stdout
     rows = list(csv.reader(io.StringIO(text)))
     assert rows[0] == ["id", "step", "key", "value", "wall"]
     body = rows[1:]
-    jsonl = parse_jsonl(wb("export", in_charlm_store["id"], check=True, timeout=60).stdout)
+    jsonl = parse_jsonl(wb_inproc("export", in_charlm_store["id"], check=True).stdout)
     scalars = [r for r in jsonl if r["type"] == "scalar"]
     assert [int(r[0]) for r in body] == [r["id"] for r in scalars]
     assert all(float(r[3]) == pytest.approx(s["value"]) for r, s in zip(body, scalars,
@@ -229,25 +217,25 @@ def test_export_csv_has_header_and_scalar_rows(in_charlm_store: dict) -> None:
 
 
 def test_export_keys_glob(in_charlm_store: dict) -> None:
-    records = parse_jsonl(wb("export", in_charlm_store["id"], "--keys", "train/*",
-                             check=True, timeout=60).stdout)[1:]
+    records = parse_jsonl(wb_inproc("export", in_charlm_store["id"], "--keys", "train/*",
+                                    check=True).stdout)[1:]
     keys = {r["key"] for r in records}
     assert keys == {"train/loss", "train/lr", "train/grad_norm"}
-    two = parse_jsonl(wb("export", in_charlm_store["id"], "-k", "val/*", "-k", "stage",
-                         check=True, timeout=60).stdout)[1:]
+    two = parse_jsonl(wb_inproc("export", in_charlm_store["id"], "-k", "val/*", "-k", "stage",
+                                check=True).stdout)[1:]
     assert {r.get("key", r.get("kind")) for r in two} == {"val/loss", "stage"}
 
 
 def test_export_since_returns_exactly_the_later_records(in_charlm_store: dict) -> None:
-    full = parse_jsonl(wb("export", in_charlm_store["id"], check=True, timeout=60).stdout)[1:]
+    full = parse_jsonl(wb_inproc("export", in_charlm_store["id"], check=True).stdout)[1:]
     cut = full[len(full) // 3]["id"]
-    later = parse_jsonl(wb("export", in_charlm_store["id"], "--since", str(cut), check=True,
-                           timeout=60).stdout)[1:]
+    later = parse_jsonl(wb_inproc("export", in_charlm_store["id"], "--since", str(cut),
+                                  check=True).stdout)[1:]
     assert later == [r for r in full if r["id"] > cut]
     assert later and later[0]["id"] > cut
     last = full[-1]["id"]
-    assert parse_jsonl(wb("export", in_charlm_store["id"], "--since", str(last),
-                          check=True, timeout=60).stdout)[1:] == []
+    assert parse_jsonl(wb_inproc("export", in_charlm_store["id"], "--since", str(last),
+                                 check=True).stdout)[1:] == []
 
 
 def test_export_follow_streams_a_running_run_until_it_ends(in_charlm_store: dict) -> None:
@@ -261,20 +249,20 @@ def test_export_follow_streams_a_running_run_until_it_ends(in_charlm_store: dict
     records = [r for r in lines if r["type"] != "run"]
     ids = [r["id"] for r in records]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)
-    full = parse_jsonl(wb("export", in_charlm_store["id"], check=True, timeout=60).stdout)[1:]
+    full = parse_jsonl(wb_inproc("export", in_charlm_store["id"], check=True).stdout)[1:]
     assert ids == [r["id"] for r in full]  # no gap, no duplicate
 
 
 def test_logs_prints_the_output_from_an_offset(in_charlm_store: dict) -> None:
     run_id = in_charlm_store["id"]
     text = (in_charlm_store["store"] / run_id / "stdout.log").read_bytes()
-    assert wb("logs", run_id, check=True, timeout=60).stdout.encode() == text
-    tail = wb("logs", run_id, "--offset", "10", "--follow", check=True, timeout=60).stdout
+    assert wb_inproc("logs", run_id, check=True).stdout.encode() == text
+    tail = wb_inproc("logs", run_id, "--offset", "10", "--follow", check=True).stdout
     assert tail.encode() == text[10:] and f"run {run_id} finished" in tail
 
 
 def test_export_bad_format_is_refused(in_charlm_store: dict) -> None:
-    line = one_error_line(wb("export", in_charlm_store["id"], "--format", "xml", timeout=60))
+    line = one_error_line(wb_inproc("export", in_charlm_store["id"], "--format", "xml"))
     assert "unknown format 'xml'" in line
 
 
@@ -331,19 +319,19 @@ def test_rm_deletes_rows_and_folder(store_dir: Path) -> None:
     keep = _sdk_run(store_dir, "keep", "finished")
     gone = _sdk_run(store_dir, "gone", "finished")
     assert _count(store_dir, "scalars") == 10
-    proc = wb("rm", "gone", "--yes", timeout=60)
+    proc = wb_inproc("rm", "gone", "--yes")
     assert proc.returncode == 0, proc.stderr
     assert not (store_dir / gone["id"]).exists()
     assert (store_dir / keep["id"]).exists()
     with Store(store_dir, create=False) as st:
         assert [r["id"] for r in st.runs()] == [keep["id"]]
     assert _count(store_dir, "scalars") == 5 and _count(store_dir, "events") == 1
-    one_error_line(wb("show", gone["id"], timeout=60))
+    one_error_line(wb_inproc("show", gone["id"]))
 
 
 def test_rm_refuses_a_running_run(store_dir: Path) -> None:
     row = _sdk_run(store_dir, "live", "running")  # pid: this (live) test process
-    line = one_error_line(wb("rm", row["id"], "--yes", timeout=60))
+    line = one_error_line(wb_inproc("rm", row["id"], "--yes"))
     assert "is running; stop it first" in line
     assert (store_dir / row["id"]).exists()
     assert run_status(store_dir, row["id"]) == "running"
@@ -351,8 +339,7 @@ def test_rm_refuses_a_running_run(store_dir: Path) -> None:
 
 def test_rm_without_yes_and_without_a_terminal_is_refused(store_dir: Path) -> None:
     row = _sdk_run(store_dir, "old", "finished")
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "rm", row["id"]],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    proc = wb_inproc("rm", row["id"])  # stdin is empty and not a terminal
     assert "needs --yes" in one_error_line(proc)
     assert (store_dir / row["id"]).exists()
 
@@ -369,15 +356,15 @@ def test_unknown_run_exits_2_with_one_line(store_dir: Path) -> None:
 
 
 def test_commands_on_a_missing_store_exit_2(store_dir: Path) -> None:
-    line = one_error_line(wb("show", "abc", timeout=60))
+    line = one_error_line(wb_inproc("show", "abc"))
     assert "no store at" in line
-    listed = wb("ls", "--json", timeout=60)  # listing an empty place is not an error
+    listed = wb_inproc("ls", "--json")  # listing an empty place is not an error
     assert listed.returncode == 0 and json.loads(listed.stdout) == []
     assert not store_dir.exists()  # reading never creates a store
 
 
 def test_unknown_status_filter_exits_2(store_dir: Path) -> None:
-    line = one_error_line(wb("ls", "--status", "bogus", timeout=60))
+    line = one_error_line(wb_inproc("ls", "--status", "bogus"))
     assert "unknown status 'bogus'" in line and "finished" in line
 
 
@@ -394,7 +381,7 @@ def test_usage_errors_are_one_line_with_exit_2() -> None:
 
 
 def test_unknown_bench_exits_2() -> None:
-    assert "unknown bench" in one_error_line(wb("bench", "nope", timeout=60))
+    assert "unknown bench" in one_error_line(wb_inproc("bench", "nope"))
 
 
 # -- bench ---------------------------------------------------------------------------------
@@ -413,6 +400,6 @@ def test_bench_store_quick_json_prints_one_object_with_figures() -> None:
 
 
 def test_bare_wb_shows_the_overview_and_exits_0() -> None:
-    proc = wb(timeout=60)
+    proc = wb_inproc()
     assert proc.returncode == 0, proc.stderr
     assert "Usage: wb" in proc.stdout and "launch" in proc.stdout

@@ -39,9 +39,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-# Piped output is not wrapped at 80 columns: one table row stays one line (grep, awk).
-console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200)
-err_console = Console(stderr=True)
+
+
+def _consoles() -> tuple[Console, Console]:
+    """The stdout and stderr consoles, sized for the current sys.stdout and environment.
+    Built once below; tests/helpers.py `wb_inproc` builds fresh ones for its captured
+    streams, so a test sees what a piped `wb` prints."""
+    # Piped output is not wrapped at 80 columns: one table row stays one line (grep, awk).
+    return (Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 200),
+            Console(stderr=True))
+
+
+console, err_console = _consoles()
 
 StoreOpt = Annotated[
     Path | None,
