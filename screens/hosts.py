@@ -45,7 +45,7 @@ from workbench.store import ACTIVE_STATUSES, RUN_STATUSES
 from workbench.themes import stylesheet
 
 if TYPE_CHECKING:
-    from workbench.app import WorkbenchApp
+    from workbench.screens.services import AppServices
 
 RECHECK_S = 30.0  # background recheck period
 POLL_S = 2.0  # how often the runs of the hosts are re-read from the store
@@ -423,7 +423,7 @@ class HostsScreen(Screen[None]):
         self.checks_done = 0  # answers received (tests wait on it)
 
     @property
-    def wb(self) -> WorkbenchApp:
+    def wb(self) -> AppServices:
         return self.app  # type: ignore[return-value]
 
     # -- layout --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from workbench.store import ACTIVE_STATUSES, RUN_STATUSES, Store, StoreError
 from workbench.themes import stylesheet
 
 if TYPE_CHECKING:
-    from workbench.app import WorkbenchApp
+    from workbench.screens.services import AppServices
 
 POLL_S = 0.5
 
@@ -180,7 +180,7 @@ class RunsScreen(Screen[None]):
         self._restyle = False
 
     @property
-    def wb(self) -> WorkbenchApp:
+    def wb(self) -> AppServices:
         return self.app  # type: ignore[return-value]
 
     # -- layout --------------------------------------------------------------------------
