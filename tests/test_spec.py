@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import assert_nothing_created, wb
+from tests.helpers import assert_nothing_created, wb_inproc
 from workbench.recipes import RECIPES, Recipe
 from workbench.recipes.script import ScriptSpec
 from workbench.spec import (
@@ -69,7 +69,7 @@ def test_recipes_register_by_kind() -> None:
 
 
 def test_wb_recipes_lists_each_builtin_on_one_line() -> None:
-    proc = wb("recipes", timeout=60)
+    proc = wb_inproc("recipes")
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stdout.splitlines() if ln.split()[:1] == ["charlm"]]
     assert len(lines) == 1, proc.stdout
@@ -295,7 +295,7 @@ def test_wb_launch_refuses_bad_specs_with_exit_2_and_creates_nothing(
     write(tmp_path / "broken.toml", SCRIPT_TOML + "\n[resources\n")
     write(tmp_path / "kindless.toml", SCRIPT_TOML.replace('kind = "script"', ""))
     args = [a.removeprefix("@") for a in args]
-    proc = wb("launch", *args, "--detach", timeout=60)
+    proc = wb_inproc("launch", *args, "--detach")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, proc.stderr
@@ -310,7 +310,7 @@ def test_refusal_with_an_existing_store_adds_no_run(tmp_path: Path, store_dir: P
     with Store(store_dir) as st:
         row = st.create_run(kind="script", name="keep", status="finished")
     before = sorted(p.name for p in store_dir.iterdir())
-    proc = wb("launch", "charlm", "--set", "resources.procs=0", timeout=60)
+    proc = wb_inproc("launch", "charlm", "--set", "resources.procs=0")
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert sorted(p.name for p in store_dir.iterdir()) == before
     with Store(store_dir, create=False) as st:
