@@ -43,17 +43,14 @@ import sys
 import threading
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 try:
     import psutil
 except ImportError:  # a declared dependency; a broken install must not break logging
     psutil = None  # type: ignore[assignment]
-
-if TYPE_CHECKING:
-    from workbench.tracking import Run
 
 ENV_SWITCH = "WB_SYSTEM_METRICS"
 ENV_INTERVAL = "WB_SYSTEM_METRICS_INTERVAL"
@@ -64,6 +61,23 @@ CREATE_SLACK_S = 2.0  # psutil's create_time can read up to ~1 s early (boot tim
 PREFIX = "sys/"
 CPU, RSS, MEM = "sys/cpu_percent", "sys/rss_mib", "sys/mem_percent"
 GPU_FIELDS = ("util", "mem_mib", "temp_c")
+
+
+class SampledRun(Protocol):
+    """What the sampler needs of a run: `workbench.tracking.Run` provides it.
+
+    A Protocol here, so that this module never imports tracking.py (which starts the
+    sampler: tests/test_layout.py refuses the cycle). A `disabled` attribute, when
+    present and true, means nothing is sampled.
+    """
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def step(self) -> int: ...
+
+    def log_system(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
 
 
 def gpu_key(index: int, field: str) -> str:
@@ -233,7 +247,7 @@ class SystemSampler(threading.Thread):
     pynvml, imported in the thread, so a slow NVML start never delays `init()`.
     """
 
-    def __init__(self, run: Run, *, interval: float = DEFAULT_INTERVAL,
+    def __init__(self, run: SampledRun, *, interval: float = DEFAULT_INTERVAL,
                  pid: int | None = None, step: Callable[[], int | None] | None = None,
                  nvml: Any = None, first: float | None = None) -> None:
         super().__init__(name=f"wb-sysmetrics-{run.id}", daemon=True)
@@ -290,7 +304,7 @@ class StoreStep:
     sampler's thread, so it never shares the worker's.
     """
 
-    def __init__(self, run: Run, root: Path) -> None:
+    def __init__(self, run: SampledRun, root: Path) -> None:
         self.run = run
         self.root = root
         self._store: Any = None
@@ -315,7 +329,7 @@ class StoreStep:
             self._store = None
 
 
-def start_sampler(run: Run, *, interval: float | None = None, pid: int | None = None,
+def start_sampler(run: SampledRun, *, interval: float | None = None, pid: int | None = None,
                   step: Callable[[], int | None] | None = None,
                   nvml: Any = None) -> SystemSampler | None:
     """Start sampling `pid`'s process tree (default: this process) into `run`.

@@ -225,6 +225,15 @@ class Run:
                                    or not self._thread.is_alive(), timeout)
             return self.flushed_rows >= target  # False if the writer died or dropped rows
 
+    def start_system_metrics(self) -> None:
+        """Sample `sys/...` into this run from a background thread until finish()
+        (workbench/sysmetrics.py); at most one sampler per run, none when sampling is off
+        or the run is disabled. `init()` calls it for a run it creates."""
+        from workbench.sysmetrics import start_sampler  # psutil only when a run samples
+
+        if self._sampler is None:
+            self._sampler = start_sampler(self)
+
     def finish(self, status: str = "finished", exit_code: int | None = None) -> None:
         """Flush and stop the writer. An owning run records its final status."""
         if self._finished:
@@ -430,10 +439,8 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
             row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",
                                 config=dict(config or {}), pid=os.getpid())
             run = Run(st, row, owner=True, own_store=True)
-            if system_metrics:
-                from workbench.sysmetrics import start_sampler  # the owner samples
-
-                run._sampler = start_sampler(run)
+            if system_metrics:  # the owner samples
+                run.start_system_metrics()
     except BaseException:
         st.close()
         raise
