@@ -36,56 +36,16 @@ The contract a generator relies on:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any
+
+from workbench.engine.types import Completion, Engine, Request
 
 if TYPE_CHECKING:
-    import torch
-
     from workbench.models.gpt import GPT
 
 ENGINES = ("torch", "vllm")
 
 __all__ = ["ENGINES", "Completion", "Engine", "Request", "generate_all", "make_engine"]
-
-
-@dataclass
-class Request:
-    id: int  # unique per engine
-    prompt: list[int]  # token ids: BOS + bytes, or a chat template's rendering
-    max_new_tokens: int
-    meta: dict = field(default_factory=dict)  # passed through untouched
-
-
-@dataclass
-class Completion:
-    id: int
-    prompt: list[int]
-    meta: dict
-    tokens: list[int]  # generated ids (the stop id included if it stopped on one)
-    logprobs: list[float]  # log p(token) at the sampling temperature, under the weights
-    #                        that sampled it (T = 0: the plain log-softmax)
-    versions: list[int]  # policy version that produced each token
-    finish: str  # "stop" (a stop id) or "length" (max_new_tokens or the cache length)
-
-
-@runtime_checkable
-class Engine(Protocol):
-    version: int
-
-    def add(self, req: Request) -> None: ...
-
-    def step(self, admit: bool = True) -> list[Completion]: ...
-
-    def has_work(self) -> bool: ...
-
-    def num_active(self) -> int: ...
-
-    def num_waiting(self) -> int: ...
-
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None: ...
-
-    def state_dict(self) -> dict[str, torch.Tensor]: ...
 
 
 def make_engine(name: str, model: GPT | None, *, max_batch: int, max_len: int,

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 
 from workbench.data.corpus import EOS
-from workbench.engine import Completion, Request
+from workbench.engine.types import Completion, Request
 from workbench.models.gpt import GPT, KVCache
 
 _PREFIXES = ("_orig_mod.", "module.")  # torch.compile / DDP wrappers in a trainer's keys

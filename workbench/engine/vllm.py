@@ -68,7 +68,7 @@ from typing import Any
 import torch
 
 from workbench.data.corpus import BOS, EOS, PAD, VOCAB_SIZE
-from workbench.engine import Completion, Request
+from workbench.engine.types import Completion, Request
 from workbench.models.config import GPTConfig
 from workbench.models.hf import save_hf, to_hf_state
 from workbench.models.hf_config import load_gpt_config
