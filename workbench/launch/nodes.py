@@ -69,10 +69,12 @@ def _stop_started(store: Store, placed: list[dict[str, Any]]) -> None:
     """Best effort: stop the nodes already started when a later one failed to start."""
     for node in placed:
         try:
-            if node["host"] == LOCAL or node["node"] == 0:
-                from workbench.launch import control
-
-                control.stop(store, store.get_run(node["run"]), grace=5)
+            # Stopped by the launcher that started it (_start_node): launch/control.py
+            # dispatches on the run's launcher and imports this module, not the reverse.
+            if node["host"] == LOCAL:
+                local.stop(store, store.get_run(node["run"]), grace=5)
+            elif node["node"] == 0:  # node 0 on a remote host: its local mirror run
+                ssh.stop(store, store.get_run(node["run"]), grace=5)
             else:
                 host = get_host(node["host"])
                 host.run(host.wb("stop", node["run"], "--grace", "5"), timeout=60)
