@@ -1,12 +1,10 @@
 """Pretraining corpora: a byte-level tokenizer, text sources and an on-disk token cache.
 
 Tokenizer
-    Token ids 0..255 are the bytes themselves. Three specials follow: BOS=256,
-    EOS=257, PAD=258. The embedding table has VOCAB_SIZE=260 rows: 259 rounded up
-    to a multiple of 4 (id 259 is a spare that never occurs in the data). Every
+    The byte-level tokenizer of data/byte_level.py, re-exported here (BOS, EOS, PAD,
+    VOCAB_SIZE, encode, decode): ids 0..255 are the bytes, then three specials. Every
     document in a cache is followed by one EOS; BOS is never written by the cache
-    (it is there for prompts). Decoding drops every special and decodes the bytes
-    as UTF-8 with errors="replace".
+    (it is there for prompts).
 
 Sources (a frozen `Source`; `resolve_source(path)` builds one from `data.path`)
     stdlib  the default, and real text every machine has: every *.py file under
@@ -98,16 +96,20 @@ from typing import Any
 
 import numpy as np
 
+# The byte-level tokenizer, re-exported: callers import it from here (and data/).
+from workbench.data.byte_level import BOS as BOS
+from workbench.data.byte_level import EOS as EOS
+from workbench.data.byte_level import PAD as PAD
+from workbench.data.byte_level import TOKENIZER as TOKENIZER
+from workbench.data.byte_level import TOKENIZER_VERSION as TOKENIZER_VERSION
+from workbench.data.byte_level import VOCAB_SIZE as VOCAB_SIZE
+from workbench.data.byte_level import decode as decode
+from workbench.data.byte_level import encode as encode
+from workbench.data.byte_level import tokenizer_info as tokenizer_info
 from workbench.store import pid_alive
 
 # ---------------------------------------------------------------- tokenizer
 
-BOS = 256
-EOS = 257
-PAD = 258
-VOCAB_SIZE = 260  # 256 bytes + 3 specials = 259, rounded up to a multiple of 4
-TOKENIZER = "bytes"
-TOKENIZER_VERSION = 1
 CACHE_FORMAT = 1
 CHUNK_BYTES = 4096
 DISK_DTYPE = np.dtype("<u2")  # train.bin / val.bin: little-endian uint16 on every machine
@@ -121,25 +123,6 @@ PARQUET_BATCH_ROWS = 1024
 DEFAULT_SUFFIXES = (".txt", ".text", ".md", ".markdown", ".rst", ".py", ".jsonl")
 DEFAULT_VAL_PERMILLE = 10
 SKIP_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
-
-
-def encode(data: bytes | bytearray | memoryview | str) -> np.ndarray:
-    """Bytes (or a str, as UTF-8) -> uint16 token ids 0..255. No specials are added."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return np.frombuffer(bytes(data), dtype=np.uint8).astype(np.uint16)
-
-
-def decode(tokens: Any) -> str:
-    """Token ids (array, tensor or list) -> text. Specials are skipped; bad UTF-8 -> U+FFFD."""
-    arr = np.asarray(tokens).astype(np.int64, copy=False).reshape(-1)
-    return arr[(arr >= 0) & (arr < 256)].astype(np.uint8).tobytes().decode(
-        "utf-8", errors="replace")
-
-
-def tokenizer_info() -> dict[str, Any]:
-    return {"name": TOKENIZER, "version": TOKENIZER_VERSION, "vocab_size": VOCAB_SIZE,
-            "bos": BOS, "eos": EOS, "pad": PAD, "dtype": "uint16"}
 
 
 def is_bytes(tokenizer: Any | None) -> bool:
@@ -688,7 +671,7 @@ def _write_cache(tmp: Path, source: Source, files: list[InputFile], fp: str,
 def _tokenizer_meta(tokenizer: Any | None, dtype_key: str) -> dict[str, Any]:
     if is_bytes(tokenizer):
         return tokenizer_info()
-    from workbench.data.tokenizer import info
+    from workbench.data.tokenizer import info  # one way: tokenizer.py never imports this
 
     return {**info(tokenizer), "dtype": dtype_key}
 

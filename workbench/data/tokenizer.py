@@ -34,7 +34,7 @@ import json
 from pathlib import Path
 from typing import Any, Protocol
 
-from workbench.data.corpus import BOS, EOS, VOCAB_SIZE, decode, encode
+from workbench.data.byte_level import BOS, EOS, VOCAB_SIZE, decode, encode
 
 GPT2_BIN = "gpt2-bin"
 GPT2_VOCAB, GPT2_EOS = 50257, 50256
@@ -66,7 +66,7 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Our byte-level tokenizer (data/corpus.py): ids 0..255 are bytes, then specials."""
+    """Our byte-level tokenizer (data/byte_level.py): ids 0..255 are bytes, then specials."""
 
     name = "bytes"
     vocab_size = VOCAB_SIZE
