@@ -1200,9 +1200,46 @@ def _remote_selftest(host: Any, quick: bool, only: list[str], as_json: bool) -> 
 _ClickException = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
+# `wb ls` options, parsed by `_ls_fast` (long and short spellings -> ls_ parameters).
+_LS_OPTIONS = {"--status": "status", "--group": "group", "-g": "group", "--kind": "kind",
+               "-k": "kind", "--store": "store"}
+
+
+def _ls_fast(argv: list[str]) -> dict[str, Any] | None:
+    """`wb ls` with plain options, parsed without Typer: Typer's dispatch imports
+    pydantic to coerce the options (about 0.1 s, a third of `wb ls`; issue 20). Returns
+    ls_'s arguments, or None for anything else (`--help`, an unknown or repeated option,
+    a missing or empty value), which Typer then parses and reports as usual."""
+    if not argv or argv[0] != "ls":
+        return None
+    out: dict[str, Any] = {}
+    args = iter(argv[1:])
+    for arg in args:
+        name, eq, value = arg.partition("=")
+        if arg == "--json":
+            name, value = "as_json", True
+        elif arg in _LS_OPTIONS:
+            name, value = _LS_OPTIONS[arg], next(args, "")
+        elif eq and name.startswith("--") and name in _LS_OPTIONS:
+            name = _LS_OPTIONS[name]
+        else:
+            return None
+        if name in out or not value or (value is not True and value.startswith("-")):
+            return None
+        out[name] = Path(value) if name == "store" else value
+    return out
+
+
 def main() -> None:
     """The `wb` entry point. A usage error (unknown option, bad value, missing argument)
     is bad input like any other: one line on stderr and exit 2, not a help box."""
+    fast = _ls_fast(sys.argv[1:])
+    if fast is not None:  # `wb ls`: the same function, called directly
+        try:
+            ls_(**fast)
+        except typer.Exit as exc:
+            sys.exit(exc.exit_code)
+        sys.exit(EXIT_OK)
     try:
         # prog_name: `python -m workbench.cli` too says "Usage: wb ...".
         code = app(prog_name="wb", standalone_mode=False)

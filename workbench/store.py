@@ -21,9 +21,10 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import sqlite_utils
+if TYPE_CHECKING:  # imported on first use: about 0.1 s that read paths (`wb ls`) skip
+    import sqlite_utils
 
 SCHEMA_VERSION = 3
 DB_NAME = "workbench.db"
@@ -182,6 +183,14 @@ MIGRATIONS: dict[int, Any] = {0: _create_v1, 1: _v1_to_v2, 2: _v2_to_v3}
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
+    try:  # the common case, a store at this schema, needs no lock and no sqlite_utils
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table yet (or busy): the locked path decides
+        row = None
+    if row is not None and int(row[0]) == SCHEMA_VERSION:
+        return
+    import sqlite_utils
+
     db = sqlite_utils.Database(conn)
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -285,7 +294,6 @@ class Store:
         except BaseException:  # a newer schema, a failed migration: don't leak the handle
             self.conn.close()
             raise
-        self.db = sqlite_utils.Database(self.conn)
         self._nums: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
 
@@ -311,6 +319,14 @@ class Store:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @functools.cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite_utils over this connection, for writes and schema work (reads use
+        plain SQL: importing sqlite_utils costs about 0.1 s)."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
 
     @property
     def schema_version(self) -> int:
@@ -426,10 +442,11 @@ class Store:
         return json.loads(row[0])
 
     def get_run(self, run_id: str) -> dict[str, Any]:
-        try:
-            return _with_liveness(self.db["runs"].get(run_id))
-        except sqlite_utils.db.NotFoundError:
-            raise StoreError(f"no run {run_id!r} in {self.root}") from None
+        row = next(_dicts(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,))),
+                   None)
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.root}")
+        return _with_liveness(row)
 
     def stored_status(self, run_id: str) -> str | None:
         """The status as recorded, before the read-time `lost` judgement."""
@@ -441,10 +458,9 @@ class Store:
         """Runs oldest first; `status` filters on the read-time status (so `lost` works),
         `group` and `kind` on the stored columns."""
         clauses = [(c, v) for c, v in (("grp = ?", group), ("kind = ?", kind)) if v is not None]
-        where = " AND ".join(c for c, _ in clauses) or None
-        args = [v for _, v in clauses] or None
-        rows = [_with_liveness(r)
-                for r in self.db["runs"].rows_where(where, args, order_by="num")]
+        where = " AND ".join(c for c, _ in clauses)
+        sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY num"
+        rows = [_with_liveness(r) for r in _dicts(self.conn.execute(sql, [v for _, v in clauses]))]
         return [r for r in rows if status is None or r["status"] == status]
 
     def resolve(self, ref: str) -> dict[str, Any]:
@@ -704,7 +720,7 @@ class Store:
         if kind:
             sql += " AND r.kind = ?"
             args.append(kind)
-        return [_event_row(r) for r in self.db.query(sql + " ORDER BY r.id", args)]
+        return [_event_row(r) for r in _query(self.conn, sql + " ORDER BY r.id", args)]
 
     def records(self, run_id: str, since: int = 0, keys: Sequence[str] = (),
                 limit: int = 10_000, tables: Sequence[str] = RECORD_TABLES,
@@ -733,13 +749,25 @@ class Store:
             if keys:
                 where += " AND (" + " OR ".join(f"{col} GLOB ?" for _ in keys) + ")"
                 args += list(keys)
-            cur = self.db.query(_SELECT[table] + where + f" ORDER BY r.id LIMIT {int(limit)}",
-                                args)
+            cur = _query(self.conn, _SELECT[table] + where + f" ORDER BY r.id LIMIT {int(limit)}",
+                         args)
             streams.append(_tagged(table, cur))
         for count, (_, table, row) in enumerate(heapq.merge(*streams, key=lambda x: x[0])):
             if count >= limit:
                 return
             yield _record(table, row)
+
+
+def _dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
+    """A cursor's rows as dicts in column order (what sqlite_utils' reads return)."""
+    cols = [d[0] for d in cursor.description]
+    for row in cursor:
+        yield dict(zip(cols, row, strict=True))
+
+
+def _query(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[dict[str, Any]]:
+    """Runs when first iterated, as sqlite_utils' `Database.query` does."""
+    yield from _dicts(conn.execute(sql, args))
 
 
 def _tagged(table: str, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, str, dict]]:
