@@ -16,7 +16,7 @@ import pytest
 from tests.helpers import wait_for
 from workbench.launch import local
 from workbench.launch.local import descendants
-from workbench.recipes.checkpoint import checkpoints_in
+from workbench.recipes.common.checkpoint import checkpoints_in
 from workbench.spec import LoadedSpec, SpecError, parse_spec
 from workbench.store import Store, pid_alive
 

@@ -106,7 +106,7 @@ def decide_auto(weights: list[torch.Tensor]) -> tuple[list[dict[str, Any]], floa
 
 def bench_muon(quick: bool = False, progress: Console | None = None,
                tiny: bool = False) -> dict[str, Any]:
-    from workbench.recipes.pretrain import pick_device
+    from workbench.recipes.common.parallel import pick_device
 
     say = progress.print if progress else (lambda *a, **k: None)
     device = pick_device()

@@ -146,9 +146,11 @@ def train_arm(spec: Any, corpus: Any, eval_steps: list[int], say: Any) -> dict[s
     from workbench.optim import build_optimizers
     from workbench.optim.muon import ns_dtype_summary
     from workbench.recipes import pretrain as pt
+    from workbench.recipes.common.parallel import pick_device
+    from workbench.recipes.common.seeding import seed_everything
 
-    device = pt.pick_device()
-    pt.seed_everything(spec.seed)
+    device = pick_device()
+    seed_everything(spec.seed)
     model = pt.build_model(spec, device)
     opts = build_optimizers(model, spec.optim.name, spec.optim.lr, spec.optim.weight_decay,
                             betas=spec.optim.betas, adjust_lr_fn=spec.optim.adjust_lr_fn,

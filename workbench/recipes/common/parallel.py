@@ -1,4 +1,5 @@
-"""Data parallelism for pretraining, through accelerate; in one process, a pass-through.
+"""Data parallelism for the trained recipes (pretrain, depth), through accelerate; in one
+process, a pass-through.
 
 `resources.procs > 1` starts the recipe in one process per rank under torch's elastic
 launcher (launch/distributed.py). Each rank then:
@@ -14,7 +15,8 @@ launcher (launch/distributed.py). Each rank then:
 - leaves logging and checkpoint writing to rank 0.
 
 Distributed Muon shards its momentum and Newton-Schulz work over the same ranks
-(optim/muon.py); every rank takes its state for a checkpoint (train.py `Trainer.save`).
+(optim/muon.py); every rank takes its state for a checkpoint
+(recipes/pretrain/train.py `Trainer.save`).
 bf16 autocast stays the recipe's own (step.autocast), so one process and many run
 the very same forward pass.
 """
@@ -22,11 +24,14 @@ the very same forward pass.
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+if TYPE_CHECKING:
+    from workbench.recipes import Context
 
 
 class Parallel:
@@ -90,3 +95,19 @@ class Parallel:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def pick_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def run_in_parallel(spec: Any, ctx: Context, body: Any) -> None:
+    """`body(spec, ctx, par)` with the spec's CPU threads and this process's Parallel
+    (torch.distributed under torchrun, else a pass-through), closed afterwards."""
+    if spec.train.cpu_threads:
+        torch.set_num_threads(spec.train.cpu_threads)
+    par = Parallel()
+    try:
+        body(spec, ctx, par)
+    finally:
+        par.close()

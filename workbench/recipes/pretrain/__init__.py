@@ -119,9 +119,8 @@ _EXPORTS = {
     "checkpoint": ("TrainState", "checkpoints_in", "save_checkpoint", "load_checkpoint",
                    "clean_tmp", "STEP_PREFIX", "MODEL_JSON", "model_record",
                    "read_model_record"),
-    "parallel": ("Parallel",),
     "data": ("TrainData", "build_data", "build_tokenizer", "check_data", "train_bpe"),
-    "train": ("Trainer", "run", "seed_everything", "pick_device", "build_model",
+    "train": ("Trainer", "run", "build_model",
               "build_optimizer_list",
               "ns_dtype", "record_ns_dtype"),
 }

@@ -4,7 +4,7 @@ Each also holds model.json, the model's architecture and config: enough to rebui
 network without the spec (`wb export-model` reads it; checkpoints from before it was
 written fall back to the run's spec).
 
-Written by the shared checkpoint module (workbench/recipes/checkpoint.py, the RL
+Written by the shared checkpoint module (workbench/recipes/common/checkpoint.py, the RL
 recipe's too): a temporary folder, fsynced, renamed into place, so a kill -9 during a
 write never leaves a broken latest checkpoint; the newest `keep` are kept. In a
 data-parallel run every replica holds the same weights, so rank 0 writes and every rank
@@ -27,7 +27,7 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from workbench.data.loader import BatchLoader
-from workbench.recipes.checkpoint import (  # noqa: F401 - re-exported for callers
+from workbench.recipes.common.checkpoint import (  # noqa: F401 - re-exported for callers
     STEP_PREFIX,
     checkpoints_in,
     clean_tmp,
@@ -64,7 +64,7 @@ def save_checkpoint(folder: Path, model: torch.nn.Module, optimizers: list[torch
                     spec: TrainedSpec, keep: int,
                     optimizer_states: list[dict[str, Any]] | None = None) -> Path:
     """Write step-NNNNNNNN/ atomically and durably, keeping the newest `keep`
-    (workbench/recipes/checkpoint.py).
+    (workbench/recipes/common/checkpoint.py).
 
     `optimizer_states`: the optimizers' state dicts when already taken; a data-parallel
     run takes them on every rank (distributed Muon's momentum is sharded, and its

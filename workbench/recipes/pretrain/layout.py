@@ -2,7 +2,7 @@
 checkpoints and refuses bad input before anything heavy loads.
 
 A run's checkpoints live in `<run dir>/checkpoints/step-NNNNNNNN/` (pretrain and RL
-alike; the listing and the write are workbench/recipes/checkpoint.py's, shared by
+alike; the listing and the write are workbench/recipes/common/checkpoint.py's, shared by
 every recipe): model.safetensors and state.pt, plus model.json (pretrain: the model's
 arch and config). Temporary folders (`.tmp-*`) are never complete checkpoints.
 """
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from workbench.recipes.checkpoint import (  # noqa: F401 - re-exported for callers
+from workbench.recipes.common.checkpoint import (  # noqa: F401 - re-exported for callers
     STEP_PREFIX,
     checkpoint_step,
     checkpoints_in,

@@ -21,7 +21,7 @@ from workbench.optim import qk_clip
 from workbench.recipes.pretrain.spec import TrainedSpec
 
 if TYPE_CHECKING:
-    from workbench.recipes.pretrain.parallel import Parallel
+    from workbench.recipes.common.parallel import Parallel
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:

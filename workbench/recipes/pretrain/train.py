@@ -7,14 +7,12 @@ for what a run does and logs.
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from workbench.data.loader import BatchLoader
@@ -25,6 +23,8 @@ from workbench.models.recurrent_depth import RecurrentDepthGPT
 from workbench.optim import Muon, build_optimizers, route
 from workbench.optim.muon import ns_dtype_summary
 from workbench.recipes import Context
+from workbench.recipes.common.parallel import Parallel, run_in_parallel
+from workbench.recipes.common.seeding import seed_everything
 from workbench.recipes.pretrain.checkpoint import (
     TrainState,
     checkpoints_in,
@@ -40,7 +40,6 @@ from workbench.recipes.pretrain.metrics import (
     svd_entropy,
     svd_params,
 )
-from workbench.recipes.pretrain.parallel import Parallel
 from workbench.recipes.pretrain.schedule import lr_at
 from workbench.recipes.pretrain.spec import PretrainSpec, TrainedSpec
 from workbench.recipes.pretrain.step import (
@@ -55,16 +54,6 @@ from workbench.recipes.pretrain.step import (
 from workbench.signals import BucketedSpikeDetector, Spike, SpikeDetector, recurrence_bucket
 
 # ----------------------------------------------------------------------------- setup
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)  # also seeds every CUDA device
-
-
-def pick_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def ns_dtype(choice: str) -> torch.dtype | str:
@@ -339,18 +328,6 @@ class Trainer:
 def run(spec: PretrainSpec, ctx: Context) -> None:
     """Entry point of the `pretrain` kind (see the package docstring)."""
     run_in_parallel(spec, ctx, _run)
-
-
-def run_in_parallel(spec: Any, ctx: Context, body: Any) -> None:
-    """`body(spec, ctx, par)` with the spec's CPU threads and this process's Parallel
-    (torch.distributed under torchrun, else a pass-through), closed afterwards."""
-    if spec.train.cpu_threads:
-        torch.set_num_threads(spec.train.cpu_threads)
-    par = Parallel()
-    try:
-        body(spec, ctx, par)
-    finally:
-        par.close()
 
 
 def _run(spec: PretrainSpec, ctx: Context, par: Parallel) -> None:

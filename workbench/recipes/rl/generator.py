@@ -168,6 +168,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     from workbench.data.tokenizer import load_tokenizer
     from workbench.engine import Request, make_engine
     from workbench.models.gpt import GPT, GPTConfig
+    from workbench.recipes.common.seeding import seed_everything
     from workbench.recipes.rl.spec import RLSpec
     from workbench.recipes.rl.tasks import load_jsonl
     from workbench.spec import parse_spec
@@ -180,7 +181,7 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     groups = [dist.new_group([0, i]) for i in range(1, world)]  # every rank, same order
     mine = groups[rank - 1]
 
-    torch.manual_seed(spec.seed)
+    seed_everything(spec.seed)
     # The trainer's weights arrive next: allocate without a random init. The torch engine
     # decodes on the GPU when there is one.
     device = "cuda" if torch.cuda.is_available() else "cpu"

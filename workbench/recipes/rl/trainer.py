@@ -62,7 +62,8 @@ from workbench.data.tokenizer import ByteTokenizer, HFTokenizer, info, load_toke
 from workbench.models.gpt import GPT, GPTConfig
 from workbench.models.hf_config import HF_PREFIX, hf_folder
 from workbench.recipes import Context
-from workbench.recipes.checkpoint import checkpoints_in, clean_tmp, write_checkpoint
+from workbench.recipes.common.checkpoint import checkpoints_in, clean_tmp, write_checkpoint
+from workbench.recipes.common.seeding import seed_everything
 from workbench.recipes.rl.generator import generator_main
 from workbench.recipes.rl.grpo import group_advantages
 from workbench.recipes.rl.spec import EXAMPLE_INIT, RLSpec
@@ -450,7 +451,7 @@ class Trainer:
 
     def save(self, reason: str) -> None:
         """Checkpoint this version (once) through the shared atomic, fsynced writer
-        (workbench/recipes/checkpoint.py), keeping the newest KEEP_CHECKPOINTS."""
+        (workbench/recipes/common/checkpoint.py), keeping the newest KEEP_CHECKPOINTS."""
         if self.saved_version == self.version:
             return
 
@@ -591,9 +592,7 @@ def stop_roles(roles: Roles, grace_s: float = STOP_GRACE_S) -> None:
 
 def run(spec: RLSpec, ctx: Context) -> None:
     """Entry point of the `rl` kind (see the module docstring)."""
-    torch.manual_seed(spec.seed)
-    random.seed(spec.seed)
-    np.random.seed(spec.seed % 2**32)
+    seed_everything(spec.seed)
     torch.set_num_threads(1)
     run_ = ctx.run
     run_.set_total_steps(spec.grpo.steps)
