@@ -10,8 +10,6 @@ import sys
 import tomllib
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 MAPPED = {"screens": "workbench.screens", "kernels": "workbench.kernels",
           "themes": "workbench.themes"}
@@ -211,7 +209,6 @@ def _cycles(graph: dict[str, dict[str, str]]) -> list[list[str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="cycles being broken (issue 19 item 7)")
 def test_no_import_cycles() -> None:
     """No two workbench modules import each other, directly or through others.
 

@@ -32,6 +32,7 @@ from pydantic import (
     field_validator,
 )
 
+from workbench.kinds import RECIPES
 from workbench.store import StoreError, validate_name
 
 
@@ -333,8 +334,6 @@ def parse_spec(text: str, overrides: list[str] | tuple[str, ...] = (),
 
 
 def spec_model_for(kind: object, label: str = "spec") -> type[SpecBase]:
-    from workbench.recipes import RECIPES
-
     if not isinstance(kind, str):
         raise SpecError(f"{label}: missing key kind — add kind = one of "
                         f"{', '.join(repr(k) for k in RECIPES)}")

@@ -1,8 +1,7 @@
 """The pretrain recipe's data: the tokenizer, the corpora and their loaders.
 
-`check_data` runs when the spec is validated (before any run row exists): it resolves
-every source, reads .bin shard headers and Parquet footers, and loads the tokenizer's
-vocabulary, so a bad input is refused in one line. `build_tokenizer` and `build_data`
+`check_data` (data_spec.py, with the `[data]` section it checks; re-exported here) runs
+when the spec is validated, before any run row exists. `build_tokenizer` and `build_data`
 run in the worker: they train `bpe:<vocab>` tokenizers and tokenize text corpora into
 the store's cache once (data/corpus.py), and memory-map `.bin` shards in place
 (data/shards.py). `TrainData.loader` is a BatchLoader for one source and a
@@ -21,126 +20,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from workbench.data.corpus import (
-    VOCAB_SIZE,
-    fingerprint,
-    is_val,
-    iter_documents,
-    list_files,
-    parquet_text_column,
-    resolve_source,
-)
-from workbench.data.shards import ShardError, is_shard_path, split_shards
-from workbench.data.tokenizer import (
-    GPT2_BIN,
-    AnyTokenizer,
-    ByteTokenizer,
-    JsonTokenizer,
-    TokenizerError,
-    load_tokenizer,
-    tokenizer_vocab,
-)
+from workbench.data.corpus import fingerprint, is_val, iter_documents, resolve_source
+from workbench.data.shards import is_shard_path, split_shards
+from workbench.data.tokenizer import AnyTokenizer, ByteTokenizer, JsonTokenizer, load_tokenizer
+
+# The spec-time checks live with the data section (data_spec.py); re-exported here.
+from workbench.recipes.pretrain.data_spec import DataSection, SourceSection, bpe_vocab
+from workbench.recipes.pretrain.data_spec import check_data as check_data
 
 if TYPE_CHECKING:
     import torch
 
     from workbench.data.loader import StepLoader
-    from workbench.recipes.pretrain.spec import DataSection, PretrainSpec, SourceSection
+    from workbench.recipes.pretrain.spec import PretrainSpec
 
-BPE_PREFIX = "bpe:"
 BPE_VERSION = 1
 EOT = "<|endoftext|>"
 PROGRESS_EVERY_S = 2.0
-
-
-# ---------------------------------------------------------------- checks (spec time)
-
-
-def bpe_vocab(tokenizer: str | None) -> int | None:
-    """N of "bpe:N", None for anything else (raises ValueError on a bad N)."""
-    if tokenizer is None or not tokenizer.startswith(BPE_PREFIX):
-        return None
-    text = tokenizer[len(BPE_PREFIX):]
-    if not text.isdigit() or not 512 <= int(text) <= 1 << 20:
-        raise ValueError(f"data.tokenizer {tokenizer!r}: use 'bpe:<vocab>' with a vocabulary "
-                         "of 512 to 1048576, e.g. 'bpe:4096'")
-    return int(text)
-
-
-def check_source(src: SourceSection, text_field: str, where: str) -> str:
-    """Validate one source; its kind ("shards" or a corpus.Source kind)."""
-    if is_shard_path(src.path):
-        try:
-            split_shards(src.path, src.val_path)
-        except ShardError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-        return "shards"
-    if src.val_path:
-        raise ValueError(f"{where}: val_path applies to .bin shards only; a text corpus is "
-                         "split by data.val_permille — drop it")
-    try:
-        source = resolve_source(None if src.path == "stdlib" else src.path)
-    except FileNotFoundError:
-        raise ValueError(f"{where}: no such file or directory {src.path!r} — point it at a "
-                         "text file, a directory, JSONL, Parquet or .bin shards") from None
-    if source.kind == "parquet":
-        field = src.text_field or text_field
-        try:
-            for f in list_files(source):
-                parquet_text_column(f.path, field)
-        except ImportError:
-            raise ValueError(f"{where}: reading Parquet needs pyarrow — pip install "
-                             "pyarrow") from None
-        except ValueError as exc:
-            raise ValueError(f"{where}: {exc}") from None
-    return source.kind
-
-
-def check_data(data: DataSection, checkpoint: bool = False) -> int:
-    """Refuse a bad data section in one line; the tokenizer's vocabulary size.
-
-    `checkpoint`: model.init is an `hf:` folder, whose tokenizer is used when
-    data.tokenizer is unset (the caller compares sizes)."""
-    if data.sources and data.path not in (None, ""):
-        raise ValueError("data.path and [[data.sources]] are both set — list data.path as "
-                         "one of the sources instead")
-    sources = data.source_list()
-    labels = [s.label for s in sources]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"[[data.sources]]: two sources are named {labels[0]!r} — give "
-                         "each a distinct name")
-    kinds = []
-    for i, src in enumerate(sources):
-        where = f"data.sources[{i}].path" if data.sources else "data.path"
-        kinds.append(check_source(src, data.text_field, where))
-    bpe = bpe_vocab(data.tokenizer)
-    if bpe is not None:
-        if "shards" in kinds:
-            raise ValueError("data.tokenizer 'bpe:...' trains on text; .bin shards are "
-                             "tokenized already — declare their tokenizer ('gpt2-bin' or a "
-                             "tokenizer.json)")
-        return bpe
-    if "shards" in kinds and data.tokenizer in (None, "bytes") and not checkpoint:
-        raise ValueError("data.tokenizer: .bin shards need their tokenizer declared — "
-                         "'gpt2-bin' for llm.c / modded-nanogpt GPT-2 shards, or a "
-                         "tokenizer.json")
-    if data.tokenizer is None:
-        return VOCAB_SIZE
-    try:
-        vocab = tokenizer_vocab(data.tokenizer)
-    except TokenizerError as exc:
-        raise ValueError(f"data.tokenizer: {exc}") from None
-    if data.tokenizer == GPT2_BIN and any(k != "shards" for k in kinds):
-        if not _has_tiktoken():
-            raise ValueError("data.tokenizer 'gpt2-bin' cannot tokenize text sources here "
-                             "(no tiktoken) — give a GPT-2 tokenizer.json instead")
-    return vocab
-
-
-def _has_tiktoken() -> bool:
-    from workbench.data.tokenizer import Gpt2BinTokenizer
-
-    return Gpt2BinTokenizer()._enc is not None
 
 
 # ---------------------------------------------------------------- tokenizer (worker)

@@ -19,6 +19,9 @@ from pydantic import Field, PrivateAttr, field_validator, model_validator
 from workbench.data.corpus import VOCAB_SIZE
 from workbench.models.config import GPTConfig, RecurrentDepthConfig, ffn_hidden
 from workbench.models.hf_config import HF_PREFIX, CheckpointError, hf_folder, load_gpt_config
+from workbench.recipes.pretrain.data_spec import DataSection as DataSection
+from workbench.recipes.pretrain.data_spec import SourceSection as SourceSection
+from workbench.recipes.pretrain.data_spec import check_data
 from workbench.signals.spikes import SpikeConfig
 from workbench.spec import Section, SpecBase
 
@@ -202,57 +205,6 @@ class TrainSection(Section):
                                     "machine; a resumed run uses the same value.")
 
 
-class SourceSection(Section):
-    """One corpus of a mixture (`[[data.sources]]`)."""
-
-    path: str = Field(description="Like data.path: text, folder, JSONL, Parquet or .bin shards.")
-    weight: float = Field(1.0, gt=0, description="Share of the batch rows drawn from it "
-                          "(normalized over the sources).")
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_.-]+$", description="Its name in "
-                             "train/source_frac/<name>; default: the file or folder name.")
-    text_field: str | None = Field(None, min_length=1, description="Its JSONL / Parquet text "
-                                   "field; default: data.text_field.")
-    val_path: str | None = Field(None, description=".bin shards: the validation shards' glob.")
-
-    @property
-    def label(self) -> str:
-        if self.name:
-            return self.name
-        stem = Path(self.path.rstrip("/*")).name.split("*")[0].rstrip("_-.") or "source"
-        return stem.removesuffix(".bin").removesuffix(".parquet").removesuffix(".jsonl")
-
-
-class DataSection(Section):
-    """The corpus: the Python stdlib's source by default (recipes/pretrain/data.py)."""
-
-    path: str | None = Field(None, description="Text file, directory, JSONL, Parquet file or "
-                             "folder, or llm.c .bin shards (a glob, folder or file); unset = "
-                             "the Python standard library's source files.")
-    text_field: str = Field("text", min_length=1, description="JSONL field or Parquet column "
-                            "holding the text.")
-    tokenizer: str | None = Field(None, min_length=1, description="'bytes', a tokenizer.json "
-                                  "(or a folder holding one), 'gpt2-bin' (GPT-2 ids of .bin "
-                                  "shards) or 'bpe:<vocab>' (train a byte-level BPE on the "
-                                  "corpus once, cached in the store); unset = bytes, or the "
-                                  "checkpoint's own with model.init = 'hf:...'.")
-    val_path: str | None = Field(None, description=".bin shards: glob of the validation "
-                                 "shards; unset = the shards whose names contain 'val'.")
-    val_permille: int = Field(10, ge=0, lt=1000, description="Documents held out for "
-                              "validation, per thousand (text, JSONL, Parquet).")
-    max_bytes: int | None = Field(None, ge=1, description="Read at most this many bytes of "
-                                  "input (whole files, in order); for tiny runs.")
-    sources: list[SourceSection] | None = Field(None, min_length=1, description="A mixture: "
-                                                "[[data.sources]] with path and weight; "
-                                                "data.path must then be unset.")
-
-    def source_list(self) -> list[SourceSection]:
-        """The corpora: the mixture's, else data.path (or the stdlib) as one source."""
-        if self.sources:
-            return self.sources
-        return [SourceSection(path=self.path or "stdlib", name="main",
-                              val_path=self.val_path)]
-
-
 class StabilitySection(Section):
     """Loss-spike detection and what to do about a spike (see the module docstring)."""
 
@@ -371,8 +323,6 @@ class PretrainSpec(TrainedSpec):
 
     @model_validator(mode="after")
     def _consistent(self) -> PretrainSpec:
-        from workbench.recipes.pretrain.data import check_data
-
         vocab = check_data(self.data, checkpoint=self.model.checkpoint is not None)
         if self.model.checkpoint is None:
             self.model._vocab_size = padded_vocab(vocab)

@@ -57,49 +57,21 @@ import json
 import os
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+# The completion format and the problem, shared with verifier.py; re-exported here.
+from workbench.recipes.rl.problem import BOX_OPEN as BOX_OPEN
+from workbench.recipes.rl.problem import THINK_CLOSE as THINK_CLOSE
+from workbench.recipes.rl.problem import THINK_OPEN as THINK_OPEN
+from workbench.recipes.rl.problem import Problem as Problem
+from workbench.recipes.rl.problem import closing_brace as closing_brace
+from workbench.recipes.rl.problem import completion_text as completion_text
+
 TASKS_VERSION = 1
-THINK_OPEN, THINK_CLOSE, BOX_OPEN = "<think>", "</think>", "\\boxed{"
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One verifiable problem. Picklable (it crosses into the verifier processes)."""
-
-    id: str
-    task: str  # a TASKS name, or "jsonl:<file stem>" for a user set
-    prompt: str  # ends with "\n"; the completion follows it directly
-    answer: str  # the reference answer, compared by `verifier`
-    verifier: str  # a VERIFIERS name or "module:function"
-    # Task data (the numbers, the string) for solution_text. Left out of == and hash
-    # (everything else determines the problem), so a Problem can key a dict.
-    meta: dict[str, Any] = field(default_factory=dict, compare=False)
-
-
-def closing_brace(text: str, start: int) -> int:
-    """Index of the "}" that closes a brace opened just before `start`, or -1.
-
-    Braces nest ("{" opens, "}" closes), so a box holding "\\frac{1}{2}" ends after it.
-    """
-    depth = 1
-    for i in range(start, len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-    return -1
-
-
-def completion_text(think: str, answer: str) -> str:
-    """The exact completion format: one think block, then the boxed answer, nothing else."""
-    return f"{THINK_OPEN}{think}{THINK_CLOSE}{BOX_OPEN}{answer}}}"
 
 
 def heavy_tail(rng: np.random.Generator, lo: int, hi: int, alpha: float) -> int:
@@ -354,7 +326,7 @@ def load_jsonl(path: str | os.PathLike[str], verifier: str, prompt_field: str = 
     - `verifier` is checked now (a VERIFIERS name or an importable "module:function"),
       so a typo fails at load, not in the verifier processes.
     """
-    from workbench.recipes.rl.verifier import get_verifier  # verifier imports this module
+    from workbench.recipes.rl.verifier import get_verifier  # only for a user set
 
     get_verifier(verifier)
     if answer_format not in ANSWER_FORMATS:

@@ -87,7 +87,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from workbench.recipes.rl.tasks import BOX_OPEN, THINK_CLOSE, THINK_OPEN, Problem, closing_brace
+from workbench.recipes.rl.problem import (
+    BOX_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+    Problem,
+    closing_brace,
+)
 
 FORMAT_REWARD = 0.1
 CORRECT_REWARD = 0.9
