@@ -45,7 +45,13 @@ SCALED: dict[str, Any] = {
 }
 # Per-position logits of bf16 decoding against fp32, same tokens and recurrences.
 LOGITS = Tolerance(rel=5e-2)
-TOP1_AGREE = 0.9
+# Where the greedy token differs, the fp32 logits must be a near-tie there: the fp32 logit
+# of the bf16 run's token within TIE_REL standard deviations of the fp32 maximum. With
+# 65,536 random logits the top two are often that close (measured on CPU in bf16 at
+# these shapes: 1 flip in 8 positions at a gap of 0.06 std, logits rel err 2.4e-2), so a
+# bound on the share of equal tokens fails by chance; wrong weights give gaps of
+# several standard deviations.
+TIE_REL = 0.15
 DECODE = {True: (8, 16), False: (24, 32)}  # quick / full: (new tokens, max recurrences)
 
 
@@ -139,8 +145,9 @@ def replay(model: Any, trace: Trace, max_steps: int, seed: int = 0) -> list[Any]
 
 
 def compare_logits(trace: Trace, reference: list[Any], max_steps: int) -> Outcome:
-    """Logits of each position within LOGITS (relative Frobenius, worst position), the
-    greedy token the same at TOP1_AGREE of them; figures on the exit rule's work."""
+    """Logits of each position within LOGITS (relative Frobenius, worst position); the
+    greedy token the same, or a near-tie of the fp32 logits (TIE_REL); figures on the
+    exit rule's work."""
     import torch
 
     out = Outcome()
@@ -151,10 +158,16 @@ def compare_logits(trace: Trace, reference: list[Any], max_steps: int) -> Outcom
     add(out, compare("logits", got, want, LOGITS))
     out.figures["worst_position_rel_err"] = worst.rel
     out.require(worst.ok, f"worst position: {worst.message()}")
-    top1 = float((got.argmax(-1) == want.argmax(-1)).float().mean())
+    chosen = got.argmax(-1)
+    top1 = float((chosen == want.argmax(-1)).float().mean())
     out.figures["top1_agree"] = top1
-    out.require(top1 >= TOP1_AGREE, f"the greedy token agrees at only {top1:.0%} of the "
-                                    f"positions")
+    gap = (want.amax(-1) - want.gather(-1, chosen[:, None])[:, 0]) / want.std(-1).clamp(
+        min=1e-12)  # 0 where the tokens agree
+    out.figures["worst_tie_gap_std"] = float(gap.max())
+    far = [i for i, g in enumerate(gap.tolist()) if not g <= TIE_REL]
+    out.require(not far, f"the greedy token differs at positions {far[:5]} where the fp32 "
+                         f"logits are no near-tie (gap up to {float(gap.max()):.2f} std, "
+                         f"allowed {TIE_REL})")
     out.figures["steps_mean"] = sum(trace.steps) / len(trace.steps)
     out.figures["early_exit_frac"] = sum(s < max_steps for s in trace.steps) / len(trace.steps)
     out.require(float(got.std()) > 0.1, "the logits are nearly constant: a degenerate "
