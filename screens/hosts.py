@@ -9,7 +9,13 @@ its GPUs (utilization and memory, where nvidia-smi exists) and the runs on it.
   responsive while a host hangs; the "local" row runs the same probe here without ssh
   (`workbench.hosts.local_check`).
 - The runs of a host are rows of the local store: a remote run is mirrored there with
-  launcher `ssh` and `host` = the configured name; every other launcher ran here.
+  launcher `ssh` and `host` = the configured name, and `wb hosts check NAME --selftest`
+  records the host's answer with launcher `ssh-selftest` and the same `host`; every
+  other launcher ran here.
+- The last selftest of a host (`wb selftest`, issue 22) is its newest run of kind
+  `selftest` among those: the table's "last selftest" column and the card show its
+  pass/fail counts and when it ended, read from the answer the run keeps in its config
+  (`workbench.selftest.report`), so a host's acceptance is visible at a glance.
 - The widgets own their rendering: `HostsTable` (one row per host), `HostCard` (the
   highlighted host's reachability, versions and GPUs, one per line) and
   `HostRunsTable` (its runs; enter opens one). The screen only moves state into them.
@@ -17,6 +23,7 @@ its GPUs (utilization and memory, where nvidia-smi exists) and the runs on it.
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
@@ -41,6 +48,9 @@ from textual.worker import get_current_worker
 
 from workbench.hosts import LOCAL, Host, HostError, load_hosts, local_check
 from workbench.screens.runs import RunsTable
+from workbench.selftest import FAIL, PASS, REMOTE_LAUNCHER, SKIP
+from workbench.selftest import KIND as SELFTEST_KIND
+from workbench.selftest.report import summary_of_config
 from workbench.store import ACTIVE_STATUSES, RUN_STATUSES
 from workbench.themes import stylesheet
 
@@ -55,8 +65,9 @@ ERROR_CELL_CHARS = 40  # the table shows this much of an error; the card shows a
 HOST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("host", "host"), ("dest", "destination"), ("reach", "reachable"), ("python", "python"),
     ("workbench", "workbench"), ("gpus", "GPUs"), ("disk", "disk free"),
-    ("runs", "runs active/all"),
+    ("selftest", "last selftest"), ("runs", "runs active/all"),
 )
+REMOTE_LAUNCHERS = ("ssh", REMOTE_LAUNCHER)  # store rows that ran on a configured host
 RUN_COLUMNS: tuple[tuple[str, str], ...] = (
     ("name", "name"), ("id", "id"), ("status", "status"), ("step", "step"),
 )
@@ -79,6 +90,7 @@ class HostState:
     error: str | None = None  # one line, when the newest check failed
     seconds: float | None = None  # duration of the newest check: the round trip
     checked_at: float | None = None  # wall time of the newest answer
+    selftest: SelftestSummary | None = None  # its newest selftest run in the store
 
     @property
     def local(self) -> bool:
@@ -175,16 +187,85 @@ def reach_text(state: HostState) -> tuple[str, str]:
     return f"yes · {ms:.0f} ms{busy}", "ok"
 
 
+def host_of(row: dict[str, Any]) -> str:
+    """The host a store row ran on: its configured host for an `ssh` run (a mirror) or an
+    `ssh-selftest` run (a host's selftest answer); every other launcher (local, sdk,
+    torchrun, selftest) ran here."""
+    return (row.get("host") or "?") if row.get("launcher") in REMOTE_LAUNCHERS else LOCAL
+
+
 def runs_of_hosts(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Store rows by host name: an `ssh` run under its configured host, every other
-    launcher (local, sdk, torchrun) under `local`. Newest first."""
+    """Store rows by host name (`host_of`). Newest first."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        key = (row.get("host") or "?") if row.get("launcher") == "ssh" else LOCAL
-        by_host.setdefault(key, []).append(row)
+        by_host.setdefault(host_of(row), []).append(row)
     for runs in by_host.values():
         runs.sort(key=lambda r: -r["num"])
     return by_host
+
+
+@dataclass(frozen=True)
+class SelftestSummary:
+    """A host's newest selftest run, as the table and the card show it."""
+
+    run_id: str
+    name: str
+    status: str  # the run's status (running while the checks run)
+    when: float  # when it ended; when it started while it runs
+    counts: dict[str, int] | None = None  # pass / fail / skip; None: no answer recorded
+    failed: tuple[str, ...] = ()  # the checks that failed
+    quick: bool = False
+    progress: str = ""  # step/total while it runs
+
+
+def selftest_summary(row: dict[str, Any]) -> SelftestSummary:
+    """What a selftest run's row says: the answer in its config (once recorded), else
+    only its status."""
+    config = row.get("config") or {}
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            config = {}
+    data = summary_of_config(config)
+    counts = failed = None
+    if data is not None:
+        counts = {k: int(data["counts"].get(k, 0)) for k in (PASS, FAIL, SKIP)}
+        failed = tuple(str(c.get("name")) for c in data.get("checks", [])
+                       if c.get("status") == FAIL)
+    when = row.get("ended") or row.get("started") or row.get("created") or 0.0
+    return SelftestSummary(row["id"], row["name"], row["status"], float(when), counts,
+                           failed or (), bool((data or config).get("quick")),
+                           f"{row.get('last_step') or 0}/{row.get('total_steps') or '?'}"
+                           if row["status"] in ACTIVE_STATUSES else "")
+
+
+def last_selftest(runs: list[dict[str, Any]]) -> SelftestSummary | None:
+    """The newest selftest run among a host's runs (newest first), if any."""
+    row = next((r for r in runs if r.get("kind") == SELFTEST_KIND), None)
+    return selftest_summary(row) if row is not None else None
+
+
+def stamp(ts: float, now: float | None = None) -> str:
+    """`14:03` today, `Dec 02 14:03` before: when a selftest ended, in a cell."""
+    now = time.time() if now is None else now
+    fmt = "%H:%M" if time.localtime(ts)[:3] == time.localtime(now)[:3] else "%b %d %H:%M"
+    return time.strftime(fmt, time.localtime(ts))
+
+
+def selftest_text(summary: SelftestSummary | None) -> tuple[str, str]:
+    """(cell text, kind) for the last selftest column; kind is ok (nothing failed), down
+    (a check failed, or the selftest itself did not finish), checking (running) or dim
+    (none recorded)."""
+    if summary is None:
+        return "none", "dim"
+    if summary.status in ACTIVE_STATUSES:
+        return f"running {summary.progress}", "checking"
+    if summary.counts is None:
+        return f"{summary.status} · {stamp(summary.when)}", "down"
+    n = summary.counts
+    kind = "down" if n[FAIL] else "ok"
+    return f"{n[PASS]} pass · {n[FAIL]} fail · {stamp(summary.when)}", kind
 
 
 def runs_cell(runs: list[dict[str, Any]]) -> str:
@@ -252,6 +333,7 @@ class HostsTable(DataTable[Any]):
     def cells(self, state: HostState, runs: list[dict[str, Any]]) -> dict[str, Any]:
         """The rendered cells of one host (Text where a style applies)."""
         reach, kind = reach_text(state)
+        selftest, selftest_kind = selftest_text(state.selftest)
         dim = self.get_component_rich_style("hosts-table--dim", partial=True)
         info = state.info or {}
         if info:
@@ -268,6 +350,8 @@ class HostsTable(DataTable[Any]):
             "workbench": workbench,
             "gpus": gpus,
             "disk": Text(disk_text(info.get("disk_free_bytes")), justify="right"),
+            "selftest": Text(selftest, style=self.get_component_rich_style(
+                f"hosts-table--{selftest_kind}", partial=True)),
             "runs": Text(runs_cell(runs), justify="right"),
         }
 
@@ -334,6 +418,7 @@ class HostCard(Widget):
             text.append(f"checked at {stamp}"
                         + (" · rechecking…" if state.checking else "") + "\n",
                         style=style("host-card--muted"))
+        self.render_selftest(text, state)
         info = state.info
         if info is None:
             return text
@@ -345,6 +430,37 @@ class HostCard(Widget):
         text.append("\nGPUs\n", style=style("host-card--title"))
         text.append("\n".join(gpu_lines(info.get("gpus") or [])))
         return text
+
+    def render_selftest(self, text: Text, state: HostState) -> None:
+        """The host's last selftest: its run, when, the counts and the failed checks; or
+        how to run one."""
+        style = self._style
+        summary = state.selftest
+        if summary is None:
+            how = ("wb selftest" if state.local
+                   else f"wb hosts check {state.name} --selftest")
+            text.append(f"no selftest recorded · {how}\n", style=style("host-card--muted"))
+            return
+        cell, kind = selftest_text(summary)
+        ended = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(summary.when))
+        text.append("selftest ", style=style("host-card--title"))
+        text.append(f"{summary.name} ({summary.run_id})"
+                    + (" · quick" if summary.quick else "") + "\n",
+                    style=style("host-card--muted"))
+        if summary.status in ACTIVE_STATUSES:
+            text.append(f"{cell}, started {ended}\n", style=style("host-card--muted"))
+            return
+        if summary.counts is None:
+            text.append(f"{summary.status} at {ended} without an answer\n",
+                        style=style("host-card--down"))
+            return
+        n = summary.counts
+        text.append(f"{n[PASS]} passed, {n[FAIL]} failed, {n[SKIP]} skipped",
+                    style=style(f"host-card--{kind}"))
+        text.append(f" · {ended}\n", style=style("host-card--muted"))
+        if summary.failed:
+            text.append("failed: ", style=style("host-card--down"))
+            text.append(", ".join(summary.failed) + "\n")
 
 
 class HostRunsTable(RunsTable):
@@ -551,6 +667,8 @@ class HostsScreen(Screen[None]):
         """Move the state into the widgets; each draws itself."""
         if not self.is_mounted:
             return
+        for name, state in self.states.items():
+            state.selftest = last_selftest(self.runs.get(name, []))
         self.table.show(self.states, self.runs, restyle=restyle)
         empty = self.query_one("#hosts-empty", Static)
         remote = len(self.states) - 1

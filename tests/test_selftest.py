@@ -723,3 +723,89 @@ def test_recipe_runs_are_judged_on_status_and_metrics() -> None:
                             ["train/loss"]) == []
     assert judge_recipe_run({"status": "failed"}, set(), ["train/loss", "val/loss"]) == [
         "the run ended failed", "it logged no train/loss, val/loss"]
+
+
+# -- the hosts screen ------------------------------------------------------------------------
+
+
+def test_the_hosts_screen_shows_the_last_selftest_per_host(store: Store, store_dir: Path,
+                                                           tmp_path: Path) -> None:
+    """Through Textual's Pilot: a host's answer recorded by `wb hosts check --selftest`'s
+    own function (launcher ssh-selftest) shows under that host, a local `wb selftest`
+    run under this machine, and one that starts and ends while the screen is open
+    updates it."""
+    pytest.importorskip("textual")
+    from tests.test_tui_hosts import card_text, cell, closed_port, open_hosts, until, with_app
+    from workbench.hosts import LOCAL, Host, add_host
+    from workbench.selftest import Result, select
+    from workbench.selftest.remote import record_remote
+    from workbench.selftest.report import answer
+    from workbench.selftest.runner import execute
+    from workbench.tracking import Run
+
+    add_host(Host("box", "127.0.0.1", port=closed_port()))  # unreachable: only the store
+    facts = Facts(torch="2.x", cuda=True, device="H100", gpus=1, triton=True, vllm=None,
+                  nvml=None)
+    older = [Result("kernels/attention", PASS, 3.0, "ok")]
+    newer = [Result("kernels/attention", FAIL, 3.0, "", "d64_out: rel err 1e-01"),
+             Result("system/nvml", PASS, 0.1, "1 GPU"),
+             Result("dist/muon-tiny-2rank", SKIP, reason="needs 2 GPUs: 1 visible")]
+    record_remote(store, "box", answer(older, facts, quick=False))
+    _, box_row = record_remote(store, "box", answer(newer, facts, quick=True))
+
+    def local_selftest() -> dict[str, Any]:
+        row = store.create_run(kind="selftest", status="running", launcher="selftest",
+                               total_steps=1)
+        execute(Run(store, row, owner=True), select(["store/*"]), quick=True,
+                facts=Facts.probe(), say=lambda _t: None, log=None)
+        return store.get_run(row["id"])
+
+    local_row = local_selftest()
+
+    async def body(app: Any, pilot: Any) -> None:
+        screen = await open_hosts(app, pilot)
+        await until(pilot, lambda: cell(screen, "box", "selftest") != "", 5, "the selftests")
+        box = cell(screen, "box", "selftest")
+        assert box.startswith("1 pass · 1 fail · "), box  # the newer of box's two
+        assert cell(screen, LOCAL, "selftest").startswith("1 pass · 0 fail · ")
+        assert cell(screen, "box", "runs") == "0/2"  # box's selftests are box's runs
+        table = screen.table
+        assert table.get_cell("box", "selftest").style == table.get_component_rich_style(
+            "hosts-table--down", partial=True)
+        assert table.get_cell(LOCAL, "selftest").style == table.get_component_rich_style(
+            "hosts-table--ok", partial=True)
+        card = card_text(screen)  # this machine is highlighted first
+        assert f"selftest {local_row['name']} ({local_row['id']})" in card
+        assert "1 passed, 0 failed, 0 skipped" in card and "failed:" not in card
+        await pilot.press("down")
+        await until(pilot, lambda: screen.selected == "box", 5, "box highlighted")
+        card = card_text(screen)
+        assert f"selftest {box_row['name']} ({box_row['id']}) · quick" in card
+        assert "1 passed, 1 failed, 1 skipped" in card
+        assert "failed: kernels/attention\n" in card
+        # A selftest that starts here while the screen is open: running, then its answer.
+        row = store.create_run(kind="selftest", status="running", launcher="selftest",
+                               total_steps=15)
+        await until(pilot, lambda: cell(screen, LOCAL, "selftest") == "running 0/15", 10,
+                    "the running selftest")
+        Run(store, row, owner=True).finish("failed", exit_code=1)  # it died: no answer
+        await until(pilot, lambda: cell(screen, LOCAL, "selftest").startswith("failed · "),
+                    10, "the selftest's end")
+        await pilot.press("up")
+        await until(pilot, lambda: screen.selected == LOCAL, 5, "local highlighted")
+        assert "failed at " in card_text(screen) and "without an answer" in card_text(screen)
+
+    with_app(store_dir, body)
+
+
+def test_a_host_without_a_selftest_says_how_to_run_one() -> None:
+    pytest.importorskip("textual")
+    from workbench.hosts import Host
+    from workbench.screens.hosts import HostCard, HostState, selftest_text
+
+    assert selftest_text(None) == ("none", "dim")
+    card = HostCard()
+    text = card.render_state(HostState("gpu1", "me@gpu1", Host("gpu1", "me@gpu1"))).plain
+    assert "no selftest recorded · wb hosts check gpu1 --selftest" in text
+    assert "no selftest recorded · wb selftest" in card.render_state(
+        HostState("local", "this machine")).plain
