@@ -7,9 +7,19 @@ as W&B and TensorBoard do by default. Keys are grouped by prefix in natural orde
 Keys: `/` filter (glob or text; enter keeps it, escape clears it), up / down (j / k)
 select a chart, `[` / `]` or PageUp / PageDown page, enter opens the selected chart
 full size (the compare view: x axis and smoothing), `p` pins it to the Overview.
+
+Live, the grid redraws only the charts whose keys got new points, and at most
+LIVE_REDRAWS of them every LIVE_TICK_S, those waiting longest first: a plotext chart
+costs 15-20 ms to rebuild, so redrawing a page of 16 changed charts at once took about
+300 ms, and every poll of a run logging 50 keys froze the keys for that long (issue 20).
+A page of 16 changing charts now comes round in 16 / LIVE_REDRAWS ticks (2 s), a few
+changing charts at the poll's pace. Paging, the filter, a resize and showing the tab
+draw the whole page at once.
 """
 
 from __future__ import annotations
+
+import time
 
 from textual import on
 from textual.app import ComposeResult
@@ -18,6 +28,7 @@ from textual.containers import Grid
 from textual.events import Resize
 from textual.message import Message
 from textual.reactive import reactive
+from textual.timer import Timer
 from textual.widgets import Input, Label
 
 from workbench.feed import RunFeed
@@ -27,6 +38,8 @@ from workbench.screens.widgets import LineChart
 
 CELL_WIDTH, CELL_HEIGHT = 38, 9  # a chart cell: readable axis labels at 80x24
 BAND = ("p50", "p90", "p99")
+LIVE_REDRAWS = 2  # charts redrawn for new points per tick (None: all at once)
+LIVE_TICK_S = 0.25
 
 
 class MetricsTab(RunTab):
@@ -69,6 +82,12 @@ class MetricsTab(RunTab):
         self.feed: RunFeed | None = None
         self.keys: list[str] = []  # after the filter, in order
         self.shown: list[str] = []  # this page's
+        # Per cell: the key it shows and the data it was filled with (_signature); the
+        # cells whose key got new points since, in the order they were last filled.
+        self._filled: dict[int, tuple[str, tuple[int, ...]]] = {}
+        self._filled_at: dict[int, float] = {}
+        self._pending: set[int] = set()
+        self._drain_timer: Timer | None = None
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder="filter: glob (train/*) or text; enter keeps, escape clears",
@@ -85,11 +104,14 @@ class MetricsTab(RunTab):
         return feed.keys() + [k for k in feed.dist_keys() if k not in feed.keys()]
 
     def update_from(self, feed: RunFeed) -> None:
+        live = feed is self.feed and self.is_on_screen  # new points, not a new view
         self.feed = feed
         self.keys = filtered(self.all_keys(feed), self.pattern)
-        self._draw()
+        self._draw(live=live)
 
-    def _draw(self) -> None:
+    def _draw(self, live: bool = False) -> None:
+        """Lay out and fill the page. `live`: a poll's news, where a cell whose key and
+        page stay put waits its turn (_drain) instead of redrawing now."""
         if self.feed is None or not self.is_mounted:
             return
         n_pages = pages(len(self.keys), self.per_page)
@@ -106,11 +128,24 @@ class MetricsTab(RunTab):
             grid.remove_children()
             cells = [LineChart(classes="metric-cell") for _ in range(self.per_page)]
             grid.mount_all(cells)
+            self._filled.clear()
         for i, cell in enumerate(cells):
             cell.set_class(i == self.selected and i < len(self.shown), "-selected")
             cell.display = i < len(self.shown)
-            if i < len(self.shown):
-                self._fill(cell, self.shown[i])
+            if i >= len(self.shown):
+                self._filled.pop(i, None)
+                self._pending.discard(i)
+                continue
+            key = self.shown[i]
+            filled = self._filled.get(i)
+            if filled == (key, self._signature(key)):
+                self._pending.discard(i)  # nothing new (or a pending cell caught up)
+            elif live and LIVE_REDRAWS is not None and filled is not None and filled[0] == key:
+                self._pending.add(i)
+            else:
+                self._fill(cell, key, i)
+        if self._pending and self._drain_timer is None:
+            self._drain()
         total = len(self.all_keys(self.feed))
         what = f"{len(self.keys)} of {total} keys" if self.pattern else f"{total} keys"
         where = f"  filter {self.pattern!r}" if self.pattern else ""
@@ -118,8 +153,40 @@ class MetricsTab(RunTab):
             f" page {self.page + 1}/{n_pages} · {what}{where}" if self.keys else
             f" no key matches {self.pattern!r}" if self.pattern else " no metrics yet")
 
-    def _fill(self, cell: LineChart, key: str) -> None:
+    def _signature(self, key: str) -> tuple[int, ...]:
+        """What a cell's chart depends on, cheaply: the point count and newest step of
+        the key's series, or the length of its distribution history."""
         assert self.feed is not None
+        s = self.feed.series(key)
+        if len(s):
+            return (len(s), int(s.step[-1]))
+        return (0, len(self.feed.dist_history(key)))
+
+    def _drain(self) -> None:
+        """Redraw the LIVE_REDRAWS pending cells filled longest ago; come back in
+        LIVE_TICK_S while any wait."""
+        self._drain_timer = None
+        if not self._pending or self.feed is None:
+            return
+        if not self.is_on_screen:  # hidden: showing the tab redraws the page
+            self._pending.clear()
+            self._filled.clear()
+            return
+        cells = list(self.query_one("#metrics-grid", Grid).query(LineChart))
+        order = sorted(self._pending, key=lambda i: self._filled_at.get(i, 0.0))
+        for i in order[:LIVE_REDRAWS]:
+            self._pending.discard(i)
+            if i < len(cells) and i < len(self.shown):
+                self._fill(cells[i], self.shown[i], i)
+        if self._pending:
+            self._drain_timer = self.set_timer(LIVE_TICK_S, self._drain)
+
+    def _fill(self, cell: LineChart, key: str, index: int | None = None) -> None:
+        assert self.feed is not None
+        if index is not None:
+            self._filled[index] = (key, self._signature(key))
+            self._filled_at[index] = time.monotonic()
+            self._pending.discard(index)
         cell.clear_series()
         cell.set_title(key)
         s = self.feed.series(key)
