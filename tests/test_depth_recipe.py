@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from workbench.recipes import Context
 from workbench.recipes.depth.run import run as depth_run
 from workbench.recipes.depth.task import ChainTask, Sequence, TaskLoader
@@ -101,7 +101,7 @@ def test_bad_depth_specs_are_refused_in_one_line(overrides: list[str], expected:
 
 
 def test_recurrent_depth_fields_on_a_gpt_are_refused_by_the_cli() -> None:
-    r = wb("launch", "muon-tiny", "--set", "model.n_core=3")
+    r = wb_inproc("launch", "muon-tiny", "--set", "model.n_core=3")
     assert r.returncode == 2
     assert "n_core applies to arch 'recurrent-depth'" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

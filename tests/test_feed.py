@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from workbench.feed import RunFeed, Series
 from workbench.store import Store
 from workbench.tracking import Run
@@ -136,7 +136,7 @@ def test_watch_once_draws_the_chart_and_the_stats(store: Store) -> None:
     run.log({"val/loss": 1.0}, step=100)
     run.event("loss_spike", step=50, severity="warning", value=3.0)
     run.finish()
-    out = wb("watch", run.id, "--once", "--store", str(store.root), check=True).stdout
+    out = wb_inproc("watch", run.id, "--once", "--store", str(store.root), check=True).stdout
     assert run.name in out and "finished" in out and "step 100" in out
     assert "train/loss" in out and "spikes 1" in out and "loss_spike" in out
     assert sum(ch in out for ch in "⠁⠂⠄⡀⢀⠈⠐⠠") > 0  # braille dots of the curve
@@ -163,7 +163,7 @@ def test_watch_refuses_a_metric_a_finished_run_does_not_have(store: Store) -> No
     run = sdk_run(store)
     run.log({"train/loss": 2.0}, step=1)
     run.finish()
-    proc = wb("watch", run.id, "--key", "nope/x", "--store", str(store.root))
+    proc = wb_inproc("watch", run.id, "--key", "nope/x", "--store", str(store.root))
     assert proc.returncode == 2
     assert "has no metric 'nope/x'" in proc.stderr and "train/loss" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1

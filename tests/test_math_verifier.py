@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from workbench.recipes.rl.spec import TasksSection
 from workbench.recipes.rl.tasks import (
     ANSWER_FORMATS,
@@ -289,13 +289,13 @@ def _no_runs(store_dir: Path) -> bool:
 
 
 def test_wb_launch_refuses_bad_tasks_without_a_run(tmp_path: Path, store_dir: Path) -> None:
-    line = _refused(wb("launch", "rl-async-tiny", "--set", "tasks.verifier=nope", timeout=120))
+    line = _refused(wb_inproc("launch", "rl-async-tiny", "--set", "tasks.verifier=nope"))
     assert "tasks.verifier" in line and "'nope'" in line and "math" in line
     problems = _write_jsonl(tmp_path / "gsm8k.jsonl", _gsm8k_rows(2))
     spec = tmp_path / "rl-gsm8k.toml"
     spec.write_text(builtin_specs()["rl-async-tiny"].replace(
         '[tasks]\n', f'[tasks]\npath = "{problems}"\nverifier = "math"\n'
         'answer_format = "gsm9k"\n'))
-    line = _refused(wb("launch", str(spec), timeout=120))
+    line = _refused(wb_inproc("launch", str(spec)))
     assert "tasks.answer_format" in line and "'gsm8k'" in line and "'boxed'" in line
     assert _no_runs(store_dir)

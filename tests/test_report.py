@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from workbench.report import line_chart
 from workbench.store import Store
 from workbench.tracking import Run
@@ -59,10 +59,10 @@ def test_the_report_opens_offline_with_every_chart(store: Store, store_dir: Path
     one = logged_run(store, "muon", group="opt")
     logged_run(store, "adamw", group="opt", scale=1.3)
     single, group = tmp_path / "run.html", tmp_path / "group.html"
-    out = wb("report", one, "-o", str(single), check=True).stdout
+    out = wb_inproc("report", one, "-o", str(single), check=True).stdout
     assert out.startswith(f"wrote {single} (") and "1 run" in out
-    wb("report", "opt", "-o", str(group), check=True)
-    assert wb("report", "nope", "-o", str(single)).returncode == 2
+    wb_inproc("report", "opt", "-o", str(group), check=True)
+    assert wb_inproc("report", "nope", "-o", str(single)).returncode == 2
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import wait_for, wb
+from tests.helpers import wait_for, wb_inproc
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -175,7 +175,7 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        proc = wb("serve", "--port", str(port), "--store", str(tmp_path / "s"), timeout=60)
+        proc = wb_inproc("serve", "--port", str(port), "--store", str(tmp_path / "s"))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "already in use" in lines[0], proc.stderr
@@ -183,5 +183,5 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
 
 
 def test_tui_still_refuses_a_pipe_without_a_web_driver() -> None:
-    proc = wb("tui", env={"TEXTUAL_DRIVER": ""})
+    proc = wb_inproc("tui", env={"TEXTUAL_DRIVER": ""})
     assert proc.returncode == 2 and "needs a terminal" in proc.stderr

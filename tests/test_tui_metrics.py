@@ -15,7 +15,7 @@ import numpy as np
 from textual.pilot import Pilot
 from textual.widgets import DataTable, Input, TabbedContent
 
-from tests.helpers import until, wb
+from tests.helpers import until, wb_inproc
 from workbench.app import WorkbenchApp
 from workbench.metric_keys import filtered, natural_key, ordered, page_of, run_summary
 from workbench.screens.compare import CompareScreen
@@ -191,7 +191,7 @@ def test_wb_show_summary(store: Store, store_dir: Path) -> None:
     data = run_summary(store, run.id)
     assert data["metrics"]["loss"] == {"last": 4.0 / 40 ** 0.5, "step": 40, "min":
                                        4.0 / 40 ** 0.5, "max": 4.0, "count": 40}
-    out = wb("show", run.id, "--summary", "--json", check=True)
+    out = wb_inproc("show", run.id, "--summary", "--json", check=True)
     assert json.loads(out.stdout)["wandb_summary"] == {"best_acc": 1.0, "note": "ok"}
-    text = wb("show", run.id, "--summary", check=True).stdout
+    text = wb_inproc("show", run.id, "--summary", check=True).stdout
     assert "wandb.summary.best_acc" in text and "mfu" in text
