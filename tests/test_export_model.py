@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_model
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from tests.hf_helpers import bytes_spec, checkpoint, cpt_spec, run_inline
 from workbench.data.tokenizer import HFTokenizer
 from workbench.export_model import export_model, load_run_model, model_config
@@ -81,7 +81,7 @@ def hf_logits(folder: Path, ids: torch.Tensor) -> torch.Tensor:
 
 
 def wb_export(store: Store, *args: str) -> Any:
-    return wb("export-model", *args, "--store", str(store.root), timeout=120)
+    return wb_inproc("export-model", *args, "--store", str(store.root))
 
 
 # ----------------------------------------------------------------------------- round trip

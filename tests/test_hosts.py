@@ -9,7 +9,7 @@ import stat
 import sys
 from pathlib import Path
 
-from tests.helpers import wb
+from tests.helpers import wb, wb_inproc
 from tests.sshd import SSHServer
 from workbench.hosts import Host, hosts_path, load_hosts
 
@@ -17,14 +17,15 @@ NASTY = "a b'c\";d $(touch pwned) `x` & e"
 
 
 def test_add_ls_rm_keep_a_private_toml_file(tmp_path: Path) -> None:
-    r = wb("hosts", "add", "gpu1", "me@gpu1.lab", "--port", "2222", "--store", "/data/runs")
+    r = wb_inproc("hosts", "add", "gpu1", "me@gpu1.lab", "--port", "2222", "--store",
+                  "/data/runs")
     assert r.returncode == 0, r.stderr
     hosts = load_hosts()
     assert hosts["gpu1"] == Host("gpu1", "me@gpu1.lab", 2222, "python3", "/data/runs")
     assert stat.S_IMODE(os.stat(hosts_path()).st_mode) == 0o600  # not world-readable
-    listed = json.loads(wb("hosts", "ls", "--json").stdout)
+    listed = json.loads(wb_inproc("hosts", "ls", "--json").stdout)
     assert [h["name"] for h in listed] == ["gpu1"]
-    assert wb("hosts", "rm", "gpu1").returncode == 0 and load_hosts() == {}
+    assert wb_inproc("hosts", "rm", "gpu1").returncode == 0 and load_hosts() == {}
 
 
 def test_bad_hosts_are_refused_in_one_line() -> None:
@@ -36,16 +37,16 @@ def test_bad_hosts_are_refused_in_one_line() -> None:
         (["check", "nope"], "no host 'nope'"),
         (["rm", "nope"], "no host 'nope'"),
     ]:
-        r = wb("hosts", *args)
+        r = wb_inproc("hosts", *args)
         assert r.returncode == 2, (args, r.stderr)
         assert expected in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert load_hosts() == {}  # nothing half-written
 
 
 def test_a_spec_may_name_a_configured_host_only() -> None:
-    r = wb("launch", "muon-tiny", "--set", "resources.host=gpu1", "--detach")
+    r = wb_inproc("launch", "muon-tiny", "--set", "resources.host=gpu1", "--detach")
     assert r.returncode == 2 and "host 'gpu1' is not configured" in r.stderr
-    wb("hosts", "add", "gpu1", "me@gpu1.lab", check=True)
+    wb_inproc("hosts", "add", "gpu1", "me@gpu1.lab", check=True)
     from workbench.spec import load_spec
 
     assert load_spec("muon-tiny", ["resources.host=gpu1"]).spec.resources.host == "gpu1"
@@ -54,8 +55,8 @@ def test_a_spec_may_name_a_configured_host_only() -> None:
 def test_check_reports_versions_gpus_and_disk_over_real_ssh(sshd: SSHServer,
                                                            tmp_path: Path) -> None:
     store = tmp_path / f"remote {NASTY}"
-    wb("hosts", "add", "box", sshd.alias, "--python", sys.executable, "--store", str(store),
-       check=True)
+    wb_inproc("hosts", "add", "box", sshd.alias, "--python", sys.executable, "--store",
+              str(store), check=True)
     r = wb("hosts", "check", "box", "--json")
     assert r.returncode == 0, r.stderr
     info = json.loads(r.stdout)
@@ -80,7 +81,7 @@ def test_host_key_checking_stays_on_and_never_prompts(sshd: SSHServer) -> None:
     (sshd.folder / "known_hosts").write_text(  # a different key for that address
         f"[127.0.0.1]:{sshd.port} ssh-ed25519 "
         "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
-    wb("hosts", "add", "box", sshd.alias, "--python", sys.executable, check=True)
+    wb_inproc("hosts", "add", "box", sshd.alias, "--python", sys.executable, check=True)
     r = wb("hosts", "check", "box", timeout=30)
     assert r.returncode == 1
     assert "failed" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -1,19 +1,18 @@
-"""`wb import tensorboard|jsonl` and `wb export -f parquet|tensorboard`, through the real CLI,
-real SummaryWriter event files, real pyarrow, and tensorboard's own reader."""
+"""`wb import tensorboard|jsonl` and `wb export -f parquet|tensorboard`, through the real CLI
+entry point (in this process), real SummaryWriter event files, real pyarrow, and
+tensorboard's own reader."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.helpers import wb
+from tests.helpers import wb_inproc
 from workbench.signals.tails import summarize
 from workbench.store import FINITE, NAN, NEG_INF, POS_INF, Batch, Store
 
@@ -71,7 +70,7 @@ def _jsonl(text: str) -> list[dict[str, Any]]:
 
 def _records(store_dir: Path, run: str) -> list[dict[str, Any]]:
     """The run's exported records (not the run line), ids removed."""
-    lines = _jsonl(wb("export", run, "--store", str(store_dir), check=True).stdout)
+    lines = _jsonl(wb_inproc("export", run, "--store", str(store_dir), check=True).stdout)
     return [{k: v for k, v in r.items() if k != "id"} for r in lines[1:]]
 
 
@@ -92,10 +91,10 @@ def _error_line(proc: Any) -> str:
 
 def test_jsonl_round_trip_is_exact(source: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "src.jsonl"
-    wb("export", source["id"], "-o", str(path), check=True)
-    assert path.read_text() == wb("export", source["id"], check=True).stdout  # -o = stdout
+    wb_inproc("export", source["id"], "-o", str(path), check=True)
+    assert path.read_text() == wb_inproc("export", source["id"], check=True).stdout  # -o = stdout
     head = _jsonl(path.read_text())[0]
-    (imported,) = json.loads(wb("import", "jsonl", str(path), "--json", check=True).stdout)
+    (imported,) = json.loads(wb_inproc("import", "jsonl", str(path), "--json", check=True).stdout)
     assert imported["name"] == "src-1"  # the name is taken in this store: NAME-N
     assert imported["id"] != source["id"]
     assert (imported["scalars"], imported["dists"], imported["matrices"],
@@ -109,17 +108,15 @@ def test_jsonl_round_trip_is_exact(source: dict[str, Any], tmp_path: Path) -> No
         assert new[field] == head[field], field
     # Into another store the name is free, and the round trip holds there too.
     other = tmp_path / "other"
-    (again,) = json.loads(wb("import", "jsonl", str(path), "--json", "--store", str(other),
-                             check=True).stdout)
+    (again,) = json.loads(wb_inproc("import", "jsonl", str(path), "--json", "--store", str(other),
+                                    check=True).stdout)
     assert again["name"] == "src"
     assert _records(other, again["id"]) == _records(source["store"], source["id"])
 
 
 def test_jsonl_import_from_stdin_with_a_name(source: dict[str, Any], tmp_path: Path) -> None:
-    text = wb("export", source["id"], "--keys", "stage", check=True).stdout
-    proc = subprocess.run([sys.executable, "-m", "workbench.cli", "import", "jsonl", "-",
-                           "--name", "copy"], input=text, capture_output=True, text=True,
-                          timeout=120)
+    text = wb_inproc("export", source["id"], "--keys", "stage", check=True).stdout
+    proc = wb_inproc("import", "jsonl", "-", "--name", "copy", input=text)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("imported stdin as copy (")
     assert [r["kind"] for r in _records(source["store"], "copy")] == ["stage"]
@@ -127,19 +124,19 @@ def test_jsonl_import_from_stdin_with_a_name(source: dict[str, Any], tmp_path: P
     before = len(_runs(source["store"]))
     path = tmp_path / "x.jsonl"
     path.write_text(text)
-    line = _error_line(wb("import", "jsonl", str(path), "--name", "copy"))
+    line = _error_line(wb_inproc("import", "jsonl", str(path), "--name", "copy"))
     assert "'copy' already exists" in line
     assert len(_runs(source["store"])) == before
 
 
 def test_an_active_run_imports_as_lost(source: dict[str, Any], tmp_path: Path) -> None:
     """No process here will ever finish an exported snapshot of a running run."""
-    lines = wb("export", source["id"], "-k", "stage", check=True).stdout.splitlines()
+    lines = wb_inproc("export", source["id"], "-k", "stage", check=True).stdout.splitlines()
     head = json.loads(lines[0])
     head["status"] = "running"
     path = tmp_path / "live.jsonl"
     path.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
-    (imported,) = json.loads(wb("import", "jsonl", str(path), "--json", check=True).stdout)
+    (imported,) = json.loads(wb_inproc("import", "jsonl", str(path), "--json", check=True).stdout)
     assert {r["id"]: r["status"] for r in _runs(source["store"])}[imported["id"]] == "lost"
 
 
@@ -165,17 +162,17 @@ def _bad_files(valid: list[str]) -> dict[str, tuple[str, str]]:
 
 def test_bad_jsonl_is_one_error_line_and_leaves_nothing(source: dict[str, Any],
                                                          tmp_path: Path) -> None:
-    valid = wb("export", source["id"], check=True).stdout.splitlines()
+    valid = wb_inproc("export", source["id"], check=True).stdout.splitlines()
     before = {r["id"] for r in _runs(source["store"])}
     folders = {p.name for p in source["store"].iterdir()}
     for name, (text, expected) in _bad_files(valid).items():
         path = tmp_path / f"{name.replace(' ', '_')}.jsonl"
         path.write_text(text)
-        line = _error_line(wb("import", "jsonl", str(path)))
+        line = _error_line(wb_inproc("import", "jsonl", str(path)))
         assert expected in line, (name, line)
         assert {r["id"] for r in _runs(source["store"])} == before, name  # no run row
         assert {p.name for p in source["store"].iterdir()} == folders, name  # no folder
-    assert "cannot read" in _error_line(wb("import", "jsonl", str(tmp_path / "missing")))
+    assert "cannot read" in _error_line(wb_inproc("import", "jsonl", str(tmp_path / "missing")))
 
 
 # -- tensorboard -> runs ----------------------------------------------------------------------
@@ -209,7 +206,7 @@ def test_import_tensorboard_folders(tmp_path: Path, store_dir: Path) -> None:
 
     logdir = tmp_path / "tb"
     written = {"run_a": _write_tb(logdir / "run_a", 1), "run_b": _write_tb(logdir / "run_b", 2)}
-    out = json.loads(wb("import", "tensorboard", str(logdir), "--json", check=True).stdout)
+    out = json.loads(wb_inproc("import", "tensorboard", str(logdir), "--json", check=True).stdout)
     assert [r["name"] for r in out] == ["run_a", "run_b"]
     assert all((r["scalars"], r["dists"]) == (41, 7) for r in out)
     with Store(store_dir) as st:
@@ -248,18 +245,18 @@ def test_import_tensorboard_folders(tmp_path: Path, store_dir: Path) -> None:
             assert h["counts"] == ranges[:, 2].astype(int).tolist()
             assert h["edges"] == [ranges[0, 0], *ranges[:, 1]]
     # Imported again: the names are taken, so NAME-N; --name makes a prefix.
-    again = json.loads(wb("import", "tensorboard", str(logdir), "--json", check=True).stdout)
+    again = json.loads(wb_inproc("import", "tensorboard", str(logdir), "--json", check=True).stdout)
     assert [r["name"] for r in again] == ["run_a-1", "run_b-1"]
-    named = json.loads(wb("import", "tensorboard", str(logdir), "--name", "exp", "--json",
-                          check=True).stdout)
+    named = json.loads(wb_inproc("import", "tensorboard", str(logdir), "--name", "exp", "--json",
+                                 check=True).stdout)
     assert [r["name"] for r in named] == ["exp-run_a", "exp-run_b"]
 
 
 def test_import_tensorboard_refuses_what_has_no_events(tmp_path: Path, store_dir: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert "no TensorBoard event files" in _error_line(
-        wb("import", "tensorboard", str(tmp_path / "empty")))
-    assert "no folder" in _error_line(wb("import", "tensorboard", str(tmp_path / "nope")))
+        wb_inproc("import", "tensorboard", str(tmp_path / "empty")))
+    assert "no folder" in _error_line(wb_inproc("import", "tensorboard", str(tmp_path / "nope")))
     assert not (store_dir / "workbench.db").exists() or _runs(store_dir) == []
 
 
@@ -270,7 +267,7 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
     from tensorboard.util.tensor_util import make_ndarray
 
     out = tmp_path / "tb" / "src"
-    proc = wb("export", source["id"], "--format", "tensorboard", str(out), check=True)
+    proc = wb_inproc("export", source["id"], "--format", "tensorboard", str(out), check=True)
     assert f"wrote {N_LOSS + 3} scalars, 2 histograms, 2 events to {out}" in proc.stdout
     assert "skipped 1 matrices, 1 empty dists" in proc.stdout
     ea = event_accumulator
@@ -295,7 +292,7 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
     assert {f"{t}/text_summary" for t in ("events/stage", "events/loss_spike", "config")} \
         <= set(acc.Tags()[ea.TENSORS])
     # ... and back in: the same histograms.
-    (back,) = json.loads(wb("import", "tensorboard", str(out), "--json", check=True).stdout)
+    (back,) = json.loads(wb_inproc("import", "tensorboard", str(out), "--json", check=True).stdout)
     with Store(source["store"]) as st:
         again = list(st.records(back["id"], tables=("dists",)))
         assert len(dists) == 2
@@ -305,7 +302,7 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
         assert len(st.scalars(back["id"])) == N_LOSS + 3
     # A folder that already holds event files is refused (TensorBoard would mix them).
     assert "already holds TensorBoard event files" in _error_line(
-        wb("export", source["id"], "-f", "tensorboard", "-o", str(out)))
+        wb_inproc("export", source["id"], "-f", "tensorboard", "-o", str(out)))
 
 
 # -- run -> parquet ---------------------------------------------------------------------------
@@ -313,7 +310,7 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
 
 def test_export_parquet_reads_back(source: dict[str, Any], tmp_path: Path) -> None:
     path = tmp_path / "out.parquet"
-    proc = wb("export", source["id"], "--format", "parquet", "-o", str(path), check=True)
+    proc = wb_inproc("export", source["id"], "--format", "parquet", "-o", str(path), check=True)
     assert f"{N_LOSS + 3} scalars to {path}" in proc.stdout
     table = pq.read_table(path)
     assert table.column_names == ["step", "key", "value", "wall"]
@@ -340,8 +337,8 @@ def test_export_parquet_reads_back(source: dict[str, Any], tmp_path: Path) -> No
         ("stage", "info", {"name": "warmup"}), ("loss_spike", "warning", {"value": None,
                                                                            "z": 4.5})]
     # --keys filters; every sibling is still written (an empty table keeps its columns).
-    wb("export", source["id"], "-f", "parquet", "-k", "train/lr", str(tmp_path / "lr"),
-       check=True)
+    wb_inproc("export", source["id"], "-f", "parquet", "-k", "train/lr", str(tmp_path / "lr"),
+              check=True)
     assert pq.read_table(tmp_path / "lr.parquet").column("key").to_pylist() == ["train/lr"]
     empty = pq.read_table(tmp_path / "lr.events.parquet")
     assert empty.num_rows == 0 and empty.column_names == ["step", "kind", "severity",
@@ -350,10 +347,10 @@ def test_export_parquet_reads_back(source: dict[str, Any], tmp_path: Path) -> No
 
 
 def test_export_options_are_checked(source: dict[str, Any], tmp_path: Path) -> None:
-    assert "unknown format 'xml'" in _error_line(wb("export", "src", "-f", "xml"))
+    assert "unknown format 'xml'" in _error_line(wb_inproc("export", "src", "-f", "xml"))
     assert "--follow streams jsonl or csv" in _error_line(
-        wb("export", "src", "-f", "parquet", "--follow"))
+        wb_inproc("export", "src", "-f", "parquet", "--follow"))
     assert "give the destination once" in _error_line(
-        wb("export", "src", "a.parquet", "-o", "b.parquet"))
+        wb_inproc("export", "src", "a.parquet", "-o", "b.parquet"))
     assert "no folder" in _error_line(
-        wb("export", "src", "-f", "parquet", "-o", str(tmp_path / "no" / "x.parquet")))
+        wb_inproc("export", "src", "-f", "parquet", "-o", str(tmp_path / "no" / "x.parquet")))
