@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import assert_nothing_created, wb
+from tests.helpers import assert_nothing_created, wb, wb_inproc
 from tests.hf_helpers import checkpoint, cpt_spec, losses, run_inline
 from workbench.data.corpus import (
     CACHE_FORMAT,
@@ -103,7 +103,7 @@ def test_wb_launch_refuses_a_bad_checkpoint_in_one_line(
         for alias, folder in folders.items():
             item = item.replace(alias, str(folder))
         args += ["--set", item]
-    proc = wb("launch", "muon-tiny", *args, "--detach", timeout=60)
+    proc = wb_inproc("launch", "muon-tiny", *args, "--detach")
     if proc.returncode == 0:  # accepted by mistake: end the run before failing
         with Store(store_dir, create=False) as st:
             for r in st.runs():

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import assert_nothing_created, wb
+from tests.helpers import assert_nothing_created, wb, wb_inproc
 from workbench.data.tokenizer import HFTokenizer, load_tokenizer
 from workbench.engine import Completion, Request, generate_all, make_engine
 from workbench.models.config import GPTConfig
@@ -250,7 +250,7 @@ def test_unusable_checkpoints_are_refused_before_launch(example: Path, tmp_path:
               "no-template": lambda: without_chat_template(example, tmp_path / "plain")}[case]()
     spec = tmp_path / "bad.toml"
     spec.write_text(spec_text(f"hf:{folder}"))
-    proc = wb("launch", str(spec), "--detach", timeout=60)
+    proc = wb_inproc("launch", str(spec), "--detach")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     (line,) = proc.stderr.splitlines()
     assert line.startswith("error: policy.init: ") and fragment in line, line

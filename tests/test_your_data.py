@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import assert_nothing_created, wait_for, wb
+from tests.helpers import assert_nothing_created, wait_for, wb, wb_inproc
 from workbench.data.corpus import CachedCorpus, build_cache, path_source, stdlib_source
 from workbench.data.mixture import MixtureLoader
 from workbench.data.shards import MAGIC, ShardStream, split_shards, write_shard
@@ -329,7 +329,7 @@ def test_bad_data_is_refused_in_one_line_with_nothing_created(
         text += MODEL.split("[optim]")[0]
     spec = tmp_path / "bad.toml"
     spec.write_text(text)
-    proc = wb("launch", str(spec), "--detach", timeout=120)
+    proc = wb_inproc("launch", str(spec), "--detach")
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
