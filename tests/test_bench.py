@@ -162,3 +162,52 @@ def test_spikes_tiny() -> None:
     # issue 17: no relative floor of 0.25 any more, so a 20% jump on a quiet curve fires
     assert r["config"]["muon-tiny"]["min_rel_jump"] < 0.2
     assert r["curves"]["adamw-tiny/8"]["recall"]["single"]["20%"] > 0.5
+
+
+def test_tui_tiny_prints_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wb bench tui` end to end at its smallest: the dashboard figures, the 50-key grid
+    (20 keys here) and the big-store case (20 runs here), printed by `wb bench`'s table."""
+    import io
+
+    from rich.console import Console
+
+    from workbench.render import bench_table
+    from workbench.screens.tabs.metrics import LIVE_REDRAWS
+
+    monkeypatch.setenv("WB_BENCH_CACHE", str(tmp_path / "cache"))
+    r = BENCHES["tui"](quick=True, progress=None, tiny=True)
+    figures = ["first_frame_s", "refresh_ms", "open_run_s", "first_paint_s",
+               "grid_refresh_ms", "grid_frame_max_ms", "grid_lag_max_s", "big_store_ls_s",
+               "big_store_first_frame_s", "big_store_open_run_s"]
+    _finite(r, figures)
+    assert not any(k.endswith("_error") for k in r), r
+    assert r["grid_keys"] == 20 and r["grid_charts"] == 16 and r["grid_lag_undrawn"] == 0
+    assert 0 < r["grid_redrawn_per_refresh"] <= LIVE_REDRAWS
+    assert "tiny" in r["big_store"] and "targets do not apply" in r["big_store"]
+    assert r["big_store_cached"] is False and r["big_store_build_s"] > 0
+    assert "big_store_ls_ok" not in r  # the targets are for the issue's sizes only
+    assert r["big_store_path"].startswith(str(tmp_path / "cache"))
+    out = io.StringIO()
+    Console(file=out, width=200).print(bench_table("tui", r))
+    for key in figures + ["target_grid_refresh_ms", "target_big_store_ls_s", "big_store"]:
+        assert key in out.getvalue(), key
+
+
+def test_tui_big_store_is_built_once_per_parameter_set(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from workbench.bench.tui import BIG_KEYS, big_store
+    from workbench.store import Store
+
+    monkeypatch.setenv("WB_BENCH_CACHE", str(tmp_path))
+    root, built = big_store(3, 10)
+    assert built is not None and root.is_relative_to(tmp_path)
+    assert big_store(3, 10) == (root, None)  # cached: not rebuilt
+    other, built = big_store(4, 10)
+    assert other != root and built is not None
+    assert not list(tmp_path.glob("*.building-*"))
+    st = Store(root, create=False)
+    rows = st.runs()
+    assert [r["name"] for r in rows] == ["sdk-0000", "sdk-0001", "sdk-0002"]
+    assert all(r["status"] == "finished" and r["last_step"] == 9 for r in rows)
+    assert st.scalar_span(rows[-1]["id"]) == 10 * len(BIG_KEYS)
+    st.close()

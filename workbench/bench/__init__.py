@@ -21,8 +21,9 @@ Each bench is `fn(quick: bool, progress: Console | None) -> dict` of figures.
   write to local visibility (bench/mirror.py).
 - kernels: the Triton kernels vs torch on CUDA (TFLOP/s, fraction of peak); on a CPU,
   their interpreter checks against the torch references (bench/kernels.py).
-- tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run
-  (bench/tui.py).
+- tui: dashboard first frame on a 100-run store and live refresh of a 1M-point run,
+  the live 50-key Metrics grid, and a cached 1,000-run big store (`wb ls`, first frame,
+  opening a 20k-point run) (bench/tui.py).
 - data: tokenizing into the cache vs the tokenizers library alone, batches from
   memory-mapped .bin shards vs a training step, and a BPE run vs bytes in bits per
   byte (bench/data.py).
