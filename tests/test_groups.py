@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import workbench.store as store_mod
-from tests.helpers import wait_for, wb
+from tests.helpers import wait_for, wb, wb_inproc
 from tests.test_launcher import get_run, log_text, processes_of_store, script_spec, wait_status
 from workbench.spec import SpecError, builtin_groups, builtin_specs, expand_sources, load_specs
 from workbench.store import Store
@@ -150,7 +150,7 @@ def test_builtin_groups_name_existing_specs() -> None:
     assert expand_sources(["optimizers-tiny"]) == (list(groups["optimizers-tiny"].specs),
                                                    groups["optimizers-tiny"])
     assert expand_sources(["charlm", "optimizers-tiny"])[1] is None
-    recipes = wb("recipes", check=True, timeout=60).stdout
+    recipes = wb_inproc("recipes", check=True).stdout
     assert "optimizers-tiny" in recipes and "group" in recipes
 
 
@@ -170,17 +170,17 @@ def test_group_launch_runs_one_after_another(tmp_path: Path, store_dir: Path) ->
         assert after["started"] >= before["ended"]
     assert "queued after run" in log_text(store_dir, ids[1])
 
-    listed = json.loads(wb("ls", "--group", "group-1", "--json", check=True).stdout)
+    listed = json.loads(wb_inproc("ls", "--group", "group-1", "--json", check=True).stdout)
     assert [r["id"] for r in listed] == ids and listed[0]["grp"] == "group-1"
-    table = wb("ls", check=True, timeout=60).stdout
+    table = wb_inproc("ls", check=True).stdout
     assert table.splitlines()[0].split()[:3] == ["id", "name", "group"]
-    compared = json.loads(wb("compare", "group-1", "--json", check=True).stdout)
+    compared = json.loads(wb_inproc("compare", "group-1", "--json", check=True).stdout)
     assert [c["id"] for c in compared] == ids
     assert compared[0]["metrics"]["train/loss"] == {"step": 2, "value": 1.0}
     assert compared[0]["metrics"]["attn/max_logit"] is None
     assert compared[0]["group"] == "group-1" and compared[0]["optimizer"] is None
     # A group name is new: reusing one is refused before anything starts.
-    line = one_error_line(wb("launch", specs[0], "--group", "group-1", timeout=60))
+    line = one_error_line(wb_inproc("launch", specs[0], "--group", "group-1"))
     assert "group 'group-1' already exists" in line
     assert len(runs_of(store_dir)) == 3
 
@@ -232,7 +232,7 @@ def test_stop_a_group_stops_queued_and_running_runs(tmp_path: Path, store_dir: P
     assert proc.stdout.splitlines() == [f"run {second} stopped", f"run {first} stopped"]
     assert [r["status"] for r in runs_of(store_dir, "sweep")] == ["stopped", "stopped"]
     assert get_run(store_dir, second)["started"] is None
-    assert "no queued or running run" in wb("stop", "sweep", check=True).stdout
+    assert "no queued or running run" in wb_inproc("stop", "sweep", check=True).stdout
 
 
 def test_a_queued_worker_killed_reads_lost(tmp_path: Path, store_dir: Path) -> None:
@@ -241,7 +241,9 @@ def test_a_queued_worker_killed_reads_lost(tmp_path: Path, store_dir: Path) -> N
     wait_for(lambda: "queued after" in log_text(store_dir, second), 30, "the second to wait")
     os.kill(get_run(store_dir, second)["pid"], signal.SIGKILL)
     wait_for(lambda: get_run(store_dir, second)["status"] == "lost", 10, "lost")
-    rows = json.loads(wb("ls", "--json", check=True).stdout)
+    # A `wb` subprocess took a second to start, long enough for the first to be running.
+    wait_status(store_dir, first, ("running",), timeout=30)
+    rows = json.loads(wb_inproc("ls", "--json", check=True).stdout)
     assert [r["status"] for r in rows] == ["running", "lost"]
     assert "recorded as lost" in wb("stop", second, check=True).stdout
 
@@ -259,7 +261,7 @@ def test_a_bad_spec_or_key_in_a_group_creates_nothing(tmp_path: Path, store_dir:
         (["launch", good, good, "--parallel", "0"], "Invalid value for '--parallel'"),
     ]
     for args, fragment in calls:
-        assert fragment in one_error_line(wb(*args, timeout=60))
+        assert fragment in one_error_line(wb_inproc(*args))
     assert not store_dir.exists()  # no store, so no row and no folder
 
 
@@ -322,7 +324,7 @@ def test_compare_a_group_and_single_runs(store_dir: Path) -> None:
         muon = _logged_run(st, "muon-tiny-1", "muon", 2.0, "opt-1")
         adamw = _logged_run(st, "adamw-tiny-1", "adamw", 2.5, "opt-1")
         other = _logged_run(st, "other", "muonclip", 3.0, "opt-2")
-    rows = json.loads(wb("compare", "opt-1", "--json", check=True).stdout)
+    rows = json.loads(wb_inproc("compare", "opt-1", "--json", check=True).stdout)
     assert [(r["name"], r["optimizer"]) for r in rows] == [("muon-tiny-1", "muon"),
                                                            ("adamw-tiny-1", "adamw")]
     assert rows[0]["metrics"]["train/loss"]["value"] == pytest.approx(2.1)
@@ -332,17 +334,17 @@ def test_compare_a_group_and_single_runs(store_dir: Path) -> None:
     assert rows[0]["metrics"]["perf/tokens_per_s"]["value"] == 1000.0
     assert rows[0]["last_step"] == 9 and rows[0]["total_steps"] == 10
     # Runs by ref, mixed with a group, without duplicates.
-    mixed = json.loads(wb("compare", other["id"], "opt-1", muon["id"], "--json",
-                          check=True).stdout)
+    mixed = json.loads(wb_inproc("compare", other["id"], "opt-1", muon["id"], "--json",
+                                 check=True).stdout)
     assert [r["id"] for r in mixed] == [other["id"], muon["id"], adamw["id"]]
-    table = wb("compare", "opt-1", check=True, timeout=60).stdout
+    table = wb_inproc("compare", "opt-1", check=True).stdout
     header = table.splitlines()[0].split()
     assert header[:5] == ["name", "id", "optim/kind", "status", "step"]
     assert {"train/loss", "val/loss", "tokens/s"} <= set(header)
     assert "muon-tiny-1" in table and "adamw" in table and "2.1" in table
-    line = one_error_line(wb("compare", "nosuch", timeout=60))
+    line = one_error_line(wb_inproc("compare", "nosuch"))
     assert "no group or run 'nosuch'" in line
-    assert "no group 'nosuch'" in one_error_line(wb("ls", "--group", "nosuch", timeout=60))
+    assert "no group 'nosuch'" in one_error_line(wb_inproc("ls", "--group", "nosuch"))
 
 
 # -- the built-in group end to end ------------------------------------------------------

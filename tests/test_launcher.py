@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for, wb
+from tests.helpers import wait_for, wb, wb_inproc
 from workbench.launch import local
 from workbench.spec import load_spec
 from workbench.store import Store
@@ -187,7 +187,7 @@ def test_failing_script_is_failed_with_a_traceback(tmp_path: Path, store_dir: Pa
     text = log_text(store_dir, run_id)
     assert "Traceback (most recent call last)" in text
     assert "ValueError: boom from the script" in text
-    show = json.loads(wb("show", run_id, "--json", check=True).stdout)
+    show = json.loads(wb_inproc("show", run_id, "--json", check=True).stdout)
     assert show["status"] == "failed" and show["latest"]["x"]["value"] == 1.0
 
 
@@ -237,7 +237,7 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     with Store(store_dir, create=False) as st:
         assert [e["step"] for e in st.events(run_id, kind="checkpoint")] == [step]
     # A second stop is harmless.
-    assert "already stopped" in wb("stop", run_id, check=True).stdout
+    assert "already stopped" in wb_inproc("stop", run_id, check=True).stdout
 
     # From another folder: the launch folder was pinned in the stored spec.
     assert f'cwd = "{tmp_path.resolve()}"' in row["spec"]
@@ -253,15 +253,16 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     wait_for(lambda: "RESUME_DIR=" in log_text(store_dir, new_id), 30, "the resumed script")
     assert f"RESUME_DIR={store_dir.resolve() / run_id}" in log_text(store_dir, new_id)
     # Resuming a running run is refused: one line, exit 2, no new run.
-    before = {r["id"] for r in json.loads(wb("ls", "--json", check=True).stdout)}
-    refused = wb("resume", new_id, timeout=60)
+    before = {r["id"] for r in json.loads(wb_inproc("ls", "--json", check=True).stdout)}
+    refused = wb_inproc("resume", new_id)
     assert refused.returncode == 2
     assert len(refused.stderr.splitlines()) == 1 and "stop it first" in refused.stderr
-    assert {r["id"] for r in json.loads(wb("ls", "--json", check=True).stdout)} == before
+    assert {r["id"] for r in json.loads(wb_inproc("ls", "--json", check=True).stdout)} == before
     (tmp_path / "go").touch()
     done = wait_status(store_dir, new_id, ("finished", "failed", "stopped", "lost"))
     assert done["status"] == "finished"
-    assert json.loads(wb("show", new_id, "--json", check=True).stdout)["resumed_from"] == run_id
+    shown = json.loads(wb_inproc("show", new_id, "--json", check=True).stdout)
+    assert shown["resumed_from"] == run_id
 
 
 def test_ctrl_c_in_a_foreground_launch_stops_the_run(tmp_path: Path, store_dir: Path) -> None:
@@ -328,13 +329,13 @@ def test_worker_gone_while_running_is_shown_lost(tmp_path: Path, store_dir: Path
     wait_for(lambda: not group_members(worker_pid), 10, "the process group to die")
 
     def shown_lost() -> bool:
-        rows = json.loads(wb("ls", "--json", check=True).stdout)
+        rows = json.loads(wb_inproc("ls", "--json", check=True).stdout)
         return [r["status"] for r in rows if r["id"] == run_id] == ["lost"]
 
     wait_for(shown_lost, 20, "wb ls to show the run lost", interval=0.2)
-    assert [r["id"] for r in json.loads(wb("ls", "--status", "lost", "--json",
-                                           check=True).stdout)] == [run_id]
-    assert json.loads(wb("show", run_id, "--json", check=True).stdout)["status"] == "lost"
+    assert [r["id"] for r in json.loads(wb_inproc("ls", "--status", "lost", "--json",
+                                                  check=True).stdout)] == [run_id]
+    assert json.loads(wb_inproc("show", run_id, "--json", check=True).stdout)["status"] == "lost"
 
 
 # -- charlm end to end ----------------------------------------------------------------------
