@@ -84,6 +84,31 @@ def test_fast_ls_is_the_path_taken_and_correct(varied: Store) -> None:
     assert usage.returncode == 2 and "--bogus" in usage.stderr
 
 
+@pytest.mark.parametrize("width", [40, 90, 200])
+@pytest.mark.parametrize("terminal", [False, True])
+def test_ls_prints_what_a_plain_print_of_the_table_prints(
+        varied: Store, monkeypatch: pytest.MonkeyPatch, width: int, terminal: bool) -> None:
+    """`wb ls` skips rich's word wrapping when every line fits (soft_wrap): the same
+    characters and colours as printing the table plainly, wide or narrow."""
+    import io
+
+    from rich.console import Console
+
+    from workbench.render import runs_table
+
+    def console() -> Console:
+        return Console(file=io.StringIO(), width=width, force_terminal=terminal,
+                       color_system="truecolor" if terminal else None)
+
+    monkeypatch.setattr(cli, "console", console())
+    cli.ls_(store=varied.root)
+    reference = console()
+    reference.print(runs_table(varied, varied.runs()))
+    assert cli.console.file.getvalue() == reference.file.getvalue()
+    if width == 40:  # too narrow: the lines wrapped
+        assert len(reference.file.getvalue().splitlines()) > 13
+
+
 def test_runs_table_styles_the_header_and_each_status_cell(varied: Store) -> None:
     """runs_table builds its Text from the plain string and spans, as the per-cell
     appends it replaced made them: one bold span per header cell, one span per status
