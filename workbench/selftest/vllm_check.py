@@ -16,10 +16,21 @@ Pass when (``compare_engines``):
 - before the update vLLM's tokens are the torch engine's (greedy; a bf16 near-tie may
   flip a token, after which a sequence diverges: at least 75% of the positions are in
   the common prefix);
-- on the common prefix the log-probs agree within bf16 tolerance;
-- after the update vLLM follows the updated torch engine (75% of the positions of the
-  sequences that agreed up to the update) and clearly not the never-updated one: the
-  tokens after the update come from the new weights.
+- on the common prefix the log-probs agree within bf16 tolerance (calibrated below);
+- after the update vLLM follows the updated torch engine and clearly not the
+  never-updated one: of the sequences that agreed up to the update, at least 75% have
+  the updated engine's first new-version token, and that share is at least 0.25
+  above the share that has the never-updated engine's token there. Only the first
+  token is judged: after a bf16 near-tie flips one token a sequence goes its own
+  way, so the share of later positions that agree (``after_update_agree_*``, a
+  figure) measures luck with near-ties as much as the update.
+
+Calibration (on CPU, where bf16 rounds as on a GPU): one legitimate implementation
+difference, vLLM's fused SiluAndMul (``silu(gate) * up`` in fp32, rounded once),
+against our bf16 torch engine gives log-prob differences up to 0.2 (mean 0.026), 93%
+of the positions before the update agreeing, and 61-79% of the later positions after
+the update; bf16 against fp32 gives up to 0.37 (mean 0.048). A wrong weight or a
+missed update gives differences of whole nats and first tokens from the old weights.
 
 vLLM runs in a process of its own (``python -m workbench.selftest.vllm_check``): it
 reserves GPU memory, which is then released with the process. ``scenario`` and
@@ -41,9 +52,10 @@ from workbench.selftest import Context, Outcome, check
 SPLIT = 12  # decode steps on the old weights before the update
 MAX_NEW = {True: 32, False: 64}  # tokens per sequence: quick, full
 PROMPTS = 16
-LOGPROB_MAX = 0.15  # bf16 logits (|z| ~ 5, rounding 2^-9 relative) on both sides
-LOGPROB_MEAN = 0.03
+LOGPROB_MAX = 0.75  # bf16 on both sides, different kernels (see Calibration above)
+LOGPROB_MEAN = 0.08
 AGREE = 0.75
+FOLLOW_MARGIN = 0.25  # first new-version tokens: new weights' share over the old ones'
 TIMEOUT_S = 900.0
 
 
@@ -110,9 +122,11 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 def compare_engines(got: Sequence[Any], ref: Sequence[Any], old: Sequence[Any],
                     split: int) -> Outcome:
     """``got`` (the engine under test) against ``ref`` (the torch engine, same update)
-    and ``old`` (the torch engine, no update): see the module docstring."""
+    and ``old`` (the torch engine, no update): see the module docstring. ``split`` is
+    where the update happens when no token carries a version (figures only)."""
     out = Outcome()
     before = before_agree = after = after_new = after_old = 0
+    agreed = first_new = first_old = 0
     diffs: list[float] = []
     tagged = 0
     versions_differ = []
@@ -120,19 +134,27 @@ def compare_engines(got: Sequence[Any], ref: Sequence[Any], old: Sequence[Any],
         if list(g.versions) != list(r.versions):
             versions_differ.append(i)
         tagged += sum(1 for v in g.versions if v == 1)
+        # The first token of the new weights (the reference's tags), else ``split``.
+        first = next((j for j, v in enumerate(r.versions) if v == 1), split)
         k = common_prefix(g.tokens, r.tokens)
-        pre = min(split, len(g.tokens), len(r.tokens))
+        pre = min(first, len(g.tokens), len(r.tokens))
         before += pre
         before_agree += min(k, pre)
         diffs += [abs(float(g.logprobs[j]) - float(r.logprobs[j])) for j in range(k)]
-        if k >= split and len(g.tokens) > split:  # agreed until the update
-            after += len(g.tokens) - split
-            after_new += k - split
-            after_old += max(0, common_prefix(g.tokens, o.tokens) - split)
+        if k >= first and len(g.tokens) > first and len(r.tokens) > first:
+            agreed += 1  # agreed until the update
+            first_new += g.tokens[first] == r.tokens[first]
+            first_old += len(o.tokens) > first and g.tokens[first] == o.tokens[first]
+            after += len(g.tokens) - first
+            after_new += k - first
+            after_old += max(0, common_prefix(g.tokens, o.tokens) - first)
     f = out.figures
     f["before_update_agree"] = before_agree / before if before else 0.0
     f["after_update_agree_new"] = after_new / after if after else 0.0
     f["after_update_agree_old"] = after_old / after if after else 0.0
+    f["first_after_update_new"] = first_new / agreed if agreed else 0.0
+    f["first_after_update_old"] = first_old / agreed if agreed else 0.0
+    f["sequences_agreed_to_update"] = float(agreed)
     f["logprob_max_abs_diff"] = max(diffs, default=float("inf"))
     f["logprob_mean_abs_diff"] = sum(diffs) / len(diffs) if diffs else float("inf")
     f["tokens_new_version"] = float(tagged)
@@ -146,11 +168,11 @@ def compare_engines(got: Sequence[Any], ref: Sequence[Any], old: Sequence[Any],
                 and f["logprob_mean_abs_diff"] <= LOGPROB_MEAN,
                 f"log-probs differ by up to {f['logprob_max_abs_diff']:.3f} (mean "
                 f"{f['logprob_mean_abs_diff']:.4f}; allowed {LOGPROB_MAX}, {LOGPROB_MEAN})")
-    if out.require(after > 0, "no sequence agreed with the torch engine up to the update"):
-        out.require(f["after_update_agree_new"] >= AGREE
-                    and f["after_update_agree_new"] >= f["after_update_agree_old"] + 0.25,
-                    f"after the update {f['after_update_agree_new']:.0%} of the tokens follow "
-                    f"the new weights and {f['after_update_agree_old']:.0%} the old ones")
+    if out.require(agreed > 0, "no sequence agreed with the torch engine up to the update"):
+        new, stale = f["first_after_update_new"], f["first_after_update_old"]
+        out.require(new >= AGREE and new >= stale + FOLLOW_MARGIN,
+                    f"after the update {new:.0%} of the sequences' first new tokens are the "
+                    f"new weights' and {stale:.0%} the old ones'")
     return out
 
 
@@ -235,9 +257,9 @@ def vllm_check(ctx: Context) -> Outcome:
     out = Outcome(figures=data["figures"], failures=data["failures"], detail=data["detail"])
     f = out.figures
     out.headline = (f"vLLM {out.detail.get('vllm', '?')}: {f['before_update_agree']:.0%} tokens "
-                    f"= torch, log-prob diff ≤ {f['logprob_max_abs_diff']:.3f}; after the "
-                    f"update {f['after_update_agree_new']:.0%} new / "
-                    f"{f['after_update_agree_old']:.0%} old")
+                    f"= torch, log-prob diff ≤ {f['logprob_max_abs_diff']:.3f}; first tokens "
+                    f"after the update {f['first_after_update_new']:.0%} new / "
+                    f"{f['first_after_update_old']:.0%} old")
     return out
 
 
