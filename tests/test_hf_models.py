@@ -307,11 +307,11 @@ def test_missing_files_are_refused(tmp_path: Path) -> None:
 def test_wb_example_model_writes_a_loadable_checkpoint(tmp_path: Path, family: str) -> None:
     """`wb example-model`: real files that transformers and our loader read alike, a chat
     template, and the end-of-turn token among the stop ids."""
-    from tests.helpers import wb
+    from tests.helpers import wb_inproc
     from workbench.data.tokenizer import load_tokenizer
 
     out = tmp_path / "ckpt"
-    proc = wb("example-model", str(out), "--family", family, check=True)
+    proc = wb_inproc("example-model", str(out), "--family", family, check=True)
     assert f"hf:{out}" in proc.stdout
     theirs = transformers.AutoModelForCausalLM.from_pretrained(str(out)).eval()
     tok = load_tokenizer(f"hf:{out}")
@@ -320,8 +320,8 @@ def test_wb_example_model_writes_a_loadable_checkpoint(tmp_path: Path, family: s
         assert (theirs(ids).logits - load_hf(out)(ids).logits).abs().max() < 1e-5
     assert tok.tok.convert_tokens_to_ids("<|im_end|>") in tok.stop_ids
     assert json.loads((out / "config.json").read_text())["model_type"] == family
-    again = wb("example-model", str(out))
+    again = wb_inproc("example-model", str(out))
     assert again.returncode == 2 and again.stderr.count("\n") == 1 and "--force" in again.stderr
-    bad = wb("example-model", str(tmp_path / "x"), "--family", "gpt2")
+    bad = wb_inproc("example-model", str(tmp_path / "x"), "--family", "gpt2")
     assert bad.returncode == 2 and "qwen2, qwen3, llama" in bad.stderr
     assert not (tmp_path / "x").exists()

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import wait_for, wb
+from tests.helpers import wait_for, wb, wb_inproc
 from tests.sshd import SSHServer
 from workbench.store import ACTIVE_STATUSES, Store
 
@@ -49,8 +49,8 @@ NASTY_STORE = "remote store; it's \"here\""
 def box(sshd: SSHServer, tmp_path: Path) -> dict[str, Any]:
     """A configured host `box` (the sshd), its store, and a script spec to launch."""
     remote = tmp_path / NASTY_STORE
-    wb("hosts", "add", "box", sshd.alias, "--python", sys.executable, "--store", str(remote),
-       check=True)
+    wb_inproc("hosts", "add", "box", sshd.alias, "--python", sys.executable, "--store",
+              str(remote), check=True)
     script = tmp_path / "logger.py"
     script.write_text(SCRIPT)
     spec = tmp_path / "logger.toml"
@@ -146,7 +146,7 @@ def test_remote_launch_is_mirrored_exactly(box: dict[str, Any], store_dir: Path)
         wait_for(lambda: st.mirror(run_id)["state"] == "done", 30, "the mirror to end")
     assert _log(store_dir, run_id) == _log(box["remote"], run_id)  # its output too
     assert f"run {run_id} finished" in _log(store_dir, run_id)
-    shown = wb("show", run_id, "--json", check=True).stdout
+    shown = wb_inproc("show", run_id, "--json", check=True).stdout
     assert '"status": "finished"' in shown
     _assert_private(store_dir)
     _assert_private(box["remote"])
@@ -227,8 +227,8 @@ def test_bad_remote_input_is_refused_before_anything_starts(box: dict[str, Any],
 
 def test_an_unreachable_host_fails_in_one_line(sshd: SSHServer, tmp_path: Path,
                                                store_dir: Path) -> None:
-    wb("hosts", "add", "down", "127.0.0.1", "--port", "1", "--store", str(tmp_path / "r"),
-       check=True)
+    wb_inproc("hosts", "add", "down", "127.0.0.1", "--port", "1", "--store",
+              str(tmp_path / "r"), check=True)
     r = wb("launch", "charlm", "--host", "down", "--detach")
     assert r.returncode == 1 and "cannot reach host 'down'" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
@@ -251,8 +251,8 @@ def test_two_nodes_on_two_hosts_match_one_node(box: dict[str, Any], sshd: SSHSer
     from tests.test_multinode import free_port, spec_text
     from tests.test_pretrain import losses
 
-    wb("hosts", "add", "box2", sshd.alias, "--python", sys.executable, "--store",
-       str(tmp_path / "second store"), check=True)
+    wb_inproc("hosts", "add", "box2", sshd.alias, "--python", sys.executable, "--store",
+              str(tmp_path / "second store"), check=True)
     one_spec = tmp_path / "one.toml"
     one_spec.write_text(spec_text(2, 1))
     one = wb("launch", str(one_spec), "--detach", check=True).stdout.strip()

@@ -677,12 +677,12 @@ def test_bench_tui_tiny() -> None:
 def test_wb_tui_needs_a_terminal() -> None:
     """Piped, `wb tui` refuses in one line (exit 2) instead of painting into a pipe;
     bare `wb` piped stays the help (exit 0), and neither imports Textual."""
-    from tests.helpers import wb
+    from tests.helpers import wb_inproc
 
-    proc = wb("tui", timeout=60)
+    proc = wb_inproc("tui")
     assert proc.returncode == 2
     assert len(proc.stderr.splitlines()) == 1 and "needs a terminal" in proc.stderr
-    bare = wb(timeout=60)
+    bare = wb_inproc()
     assert bare.returncode == 0 and "tui" in bare.stdout
 
 
