@@ -327,6 +327,17 @@ def test_answers_read_back_and_the_host_answer_is_the_last_json_line(tmp_path: P
     again = json.loads(json.dumps(data))
     assert results_of(again) == results and facts_of(again) == facts
     assert verdict_line(results) == "selftest FAILED: 1 passed, 1 failed, 1 skipped"
+    # Stored in a run's config (a JSON merge patch drops nulls) it reads back the same.
+    from workbench.selftest.report import Recorder, summary_of_config
+    from workbench.tracking import Run
+
+    gpu = Facts(torch="2.x", cuda=True, device="H100", gpus=1, triton=True, vllm=None,
+                nvml=None)
+    with Store(tmp_path / "store") as st:
+        run = Run(st, st.create_run(kind="selftest", status="running"), owner=True)
+        Recorder(run, len(results)).finish(results, answer(results, gpu, quick=False))
+        stored = summary_of_config(json.loads(st.get_run(run.id)["config"]))
+    assert stored is not None and facts_of(stored) == gpu and results_of(stored) == results
     text = "banner {not json\n" + json.dumps(data) + "\n{\"other\": 1}\n"
     assert parse_answer(text)["counts"] == data["counts"]
     assert parse_answer("no answer\n{broken") is None

@@ -91,8 +91,16 @@ def results_of(data: dict[str, Any]) -> list[Result]:
 
 
 def facts_of(data: dict[str, Any]) -> Facts:
+    """``answer(...)["facts"]`` back into Facts. A stored config lost the null values:
+    the store merges config as a JSON merge patch, where null deletes the key, so a
+    missing ``vllm`` or ``nvml`` (None: it can run) reads as None, not "not probed"."""
     known = Facts.__dataclass_fields__
-    return Facts(**{k: v for k, v in (data.get("facts") or {}).items() if k in known})
+    facts = data.get("facts") or {}
+    values = {k: v for k, v in facts.items() if k in known}
+    if facts:
+        for name in ("vllm", "nvml"):
+            values.setdefault(name, None)
+    return Facts(**values)
 
 
 def fmt_seconds(s: float) -> str:
