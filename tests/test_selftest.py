@@ -614,6 +614,24 @@ def test_rank_curves_must_match_one_rank() -> None:
     assert len(failures) == 1 and failures[0].startswith("the loss curves differ by up to")
 
 
+@pytest.mark.slow
+def test_two_launched_ranks_match_one_on_gloo(store: Store) -> None:
+    """dist/muon-tiny-2rank's runs and comparison, with gloo on CPU standing in for NCCL
+    (no GPU here): muon-tiny launched as real runs (worker; torchrun for 2 ranks)."""
+    from workbench.selftest.dist import TINY, compare_ranks, launched
+
+    small = ["model.n_layer=1", "model.d_model=32", "model.n_head=2", "model.seq_len=32",
+             "data.max_bytes=100000"]
+    rows = {p: launched(store, "muon-tiny", [*TINY, *small, f"resources.procs={p}"],
+                        f"selftest-{p}rank", timeout=240) for p in (1, 2)}
+    assert {p: r["status"] for p, r in rows.items()} == {1: "finished", 2: "finished"}
+    curves = {p: {s: v for _, s, _, v, _ in store.scalars(r["id"], "train/loss")}
+              for p, r in rows.items()}
+    out = compare_ranks(curves[1], curves[2])
+    assert out.failures == [] and out.figures["steps"] == 20.0
+    assert out.figures["max_rel_diff"] < 1e-4  # README: on a CPU they agree to 1e-4
+
+
 # -- vLLM ------------------------------------------------------------------------------------
 
 
