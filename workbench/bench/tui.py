@@ -162,7 +162,7 @@ def first_frame(root: Path, config_home: Path, timeout: float = 30.0,
                 if needle in seen:
                     elapsed = time.perf_counter() - started
         os.write(master, b"q")
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 60  # a loaded machine: quitting can take a while
         while proc.poll() is None and time.monotonic() < deadline:
             ready, _, _ = select.select([master], [], [], 0.1)
             if ready:
