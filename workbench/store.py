@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import secrets
 import socket
 import sqlite3
 import time
@@ -831,6 +830,8 @@ def _with_liveness(row: dict[str, Any]) -> dict[str, Any]:
 
 def new_run_id() -> str:
     """8 lowercase base-36 characters: short enough to type, 2.8e12 possibilities."""
+    import secrets  # here: it loads hashlib, which reads (`wb ls`) do not need
+
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
