@@ -210,6 +210,12 @@ def test_hosts_check_selftest_over_real_ssh_is_shown_and_recorded_here(
     assert config["remote_run"] == {"id": theirs["id"], "name": theirs["name"],
                                     "store": str(remote)}
     assert f"{theirs['name']} there, {row['name']} here" in proc.stdout.replace("\n", " ")
+    # A glob that names no check is refused here, in one line, before ssh runs anything.
+    bad = wb("hosts", "check", "box", "--selftest", "--only", "nope/*", timeout=60)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --only 'nope/*' matches")
+    assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    with Store(remote, create=False) as there:
+        assert len(there.runs()) == 1
 
 
 def test_a_selftest_spec_runs_through_wb_launch(store_dir: Path, tmp_path: Path) -> None:

@@ -1184,8 +1184,13 @@ def hosts_check(name: Annotated[str, typer.Argument(help="Host name.", show_defa
 def _remote_selftest(host: Any, quick: bool, only: list[str], as_json: bool) -> None:
     """`wb hosts check NAME --selftest`: the host's answer, recorded and shown here."""
     from workbench.hosts import HostError
+    from workbench.selftest import select
     from workbench.selftest.remote import record_remote, run_remote
 
+    try:  # a glob that names no check is bad input here, before ssh starts anything
+        select(only)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     try:
         data = run_remote(host, quick=quick, only=only,
                           say=lambda text: err_console.print(text, highlight=False,
