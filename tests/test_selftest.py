@@ -232,6 +232,12 @@ def test_a_selftest_spec_runs_through_wb_launch(store_dir: Path, tmp_path: Path)
     assert row["last_step"] == row["total_steps"] == 1
     assert config["selftest"]["counts"] == {PASS: 1, FAIL: 0, SKIP: 0}
     assert "selftest/store/roundtrip/passed" in metric_keys(store_dir, row["id"])
+    # A glob that names no check: refused when the spec loads, in one line, no run.
+    bad = wb("launch", str(spec), "--set", 'selftest.only=["nope/*"]', timeout=60)
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.startswith("error: selftest.only: 'nope/*' matches no check")
+    with Store(store_dir, create=False) as st:
+        assert len(st.runs()) == 1
 
 
 def test_a_launched_selftest_with_a_failing_check_fails_its_run(

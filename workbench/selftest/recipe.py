@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from workbench.recipes import Context
 from workbench.spec import Section, SpecBase
@@ -27,6 +27,19 @@ class SelftestSection(Section):
     quick: bool = Field(False, description="The quick sizes (about 3 minutes on one GPU).")
     only: list[str] = Field(default_factory=list, description="Globs of check names to run "
                             "(default: all), e.g. [\"kernels/*\"].")
+
+    @field_validator("only")
+    @classmethod
+    def _names_checks(cls, only: list[str]) -> list[str]:
+        """A glob that matches no check is refused when the spec loads, before a run
+        exists (the registry imports no torch)."""
+        from workbench.selftest import select
+
+        try:
+            select(only)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix("--only ")) from None
+        return only
 
 
 class SelftestSpec(SpecBase):
