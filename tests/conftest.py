@@ -21,6 +21,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WB_RESUME_DIR", raising=False)
     # Exact row counts stay exact; tests/test_sysmetrics.py turns sampling back on.
     monkeypatch.setenv("WB_SYSTEM_METRICS", "0")
+    monkeypatch.setenv("WB_BENCH_CACHE", str(tmp_path / "bench-cache"))  # not /tmp's
     monkeypatch.chdir(tmp_path)
 
 
