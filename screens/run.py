@@ -49,6 +49,7 @@ class RunScreen(Screen[None]):
     """One run, live."""
 
     CSS_PATH = str(stylesheet("run"))
+    POLL_S = POLL_S  # how often it re-reads the store (the TUI bench paces by it)
 
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
@@ -91,7 +92,7 @@ class RunScreen(Screen[None]):
                 self._load_history, thread=True, exclusive=True, group="load"))
         else:
             self.refresh_data()
-        self.set_interval(POLL_S, self.refresh_data)
+        self.set_interval(self.POLL_S, self.refresh_data)
 
     def on_screen_resume(self) -> None:
         """Back on top (a compare view or dialog closed): catch up at once."""

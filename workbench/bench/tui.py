@@ -301,8 +301,8 @@ async def _grid_refresh(root: Path, run_id: str, samples: int,
     refresh_ms). grid_frame_max_ms: the longest single repaint in the whole window,
     the redraws a refresh leaves for later included. grid_lag_max_s: the longest a
     shown chart took to draw points after they were written."""
+    # Through the app, not the screens package: the core never imports the screens.
     from workbench.app import WorkbenchApp
-    from workbench.screens.run import POLL_S, RunScreen
 
     app = WorkbenchApp(root)
     writer = Store(root)
@@ -312,14 +312,12 @@ async def _grid_refresh(root: Path, run_id: str, samples: int,
             if time.monotonic() > deadline:
                 raise RuntimeError("the runs screen did not fill within 30 s")
             await pilot.pause(0.05)
-        screen = RunScreen(run_id)
-        app.push_screen(screen)
+        screen = await app.open_run_screen(run_id)
         while app.screen is not screen or not hasattr(screen, "feed"):  # feed: mounted
             await pilot.pause(0.05)
         await pilot.pause(0.2)
-        from textual.widgets import TabbedContent
-
-        screen.query_one(TabbedContent).active = "tab-metrics"
+        screen.query_one("TabbedContent").active = "tab-metrics"
+        poll_s = screen.POLL_S
         tab = screen.visible_tab()
         charts: list[Any] = []
         while time.monotonic() < deadline:
@@ -374,7 +372,7 @@ async def _grid_refresh(root: Path, run_id: str, samples: int,
             if changed:
                 totals.append(((ends[0] if ends else time.perf_counter()) - a) * 1e3)
                 redrawn.append(sum(c.build_count for c in charts) - builds)
-            left = POLL_S - (time.perf_counter() - t0)
+            left = poll_s - (time.perf_counter() - t0)
             if left > 0:
                 await asyncio.sleep(left)
         # the last points: until every chart has drawn them
@@ -393,7 +391,7 @@ async def _grid_refresh(root: Path, run_id: str, samples: int,
             "grid_lag_undrawn": len(waiting), "grid_samples": len(totals),
             "grid_method": f"in-process App.run_test (headless {GRID_SIZE[0]}x{GRID_SIZE[1]}), "
                            f"Metrics tab of a {keys}-key run: {GRID_NEW_POINTS} new points a key "
-                           f"every {POLL_S:g} s, from RunScreen.refresh_data() to the end of "
+                           f"every {poll_s:g} s, from RunScreen.refresh_data() to the end of "
                            "its repaint"}
 
 
