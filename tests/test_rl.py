@@ -93,7 +93,7 @@ def values(store: Store, run_id: str, key: str) -> dict[int, float]:
     (["policy.init=somewhere"], "use 'warmstart', 'random', 'run:<id>' or 'hf:<folder>'"),
     (["rollout.l_max=200"], "leaves no room for the prompt"),
     (["tasks.path=no/such.jsonl"], "tasks.path: no such file"),
-    (["resources.nodes=2"], "an rl run is one node today"),  # was refused only at run time
+    (["resources.nodes=2"], "place generators on other hosts with rollout.hosts"),
     (["resources.procs=4"], "an rl run starts its own processes"),  # was silently ignored
 ])
 def test_bad_rl_specs_are_refused_in_one_line(overrides: list[str], expected: str) -> None:
@@ -108,7 +108,7 @@ def test_redo_groups_wait_for_the_staleness_bound() -> None:
     used to start at once, whatever the weights it would be generated with)."""
     import multiprocessing as mp
 
-    from workbench.recipes.rl.generator import admissible, take_group
+    from workbench.recipes.rl.transport import admissible, take_group
 
     started = mp.get_context("spawn").Value("i", 12)  # groups 0..11 handed out
     redo = [9, 11]  # batch 4 and batch 5 at 2 groups per step

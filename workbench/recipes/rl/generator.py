@@ -2,21 +2,25 @@
 the trainer, except where the staleness bound says it must (AReaL).
 
 Loop (between two decode steps, so nothing waits longer than one step):
-1. control messages: new weights are announced here, then received by a
-   torch.distributed broadcast from the trainer (rank 0) over this generator's own
-   {0, rank} group. With `rollout.inflight` they load at once and the KV caches are
-   kept (Magistral: sequences in flight carry on with the new weights, and one
-   completion spans several versions); otherwise they wait until every sequence in
-   flight has finished on the old weights, and nothing new starts meanwhile.
+1. control messages, from the trainer's hub over ZeroMQ (transport.py `Link`, the
+   same for a local generator and one on another host): new weights are announced
+   here, then received by a torch.distributed broadcast from the trainer (rank 0)
+   over this generator's own {0, rank} group. With `rollout.inflight` they load at
+   once and the KV caches are kept (Magistral: sequences in flight carry on with the
+   new weights, and one completion spans several versions); otherwise they wait
+   until every sequence in flight has finished on the old weights, and nothing new
+   starts meanwhile.
 2. admission: a new prompt group (G completions of one problem) may start only when
    `group // groups_per_step <= engine_version + max_staleness`: the group is trained
    at version group // groups_per_step and its oldest token has the engine's version,
    so no sample is staler than max_staleness.
-   Group ids come from one counter shared by all generators; the problem of group g
-   is a pure function of (seed, g), so a resumed run draws the same problems.
-   Groups restarted after a lost generator (the trainer's "redo" messages) pass the
-   same bound: they go first, but wait while they would be too stale (`take_group`).
-3. one engine step; finished completions go to the trainer's queue.
+   Group ids are granted by the trainer (one counter for all generators, the
+   `want` / `groups` messages), the rule checked there against the version this
+   generator holds; the problem of group g is a pure function of (seed, g), so a
+   resumed run draws the same problems. Groups restarted after a lost generator pass
+   the same bound: they go first, but wait while they would be too stale
+   (transport.take_group).
+3. one engine step; finished completions go to the trainer, kept until acknowledged.
 Idle time (nothing to decode: paused by the bound, or waiting for weights) is
 reported with each completion, for `perf/generator_idle_frac`. So is slot occupancy,
 for `perf/slot_occupancy`: the fraction of `rollout.slots` decoding, averaged over the
@@ -31,9 +35,9 @@ trainer step that received none (a step shorter than that, async) has no
 (one batch), so a synchronous run's occupancy is at most that over `slots`, and lower
 while the batch's long tail finishes.
 
-Stop: on the shared stop event (or a "stop" message) the loop ends and the process
-leaves with os._exit (`leave`): nothing it holds is needed any more, and the
-interpreter's teardown of torch and the gloo group took seconds (longer than
+Stop: on a "stop" message (or the trainer silent for the transport's timeout) the
+loop ends and the process leaves with os._exit (`leave`): nothing it holds is needed
+any more, and the interpreter's teardown of torch and the gloo group took seconds (longer than
 `wb stop`'s grace on a busy host), during which the trainer waited to join it.
 
 Tokens: the policy's tokenizer, given as its load_tokenizer string ("bytes" or
@@ -46,7 +50,7 @@ template's end-of-turn token), and completions are decoded by the same tokenizer
 from __future__ import annotations
 
 import os
-import queue
+import socket
 import sys
 import threading
 import time
@@ -54,6 +58,8 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 STATS_EVERY_S = 0.25
+ASK_AGAIN_S = 0.1  # a refused ask for a group is repeated after this, weights unchanged
+DIST_TIMEOUT_S = 120  # torch.distributed's: the join and every weights broadcast
 
 
 def flat_numel(params: list[Any]) -> int:
@@ -103,35 +109,6 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="wb-watch-trainer", daemon=True).start()
 
 
-def admissible(g: int, per_step: int, engine_version: int, max_staleness: int,
-               steps: int) -> bool:
-    """Whether group g may start on an engine holding weights `engine_version`: its batch
-    (g // per_step) is at most `max_staleness` versions ahead of those weights (its first
-    token's version), and the run still trains that batch."""
-    batch = g // per_step
-    return batch <= engine_version + max_staleness and batch < steps
-
-
-def take_group(redo: list[int], started: Any, engine_version: int, per_step: int,
-               max_staleness: int, steps: int) -> int | None:
-    """The next group this generator starts, or None to wait.
-
-    A restarted group (`redo`, oldest first) goes before a new one, under the same
-    staleness bound: a redo group too far ahead of this engine's weights waits (and so
-    does every new group, all of which are later). `started`: the shared counter of new
-    groups (an mp.Value), advanced only when its group is taken."""
-    if redo:
-        if not admissible(redo[0], per_step, engine_version, max_staleness, steps):
-            return None
-        return redo.pop(0)
-    with started.get_lock():
-        g = int(started.value)
-        if not admissible(g, per_step, engine_version, max_staleness, steps):
-            return None
-        started.value = g + 1
-    return g
-
-
 def leave(code: int = 0) -> NoReturn:
     """Exit now, skipping the interpreter's teardown (see the module doc): the streams
     are flushed; the rollout queue's unsent tail and the gloo sockets are dropped (the
@@ -154,14 +131,18 @@ def engine_options(engine: str, tokenizer: Any) -> dict[str, Any]:
     return {"eos_id": list(tokenizer.stop_ids)}
 
 
-def generator_main(rank: int, world: int, port: int, spec_toml: str,
-                   model_config: dict[str, Any], tokenizer_name: str, shared: dict[str, Any],
-                   control: Any, out: Any, parent_pid: int) -> None:
-    """Process entry (multiprocessing spawn). `tokenizer_name`: the policy's tokenizer as
-    load_tokenizer takes it ("bytes" or "hf:<folder>"). `shared`: version, started
-    (mp.Values), stop (mp.Event). `control`: this generator's queue; `out`: the trainer's
-    queue."""
-    _watch_parent(parent_pid)
+def generator_main(rank: int, world: int, address: str, dist_address: str, spec_toml: str,
+                   model_config: dict[str, Any], tokenizer_name: str, secret: str,
+                   version: int, parent_pid: int | None = None) -> None:
+    """Process entry: a multiprocessing child of the trainer (local), or
+    `python -m workbench.recipes.rl.remote` started over ssh (another host). Both run
+    this. `address`: the trainer's ZeroMQ endpoint (transport.py); `dist_address`:
+    host:port of its torch.distributed rendezvous; `secret`: the run's, proven in the
+    handshake; `version`: the trainer's weights version at start; `tokenizer_name`: the
+    policy's tokenizer as load_tokenizer takes it ("bytes" or "hf:<folder>");
+    `parent_pid`: the trainer's pid when it is this process's parent."""
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
     import torch
     import torch.distributed as dist
 
@@ -171,13 +152,21 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     from workbench.recipes.common.seeding import seed_everything
     from workbench.recipes.rl.spec import RLSpec
     from workbench.recipes.rl.tasks import load_jsonl
+    from workbench.recipes.rl.transport import Link, LinkError
     from workbench.spec import parse_spec
 
     torch.set_num_threads(1)
     spec: RLSpec = parse_spec(spec_toml)  # type: ignore[assignment]
-    ro, G, per_step = spec.rollout, spec.grpo.group_size, spec.grpo.groups_per_step
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=120))
+    try:  # first: the trainer waits for every generator's handshake before the rendezvous
+        link = Link(address, secret, rank)
+    except LinkError as exc:
+        print(f"generator {rank}: {exc}", flush=True)
+        leave(1)
+    ro, G = spec.rollout, spec.grpo.group_size
+    if dist_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    dist.init_process_group("gloo", init_method=f"tcp://{dist_address}", rank=rank,
+                            world_size=world, timeout=timedelta(seconds=DIST_TIMEOUT_S))
     groups = [dist.new_group([0, i]) for i in range(1, world)]  # every rank, same order
     mine = groups[rank - 1]
 
@@ -189,7 +178,6 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
     named = list(model.named_parameters())
     flat = torch.empty(flat_numel([p for _, p in named]))
     dist.broadcast(flat, src=0, group=mine)  # the starting weights
-    version = int(shared["version"].value)
     with torch.no_grad():
         for (_, p), v in zip(named, unflatten(flat, named).values(), strict=True):
             p.copy_(v)
@@ -204,47 +192,55 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
 
     room = model.config.seq_len - ro.l_max  # prompt tokens that leave l_max for the answer
     pending: tuple[dict[str, Any], int] | None = None
-    redo: list[int] = []
+    granted: list[int] = []  # groups the trainer gave this generator, not started yet
+    refused_at: tuple[int, float] | None = None  # (engine version, when) of a "none now"
     idle_s = busy_s = 0.0
     tokens = 0
     slot_s = decode_s = 0.0  # sum of (sequences decoded x step seconds); decode seconds
     next_id = 0
     last_stats = time.monotonic()
-    print(f"generator {rank}: pid {os.getpid()}, {ro.slots} slots, version {version}",
-          flush=True)
-    while not shared["stop"].is_set():
+    print(f"generator {rank}: pid {os.getpid()} on {socket.gethostname()}, {ro.slots} slots, "
+          f"version {version}", flush=True)
+    stop = False
+    while not stop:
         t0 = time.perf_counter()
-        # 1. weights
-        while True:
-            try:
-                msg = control.get_nowait()
-            except queue.Empty:
+        # 1. control: weights, granted groups, stop
+        try:
+            messages = link.poll(0 if engine.has_work() else 5)
+        except LinkError as exc:
+            print(f"generator {rank}: {exc}; leaving", flush=True)
+            leave(1)
+        for kind, body in messages:
+            if kind == "stop":
+                stop = True
                 break
-            if msg[0] == "stop":
-                shared["stop"].set()
-                break
-            if msg[0] == "weights":
+            if kind == "weights":
                 dist.broadcast(flat, src=0, group=mine)
                 state = {k: v.clone() for k, v in unflatten(flat, named).items()}
-                pending = (state, int(msg[1]))
-            if msg[0] == "redo":  # a lost generator's group, started again here
-                redo.append(int(msg[1]))
+                pending = (state, int(body))
+            elif kind == "groups":  # [] = none admissible now
+                granted += body
+                refused_at = None if body else (engine.version, time.monotonic())
+        if stop:
+            break
         if pending is not None and (ro.inflight or engine.num_active() == 0):
             engine.load_weights(*pending)
             pending = None
         # 2. admission (nothing new starts while old weights wait to be replaced)
         # Keep one group queued behind full slots: a slot freed by a short answer is
         # refilled at once instead of idling until the group's longest answer ends.
+        # Groups come from the trainer (transport.Groups, the staleness rule against the
+        # weights this engine holds); a refusal is asked again once these weights change
+        # or after a moment (a restarted group may have become available).
         while pending is None and engine.num_waiting() < G and \
                 engine.num_active() + engine.num_waiting() < ro.slots + G:
-            # Against the weights this engine holds (not the trainer's counter, which
-            # moves before the new weights arrive): the first token's version.
-            g = take_group(redo, shared["started"], engine.version, per_step,
-                           ro.max_staleness, spec.grpo.steps)
-            if g is None:
+            if not granted:
+                if refused_at is None or refused_at[0] != engine.version or \
+                        time.monotonic() - refused_at[1] > ASK_AGAIN_S:
+                    link.ask(1, engine.version)
                 break
+            g = granted.pop(0)
             problem, prompt = draw_problem(spec, g, problems, room, tokenizer)
-            out.put(("start", rank, g))
             for i in range(G):
                 engine.add(Request(id=next_id, prompt=prompt, max_new_tokens=ro.l_max,
                                    meta={"group": g, "index": i, "problem": problem}))
@@ -260,18 +256,17 @@ def generator_main(rank: int, world: int, port: int, spec_toml: str,
                 decode_s += dt
             for c in done:
                 tokens += len(c.tokens)
-                out.put(("rollout", rank, c.meta["group"], c.meta["index"], c.meta["problem"],
-                         c.prompt, c.tokens, c.logprobs, c.versions, c.finish,
-                         tokenizer.decode(c.tokens)))
+                link.rollout(c.meta["group"], c.meta["index"],
+                             (c.meta["problem"], c.prompt, c.tokens, c.logprobs, c.versions,
+                              c.finish, tokenizer.decode(c.tokens)))
             busy_s += time.perf_counter() - t0
         else:
-            time.sleep(0.005)
             idle_s += time.perf_counter() - t0
         # Also as soon as the work runs out (a synchronous batch's end): that batch's
         # figures then reach the trainer ahead of the next batch's completions.
         if time.monotonic() - last_stats > STATS_EVERY_S or (
                 decode_s and not engine.has_work()):
-            out.put(("stats", rank, busy_s, idle_s, tokens, slot_s, decode_s))
+            link.send("stats", (busy_s, idle_s, tokens, slot_s, decode_s))
             busy_s = idle_s = slot_s = decode_s = 0.0
             tokens = 0
             last_stats = time.monotonic()

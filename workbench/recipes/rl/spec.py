@@ -105,10 +105,37 @@ class TasksSection(Section):
         return name
 
 
+class GeneratorHost(Section):
+    """Generators on one host (`rollout.hosts`)."""
+
+    host: str = Field(description="A configured host (`wb hosts add`), or 'local'.")
+    generators: int = Field(1, ge=1, le=64, description="Generators on that host.")
+
+    @field_validator("host")
+    @classmethod
+    def _known_host(cls, host: str) -> str:
+        from workbench.spec import configured_hosts
+
+        known = configured_hosts()
+        if host not in known:
+            raise ValueError(f"host {host!r} is not configured (known: {', '.join(known)}); "
+                             "add it with `wb hosts add`")
+        return host
+
+
 class RolloutSection(Section):
     """Generators, their batches and how stale their samples may be."""
 
-    generators: int = Field(2, ge=1, le=64, description="Generator processes.")
+    generators: int = Field(2, ge=1, le=64, description="Generator processes, on every "
+                            "host together.")
+    hosts: list[GeneratorHost] = Field(default_factory=list, description="Generators on "
+                                       "other hosts, e.g. [{host = \"gpu1\", generators = "
+                                       "2}]; the rest of rollout.generators run here. Empty: "
+                                       "all here.")
+    bind: str = Field("127.0.0.1", description="Interface the trainer's rollout (ZeroMQ) "
+                      "and weights (torch.distributed) endpoints bind: an address of this "
+                      "machine that the generators' hosts reach. Loopback by default; "
+                      "never 0.0.0.0 unless set.")
     slots: int = Field(16, ge=1, le=4096, description="Sequences each generator decodes at "
                        "once (continuous batching).")
     l_max: int = Field(160, ge=8, description="Hard cap on completion tokens.")
@@ -180,12 +207,23 @@ class RLSpec(SpecBase):
     @model_validator(mode="after")
     def _consistent(self) -> RLSpec:
         if self.resources.nodes > 1:
-            raise ValueError("resources.nodes: an rl run is one node today (its roles share "
-                             "queues on this machine) — set resources.nodes = 1")
+            raise ValueError("resources.nodes: an rl run's trainer is one node; place "
+                             "generators on other hosts with rollout.hosts — set "
+                             "resources.nodes = 1")
         if self.resources.procs > 1:
             raise ValueError("resources.procs: an rl run starts its own processes — size "
                              "them with rollout.generators and verifier.procs and leave "
                              "resources.procs = 1")
+        placed = sum(h.generators for h in self.rollout.hosts)
+        if placed > self.rollout.generators:
+            raise ValueError(f"rollout.hosts places {placed} generators but "
+                             f"rollout.generators is {self.rollout.generators} — raise "
+                             "rollout.generators to the total")
+        remote = any(h.host != "local" for h in self.rollout.hosts)
+        if remote and self.policy.init == EXAMPLE_INIT:
+            raise ValueError("rollout.hosts: a remote generator cannot load hf:example (it "
+                             "lives in this store's cache) — give hf:<folder> present at "
+                             "the same path on every host, or a byte policy")
         if self.rollout.l_cache >= self.rollout.l_max:
             raise ValueError(f"rollout.l_cache ({self.rollout.l_cache}) must be below "
                              f"rollout.l_max ({self.rollout.l_max}) — lower l_cache")

@@ -1,19 +1,22 @@
 """The trainer: entry point of the `rl` kind, and the process every other role hangs off.
 
-Roles, each its own OS process (multiprocessing, spawn):
-- N generators (generator.py), decoding continuously with the embedded engine;
+Roles, each its own OS process:
+- N generators (generator.py), decoding continuously with the embedded engine: here
+  (multiprocessing, spawn), and on the hosts of `rollout.hosts` over ssh
+  (remote.py); the same code in both places;
 - a pool of verifiers (verifier.py), each check under a timeout;
-- this trainer, which also routes: completions arrive on one queue, go to the
+- this trainer, which also routes: completions arrive through the hub, go to the
   verifiers, and come back scored.
 
-Transport on one node: multiprocessing queues for rollouts and control, and
-torch.distributed (gloo on a CPU, NCCL between GPUs) for weights: the trainer is
-rank 0 and broadcasts the flattened parameters, with a version number, over a
-{0, i} group per generator. One group per generator, rather than one broadcast to
-all, so a dead generator (kill -9) breaks only its own link: the trainer records a
-`generator_lost` event and goes on with the others. Across nodes the same design
-holds with the process group's rendezvous on the trainer's host and the queues
-replaced by a network queue (not built here: one node only).
+Transport: ZeroMQ for rollouts and control (transport.py: a ROUTER bound on
+`rollout.bind`, a DEALER per generator, a per-run secret proven in the handshake,
+at-least-once delivery de-duplicated by (group, index), group ids granted under the
+staleness rule), and torch.distributed (gloo on a CPU, NCCL between GPUs) for weights,
+its rendezvous on the same address: the trainer is rank 0 and broadcasts the flattened
+parameters, with a version number, over a {0, i} group per generator. One group per
+generator, rather than one broadcast to all, so a dead generator (kill -9, a dropped
+ssh connection) breaks only its own link: the trainer records a `generator_lost` event
+and goes on with the others, which take over its unfinished groups.
 
 A step: wait for the groups of batch `version` in order (group g belongs to batch
 g // groups_per_step), score them, compute Magistral's GRPO loss with the
@@ -59,14 +62,16 @@ import torch.distributed as dist
 from safetensors.torch import load_model, save_model
 
 from workbench.data.tokenizer import ByteTokenizer, HFTokenizer, info, load_tokenizer
+from workbench.hosts import LOCAL
 from workbench.models.gpt import GPT, GPTConfig
 from workbench.models.hf_config import HF_PREFIX, hf_folder
 from workbench.recipes import Context
 from workbench.recipes.common.checkpoint import checkpoints_in, clean_tmp, write_checkpoint
 from workbench.recipes.common.seeding import seed_everything
-from workbench.recipes.rl.generator import generator_main
+from workbench.recipes.rl.generator import DIST_TIMEOUT_S, generator_main
 from workbench.recipes.rl.grpo import group_advantages
 from workbench.recipes.rl.spec import EXAMPLE_INIT, RLSpec
+from workbench.recipes.rl.transport import Groups, Hub, new_secret
 from workbench.recipes.rl.update import accumulate_grpo
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
@@ -74,6 +79,7 @@ from workbench.spec import dump_toml
 POLL_S = 0.05
 VERIFY_POLL_S = 0.002
 STOP_GRACE_S = 3.0  # for the generators to leave once told to stop (then killed)
+JOIN_TIMEOUT_S = 180.0  # for a generator to start (ssh, imports) and join the hub
 KEEP_CHECKPOINTS = 2  # the newest kept on disk, as pretrain's default keep_checkpoints
 
 
@@ -224,15 +230,59 @@ def policy_kl_metrics(k3_by_staleness: dict[int, float]) -> dict[str, float]:
 
 @dataclass
 class Roles:
-    """The other processes and the queues to them."""
+    """The other processes and the links to them."""
 
-    generators: dict[int, Any]  # rank -> Process
-    controls: dict[int, Any]  # rank -> Queue
-    out: Any  # completions and stats from the generators
-    shared: dict[str, Any]
+    generators: dict[int, Any]  # rank -> Process (local) or RemoteGenerator (ssh)
+    hub: Hub  # rollouts, stats and control, to and from every generator
     groups: dict[int, Any]  # rank -> {0, rank} process group
     verifiers: VerifierPool
+    hosts: dict[int, str] = field(default_factory=dict)  # rank -> host name
     lost: set[int] = field(default_factory=set)
+
+
+class RemoteGenerator:
+    """A generator on another host: the ssh client that started it, read as a process
+    (it lives as long as the remote generator; kill -9 there ends it here)."""
+
+    def __init__(self, host: Any, rank: int, args: dict[str, Any]) -> None:
+        import json
+        import subprocess
+
+        self.host = host.name
+        argv = host.ssh_argv([host.python, "-m", "workbench.recipes.rl.remote"])
+        # stdin: the arguments (the run's secret among them) on one line, then held
+        # open: its end (this process gone) makes the remote generator leave.
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+        self.pid = self.proc.pid
+        self.rank = rank
+
+    def is_alive(self) -> bool:
+        return self.proc.poll() is None
+
+    @property
+    def exitcode(self) -> int | None:
+        return self.proc.poll()
+
+    def join(self, timeout: float | None = None) -> None:
+        import subprocess
+
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def close_stdin(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        except OSError:
+            pass
 
 
 class Trainer:
@@ -247,7 +297,6 @@ class Trainer:
         self.samples: dict[int, dict[int, Sample]] = defaultdict(dict)
         self.pending: dict[int, Sample] = {}  # at the verifiers, by a key of their own
         self.next_key = 0
-        self.owner: dict[int, int] = {}  # group -> the generator generating it
         self.gen_busy = self.gen_idle = 0.0
         self.gen_tokens = 0
         self.slot_s = self.decode_s = 0.0  # from the generators' stats (slot occupancy)
@@ -255,6 +304,7 @@ class Trainer:
         self.t_mark = time.perf_counter()
         self.roles: Roles | None = None
         self.saved_version = -1
+        self.tokens_by: dict[int, int] = {}  # generator rank -> tokens in its stats
 
     # -- weights ----------------------------------------------------------------------
 
@@ -270,7 +320,7 @@ class Trainer:
         flat = self.flat()
         live = [r for r in roles.generators if r not in roles.lost]
         for r in live:
-            roles.controls[r].put(("weights", self.version))
+            roles.hub.send(r, "weights", self.version)
         for r in live:
             if not roles.generators[r].is_alive():
                 self.generator_lost(r)
@@ -287,39 +337,35 @@ class Trainer:
         if rank in roles.lost:
             return
         roles.lost.add(rank)
+        roles.hub.drop(rank)
         code = roles.generators[rank].exitcode
+        host = roles.hosts.get(rank, "local")
         self.ctx.run.event("generator_lost", step=self.version, severity="error",
-                           generator=rank, exit_code=code, reason=why or "process exited",
+                           generator=rank, host=host, exit_code=code,
+                           reason=why or "process exited",
                            remaining=len(roles.generators) - len(roles.lost))
-        print(f"rl: generator {rank} lost (exit code {code}); "
+        print(f"rl: generator {rank} on {host} lost (exit code {code}); "
               f"{len(roles.generators) - len(roles.lost)} remain", flush=True)
         if len(roles.lost) == len(roles.generators):
             raise RuntimeError("every generator is gone; nothing can produce rollouts")
         self.restart_groups(rank)
 
     def restart_groups(self, rank: int) -> None:
-        """A lost generator's unfinished groups start again, whole, on the live ones (round
-        robin): nothing is dropped, and a batch never waits for a group no one generates."""
+        """A lost generator's unfinished groups start again, whole, on whichever live
+        generator asks first (transport.Groups): nothing is dropped, and a batch never
+        waits for a group no one generates."""
         roles = self.roles
         assert roles is not None
-        live = [r for r in roles.generators if r not in roles.lost]
         G = self.spec.grpo.group_size
-        redo = {g for g, r in self.owner.items()
-                if r == rank and len(self.samples.get(g, {})) < G}
-        # A group whose "start" never left the dead process has no owner: restart it too
-        # (a live generator's start still in the queue only costs a duplicate group).
-        started = roles.shared["started"].value
-        first = self.version * self.spec.grpo.groups_per_step
-        redo |= {g for g in range(first, started)
-                 if g not in self.owner and len(self.samples.get(g, {})) < G}
-        redo = sorted(redo)
-        for n, g in enumerate(redo):
+        hub = roles.hub
+        with hub.lock:
+            owned = [g for g, r in hub.groups.owner.items() if r == rank]
+            redo = sorted(g for g in owned if len(self.samples.get(g, {})) < G)
+            hub.groups.restart(redo)
+        for g in redo:
             self.samples.pop(g, None)
-            self.owner[g] = live[n % len(live)]
-            roles.controls[self.owner[g]].put(("redo", g))
         if redo:
-            print(f"rl: groups {redo} restarted on generators "
-                  f"{sorted({self.owner[g] for g in redo})}", flush=True)
+            print(f"rl: groups {redo} restarted on the other generators", flush=True)
 
     # -- collecting -------------------------------------------------------------------
 
@@ -334,27 +380,12 @@ class Trainer:
             # pipes, which this get() does not watch.
             poll = VERIFY_POLL_S if roles.verifiers.outstanding() else POLL_S
             try:
-                msg = roles.out.get(timeout=max(0.0, min(poll, deadline - time.monotonic())))
+                msg = roles.hub.inbox.get(
+                    timeout=max(0.0, min(poll, deadline - time.monotonic())))
             except queue.Empty:
                 msg = None
-            if msg is not None and msg[0] == "start":
-                self.owner[msg[2]] = msg[1]
-                if msg[1] in roles.lost:  # started just before its generator died
-                    self.restart_groups(msg[1])
-            elif msg is not None and msg[0] == "rollout" and msg[1] not in roles.lost:
-                _, rank, g, i, problem, prompt, tokens, logprobs, versions, finish, text = msg
-                s = Sample(rank, g, i, problem, prompt, tokens, logprobs, versions, finish,
-                           text)
-                self.gen_tokens += len(tokens)
-                self.pending[self.next_key] = s
-                roles.verifiers.submit(self.next_key, problem, text, len(tokens))
-                self.next_key += 1
-            elif msg is not None and msg[0] == "stats":
-                _, _, busy, idle, _tokens, slot_s, decode_s = msg
-                self.gen_busy += busy
-                self.gen_idle += idle
-                self.slot_s += slot_s
-                self.decode_s += decode_s
+            if msg is not None:
+                self.handle(msg)
             for key, score in roles.verifiers.results():
                 s = self.pending.pop(key, None)
                 if s is not None and s.rank not in roles.lost:
@@ -365,6 +396,32 @@ class Trainer:
                     self.generator_lost(r)
             if (msg is None and time.monotonic() >= deadline) or self.batch_ready():
                 return
+
+    def handle(self, msg: tuple[Any, ...]) -> None:
+        """One item of the hub's inbox (transport.Hub)."""
+        roles = self.roles
+        assert roles is not None
+        if msg[0] == "rollout" and msg[1] not in roles.lost:
+            _, rank, g, i, payload = msg
+            problem, prompt, tokens, logprobs, versions, finish, text = payload
+            s = Sample(rank, g, i, problem, prompt, tokens, logprobs, versions, finish, text)
+            self.gen_tokens += len(tokens)
+            self.pending[self.next_key] = s
+            roles.verifiers.submit(self.next_key, problem, text, len(tokens))
+            self.next_key += 1
+        elif msg[0] == "stats":
+            busy, idle, _tokens, slot_s, decode_s = msg[2]
+            self.gen_busy += busy
+            self.gen_idle += idle
+            self.slot_s += slot_s
+            self.decode_s += decode_s
+            self.tokens_by[msg[1]] = self.tokens_by.get(msg[1], 0) + _tokens
+        elif msg[0] == "lost" and msg[1] in roles.generators:
+            self.generator_lost(msg[1], msg[2])
+        elif msg[0] == "refused":
+            self.ctx.run.event("peer_refused", step=self.version, severity="warning",
+                               **msg[1])
+            print(f"rl: refused a connection to the rollout endpoint: {msg[1]}", flush=True)
 
     def batch_ready(self) -> bool:
         per, G = self.spec.grpo.groups_per_step, self.spec.grpo.group_size
@@ -380,7 +437,6 @@ class Trainer:
         batch = [self.samples[g][i] for g in range(first, first + per) for i in range(G)]
         for g in range(first, first + per):
             del self.samples[g]
-            self.owner.pop(g, None)
         t_train = time.perf_counter()
         rewards = torch.tensor([s.score.reward for s in batch], dtype=torch.float32)
         gids = torch.tensor([s.group for s in batch])
@@ -396,7 +452,8 @@ class Trainer:
             self.opt.step()
         self.version += 1
         assert self.roles is not None
-        self.roles.shared["version"].value = self.version
+        with self.roles.hub.lock:
+            self.roles.hub.groups.trained(first + per)
         sync_s = self.broadcast()
         train_s = time.perf_counter() - t_train
         run.event("weight_sync", step=self.version, version=self.version, seconds=sync_s,
@@ -429,6 +486,10 @@ class Trainer:
             "sync/seconds": sync_s, "policy/version": float(self.version),
         }
         metrics.update(policy_kl_metrics(upd.k3_by_staleness))
+        # per generator (its host in the run's config, `generator_hosts`)
+        for r, n in sorted(self.tokens_by.items()):
+            metrics[f"perf/gen_tokens_per_s/g{r}"] = n / max(wall, 1e-9)
+        self.tokens_by = {}
         if self.decode_s:  # absent, not 0, when no generator stats arrived in this step
             metrics["perf/slot_occupancy"] = self.slot_s / (self.decode_s * spec.rollout.slots)
         run.log(metrics, step=self.version)
@@ -515,77 +576,133 @@ class Trainer:
 # ----------------------------------------------------------------------------- wiring
 
 
-def free_port() -> int:
+def free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((bind, 0))
         return int(s.getsockname()[1])
 
 
+def placement(spec: RLSpec) -> list[str]:
+    """The host of each generator, rank 1 first: the local ones, then those of
+    `rollout.hosts` in order."""
+    remote = [h.host for h in spec.rollout.hosts for _ in range(h.generators)
+              if h.host != LOCAL]
+    return [LOCAL] * (spec.rollout.generators - len(remote)) + remote
+
+
 def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -> Roles:
-    """Spawn generators and verifiers, form the process groups, send version 0.
-    `tokenizer_name`: the policy's tokenizer as load_tokenizer takes it (the generators
-    load their own: a spawned process gets the string, not the object)."""
+    """Start the generators (here, and over ssh on the hosts of `rollout.hosts`) and
+    verifiers, form the process groups, send version 0, and wait until every generator
+    has joined the hub. `tokenizer_name`: the policy's tokenizer as load_tokenizer takes
+    it (each generator loads its own)."""
+    from workbench.hosts import get_host
+
     ctx = mp.get_context("spawn")
-    n = spec.rollout.generators
-    world = n + 1
-    port = free_port()
-    shared = {"version": ctx.Value("i", trainer.version),
-              "started": ctx.Value("i", trainer.version * spec.grpo.groups_per_step),
-              "stop": ctx.Event()}
-    out = ctx.Queue()
-    controls = {r: ctx.Queue() for r in range(1, world)}
+    hosts = placement(spec)
+    world = len(hosts) + 1
+    bind = spec.rollout.bind
+    if bind in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    secret = new_secret()  # this run's; never in the store
+    hub = Hub(secret, bind, groups=Groups(trainer.version * spec.grpo.groups_per_step,
+                                          spec.grpo.groups_per_step,
+                                          spec.rollout.max_staleness, spec.grpo.steps))
+    dist_address = f"{bind}:{free_port(bind)}"
     model_config = {k: v for k, v in vars(trainer.model.config).items()}
-    spec_toml = dump_toml(spec)
-    os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    procs = {}
-    for r in range(1, world):
-        p = ctx.Process(target=generator_main, name=f"wb-generator-{r}",
-                        args=(r, world, port, spec_toml, model_config, tokenizer_name, shared,
-                              controls[r], out, os.getpid()), daemon=True)
-        p.start()
-        procs[r] = p
+    own = spec.model_copy(deep=True)  # the generators' copy: where they run is not theirs
+    own.rollout.hosts = []              # to check (a remote host has its own hosts file)
+    common = {"world": world, "address": hub.address, "dist_address": dist_address,
+              "spec_toml": dump_toml(own), "model_config": model_config,
+              "tokenizer_name": tokenizer_name, "secret": secret,
+              "version": trainer.version}
+    procs: dict[int, Any] = {}
+    for r, host in enumerate(hosts, start=1):
+        if host == LOCAL:
+            p = ctx.Process(target=generator_main, name=f"wb-generator-{r}",
+                            kwargs={"rank": r, **common, "parent_pid": os.getpid()},
+                            daemon=True)
+            p.start()
+            procs[r] = p
+        else:
+            procs[r] = RemoteGenerator(get_host(host), r, {"rank": r, **common})
     verifiers = VerifierPool(spec.verifier.procs, spec.verifier.timeout_s, spec.rollout.l_max,
                              spec.rollout.l_cache)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
-                            world_size=world, timeout=timedelta(seconds=120))
-    groups = {r: dist.new_group([0, r]) for r in range(1, world)}
-    roles = Roles(procs, controls, out, shared, groups, verifiers)
+    roles = Roles(procs, hub, {}, verifiers, dict(enumerate(hosts, start=1)))
     trainer.roles = roles
+    try:
+        wait_joined(trainer, roles)
+    except BaseException:
+        stop_roles(roles, grace_s=1.0)
+        raise
+    dist.init_process_group("gloo", init_method=f"tcp://{dist_address}", rank=0,
+                            world_size=world, timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    roles.groups.update({r: dist.new_group([0, r]) for r in range(1, world)})
+    trainer.ctx.run.update_config({"generator_hosts": {str(r): h for r, h in
+                                                       roles.hosts.items()}})
     flat = trainer.flat()
     for r in range(1, world):
-        dist.broadcast(flat, src=0, group=groups[r])
+        dist.broadcast(flat, src=0, group=roles.groups[r])
+    remote = [h for h in hosts if h != LOCAL]
+    where = f", {len(remote)} on {', '.join(sorted(set(remote)))}" if remote else ""
     pids = ", ".join(str(p.pid) for p in procs.values())
-    print(f"rl: {n} generator{'' if n == 1 else 's'} (pids {pids}), {spec.verifier.procs} "
-          f"verifier{'' if spec.verifier.procs == 1 else 's'}, weights by gloo broadcast "
+    print(f"rl: {len(hosts)} generator{'' if len(hosts) == 1 else 's'} (pids {pids}{where}), "
+          f"{spec.verifier.procs} verifier{'' if spec.verifier.procs == 1 else 's'}, "
+          f"rollouts over ZeroMQ at {hub.address}, weights by gloo broadcast "
           f"({flat.numel():,} floats)", flush=True)
     return roles
+
+
+def wait_joined(trainer: Trainer, roles: Roles, timeout_s: float = JOIN_TIMEOUT_S) -> None:
+    """Until every generator has its session with the hub, before the rendezvous (which
+    would wait for a dead one for its whole timeout). A generator that exits first, or
+    does not join in time, fails the start in one line. Other inbox items (a refused
+    stranger) are handled as usual."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        joined = set(roles.hub.joined())
+        waiting = [r for r in roles.generators if r not in joined]
+        if not waiting:
+            return
+        for r in waiting:
+            where = f"generator {r} on {roles.hosts.get(r, LOCAL)}"
+            if not roles.generators[r].is_alive():
+                raise RuntimeError(f"{where} exited before joining (exit code "
+                                   f"{roles.generators[r].exitcode}); its output is above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{where} did not join within {timeout_s:.0f} s")
+        try:
+            trainer.handle(roles.hub.inbox.get(timeout=POLL_S))
+        except queue.Empty:
+            pass
 
 
 def stop_roles(roles: Roles, grace_s: float = STOP_GRACE_S) -> None:
     """Take every role down in bounded time, so that the run exits within `wb stop`'s
     grace (10 s by default) after its checkpoint.
 
-    Generators leave within a decode step of the stop event, by os._exit (generator.py
-    `leave`); one still alive after `grace_s` (stuck in a broadcast, say) is killed. The
-    control queues' feeder threads are not joined at exit (`cancel_join_thread`): a
-    lost generator never reads its queue, and a full pipe would block our exit. The
-    verifier pool closes in about a second, by force if a check runs. With every peer
-    gone, destroying the gloo group returns at once."""
-    roles.shared["stop"].set()
-    for q in roles.controls.values():
-        q.put(("stop",))
-        q.cancel_join_thread()
-    roles.out.cancel_join_thread()
+    Every generator is told to stop through the hub and leaves within a decode step, by
+    os._exit (generator.py `leave`); a remote one also leaves when its ssh stdin closes.
+    One still alive after `grace_s` (stuck in a broadcast, say) is killed (for a remote
+    one: its ssh client, whose end ends the remote process). The verifier pool closes in
+    about a second, by force if a check runs. With every peer gone, destroying the gloo
+    group returns at once."""
+    roles.hub.send(None, "stop")
     deadline = time.monotonic() + grace_s
+    time.sleep(0.05)  # for the hub's thread to send it
+    for p in roles.generators.values():
+        if isinstance(p, RemoteGenerator):
+            p.close_stdin()
     for p in roles.generators.values():
         p.join(timeout=max(0.0, deadline - time.monotonic()))
     for p in roles.generators.values():
         if p.is_alive():
             p.kill()
             p.join(timeout=2)
+    roles.hub.close()
     roles.verifiers.close()
     try:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
     except Exception:  # noqa: BLE001 - a lost generator may leave the group broken
         pass
 

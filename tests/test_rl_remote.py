@@ -1,0 +1,197 @@
+"""Asynchronous RL across hosts (issue 21): the trainer here, one generator local and one
+on the host `box`, which is this machine reached through a real sshd on 127.0.0.1
+(tests/sshd.py) with a store of its own, as in tests/test_remote.py. Rollouts and
+control over ZeroMQ (recipes/rl/transport.py), weights over gloo on loopback.
+
+Real processes throughout: the remote generator is `python -m
+workbench.recipes.rl.remote` started by ssh; the faults kill it, its ssh connection,
+or the trainer with SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.helpers import wait_for, wb_inproc
+from tests.sshd import SSHServer
+from tests.test_rl import LAUNCHED, launch, values, wait_end
+from tests.test_rl import _no_run_outlives_its_test as _no_run_outlives_its_test  # noqa: F401
+from workbench.launch import local
+from workbench.spec import SpecError, parse_spec
+from workbench.store import Store, pid_alive
+
+pytestmark = pytest.mark.timeout(600)
+
+SPEC = """
+kind = "rl"
+seed = 1
+[policy]
+init = "random"
+n_layer = 1
+d_model = 64
+seq_len = 128
+[rollout]
+generators = 2
+hosts = [{{host = "box", generators = 1}}]
+slots = 8
+l_max = 40
+l_cache = 8
+max_staleness = 1
+[grpo]
+steps = {steps}
+group_size = 4
+groups_per_step = 2
+checkpoint_every = 2
+[verifier]
+procs = 1
+"""
+
+
+@pytest.fixture
+def box(sshd: SSHServer, tmp_path: Path) -> SSHServer:
+    wb_inproc("hosts", "add", "box", sshd.alias, "--python", sys.executable, "--store",
+              str(tmp_path / "box-store"), check=True)
+    return sshd
+
+
+def log_of(store: Store, run_id: str) -> str:
+    path = store.run_dir(run_id) / "stdout.log"
+    return path.read_text() if path.exists() else ""
+
+
+def remote_pid(store: Store, run_id: str) -> int | None:
+    found = re.findall(r"generator 2: pid (\d+)", log_of(store, run_id))
+    return int(found[-1]) if found else None
+
+
+def ssh_clients(trainer_pid: int) -> list[psutil.Process]:
+    """The ssh clients the trainer started for its remote generators."""
+    try:
+        kids = psutil.Process(trainer_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in kids:
+        try:
+            if p.name() == "ssh" and "workbench.recipes.rl.remote" in " ".join(p.cmdline()):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
+
+
+def test_rollout_hosts_are_validated_at_launch(box: SSHServer, tmp_path: Path) -> None:
+    with pytest.raises(SpecError) as info:
+        parse_spec(SPEC.format(steps=2).replace('host = "box"', 'host = "gpu9"'))
+    assert "rollout.hosts" in str(info.value) and "'gpu9' is not configured" in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(SpecError, match="places 3 generators but rollout.generators is 2"):
+        parse_spec(SPEC.format(steps=2).replace("generators = 1}", "generators = 3}"))
+    with pytest.raises(SpecError, match="cannot load hf:example"):
+        parse_spec(SPEC.format(steps=2).replace('init = "random"', 'init = "hf:example"')
+                   .replace("n_layer = 1\nd_model = 64\n", ""))
+    spec = tmp_path / "bad.toml"
+    spec.write_text(SPEC.format(steps=2).replace('host = "box"', 'host = "gpu9"'))
+    r = wb_inproc("launch", str(spec))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert parse_spec(SPEC.format(steps=2)).rollout.bind == "127.0.0.1"
+
+
+def test_one_local_one_remote_generator_train_and_a_stranger_is_refused(
+        box: SSHServer, store: Store) -> None:
+    from workbench.recipes.rl.transport import Link, LinkError
+
+    row = launch(store, SPEC.format(steps=10))
+    address = wait_for(lambda: (m := re.search(r"rollouts over ZeroMQ at (tcp://\S+),",
+                                               log_of(store, row["id"]))) and m.group(1),
+                       240, "the roles to start", interval=0.2)
+    with pytest.raises(LinkError, match="refused"):
+        Link(address, "a guess", rank=2, timeout_s=10)
+    done = wait_end(store, row, timeout=300)
+    log = log_of(store, done["id"])
+    assert "2 generators" in log and "1 on box" in log
+    assert re.search(r"generator 1: pid \d+ on", log) and re.search(r"generator 2: pid \d+", log)
+    config = json.loads(store.get_run(done["id"])["config"])
+    assert config["generator_hosts"] == {"1": "local", "2": "box"}
+    assert sorted(values(store, done["id"], "policy/version")) == list(range(1, 11))
+    assert max(values(store, done["id"], "staleness/max").values()) <= 1
+    # Both generators produced rollouts: their stats reached the trainer's run.
+    assert values(store, done["id"], "perf/gen_tokens_per_s/g1")
+    assert values(store, done["id"], "perf/gen_tokens_per_s/g2")
+    (refused,) = store.events(done["id"], kind="peer_refused")
+    assert refused["payload"]["reason"] == "wrong secret"
+    assert store.events(done["id"], kind="generator_lost") == []
+    syncs = [e["payload"]["seconds"] for e in store.events(done["id"], kind="weight_sync")]
+    floats = re.search(r"gloo broadcast \(([\d,]+) floats\)", log).group(1)
+    print(f"weight broadcast to 2 generators (1 remote): mean {1e3 * sum(syncs) / len(syncs):.1f}"
+          f" ms, max {1e3 * max(syncs):.1f} ms, {floats} floats")
+    # The secret stays out of the store.
+    assert "secret" not in str(config) and "secret" not in done["spec"]
+
+
+@pytest.mark.slow
+def test_remote_generator_killed_is_lost_and_its_groups_restart_here(
+        box: SSHServer, store: Store) -> None:
+    row = launch(store, SPEC.format(steps=14))
+    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
+                   len(values(store, row["id"], "policy/version")) >= 2 and p,
+                   300, "the remote generator and two steps", interval=0.2)
+    os.kill(pid, signal.SIGKILL)
+    done = wait_end(store, row, timeout=300)
+    (lost,) = store.events(done["id"], kind="generator_lost")
+    assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
+    assert lost["payload"]["remaining"] == 1
+    assert sorted(values(store, done["id"], "policy/version"))[-1] == 14
+    assert max(values(store, done["id"], "staleness/max").values()) <= 1
+
+
+@pytest.mark.slow
+def test_ssh_connection_killed_declares_the_generator_lost_and_it_exits(
+        box: SSHServer, store: Store) -> None:
+    row = launch(store, SPEC.format(steps=14))
+    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
+                   len(values(store, row["id"], "policy/version")) >= 2 and p,
+                   300, "the remote generator and two steps", interval=0.2)
+    clients = ssh_clients(row["pid"])
+    assert clients
+    t0 = time.monotonic()
+    for client in clients:  # the mux client and, if it is ours, the connection's master
+        client.kill()
+    wait_for(lambda: store.events(row["id"], kind="generator_lost"), 60, "generator_lost",
+             interval=0.2)
+    wait_for(lambda: not pid_alive(pid), 30, "the remote generator to exit")
+    print(f"ssh killed: generator lost and gone in {time.monotonic() - t0:.1f} s")
+    done = wait_end(store, row, timeout=300)
+    (lost,) = store.events(done["id"], kind="generator_lost")
+    assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
+
+
+@pytest.mark.slow
+def test_trainer_killed_remote_generator_exits_and_resume_restarts_it(
+        box: SSHServer, store: Store) -> None:
+    row = launch(store, SPEC.format(steps=40))
+    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
+                   store.events(row["id"], kind="checkpoint") and p,
+                   300, "the remote generator and a checkpoint", interval=0.2)
+    t0 = time.monotonic()
+    os.kill(row["pid"], signal.SIGKILL)
+    row["_process"].wait(timeout=30)
+    wait_for(lambda: not pid_alive(pid), 30, "the remote generator to exit")
+    print(f"trainer killed: remote generator gone in {time.monotonic() - t0:.1f} s")
+    killed = store.get_run(row["id"])
+    assert killed["status"] == "lost"
+    again = local.resume(store, killed)
+    LAUNCHED.append(again)
+    resumed = wait_end(store, again, timeout=400)
+    log = log_of(store, resumed["id"])
+    assert "1 on box" in log and remote_pid(store, resumed["id"]) not in (None, pid)
+    assert sorted(values(store, resumed["id"], "policy/version"))[-1] == 40
+

@@ -1,0 +1,239 @@
+"""The RL rollout transport (workbench/recipes/rl/transport.py) on real ZeroMQ sockets
+over 127.0.0.1: the secret's handshake and the refusal of a client without it,
+de-duplication by (group, index), resending after a reconnection, group grants under
+the staleness rule, and bounded waits on a silent peer."""
+
+from __future__ import annotations
+
+import queue
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+import zmq
+
+from workbench.recipes.rl.transport import Groups, Hub, Link, LinkError, new_secret
+
+
+def drain(hub: Hub, kinds: tuple[str, ...], seconds: float) -> list[tuple[Any, ...]]:
+    """Inbox items of the given kinds arriving within `seconds`."""
+    out, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            item = hub.inbox.get(timeout=0.05)
+        except queue.Empty:
+            continue
+        if item[0] in kinds:
+            out.append(item)
+    return out
+
+
+def pump(link: Link, seconds: float, until: Any = None) -> list[tuple[str, Any]]:
+    got, deadline = [], time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        got += link.poll(20)
+        if until is not None and until():
+            break
+    return got
+
+
+def groups_for(link: Link, n: int, version: int = 0) -> list[int]:
+    link.ask(n, version)
+    for kind, body in pump(link, 5, until=lambda: link.want is None):
+        if kind == "groups":
+            return body
+    raise AssertionError("no answer to want")
+
+
+@pytest.fixture
+def hub() -> Any:
+    h = Hub(new_secret(), groups=Groups(0, per_step=2, max_staleness=0, steps=10))
+    yield h
+    h.close()
+
+
+def test_binds_loopback_by_default(hub: Hub) -> None:
+    assert hub.address.startswith("tcp://127.0.0.1:")
+
+
+def test_handshake_rollouts_are_acked_and_deduplicated(hub: Hub) -> None:
+    link = Link(hub.address, hub.secret, rank=1)
+    try:
+        (joined,) = drain(hub, ("joined",), 1)
+        assert joined[1] == 1 and joined[2]["pid"] > 0
+        assert groups_for(link, 2) == [0, 1]
+        assert groups_for(link, 1) == []  # batch 1 > version 0 + staleness 0
+        link.rollout(0, 0, {"tokens": [1, 2, 3]})
+        link.rollout(0, 1, {"tokens": [4]})
+        pump(link, 5, until=lambda: not link.unacked)
+        assert not link.unacked
+        link.rollout(0, 0, {"tokens": [1, 2, 3]})  # a copy (as after a reconnection)
+        link.resend(force=True)
+        pump(link, 2, until=lambda: not link.unacked)
+        got = drain(hub, ("rollout",), 1)
+        assert sorted((g, i) for _, _, g, i, _ in got) == [(0, 0), (0, 1)]
+        assert got[0][4] == {"tokens": [1, 2, 3]} or got[1][4] == {"tokens": [1, 2, 3]}
+    finally:
+        link.close()
+
+
+def test_a_client_without_the_secret_is_refused_and_reported(hub: Hub) -> None:
+    with pytest.raises(LinkError, match="refused"):
+        Link(hub.address, "not-the-secret", rank=1, timeout_s=5)
+    (refused,) = drain(hub, ("refused",), 1)
+    assert refused[1]["reason"] == "wrong secret" and refused[1]["rank"] == 1
+    # A raw client that skips the handshake gets nothing but a refusal, and nothing it
+    # sends is unpickled or delivered.
+    ctx = zmq.Context()
+    raw = ctx.socket(zmq.DEALER)
+    raw.connect(hub.address)
+    raw.send_multipart([b"rollout", b"\x80\x04junk"])
+    assert raw.poll(5000)
+    assert raw.recv_multipart()[0] == b"refused"
+    raw.close(linger=0)
+    ctx.term()
+    assert [r[1]["reason"] for r in drain(hub, ("refused",), 0.5)] == \
+        ["unexpected b'rollout' before the handshake"]
+    assert drain(hub, ("rollout", "joined"), 0.2) == []
+
+
+def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere(
+        hub: Hub) -> None:
+    a, b = Link(hub.address, hub.secret, rank=1), Link(hub.address, hub.secret, rank=2)
+    try:
+        assert groups_for(a, 1) == [0]
+        b.rollout(0, 0, "not b's group")
+        pump(b, 2, until=lambda: not b.unacked)  # acked, but not delivered
+        assert drain(hub, ("rollout",), 0.3) == []
+        with hub.lock:
+            hub.groups.restart([0])
+        assert groups_for(b, 1) == [0]  # restarted groups first, to whoever asks
+        a.rollout(0, 0, "a's old attempt")  # a no longer owns it
+        b.rollout(0, 0, "b's")
+        pump(a, 1, until=lambda: not a.unacked)
+        pump(b, 1, until=lambda: not b.unacked)
+        assert [item[4] for item in drain(hub, ("rollout",), 0.5)] == ["b's"]
+    finally:
+        a.close()
+        b.close()
+
+
+class Proxy:
+    """A TCP forwarder between a link and the hub that can swallow what the client
+    sends and cut every connection: a network drop, seen by both ends."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = target_port
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.swallow = False
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self.conns += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, True),
+                             daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False),
+                             daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if not (from_client and self.swallow):
+                    dst.sendall(data)
+        except OSError:
+            pass
+
+    def cut(self) -> None:
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+        self.conns = []
+
+    def close(self) -> None:
+        self.cut()
+        self.server.close()
+
+
+def test_a_rollout_lost_in_a_dropped_connection_is_sent_again_after_reconnecting(
+        hub: Hub) -> None:
+    proxy = Proxy(hub.port)
+    link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
+    try:
+        assert groups_for(link, 2) == [0, 1]
+        link.rollout(0, 0, "delivered before the drop")
+        pump(link, 5, until=lambda: not link.unacked)
+        proxy.swallow = True
+        link.rollout(0, 1, "lost in the drop")
+        time.sleep(0.3)
+        proxy.cut()  # the connection drops with the rollout unacked
+        proxy.swallow = False
+        assert (0, 1) in link.unacked
+        link.rollout(1, 0, "sent while reconnecting")
+        pump(link, 15, until=lambda: not link.unacked)
+        assert not link.unacked and link.handshakes == 2 and link.resent >= 1
+        items = drain(hub, ("rollout", "joined"), 0.5)
+        got = [item for item in items if item[0] == "rollout"]
+        assert sorted((g, i) for _, _, g, i, _ in got) == [(0, 0), (0, 1), (1, 0)]
+        assert len(items) - len(got) == 2  # joined: the first session and the new one
+    finally:
+        link.close()
+        proxy.close()
+
+
+def test_silence_is_bounded_on_both_sides() -> None:
+    hub = Hub(new_secret(), peer_timeout_s=1.5)
+    link = Link(hub.address, hub.secret, rank=3, peer_timeout_s=1.5)
+    try:
+        drain(hub, ("joined",), 0.5)
+        pump(link, 0.7)  # talks once (a beat), then
+        # stops talking (a hung or killed process): reported lost.
+        t0 = time.monotonic()
+        lost = hub.inbox.get(timeout=5)
+        assert lost[:2] == ("lost", 3) and time.monotonic() - t0 < 4
+    finally:
+        hub.close()
+    # The trainer is gone: the generator notices within its timeout.
+    t0 = time.monotonic()
+    with pytest.raises(LinkError, match="silent"):
+        pump(link, 10)
+    assert time.monotonic() - t0 < 4
+    link.close(bye=False)
+
+
+def test_throughput_over_loopback(hub: Hub) -> None:
+    """Rollouts/s and MB/s of the transport alone (printed for the note; a floor
+    only, the machine is shared)."""
+    link = Link(hub.address, hub.secret, rank=1)
+    try:
+        hub.groups.per_step, hub.groups.max_staleness, hub.groups.steps = 1, 1 << 20, 1 << 20
+        n, size = 2000, 400  # a 400-token completion: tokens, log-probs, versions
+        payload = {"tokens": list(range(size)), "logprobs": [0.5] * size,
+                   "versions": [1] * size, "text": "x" * size}
+        gs = groups_for(link, n // 8)
+        t0 = time.perf_counter()
+        for k in range(n):
+            link.rollout(gs[k // 8], k % 8, payload)
+            if k % 64 == 0:
+                link.poll(0)
+        pump(link, 60, until=lambda: not link.unacked)
+        dt = time.perf_counter() - t0
+        got = drain(hub, ("rollout",), 1)
+        assert len(got) == n
+        mb = hub.received_bytes / 1e6
+        print(f"transport: {n / dt:.0f} rollouts/s, {mb / dt:.1f} MB/s "
+              f"({hub.received_bytes / hub.received:.0f} B a message)")
+    finally:
+        link.close()
