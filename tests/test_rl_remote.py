@@ -195,3 +195,54 @@ def test_trainer_killed_remote_generator_exits_and_resume_restarts_it(
     assert "1 on box" in log and remote_pid(store, resumed["id"]) not in (None, pid)
     assert sorted(values(store, resumed["id"], "policy/version"))[-1] == 40
 
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)  # the warm start (~100 s alone on 2 cores), then 80 steps
+def test_rl_async_tiny_shortened_learns_with_a_remote_generator(
+        box: SSHServer, store: Store) -> None:
+    """rl-async-tiny, 80 steps, its 128 slots split over a local and a remote generator:
+    the accuracy `wb bench rl` measures (rl/accuracy, the mean of the last 20 steps)
+    rises above the first steps', and staleness stays within max_staleness (4)."""
+    from workbench.spec import load_spec
+
+    loaded = load_spec("rl-async-tiny", ["rollout.generators=2", "rollout.slots=64",
+                                         'rollout.hosts=[{host = "box", generators = 1}]',
+                                         "grpo.steps=80", "grpo.checkpoint_every=0"])
+    row = local.start(store, loaded)
+    LAUNCHED.append(row)
+    done = wait_end(store, row, timeout=2000)
+    acc = [v for _, v in sorted(values(store, done["id"], "rl/accuracy").items())]
+    assert len(acc) == 80
+    first, last20 = sum(acc[:10]) / 10, sum(acc[-20:]) / 20
+    print(f"rl-async-tiny, 80 steps, 1 local + 1 remote generator: accuracy first 10 "
+          f"{first:.3f}, last 20 {last20:.3f}")
+    assert last20 > first + 0.03
+    assert max(values(store, done["id"], "staleness/max").values()) <= 4
+    assert values(store, done["id"], "perf/gen_tokens_per_s/g2")
+    assert store.events(done["id"], kind="generator_lost") == []
+
+
+@pytest.mark.slow
+def test_bench_rl_remote_compares_placements(box: SSHServer, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """`wb bench rl --remote box` on a tiny random policy: both placements run and
+    report wall time, overhead and weight sync time (figures for the note come from
+    the built-in spec)."""
+    from workbench.bench.rl import bench_rl
+
+    monkeypatch.setenv("WB_STORE", str(tmp_path / "bench-store"))
+    tiny = ["policy.init=random", "policy.n_layer=1", "policy.d_model=64", "policy.seq_len=128",
+            "rollout.l_max=40", "rollout.l_cache=8", "rollout.slots=16", "grpo.group_size=4",
+            "grpo.groups_per_step=2"]
+    r = bench_rl(overrides=tiny, steps=4, remote="box")
+    print(r)
+    assert r["host"] == "box" and r["slots_each"] == 8 and r["trainer_steps"] == 4
+    assert r["local_s"] > 0 and r["remote_s"] > 0
+    assert r["overhead"] == pytest.approx(r["remote_s"] / r["local_s"])
+    assert r["weight_sync_s_local"] > 0 and r["weight_sync_s_remote"] > 0
+    assert r["staleness_max_remote"] <= 4
+    bad = wb_inproc("bench", "rl", "--remote", "gpu9", "--quick")
+    assert bad.returncode != 0 and "gpu9" in bad.stderr and \
+        len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+    assert wb_inproc("bench", "store", "--remote", "box").returncode != 0

@@ -237,3 +237,28 @@ def test_throughput_over_loopback(hub: Hub) -> None:
               f"({hub.received_bytes / hub.received:.0f} B a message)")
     finally:
         link.close()
+
+
+def test_the_rollout_and_weights_endpoints_listen_on_the_bind_address_alone() -> None:
+    """Issue 21 item 4: nothing of the trainer's listens on every interface. A
+    TCPStore made from an init_method would (`*:port`); ours is handed a socket bound to
+    `rollout.bind`."""
+    import os
+
+    import psutil
+    import torch.distributed as dist
+
+    from workbench.recipes.rl.trainer import rendezvous
+
+    hub = Hub(new_secret())
+    port, store = rendezvous("127.0.0.1", 1)
+    try:
+        ports = {hub.port: "hub", port: "rendezvous"}
+        listening = {c.laddr.port: c.laddr.ip
+                     for c in psutil.Process(os.getpid()).net_connections(kind="tcp")
+                     if c.status == psutil.CONN_LISTEN and c.laddr.port in ports}
+        assert listening == dict.fromkeys(ports, "127.0.0.1"), listening
+        assert isinstance(store, dist.TCPStore)
+    finally:
+        hub.close()
+        del store

@@ -876,6 +876,9 @@ def bench(
     quick: Annotated[bool, typer.Option("--quick", help="Smaller sizes; a few minutes at most.")]
     = False,
     as_json: JsonOpt = False,
+    remote: Annotated[str | None, typer.Option(
+        "--remote", help="rl only: two generators, both here against one here and one on "
+        "this configured host (`wb hosts add`).", show_default=False)] = None,
 ) -> None:
     """Measure a figure the project promises and print it.
 
@@ -885,7 +888,17 @@ def bench(
 
     if name not in BENCHES:
         raise fail(f"unknown bench {name!r} — use one of {', '.join(BENCHES)}")
-    result = BENCHES[name](quick=quick, progress=None if as_json else err_console)
+    if remote is not None and name != "rl":
+        raise fail("--remote applies to `wb bench rl` only")
+    if remote is not None:
+        from workbench.hosts import HostError, get_host
+
+        try:
+            get_host(remote)
+        except HostError as exc:
+            raise fail(str(exc)) from None
+    extra = {"remote": remote} if remote is not None else {}
+    result = BENCHES[name](quick=quick, progress=None if as_json else err_console, **extra)
     if as_json:
         print_json(result)
     else:

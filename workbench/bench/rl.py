@@ -116,9 +116,13 @@ def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
 def bench_rl(quick: bool = False, progress: Console | None = None,
              overrides: list[str] | None = None, steps: int | None = None,
              target_accuracy: float = TARGET_ACCURACY,
-             window: int = TARGET_WINDOW) -> dict[str, Any]:
+             window: int = TARGET_WINDOW, remote: str | None = None) -> dict[str, Any]:
     """`overrides` (--set style) apply to both runs: tests use them to shrink the policy,
-    and `target_accuracy` / `window` to have a random one reach a target in 3 steps."""
+    and `target_accuracy` / `window` to have a random one reach a target in 3 steps.
+    `remote`: a configured host; then the two runs are both async, two generators
+    each, both here against one here and one on that host (`bench_rl_remote`)."""
+    if remote is not None:
+        return bench_rl_remote(remote, quick, progress, overrides, steps)
     from workbench.spec import load_spec
     from workbench.store import Store, resolve_root
 
@@ -167,3 +171,58 @@ def bench_rl(quick: bool = False, progress: Console | None = None,
         "trainer_steps": steps, "max_staleness": staleness, "quick": quick,
         "target_speedup": 1.5,
     }
+
+
+def bench_rl_remote(host: str, quick: bool = False, progress: Console | None = None,
+                    overrides: list[str] | None = None,
+                    steps: int | None = None) -> dict[str, Any]:
+    """rl-async-tiny with two generators, its slots split between them: both here, then
+    one here and one on `host` (over ssh, rollouts over ZeroMQ, weights over gloo across
+    the hosts). On one machine reached through ssh this measures the transport's
+    overhead, not a speedup. Reports wall time, trainer idle fraction, weight broadcast
+    time (`sync/seconds`) and accuracy for each placement."""
+    from workbench.spec import load_spec
+    from workbench.store import Store, resolve_root
+
+    steps = steps or (QUICK_STEPS if quick else FULL_STEPS)
+    extra = list(overrides or [])
+    placed = f'rollout.hosts=[{{host = "{host}", generators = 1}}]'
+    # both placements validated first: an unknown host is refused before any run
+    load_spec(SPEC, [*extra, "rollout.generators=2", placed])
+    slots = load_spec(SPEC, extra).spec.rollout.slots  # type: ignore[attr-defined]
+    half = max(1, slots // 2)
+    shared_cache = resolve_root(None) / "cache" / "warmstart"
+    shared_cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="wb-bench-rl-") as tmp:
+        root = Path(tmp) / "store"
+        store = Store(root)
+        (root / "cache").mkdir(exist_ok=True)
+        (root / "cache" / "warmstart").symlink_to(shared_cache.resolve())
+        base = [*extra, f"grpo.steps={steps}", "grpo.checkpoint_every=0",
+                "rollout.generators=2", f"rollout.slots={half}"]
+        say(progress, f"rl bench: {steps} trainer steps each, 2 generators x {half} slots; "
+                       f"both here, then one here and one on {host}")
+        timeout = 900.0
+        runs = {
+            "local": _one(store, base, progress, "local", timeout, TARGET_ACCURACY,
+                          TARGET_WINDOW),
+            "remote": _one(store, [*base, placed], progress, f"remote-{host}", timeout,
+                           TARGET_ACCURACY, TARGET_WINDOW),
+        }
+        sync = {mode: _mean_of(store, runs[mode]["run"], "sync/seconds") for mode in runs}
+        store.close()
+    out: dict[str, Any] = {"host": host, "trainer_steps": steps, "slots_each": half,
+                           "local_s": runs["local"]["seconds"],
+                           "remote_s": runs["remote"]["seconds"],
+                           "overhead": runs["remote"]["seconds"] / runs["local"]["seconds"]}
+    for mode in runs:
+        for key in ("trainer_idle_frac", "generator_idle_frac", "gen_tokens_per_s",
+                    "accuracy_last20", "staleness_max"):
+            out[f"{key}_{mode}"] = runs[mode][key]
+        out[f"weight_sync_s_{mode}"] = sync[mode]
+    return out
+
+
+def _mean_of(store: Any, run_id: str, key: str) -> float | None:
+    values = [v for _, _, _, v, _ in store.scalars(run_id, key)]
+    return statistics.fmean(values) if values else None

@@ -165,8 +165,11 @@ def generator_main(rank: int, world: int, address: str, dist_address: str, spec_
     ro, G = spec.rollout, spec.grpo.group_size
     if dist_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://{dist_address}", rank=rank,
-                            world_size=world, timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    host, _, port = dist_address.rpartition(":")
+    store = dist.TCPStore(host.strip("[]"), int(port), world_size=world, is_master=False,
+                          timeout=timedelta(seconds=DIST_TIMEOUT_S))  # as the trainer's
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
+                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
     groups = [dist.new_group([0, i]) for i in range(1, world)]  # every rank, same order
     mine = groups[rank - 1]
 

@@ -11,12 +11,14 @@ Roles, each its own OS process:
 Transport: ZeroMQ for rollouts and control (transport.py: a ROUTER bound on
 `rollout.bind`, a DEALER per generator, a per-run secret proven in the handshake,
 at-least-once delivery de-duplicated by (group, index), group ids granted under the
-staleness rule), and torch.distributed (gloo on a CPU, NCCL between GPUs) for weights,
-its rendezvous on the same address: the trainer is rank 0 and broadcasts the flattened
-parameters, with a version number, over a {0, i} group per generator. One group per
-generator, rather than one broadcast to all, so a dead generator (kill -9, a dropped
-ssh connection) breaks only its own link: the trainer records a `generator_lost` event
-and goes on with the others, which take over its unfinished groups.
+staleness rule), and torch.distributed for weights (gloo, one flat fp32 CPU tensor,
+also when the trainer is on a GPU: NCCL between the GPUs of different hosts is not
+built), its rendezvous on the same address alone (`rendezvous`): the trainer is rank 0
+and broadcasts the flattened parameters, with a version number, over a {0, i} group
+per generator. One group per generator, rather than one broadcast to all, so a dead
+generator (kill -9, a dropped ssh connection) breaks only its own link: the trainer
+records a `generator_lost` event and goes on with the others, which take over its
+unfinished groups.
 
 A step: wait for the groups of batch `version` in order (group g belongs to batch
 g // groups_per_step), score them, compute Magistral's GRPO loss with the
@@ -71,7 +73,7 @@ from workbench.recipes.common.seeding import seed_everything
 from workbench.recipes.rl.generator import DIST_TIMEOUT_S, generator_main
 from workbench.recipes.rl.grpo import group_advantages
 from workbench.recipes.rl.spec import EXAMPLE_INIT, RLSpec
-from workbench.recipes.rl.transport import Groups, Hub, new_secret
+from workbench.recipes.rl.transport import Groups, Hub, endpoint, new_secret
 from workbench.recipes.rl.update import accumulate_grpo
 from workbench.recipes.rl.verifier import VerifierPool
 from workbench.spec import dump_toml
@@ -238,6 +240,7 @@ class Roles:
     verifiers: VerifierPool
     hosts: dict[int, str] = field(default_factory=dict)  # rank -> host name
     lost: set[int] = field(default_factory=set)
+    rendezvous: Any = None  # torch.distributed's TCPStore (on rollout.bind)
 
 
 class RemoteGenerator:
@@ -576,10 +579,19 @@ class Trainer:
 # ----------------------------------------------------------------------------- wiring
 
 
-def free_port(bind: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((bind, 0))
-        return int(s.getsockname()[1])
+def rendezvous(bind: str, world: int) -> tuple[int, Any]:
+    """(port, TCPStore) of torch.distributed's rendezvous for the weights group,
+    listening on `bind` alone: a store made from an `init_method` listens on every
+    interface, so the socket is bound here and handed over (`master_listen_fd`; the
+    store owns and closes it)."""
+    listener = socket.socket(socket.AF_INET6 if ":" in bind else socket.AF_INET)
+    listener.bind((bind, 0))
+    listener.listen()
+    port = int(listener.getsockname()[1])
+    store = dist.TCPStore(bind, port, world_size=world, is_master=True,
+                          timeout=timedelta(seconds=DIST_TIMEOUT_S),
+                          master_listen_fd=listener.detach(), wait_for_workers=False)
+    return port, store
 
 
 def placement(spec: RLSpec) -> list[str]:
@@ -607,7 +619,8 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     hub = Hub(secret, bind, groups=Groups(trainer.version * spec.grpo.groups_per_step,
                                           spec.grpo.groups_per_step,
                                           spec.rollout.max_staleness, spec.grpo.steps))
-    dist_address = f"{bind}:{free_port(bind)}"
+    port, store = rendezvous(bind, world)
+    dist_address = endpoint(bind, port).removeprefix("tcp://")
     model_config = {k: v for k, v in vars(trainer.model.config).items()}
     own = spec.model_copy(deep=True)  # the generators' copy: where they run is not theirs
     own.rollout.hosts = []              # to check (a remote host has its own hosts file)
@@ -627,15 +640,16 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
             procs[r] = RemoteGenerator(get_host(host), r, {"rank": r, **common})
     verifiers = VerifierPool(spec.verifier.procs, spec.verifier.timeout_s, spec.rollout.l_max,
                              spec.rollout.l_cache)
-    roles = Roles(procs, hub, {}, verifiers, dict(enumerate(hosts, start=1)))
+    roles = Roles(procs, hub, {}, verifiers, dict(enumerate(hosts, start=1)),
+                  rendezvous=store)
     trainer.roles = roles
     try:
         wait_joined(trainer, roles)
     except BaseException:
         stop_roles(roles, grace_s=1.0)
         raise
-    dist.init_process_group("gloo", init_method=f"tcp://{dist_address}", rank=0,
-                            world_size=world, timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    dist.init_process_group("gloo", store=store, rank=0, world_size=world,
+                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
     roles.groups.update({r: dist.new_group([0, r]) for r in range(1, world)})
     trainer.ctx.run.update_config({"generator_hosts": {str(r): h for r, h in
                                                        roles.hosts.items()}})

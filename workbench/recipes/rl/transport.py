@@ -32,7 +32,7 @@ without an ack, or at once after a new handshake (a reconnection that lost its
 session): at-least-once. The hub takes a key once, from the group's current owner only
 (a group restarted on another generator forgets what it had), and acknowledges every
 copy: the trainer trains on none twice. Group ids are granted by the hub (`want` ->
-`groups`), under the same staleness rule as on one node (generator.take_group, against
+`groups`), under the same staleness rule as on one node (`take_group`, against
 the generator's own weights version); a `want` is retried until answered, and a
 repeated one gets the same answer, so a lost reply loses no group.
 
@@ -136,7 +136,7 @@ def take_group(redo: list[int], started: Any, engine_version: int, per_step: int
 
 
 class _Counter:
-    """What generator.take_group expects of the shared group counter (an mp.Value), in
+    """What `take_group` expects of the group counter (it took an mp.Value once), in
     one process: the hub's lock is held around every use."""
 
     def __init__(self, value: int) -> None:
