@@ -119,7 +119,11 @@ class RunFeed:
         changed = before != (self.row.get("status"), self.row.get("last_step"),
                              self.row.get("heartbeat")) or self.polls == 0
         self.polls += 1
-        self._scalar_cursor, columns = store.scalar_columns(self.run_id, self._scalar_cursor)
+        if self._scalar_cursor == 0:  # the whole history: from the run's cache if valid
+            self._scalar_cursor, columns = store.scalar_history(self.run_id)
+        else:
+            self._scalar_cursor, columns = store.scalar_columns(self.run_id,
+                                                                self._scalar_cursor)
         target: dict[str, Series] = {} if self.partial else self._series
         for key, (steps, values, walls) in columns.items():
             target.setdefault(key, Series()).extend(steps, values, walls)

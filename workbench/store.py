@@ -31,6 +31,9 @@ RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped", "lost")
 ACTIVE_STATUSES = ("queued", "running")
 # Seconds between heartbeats written by workers and SDK writer threads.
 HEARTBEAT_S = 2.0
+# A run's columnar copy of its scalars (`Store.scalar_history`), for runs this big.
+SCALAR_CACHE = ".scalars.npz"
+SCALAR_CACHE_MIN_ROWS = 50_000
 
 # Non-finite flags on scalars. SQLite stores NaN as NULL, so the flag keeps it.
 FINITE, NAN, POS_INF, NEG_INF = 0, 1, 2, 3
@@ -607,23 +610,122 @@ class Store:
         sql += " ORDER BY r.id" + (f" LIMIT {int(limit)}" if limit else "")
         return [(i, s, k, value_of(v, f), w) for i, s, k, v, w, f in self.conn.execute(sql, args)]
 
-    def scalar_columns(self, run_id: str, since: int = 0,
+    def scalar_columns(self, run_id: str, since: int = 0, upto: int | None = None,
                        ) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
         """Scalars past `since` as numpy columns per key: {key: (steps, values, walls)}.
 
         The fast path for charts: a million points load in about a second, where
         `scalars()` builds a million tuples. NaN is restored from the flag. Returns
         the cursor to pass as `since` next time (like `records()`, the read is bounded
-        by the sequence value read first, so nothing committed is ever skipped).
+        by the sequence value read first, so nothing committed is ever skipped;
+        `upto`: a bound the caller read already).
         """
         import numpy as np
 
         num = self.run_num(run_id)
-        upto = self.last_id()
+        upto = self.last_id() if upto is None else upto
         cursor = self.conn.execute(
             "SELECT step, key, ifnull(value, 0.0), wall, flag FROM scalars "
             "WHERE run = ? AND id > ? AND id <= ? ORDER BY id", (num, since, upto))
         return upto, self._columns(np.fromiter(cursor, dtype=_scalar_dtype()))
+
+    def scalar_history(self, run_id: str, *, min_rows: int | None = None,
+                       ) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
+        """What `scalar_columns(run_id)` returns (every scalar, as columns per key, and
+        the cursor), served from the run's columnar cache where it is valid.
+
+        The cache (`<run dir>/.scalars.npz`) is derived and disposable: the store stays
+        the only source of truth. It holds the run's scalars up to one record id (its
+        high-water mark) and is used only when the store still holds exactly those rows
+        (the run's number and creation time, the count, first id and high-water mark of
+        its rows up to that id, and the row at that id, all as recorded); rows committed
+        since are read from the store and appended. A run of at least `min_rows` points
+        (re)writes it when it had none or a quarter of its rows came from the store
+        (written to a temporary file, then renamed: a reader sees all of it or none).
+        Deleting the run removes its folder, and with it the cache.
+        `min_rows` defaults to SCALAR_CACHE_MIN_ROWS.
+        """
+        import numpy as np
+
+        min_rows = SCALAR_CACHE_MIN_ROWS if min_rows is None else min_rows
+        upto = self.last_id()
+        path = self.run_dir(run_id) / SCALAR_CACHE
+        cached = self._scalar_cache_load(path, run_id, upto) if path.exists() else None
+        since, base, meta = cached if cached is not None else (0, {}, None)
+        _, tail = self.scalar_columns(run_id, since, upto=upto)
+        columns = dict(base)
+        for key, (s, v, w) in tail.items():
+            old = columns.get(key)
+            columns[key] = (s, v, w) if old is None else (
+                np.concatenate([old[0], s]), np.concatenate([old[1], v]),
+                np.concatenate([old[2], w]))
+        fresh = sum(len(c[0]) for c in tail.values())
+        total = (meta["n"] if meta else 0) + fresh
+        if total >= min_rows and (meta is None or fresh >= total // 4):
+            self._scalar_cache_save(path, run_id, upto, columns, total)
+        return upto, columns
+
+    def _scalar_cache_fingerprint(self, run_id: str, upto: int) -> dict[str, Any] | None:
+        """What a cache of the run's scalars up to id `upto` must match: None when the
+        run has no scalars up to there."""
+        num, created = self.conn.execute("SELECT num, created FROM runs WHERE id = ?",
+                                         (run_id,)).fetchone()
+        n, lo, hi = self.conn.execute(
+            "SELECT count(*), min(id), max(id) FROM scalars WHERE run = ? AND id <= ?",
+            (num, upto)).fetchone()
+        if not n:
+            return None
+        last = self.conn.execute("SELECT step, key, value, wall, flag FROM scalars "
+                                 "WHERE id = ?", (hi,)).fetchone()
+        return {"version": 1, "run": run_id, "num": num, "created": created, "n": n,
+                "min_id": lo, "max_id": hi, "last": list(last)}
+
+    def _scalar_cache_load(self, path: Path, run_id: str, upto: int,
+                           ) -> tuple[int, dict[str, tuple[Any, Any, Any]], dict] | None:
+        import zipfile
+
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                if meta.get("version") != 1 or meta.get("run") != run_id \
+                        or meta["max_id"] > upto:
+                    return None
+                if self._scalar_cache_fingerprint(run_id, meta["max_id"]) != \
+                        {k: meta[k] for k in ("version", "run", "num", "created", "n",
+                                              "min_id", "max_id", "last")}:
+                    return None
+                columns = {key: (data[f"s{i}"], data[f"v{i}"], data[f"w{i}"])
+                           for i, key in enumerate(meta["keys"])}
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            return None  # unreadable or half-gone: read the store
+        if sum(len(c[0]) for c in columns.values()) != meta["n"]:
+            return None
+        return meta["max_id"], columns, meta
+
+    def _scalar_cache_save(self, path: Path, run_id: str, upto: int,
+                           columns: dict[str, tuple[Any, Any, Any]], total: int) -> None:
+        import threading
+
+        import numpy as np
+
+        meta = self._scalar_cache_fingerprint(run_id, upto)
+        if meta is None or meta["n"] != total:  # changed under us: no cache this time
+            return
+        keys = sorted(columns)
+        meta["keys"] = keys
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
+        for i, key in enumerate(keys):
+            s, v, w = columns[key]
+            arrays.update({f"s{i}": s, f"v{i}": v, f"w{i}": w})
+        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except OSError:  # a read-only or deleted run folder: no cache, no harm
+            tmp.unlink(missing_ok=True)
 
     def scalar_span(self, run_id: str) -> int:
         """About how many scalar rows a run has (its id range: two index seeks), to
