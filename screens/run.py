@@ -102,10 +102,11 @@ class RunScreen(Screen[None]):
     def _load_history(self) -> None:
         reader = Store(self.store.root, create=False)
         try:
-            self.feed.poll(store=reader)
+            self.feed.poll(store=reader, write_cache=False)
+            self.app.call_from_thread(self._history_loaded)
+            reader.write_scalar_cache()  # after the paint: the next open reads it
         finally:
             reader.close()
-        self.app.call_from_thread(self._history_loaded)
 
     def _history_loaded(self) -> None:
         self.loading = False

@@ -118,3 +118,45 @@ def test_a_cache_of_another_run_or_a_broken_file_is_not_used(store: Store) -> No
     _same(store.scalar_history(b, min_rows=1000)[1], store.scalar_columns(b)[1])
     _cache(store, b).write_bytes(_cache(store, a).read_bytes()[:500])  # truncated
     _same(store.scalar_history(b, min_rows=1000)[1], store.scalar_columns(b)[1])
+
+
+def test_the_run_screen_writes_the_cache_after_painting_and_reopens_from_it(
+        store: Store, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big run (thresholds lowered): the first open loads the history from the store
+    and leaves the cache; points written before the second open show there too."""
+    import asyncio
+
+    from tests.helpers import until
+    from workbench.app import WorkbenchApp
+    from workbench.screens import run as run_screen
+
+    monkeypatch.setattr(run_screen, "PROGRESSIVE_ROWS", 100)
+    monkeypatch.setattr("workbench.store.SCALAR_CACHE_MIN_ROWS", 100)
+    run = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    _write(store, run, range(300))
+    reads: list[tuple[bool, int]] = []  # (from the start?, rows) of each read from SQLite
+    columns = Store.scalar_columns
+
+    def counted(self: Store, run_id: str, since: int = 0, **kw: Any) -> Any:
+        out = columns(self, run_id, since, **kw)
+        if out[1]:
+            reads.append((since == 0, sum(len(c[0]) for c in out[1].values())))
+        return out
+
+    monkeypatch.setattr(Store, "scalar_columns", counted)
+
+    async def main() -> None:
+        app = WorkbenchApp(store_dir)
+        async with app.run_test(size=(100, 32)) as pilot:
+            for points in (300, 310):
+                screen = await app.open_run_screen(run)
+                await until(pilot, lambda s=screen: hasattr(s, "feed") and not s.loading
+                            and not s.feed.partial, 10, "the history")
+                assert screen.feed.series("train/loss").step.tolist() == list(range(points))
+                await until(pilot, lambda: _cache(store, run).exists(), 10, "the cache")
+                app.pop_screen()
+                await pilot.pause(0.1)
+                _write(store, run, range(points, points + 10))
+
+    asyncio.run(main())
+    assert reads == [(True, 600), (False, 20)]  # the second open: the new rows only

@@ -108,11 +108,13 @@ class RunFeed:
         self.partial = bool(columns)
         return self.partial
 
-    def poll(self, store: Store | None = None) -> bool:
+    def poll(self, store: Store | None = None, *, write_cache: bool = True) -> bool:
         """Read what was committed since the last poll. True when anything changed
         (new records, or the run's status or step). `store`: another connection to
         the same store (a loader thread's); after a preview the new series replace
-        the preview's at the end, so a view never sees half a history."""
+        the preview's at the end, so a view never sees half a history.
+        `write_cache=False`: a due write of the run's scalar cache waits for that
+        store's `write_scalar_cache()` (a view paints first)."""
         store = store or self.store
         before = (self.row.get("status"), self.row.get("last_step"), self.row.get("heartbeat"))
         self.row = store.get_run(self.run_id)
@@ -120,7 +122,8 @@ class RunFeed:
                              self.row.get("heartbeat")) or self.polls == 0
         self.polls += 1
         if self._scalar_cursor == 0:  # the whole history: from the run's cache if valid
-            self._scalar_cursor, columns = store.scalar_history(self.run_id)
+            self._scalar_cursor, columns = store.scalar_history(self.run_id,
+                                                                write=write_cache)
         else:
             self._scalar_cursor, columns = store.scalar_columns(self.run_id,
                                                                 self._scalar_cursor)

@@ -298,6 +298,7 @@ class Store:
             raise
         self._nums: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
+        self._cache_due: tuple | None = None  # a scalar cache write left for later
 
     def _init_db(self) -> None:
         # Setting WAL needs a brief exclusive lock; concurrent first opens may collide.
@@ -630,7 +631,7 @@ class Store:
         return upto, self._columns(np.fromiter(cursor, dtype=_scalar_dtype()))
 
     def scalar_history(self, run_id: str, *, min_rows: int | None = None,
-                       ) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
+                       write: bool = True) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
         """What `scalar_columns(run_id)` returns (every scalar, as columns per key, and
         the cursor), served from the run's columnar cache where it is valid.
 
@@ -643,7 +644,8 @@ class Store:
         (re)writes it when it had none or a quarter of its rows came from the store
         (written to a temporary file, then renamed: a reader sees all of it or none).
         Deleting the run removes its folder, and with it the cache.
-        `min_rows` defaults to SCALAR_CACHE_MIN_ROWS.
+        `min_rows` defaults to SCALAR_CACHE_MIN_ROWS. `write=False` leaves a due write
+        to `write_scalar_cache()`, for a view that shows the history first.
         """
         import numpy as np
 
@@ -662,8 +664,16 @@ class Store:
         fresh = sum(len(c[0]) for c in tail.values())
         total = (meta["n"] if meta else 0) + fresh
         if total >= min_rows and (meta is None or fresh >= total // 4):
-            self._scalar_cache_save(path, run_id, upto, columns, total)
+            self._cache_due = (path, run_id, upto, columns, total)
+            if write:
+                self.write_scalar_cache()
         return upto, columns
+
+    def write_scalar_cache(self) -> None:
+        """Write the cache a `scalar_history(write=False)` left due, if any."""
+        due, self._cache_due = self._cache_due, None
+        if due is not None:
+            self._scalar_cache_save(*due)
 
     def _scalar_cache_fingerprint(self, run_id: str, upto: int) -> dict[str, Any] | None:
         """What a cache of the run's scalars up to id `upto` must match: None when the
