@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_model
 
 from workbench.models.gpt import GPT
-from workbench.recipes import checkpoint as ckpt
+from workbench.recipes.common import checkpoint as ckpt
 from workbench.recipes.rl.spec import RLSpec
 from workbench.recipes.rl.trainer import Trainer, policy_config
 from workbench.spec import parse_spec
