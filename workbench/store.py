@@ -597,6 +597,20 @@ class Store:
 
     # -- reads --------------------------------------------------------------------------
 
+    def change_mark(self) -> tuple[int, int]:
+        """Equal between two calls exactly when nothing was committed to the store in
+        between: SQLite's data_version (commits by other connections) and this
+        connection's own total of changed rows. Two cheap reads, for a view that
+        re-reads only after a change."""
+        return (self.conn.execute("PRAGMA data_version").fetchone()[0],
+                self.conn.total_changes)
+
+    @staticmethod
+    def judged(row: dict[str, Any]) -> dict[str, Any]:
+        """A runs row as `runs()` returns it, judged again (an active run whose process
+        is gone reads `lost`), for a view that kept it since."""
+        return _with_liveness(row)
+
     def last_id(self) -> int:
         return int(self.conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
 
@@ -810,6 +824,35 @@ class Store:
             (self.run_num(run_id), key),
         ).fetchone()
         return None if row is None else (row[0], value_of(row[1], row[2]))
+
+    def latest_values(self, wanted: Iterable[tuple[str, str]],
+                      ) -> dict[str, tuple[int, float] | None]:
+        """`latest_value` of many (run id, key) pairs at once: {run id: (step, value) or
+        None}. One statement per distinct key, its index seeks done inside SQLite (the
+        runs table's first read of a thousand runs)."""
+        by_key: dict[str, list[str]] = {}
+        for run_id, key in wanted:
+            by_key.setdefault(key, []).append(run_id)
+        out: dict[str, tuple[int, float] | None] = {}
+        for key, run_ids in by_key.items():
+            out.update(dict.fromkeys(run_ids))
+            rows = self.conn.execute(
+                "SELECT r.id, s.step, s.value, s.flag FROM json_each(?) j "
+                "JOIN runs r ON r.id = j.value JOIN scalars s ON s.id = "
+                "(SELECT id FROM scalars WHERE run = r.num AND key = "
+                "(SELECT id FROM keys WHERE name = ?) ORDER BY step DESC, id DESC LIMIT 1)",
+                (json.dumps(run_ids), key))
+            out.update((i, (step, value_of(v, f))) for i, step, v, f in rows)
+        return out
+
+    def event_kind_counts(self, kind: str, run_ids: Sequence[str]) -> dict[str, int]:
+        """Events of one kind per run id, for the given runs in one statement (runs
+        without any are left out)."""
+        rows = self.conn.execute(
+            "SELECT r.id, (SELECT count(*) FROM events e WHERE e.run = r.num AND e.kind = ?) "
+            "AS n FROM json_each(?) j JOIN runs r ON r.id = j.value WHERE n > 0",
+            (kind, json.dumps(list(run_ids))))
+        return dict(rows.fetchall())
 
     def loss_spike_counts(self) -> dict[str, int]:
         """Loss-spike events per run id, for every run at once (`wb ls`)."""
