@@ -11,7 +11,8 @@ its GPUs (utilization and memory, where nvidia-smi exists) and the runs on it.
 - The runs of a host are rows of the local store: a remote run is mirrored there with
   launcher `ssh` and `host` = the configured name, and `wb hosts check NAME --selftest`
   records the host's answer with launcher `ssh-selftest` and the same `host`; every
-  other launcher ran here.
+  other launcher ran here. An rl run is also listed under each host that runs one of
+  its generators (`rollout.hosts`; the run's config `generator_hosts`).
 - The last selftest of a host (`wb selftest`, issue 22) is its newest run of kind
   `selftest` among those: the table's "last selftest" column and the card show its
   pass/fail counts and when it ended, read from the answer the run keeps in its config
@@ -194,11 +195,29 @@ def host_of(row: dict[str, Any]) -> str:
     return (row.get("host") or "?") if row.get("launcher") in REMOTE_LAUNCHERS else LOCAL
 
 
+def generator_hosts(row: dict[str, Any]) -> set[str]:
+    """The hosts an rl run's generators ran on (its config's `generator_hosts`)."""
+    if row.get("kind") != "rl":
+        return set()
+    config = row.get("config")
+    if isinstance(config, str):
+        try:
+            config = json.loads(config)
+        except ValueError:
+            return set()
+    placed = (config or {}).get("generator_hosts") if isinstance(config, dict) else None
+    return set(placed.values()) if isinstance(placed, dict) else set()
+
+
 def runs_of_hosts(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Store rows by host name (`host_of`). Newest first."""
+    """Store rows by host name (`host_of`), and an rl run also under each other host
+    that ran one of its generators (`generator_hosts`). Newest first."""
     by_host: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
-        by_host.setdefault(host_of(row), []).append(row)
+        home = host_of(row)
+        by_host.setdefault(home, []).append(row)
+        for host in sorted(generator_hosts(row) - {home, LOCAL}):
+            by_host.setdefault(host, []).append(row)
     for runs in by_host.values():
         runs.sort(key=lambda r: -r["num"])
     return by_host

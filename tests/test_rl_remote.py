@@ -16,6 +16,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -246,3 +247,51 @@ def test_bench_rl_remote_compares_placements(box: SSHServer, tmp_path: Path,
     assert bad.returncode != 0 and "gpu9" in bad.stderr and \
         len(bad.stderr.strip().splitlines()) == 1, bad.stderr
     assert wb_inproc("bench", "store", "--remote", "box").returncode != 0
+
+
+def test_rollouts_tab_shows_each_generators_rate_with_its_host(store: Store,
+                                                                 store_dir: Path) -> None:
+    """Issue 21 item 7: the Rollouts tab's line of per-generator decode rates names each
+    generator's host (from the run's config), and stays hidden for a run without them."""
+    from textual.widgets import Label, TabbedContent
+
+    from tests.test_tui_run import on_screen, rl_run
+    from workbench.screens.run import RunScreen
+    from workbench.tracking import Run
+
+    row = store.create_run(kind="rl", name="grpo", status="running", launcher="sdk",
+                           config={"generator_hosts": {"1": "local", "2": "box"}})
+    run = Run(store, row, owner=True)
+    for step in (1, 2):
+        run.log({"perf/gen_tokens_per_s/g1": 1000.0 * step,
+                 "perf/gen_tokens_per_s/g2": 1500.0 * step, "rl/reward": 0.1}, step=step)
+    run.finish()
+    plain = rl_run(store)
+
+    def check(run_id: str, shown: str | None) -> None:
+        async def body(app: Any, pilot: Any, screen: RunScreen) -> None:
+            screen.query_one(TabbedContent).active = "tab-rollouts"
+            await pilot.pause(0.3)
+            label = screen.query_one("#rollouts-generators", Label)
+            if shown is None:
+                assert not label.display
+            else:
+                assert label.display and shown in str(label.render()), str(label.render())
+
+        on_screen(store_dir, lambda: RunScreen(run_id), body)
+
+    check(run.id, "g1 local 2,000 · g2 box 3,000")
+    check(plain.id, None)
+
+
+def test_hosts_screen_lists_an_rl_run_under_its_generators_hosts() -> None:
+    from workbench.screens.hosts import runs_of_hosts
+
+    rows = [{"id": "a", "num": 2, "kind": "rl", "launcher": "local", "status": "running",
+             "config": json.dumps({"generator_hosts": {"1": "local", "2": "box",
+                                                       "3": "box"}})},
+            {"id": "b", "num": 1, "kind": "pretrain", "launcher": "local",
+             "status": "finished", "config": "{}"}]
+    by_host = runs_of_hosts(rows)
+    assert [r["id"] for r in by_host["local"]] == ["a", "b"]
+    assert [r["id"] for r in by_host["box"]] == ["a"]

@@ -2,7 +2,9 @@
 beside how far the generators' policy is from the trained one (k3 per token: the
 train/inference mismatch, `rl/mismatch_kl`, and the drift by staleness,
 `rl/drift_kl/s<s>`; recipes/rl/update.py), the policy-version timeline with weight
-syncs, and idle fractions per role.
+syncs, and idle fractions per role. Above the panels, a line of each generator's
+decode rate with its host (`perf/gen_tokens_per_s/g<rank>`, the hosts from the run's
+config `generator_hosts`), shown once such figures exist.
 
 Ten panels in two columns. Each keeps at least PANEL_MIN_ROWS rows (four of plot): on a
 short terminal (80x24) they come in pages, `[` / `]` (PageUp / PageDown) to turn."""
@@ -24,6 +26,7 @@ TAILS = ("rollout/len_p50", "rollout/len_p90", "rollout/len_p99", "rollout/len_m
 IDLE = ("perf/trainer_idle_frac", "perf/generator_idle_frac")
 MISMATCH = "rl/mismatch_kl"
 DRIFT_PREFIX = "rl/drift_kl/"  # one key per staleness: rl/drift_kl/s0, s1, ...
+GEN_RATE_PREFIX = "perf/gen_tokens_per_s/g"  # one key per generator rank
 SYNCS_SHOWN = 20
 PANEL_MIN_ROWS = 6  # border + title + 4 plot rows
 COLUMNS, PANEL_ROWS = 2, 5
@@ -46,6 +49,7 @@ class RolloutsTab(RunTab):
 
     def compose(self) -> ComposeResult:
         yield Label("", id="rollouts-page")
+        yield Label("", id="rollouts-generators")
         # Two columns, row by row: staleness beside the KL it costs, syncs beside versions.
         with Grid(id="rollouts-grid"):
             yield Histogram(id="len-hist")
@@ -61,6 +65,7 @@ class RolloutsTab(RunTab):
 
     def on_mount(self) -> None:
         self.query_one("#syncs", DataTable).add_columns("step", "version", "seconds")
+        self.query_one("#rollouts-generators", Label).display = False
         self._paginate()
 
     def on_resize(self, event: Resize) -> None:
@@ -130,6 +135,22 @@ class RolloutsTab(RunTab):
             if table.row_count:  # newest last: keep it in view, not the oldest
                 table.move_cursor(row=table.row_count - 1)
         self._lines("#idle", "idle fraction per role", IDLE, feed)
+        self._generators(feed)
+
+    def _generators(self, feed: RunFeed) -> None:
+        """Each generator's decode rate at its latest step, with its host."""
+        label = self.query_one("#rollouts-generators", Label)
+        hosts = feed.config.get("generator_hosts") or {}
+        rates = []
+        for key in sorted((k for k in feed.keys() if k.startswith(GEN_RATE_PREFIX)),
+                          key=lambda k: int(k.removeprefix(GEN_RATE_PREFIX) or 0)):
+            last = feed.series(key).last()
+            if last is not None:
+                rank = key.removeprefix(GEN_RATE_PREFIX)
+                rates.append(f"g{rank} {hosts.get(rank, '?')} {last[1]:,.0f}")
+        label.display = bool(rates)
+        if rates:
+            label.update(" generators, tokens/s at the latest step: " + " · ".join(rates))
 
     def _lines(self, selector: str, title: str, keys: tuple[str, ...], feed: RunFeed) -> None:
         chart = self.query_one(selector, LineChart)
