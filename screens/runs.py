@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from workbench.screens.services import AppServices
 
 POLL_S = 0.5
+FIRST_ROWS = 60  # rows a big store's first frame adds (at least 2x the screen's height)
 
 # (column key, header label). Name first: at 80 columns it is what must stay visible.
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -207,6 +208,7 @@ class RunsScreen(Screen[None]):
         self._pending_select: str | None = None
         self._restyle = False
         self._order: list[str] = []  # the run ids in table order, as last reconciled
+        self._staged: int | None = None  # rows the first frame shows, until painted
 
     @property
     def wb(self) -> AppServices:
@@ -289,7 +291,14 @@ class RunsScreen(Screen[None]):
         self.marked &= set(views)  # deleted runs drop their mark
         restyle, self._restyle = self._restyle, False
         styles = self._styles()
-        for view in wanted:
+        first = max(FIRST_ROWS, 2 * self.app.size.height)
+        if self._staged is None and not table.row_count and len(wanted) > first:
+            # A big store: the rows a first screen shows now, the rest (which the table
+            # measures cell by cell) once that has been painted.
+            self._staged = first
+            self.call_after_refresh(self._unstage)
+        shown = wanted[:self._staged] if self._staged else wanted
+        for view in shown:
             cells = self._cells(view, styles)
             if view.id not in table.rows:
                 table.add_row(*(cells[k] for k, _ in COLUMNS), key=view.id)
@@ -298,15 +307,15 @@ class RunsScreen(Screen[None]):
                     if restyle or view.cells.get(key) != value:
                         table.update_cell(view.id, key, value, update_width=True)
             view.cells = cells
-        order = [v.id for v in wanted]
+        order = [v.id for v in shown]
         if order != self._order:  # (table.ordered_rows costs ~20 ms at 1,000 rows)
             if [r.key.value for r in table.ordered_rows] != order:
                 position = {run_id: i for i, run_id in enumerate(order)}
                 table.sort("id", key=lambda cell: position[str(cell)])
             self._order = order
         if keep_cursor and keep_cursor in wanted_ids:
-            self.select_run(keep_cursor)
-            if keep_cursor == self._pending_select:
+            # not added yet (a big store's first frame): selected when it is
+            if self.select_run(keep_cursor) and keep_cursor == self._pending_select:
                 self._pending_select = None
         self._update_bar(len(wanted), len(views))
         if views and not wanted:
@@ -328,6 +337,11 @@ class RunsScreen(Screen[None]):
             styles[status] = table.get_component_rich_style(
                 f"runs-table--{status}", partial=True, default=None)
         return styles
+
+    def _unstage(self) -> None:
+        """After the first paint: add the rows the first frame left out."""
+        self._staged = 0
+        self.refresh_table(reread=False)
 
     def _cells(self, view: RunView, styles: dict[str, Any] | None = None) -> dict[str, Any]:
         """The rendered cells of one run (Text where a style applies)."""

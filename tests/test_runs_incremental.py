@@ -7,6 +7,9 @@ import asyncio
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from tests.helpers import until
 from workbench.app import WorkbenchApp
@@ -88,6 +91,38 @@ def test_the_table_shows_a_change_to_one_run(store: Store, store_dir: Path) -> N
             await until(pilot, lambda: str(table.get_cell(ids[3], "status")) == "failed",
                         10, "the new status")
             writer.close()
+            await pilot.press("q")
+
+    asyncio.run(main())
+
+
+def test_a_big_store_shows_its_first_rows_then_all_in_order(
+        store: Store, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first frame adds the rows a screen shows; the rest follow after its paint,
+    in the same order, and a run selected before it was added gets the cursor."""
+    from workbench.screens import runs as runs_screen
+
+    monkeypatch.setattr(runs_screen, "FIRST_ROWS", 10)
+    ids = [store.create_run(kind="custom", name=f"r{i:02d}", status="finished",
+                            launcher="sdk")["id"] for i in range(40)]
+    counts: list[int] = []
+    reconcile = runs_screen.RunsScreen._reconcile
+
+    def counted(self: runs_screen.RunsScreen, views: Any) -> None:
+        reconcile(self, views)
+        counts.append(self.table.row_count)
+
+    monkeypatch.setattr(runs_screen.RunsScreen, "_reconcile", counted)
+
+    async def main() -> None:
+        app = WorkbenchApp(store_dir)
+        async with app.run_test(size=(100, 8)) as pilot:  # first: max(10, 2 x 8) rows
+            await until(pilot, lambda: app.runs_screen is not None
+                        and app.runs_screen.table.row_count == 40, 10, "every row")
+            table = app.runs_screen.table
+            assert [r.key.value for r in table.ordered_rows] == ids[::-1]  # newest first
+            assert counts[0] == 16
+            assert "40 runs" in str(app.runs_screen.query_one("#runs-count").render())
             await pilot.press("q")
 
     asyncio.run(main())
