@@ -54,6 +54,21 @@ STATUS_ORDER = {s: i for i, s in enumerate(("running", "queued", "lost", "failed
 MARK = "●"
 
 
+def _preload_run_screen() -> None:
+    """After the first frame, import the run screen (its tabs, charts, numpy: about
+    0.25 s) in a background thread, so that opening the first run does not pay it.
+    An open that comes first simply waits for the import to finish."""
+    import threading
+
+    def load() -> None:
+        try:
+            import workbench.screens.run  # noqa: F401
+        except Exception:  # noqa: BLE001 - opening a run reports it, with its message
+            pass
+
+    threading.Thread(target=load, name="wb-preload-run-screen", daemon=True).start()
+
+
 @dataclass
 class RunView:
     """One run as the table shows it: the runs row plus the two per-run reads."""
@@ -236,6 +251,8 @@ class RunsScreen(Screen[None]):
         self._update_bar()
         self.refresh_table()
         self.set_interval(POLL_S, self._tick)
+        self.call_after_refresh(_preload_run_screen)
+
 
     @property
     def table(self) -> RunsTable:
