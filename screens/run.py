@@ -10,6 +10,7 @@ a million-point run to a few milliseconds of reading plus one chart redraw.
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 from textual.app import ComposeResult
@@ -66,6 +67,7 @@ class RunScreen(Screen[None]):
         self.run_id = run_id
         self._store = store
         self.last_refresh_ms = 0.0
+        self._bodies: asyncio.Future[None] | None = None  # the other tabs' mounting
 
     @property
     def store(self) -> Store:
@@ -76,8 +78,28 @@ class RunScreen(Screen[None]):
         with TabbedContent(id="run-tabs"):
             for tab in TABS:
                 with TabPane(tab.TITLE, id=tab_id(tab)):
-                    yield tab(id=f"{tab_id(tab)}-body")
+                    if tab is TABS[0]:  # the others' contents: after the first paint
+                        yield tab(id=f"{tab_id(tab)}-body")
         yield Footer()
+
+    async def _ensure_bodies(self) -> None:
+        """Mount the contents of the tabs other than the Overview, once. Composing all
+        nine before the first paint was most of the time to open a run; they are
+        mounted after it (or at once when a tab is chosen before that)."""
+        if self._bodies is None:
+            self._bodies = asyncio.ensure_future(self._mount_bodies())
+        await asyncio.shield(self._bodies)
+
+    async def _mount_bodies(self) -> None:
+        await asyncio.gather(*(
+            self.query_one(f"#{tab_id(tab)}", TabPane).mount(tab(id=f"{tab_id(tab)}-body"))
+            for tab in TABS[1:]))
+
+    def _visible_body(self) -> RunTab | None:
+        """The shown tab's content; None while it is being mounted."""
+        active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
+        body = next(iter(self.query(f"#{active}-body").results(RunTab)), None)
+        return body if body is not None and body.is_mounted else None
 
     def on_mount(self) -> None:
         self.feed = RunFeed(self.store, self.run_id)
@@ -93,6 +115,7 @@ class RunScreen(Screen[None]):
         else:
             self.refresh_data()
         self.set_interval(self.POLL_S, self.refresh_data)
+        self.call_after_refresh(self._ensure_bodies)
 
     def on_screen_resume(self) -> None:
         """Back on top (a compare view or dialog closed): catch up at once."""
@@ -132,8 +155,8 @@ class RunScreen(Screen[None]):
             self.sub_title = f"{row['kind']} · {row['status']}" + (
                 " · loading history" if self.feed.partial else "")
             self._show_fitting_tabs()
-        tab = self.visible_tab()
-        if changed or tab.FOLLOWS_FILES:
+        tab = self._visible_body()  # None: being mounted, then brought up to date
+        if tab is not None and (changed or tab.FOLLOWS_FILES):
             tab.update_from(self.feed)
 
     def _show_fitting_tabs(self) -> None:
@@ -149,7 +172,12 @@ class RunScreen(Screen[None]):
         active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
         return self.query_one(f"#{active}-body", RunTab)
 
-    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+    async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated,
+                                              ) -> None:
+        active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
+        if not self.query(f"#{active}-body") or (  # chosen before its content was mounted
+                self._bodies is not None and not self._bodies.done()):
+            await self._ensure_bodies()
         tab = self.visible_tab()
         if not self.loading:  # else the loader's repaint brings it up to date
             tab.update_from(self.feed)  # a hidden tab catches up when shown
@@ -197,4 +225,6 @@ class RunScreen(Screen[None]):
         tabs.active = fitting[(i + delta) % len(fitting)]
 
     def action_refresh_now(self) -> None:
-        self.visible_tab().update_from(self.feed)
+        tab = self._visible_body()
+        if tab is not None:
+            tab.update_from(self.feed)
