@@ -40,6 +40,7 @@ TABS: tuple[type[RunTab], ...] = (OverviewTab, AttentionTab, RolloutsTab, DepthT
                                   MetricsTab, EventsTab, LogsTab, ConfigTab, SystemTab)
 POLL_S = 0.5
 PROGRESSIVE_ROWS = 100_000  # a run this big paints its newest points, then loads the rest
+CACHE_WRITE_DELAY_S = 1.0  # after a big run's history is shown, its scalar cache is written
 
 
 def tab_id(tab: type[RunTab]) -> str:
@@ -127,7 +128,10 @@ class RunScreen(Screen[None]):
         try:
             self.feed.poll(store=reader, write_cache=False)
             self.app.call_from_thread(self._history_loaded)
-            reader.write_scalar_cache()  # after the paint: the next open reads it
+            # The next open reads it; written once this one's charts are drawn, so as
+            # not to compete with them.
+            time.sleep(CACHE_WRITE_DELAY_S)
+            reader.write_scalar_cache()
         finally:
             reader.close()
 

@@ -743,6 +743,12 @@ class Store:
         for i, key in enumerate(keys):
             s, v, w = columns[key]
             arrays.update({f"s{i}": s, f"v{i}": v, f"w{i}": w})
+        for stale in path.parent.glob(f"{path.name}.*.tmp"):  # a writer killed mid-write
+            try:
+                if stale.stat().st_mtime < time.time() - 600:
+                    stale.unlink()
+            except OSError:
+                pass
         tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
         try:
             with open(tmp, "wb") as f:
