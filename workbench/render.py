@@ -135,9 +135,11 @@ def runs_table(st: Store, rows: list[dict[str, Any]]) -> Text:
             header, "spikes", "age", "eta")
     right = {"step", "spikes", header}
     spikes_of = st.loss_spike_counts()
+    metric_of = {kind: key_metric(kind) for kind in {r["kind"] for r in rows}}
+    points = st.latest_values((r["id"], metric_of[r["kind"]]) for r in rows)  # one statement
     cells: list[list[str]] = []
     for row in rows:
-        point = st.latest_value(row["id"], key_metric(row["kind"]))
+        point = points.get(row["id"])
         step = row["last_step"]
         steps = "-" if step is None else (f"{step}/{row['total_steps']}" if row["total_steps"]
                                           else str(step))
