@@ -126,3 +126,25 @@ def test_a_big_store_shows_its_first_rows_then_all_in_order(
             await pilot.press("q")
 
     asyncio.run(main())
+
+
+def test_the_aggregate_reads_seek_indexes_and_match_the_per_run_reads(store: Store) -> None:
+    ids = _runs(store, 3)
+    store.write_batch(Batch(ids[1], events=[(1, "loss_spike", "warning", "{}", 1.0)] * 2))
+    points = store.latest_values((i, "train/loss") for i in ids)
+    assert points == {i: store.latest_value(i, "train/loss") for i in ids}
+    assert store.latest_values([(ids[0], "no/such")]) == {ids[0]: None}
+    assert store.event_kind_counts("loss_spike", ids) == {ids[1]: 2}
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)  # the statements, bound values inline
+    try:
+        store.latest_values((i, "train/loss") for i in ids)
+        store.event_kind_counts("loss_spike", ids)
+    finally:
+        store.conn.set_trace_callback(None)
+    reads = [sql for sql in seen if "json_each" in sql]
+    assert len(reads) == 2, seen  # one statement each, for all the runs
+    for sql in reads:
+        plan = [r[3] for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql)]
+        assert not any(line.startswith(("SCAN scalars", "SCAN events", "SCAN e", "SCAN s"))
+                       for line in plan), plan
