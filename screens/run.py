@@ -32,7 +32,7 @@ from workbench.screens.tabs import (
 )
 from workbench.screens.tabs.base import RunTab
 from workbench.screens.tabs.overview import toggle_pin
-from workbench.store import Store
+from workbench.store import SCALAR_CACHE, Store, build_scalar_cache
 from workbench.themes import stylesheet
 
 # The number keys follow this order over the tabs a run shows.
@@ -124,6 +124,12 @@ class RunScreen(Screen[None]):
             self.refresh_data()
 
     def _load_history(self) -> None:
+        if not (self.store.run_dir(self.run_id) / SCALAR_CACHE).exists():
+            # No cache yet: a helper process reads the store and writes it. In this
+            # thread the read shares the GIL with the UI, which releases and takes it
+            # back for every row: several times slower than on a core of its own.
+            # Whatever it leaves, the read below checks against the store.
+            build_scalar_cache(self.store.root, self.run_id)
         reader = Store(self.store.root, create=False)
         try:
             self.feed.poll(store=reader, write_cache=False)

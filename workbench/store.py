@@ -918,6 +918,25 @@ class Store:
             yield _record(table, row)
 
 
+def build_scalar_cache(root: str | os.PathLike[str], run_id: str, *,
+                       min_rows: int | None = None, timeout: float = 300.0) -> bool:
+    """Write a run's scalar cache (`Store.scalar_history`) from a separate process, on
+    a core of its own. True when that process succeeded; a failure only means there
+    is no cache (the reader then reads the store itself)."""
+    import subprocess
+    import sys
+
+    rows = SCALAR_CACHE_MIN_ROWS if min_rows is None else min_rows
+    code = ("import sys; from workbench.store import Store; Store(sys.argv[1], "
+            "create=False).scalar_history(sys.argv[2], min_rows=int(sys.argv[3]))")
+    try:
+        return subprocess.run([sys.executable, "-c", code, str(root), run_id, str(rows)],
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, timeout=timeout).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
 def _dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
     """A cursor's rows as dicts in column order (what sqlite_utils' reads return)."""
     cols = [d[0] for d in cursor.description]
