@@ -15,6 +15,7 @@ import time
 
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
@@ -69,6 +70,7 @@ class RunScreen(Screen[None]):
         self._store = store
         self.last_refresh_ms = 0.0
         self._bodies: asyncio.Future[None] | None = None  # the other tabs' mounting
+        self._body_of: dict[str, RunTab] = {}  # pane id -> its mounted content
 
     @property
     def store(self) -> Store:
@@ -99,8 +101,16 @@ class RunScreen(Screen[None]):
     def _visible_body(self) -> RunTab | None:
         """The shown tab's content; None while it is being mounted."""
         active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
-        body = next(iter(self.query(f"#{active}-body").results(RunTab)), None)
-        return body if body is not None and body.is_mounted else None
+        body = self._body_of.get(active)
+        if body is None:  # one lookup a tab (a query walks the whole screen)
+            try:
+                body = self.query_one(f"#{active}-body", RunTab)
+            except NoMatches:
+                return None
+            if not body.is_mounted:
+                return None
+            self._body_of[active] = body
+        return body
 
     def on_mount(self) -> None:
         self.feed = RunFeed(self.store, self.run_id)
