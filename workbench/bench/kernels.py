@@ -23,12 +23,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 from rich.console import Console
 
 from workbench.bench.runs import say
+from workbench.selftest.compare import time_cuda
 
 # Dense bf16 tensor-core peak (TFLOP/s) and memory bandwidth (TB/s) by device name
 # (vendor data sheets, SXM parts); unknown devices report no fraction.
@@ -48,23 +49,8 @@ def device_peak(name: str) -> tuple[float, float] | None:
     return None
 
 
-def _time_cuda(fn: Callable[[], Any], iters: int = 20, warmup: int = 5) -> float:
-    """Median seconds of `fn` on the current CUDA stream (events, after warm-up)."""
-    import torch
-
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    times.sort()
-    return times[len(times) // 2]
+# The selftest's CUDA-event timer, with this bench's longer warm-up and more rounds.
+_time_cuda = partial(time_cuda, iters=20, warmup=5)
 
 
 def _row(name: str, seconds: float, flops: float, peak: tuple[float, float] | None,
