@@ -246,9 +246,10 @@ def test_live_update_from_another_process(tmp_path: Path, store_dir: Path) -> No
                 writer.kill()
 
 
-def test_refresh_of_100_runs_is_cheap(store: Store, store_dir: Path) -> None:
-    """The 0.5 s poll of 100 runs (30 of them running, so re-read) stays far below
-    the frame budget."""
+def test_refresh_of_100_runs_follows_a_live_run(store: Store, store_dir: Path) -> None:
+    """The 0.5 s poll of 100 runs (30 of them running, so re-read) shows each new step
+    of a live run. Its cost is printed here and budgeted by `wb bench tui` (refresh_ms),
+    not asserted: a timed assertion fails on a slower or loaded machine."""
     for i in range(100):
         make_run(store, f"run-{i:03d}", status="running" if i % 3 == 0 else "finished",
                  steps=50, total=100)
@@ -269,7 +270,6 @@ def test_refresh_of_100_runs_is_cheap(store: Store, store_dir: Path) -> None:
             await pilot.pause()
         median = statistics.median(times)
         print(f"refresh of 100 runs: median {median:.1f} ms, max {max(times):.1f} ms")
-        assert median < 100, times
         assert cell(screen, live["id"], "step") == "69/100"
 
     try:
