@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,9 @@ from rich.markup import escape
 
 from workbench import __version__
 from workbench.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from workbench.launch.local import Launched
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -171,29 +174,31 @@ def serve(
 # -- launch / stop / resume ---------------------------------------------------------------
 
 
-def _started(st: Store, row: dict[str, Any], detach: bool) -> None:
+def _started(st: Store, launched: Launched, detach: bool) -> None:
     """Print the id (--detach) or follow the run; a run that failed or was lost exits 1."""
     if detach:
-        print(row["id"])
+        print(launched.record.id)
         return
     from workbench.follow import follow_run
-    from workbench.launch import control
+    from workbench.launch.backends import backend_for
 
-    stop = (lambda current: control.stop(st, current)) if row["launcher"] == "ssh" else None
-    status = follow_run(st, row, console, stop=stop)
+    # Ctrl-C: a remote run is stopped through its host; a local one gets SIGTERM.
+    record = launched.record
+    stop = (lambda current: backend_for(current).stop(st, current)) if record.is_remote else None
+    status = follow_run(st, launched, console, stop=stop)
     raise typer.Exit(EXIT_OK if status in ("finished", "stopped", "detached") else EXIT_FAILED)
 
 
-def _started_group(st: Store, rows: list[dict[str, Any]], group: str, detach: bool) -> None:
+def _started_group(st: Store, runs: list[Launched], group: str, detach: bool) -> None:
     """Print the ids, one a line (--detach), or follow the group; any run that failed or
     was lost exits 1."""
     if detach:
-        for row in rows:
-            print(row["id"])
+        for launched in runs:
+            print(launched.record.id)
         return
     from workbench.follow import follow_group
 
-    statuses = follow_group(st, rows, console, group)
+    statuses = follow_group(st, runs, console, group)
     ok = all(s in ("finished", "stopped", "detached") for s in statuses.values())
     raise typer.Exit(EXIT_OK if ok else EXIT_FAILED)
 
@@ -252,7 +257,7 @@ def launch(
       wb launch - --detach < spec.toml   (the spec on stdin)
     """
     from workbench.hosts import LOCAL, HostError
-    from workbench.launch import control, local
+    from workbench.launch import backends, local
     from workbench.spec import SpecError, expand_sources, load_specs
     from workbench.store import validate_name
 
@@ -272,14 +277,15 @@ def launch(
     if group is None and builtin is None and len(loaded) == 1:  # one plain run
         st = open_store(store, create=True)
         try:
-            row = control.start(st, loaded[0], name=name, node_rank=node_rank, master=master)
+            launched = backends.start(st, loaded[0], name=name, node_rank=node_rank,
+                                      master=master)
         except StoreError as exc:  # a bad --master
             raise fail(str(exc)) from None
         except HostError as exc:  # the host is down or refused: nothing was recorded
             raise fail(str(exc), code=EXIT_FAILED) from None
-        _started(st, row, detach)
+        _started(st, launched, detach)
         return
-    remote = sorted({control.host_of(spec) for spec in loaded} - {LOCAL})
+    remote = sorted({backends.host_of(spec) for spec in loaded} - {LOCAL})
     if remote:
         raise fail(f"a group cannot run on a remote host yet (host {remote[0]}) — launch its "
                    "specs one at a time with --host")
@@ -292,9 +298,9 @@ def launch(
                    "or leave it out for a new one")
     group = group or st.new_group_name(builtin.name if builtin else "group")
     default_parallel = builtin.parallel if builtin else 1
-    rows = local.start_group(st, loaded, group=group, parallel=parallel or default_parallel,
+    runs = local.start_group(st, loaded, group=group, parallel=parallel or default_parallel,
                              names=names)
-    _started_group(st, rows, group, detach)
+    _started_group(st, runs, group, detach)
 
 
 @app.command()
@@ -314,18 +320,19 @@ def stop(
     Examples: wb stop charlm-3 ; wb stop optimizers-tiny-1
     """
     from workbench.hosts import HostError
-    from workbench.launch import control
+    from workbench.launch.backends import backend_for
     from workbench.store import ACTIVE_STATUSES
 
     st = open_store(store)
     try:
         if not st.has_group(run):
-            console.print(control.stop(st, find_run(st, run), grace=grace))
+            record = find_run(st, run)
+            console.print(backend_for(record).stop(st, record, grace=grace))
             return
-        live = [r for r in st.runs(group=run) if st.stored_status(r["id"]) in ACTIVE_STATUSES]
+        live = [r for r in st.runs(group=run) if st.stored_status(r.id) in ACTIVE_STATUSES]
         # Queued first: one whose predecessor stopped first could otherwise start.
-        for row in sorted(live, key=lambda r: r["status"] != "queued"):
-            console.print(control.stop(st, row, grace=grace))
+        for row in sorted(live, key=lambda r: r.status != "queued"):
+            console.print(backend_for(row).stop(st, row, grace=grace))
     except HostError as exc:
         raise fail(str(exc), code=EXIT_FAILED) from None
     if not live:
@@ -344,17 +351,18 @@ def resume(
     Example: wb resume charlm-3 --detach
     """
     from workbench.hosts import HostError
-    from workbench.launch import control
+    from workbench.launch.backends import backend_for
     from workbench.spec import SpecError
 
     st = open_store(store)
     try:
-        row = control.resume(st, find_run(st, run))
+        record = find_run(st, run)
+        launched = backend_for(record).resume(st, record)
     except (SpecError, StoreError) as exc:
         raise fail(str(exc)) from None
     except HostError as exc:
         raise fail(str(exc), code=EXIT_FAILED) from None
-    _started(st, row, detach)
+    _started(st, launched, detach)
 
 
 @app.command()
@@ -371,12 +379,12 @@ def mirror(
 
     st = open_store(store)
     row = find_run(st, run)
-    if row["launcher"] != "ssh":
-        raise fail(f"run {row['id']} ran on this machine (launcher {row['launcher']}); only "
-                   "runs launched with --host have a mirror")
-    proc = mirrors.ensure(st, row["id"])
-    console.print(f"mirror of {row['id']} " + (f"started (pid {proc.pid}); log in "
-                  f"{st.run_dir(row['id']) / 'mirror.log'}" if proc else "is already running"))
+    if not row.is_remote:
+        raise fail(f"run {row.id} ran on this machine; only runs launched with --host have "
+                   "a mirror")
+    proc = mirrors.ensure(st, row.id)
+    console.print(f"mirror of {row.id} " + (f"started (pid {proc.pid}); log in "
+                  f"{st.run_dir(row.id) / 'mirror.log'}" if proc else "is already running"))
 
 
 @app.command()
@@ -389,22 +397,20 @@ def rm(
 
     Example: wb rm charlm-1 charlm-2 --yes
     """
-    from workbench.store import ACTIVE_STATUSES
-
     st = open_store(store)
     rows = [find_run(st, r) for r in runs]
     for row in rows:
-        if row["status"] in ACTIVE_STATUSES:
-            raise fail(f"run {row['id']} ({row['name']}) is {row['status']}; "
-                       f"stop it first: wb stop {row['id']}")
-    names = ", ".join(f"{r['name']} ({r['id']})" for r in rows)
+        if row.is_active:
+            raise fail(f"run {row.id} ({row.name}) is {row.status}; "
+                       f"stop it first: wb stop {row.id}")
+    names = ", ".join(f"{r.name} ({r.id})" for r in rows)
     if not yes:
         if not sys.stdin.isatty():
             raise fail("wb rm needs --yes when not run from a terminal")
         if not typer.confirm(f"Delete {names}?"):
             raise typer.Exit(EXIT_FAILED)
     for row in rows:
-        st.delete_run(row["id"])
+        st.delete_run(row.id)
     console.print(f"deleted {names}")
 
 
@@ -501,7 +507,7 @@ def compare(
                 if message.startswith("no run "):
                     message = f"no group or run {ref!r} in {st.root} (see `wb ls`)"
                 raise fail(message) from None
-        rows.update((r["id"], r) for r in found)
+        rows.update((r.id, r) for r in found)
     summaries = compare_rows(st, list(rows.values()))
     if as_json:
         print_json(summaries)
@@ -525,7 +531,7 @@ def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None,
     if summary:
         from workbench.metric_keys import run_summary
 
-        data = run_summary(st, row["id"])
+        data = run_summary(st, row.id)
         if as_json:
             from workbench.store import strict_json
 
@@ -559,10 +565,10 @@ def report(
 
     st = open_store(store)
     if st.has_group(run):
-        ids, title = [r["id"] for r in st.runs(group=run)], f"group {run}"
+        ids, title = [r.id for r in st.runs(group=run)], f"group {run}"
     else:
         row = find_run(st, run)
-        ids, title = [row["id"]], f"{row['name']} ({row['id']})"
+        ids, title = [row.id], f"{row.name} ({row.id})"
     out = output or Path(f"report-{run}.html")
     if not out.parent.resolve().is_dir():
         raise fail(f"no folder {str(out.parent)!r} for the report — create it or pick "
@@ -625,13 +631,13 @@ def watch(
 
     st = open_store(store)
     row = find_run(st, run)
-    if key is not None and row["status"] not in ("queued", "running"):
-        known = st.latest(row["id"])  # a finished run will never get the key
+    if key is not None and row.status not in ("queued", "running"):
+        known = st.latest(row.id)  # a finished run will never get the key
         if key not in known:
-            raise fail(f"run {row['id']} has no metric {key!r} — pick one of: "
+            raise fail(f"run {row.id} has no metric {key!r} — pick one of: "
                        f"{', '.join(sorted(known)[:12]) or 'none logged'}")
     try:
-        status = watch_run(RunFeed(st, row["id"]), console, key=key, interval=interval,
+        status = watch_run(RunFeed(st, row.id), console, key=key, interval=interval,
                            once=once)
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_OK) from None
@@ -809,7 +815,7 @@ def _export_files(st: Store, row: dict[str, Any], format: str, output: Path | No
         if format == "parquet":
             from workbench.io.parquet import export_parquet
 
-            files = export_parquet(st, row, output or Path(f"{row['name']}.parquet"),
+            files = export_parquet(st, row, output or Path(f"{row.name}.parquet"),
                                    keys=keys, since=since)
             console.print("wrote " + ", ".join(f"{n} {kind} to {path}"
                                                for kind, (path, n) in files.items()),
@@ -817,7 +823,7 @@ def _export_files(st: Store, row: dict[str, Any], format: str, output: Path | No
             return
         from workbench.io.tensorboard import export_tensorboard
 
-        w = export_tensorboard(st, row, output or Path("tb") / row["name"], keys=keys,
+        w = export_tensorboard(st, row, output or Path("tb") / row.name, keys=keys,
                                since=since)
     except BadInput as exc:
         raise fail(str(exc)) from None
@@ -971,18 +977,18 @@ def selftest(
         print(text, file=stream, flush=True)
 
     gpus = f"{facts.gpus} x {facts.device}" if facts.cuda else "no CUDA GPU"
-    say(f"selftest {row['name']} ({row['id']}): {len(checks)} checks on {gpus}, torch "
+    say(f"selftest {row.name} ({row.id}): {len(checks)} checks on {gpus}, torch "
         f"{facts.torch}{' (quick)' if quick else ''}; output in "
-        f"{st.run_dir(row['id']) / 'stdout.log'}")
+        f"{st.run_dir(row.id) / 'stdout.log'}")
     run = Run(st, row, owner=True)
     try:
         results, data = execute(run, checks, quick=quick, facts=facts, say=say,
-                                log=st.run_dir(row["id"]) / "stdout.log")
+                                log=st.run_dir(row.id) / "stdout.log")
     except KeyboardInterrupt:
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         stream.close()
-    _print_selftest(results, data, f"wb selftest on {data['host']} ({row['name']})", as_json)
+    _print_selftest(results, data, f"wb selftest on {data['host']} ({row.name})", as_json)
     st.close()
     raise typer.Exit(data["exit_code"])
 
@@ -1212,11 +1218,11 @@ def _remote_selftest(host: Any, quick: bool, only: list[str], as_json: bool) -> 
         raise fail(str(exc), code=EXIT_FAILED) from None
     st = open_store(None, create=True)
     results, row = record_remote(st, host.name, data)
-    data["local_run"] = {"id": row["id"], "name": row["name"], "store": str(st.root)}
+    data["local_run"] = {"id": row.id, "name": row.name, "store": str(st.root)}
     st.close()
     remote_run = (data.get("run") or {}).get("name", "?")
     _print_selftest(results, data, f"wb selftest on {host.name} ({data.get('host', '?')}, "
-                    f"run {remote_run} there, {row['name']} here)", as_json)
+                    f"run {remote_run} there, {row.name} here)", as_json)
     raise typer.Exit(data.get("exit_code", EXIT_FAILED))
 
 

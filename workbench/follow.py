@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -22,25 +22,29 @@ from rich.progress import (
 from rich.text import Text
 
 from workbench.render import duration, eta, event_line, fmt_value, key_metric
-from workbench.store import ACTIVE_STATUSES, Store
+from workbench.run_record import RunRecord
+from workbench.store import Store
+
+if TYPE_CHECKING:
+    from workbench.launch.local import Launched
 
 POLL_S = 0.25
 
 
-def follow_run(st: Store, row: dict[str, Any], console: Console,
-               stop: Callable[[dict[str, Any]], Any] | None = None) -> str:
+def follow_run(st: Store, launched: Launched, console: Console,
+               stop: Callable[[RunRecord], Any] | None = None) -> str:
     """Follow a run until it ends; returns its final status.
 
     Ctrl-C once stops the run (SIGTERM, so it checkpoints; or `stop(row)`, which a
     remote run needs); twice detaches. A remote run is followed through its mirror,
     which copies its output too.
     """
-    run_id = row["id"]
-    proc = row.get("_process")
-    where = f" on host {row['host']}" if row["launcher"] == "ssh" else ""
-    console.print(f"[bold]{row['name']}[/] ({run_id}) started{where}; output in "
+    row, proc = launched.record, launched.process
+    run_id = row.id
+    where = f" on host {row.host}" if row.is_remote else ""
+    console.print(f"[bold]{row.name}[/] ({run_id}) started{where}; output in "
                   f"{st.run_dir(run_id) / 'stdout.log'}")
-    metric = key_metric(row["kind"])
+    metric = key_metric(row.kind)
     log_path = st.run_dir(run_id) / "stdout.log"
     offset, cursor, interrupts = 0, 0, 0
     current = row  # a Ctrl-C before the first poll still finds the pid
@@ -48,8 +52,7 @@ def follow_run(st: Store, row: dict[str, Any], console: Console,
                         TextColumn("{task.fields[step]}"), TextColumn("{task.fields[metric]}"),
                         TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
                         console=console, transient=True)
-    task = progress.add_task(row["name"], total=row.get("total_steps"), step="", metric="",
-                             eta="-")
+    task = progress.add_task(row.name, total=row.total_steps, step="", metric="", eta="-")
     with progress:
         while True:
             try:
@@ -60,12 +63,12 @@ def follow_run(st: Store, row: dict[str, Any], console: Console,
                     if e["kind"] != "stage":
                         progress.console.print(event_line(e), highlight=False)
                 latest = st.latest_value(run_id, metric)
-                step = current["last_step"]
-                progress.update(task, completed=step or 0, total=current.get("total_steps"),
+                step = current.last_step
+                progress.update(task, completed=step or 0, total=current.total_steps,
                                 step=f"step {step if step is not None else '-'}",
                                 metric=f"{metric} {fmt_value(latest[1])}" if latest else "",
                                 eta=duration(eta(current)))
-                if current["status"] not in ACTIVE_STATUSES:  # a dead worker reads `lost`
+                if not current.is_active:  # a dead worker reads `lost`
                     break
                 time.sleep(POLL_S)
             except KeyboardInterrupt:
@@ -80,20 +83,20 @@ def follow_run(st: Store, row: dict[str, Any], console: Console,
                         progress.console.print(stop(current))
                     except Exception as exc:  # noqa: BLE001 - say it, keep following
                         progress.console.print(f"could not stop: {exc}")
-                elif current.get("pid"):
+                elif current.pid:
                     try:
-                        os.kill(current["pid"], signal.SIGTERM)
+                        os.kill(current.pid, signal.SIGTERM)
                     except ProcessLookupError:
                         pass
     if proc is not None:
         proc.wait(timeout=30)  # reap the worker (or mirror) we started
     offset = _tail(log_path, offset, console)
     final = st.get_run(run_id)
-    style = {"finished": "green", "failed": "red"}.get(final["status"], "yellow")
-    console.print(f"[{style}]{final['status']}[/] {row['name']} ({run_id}) at step "
-                  f"{final['last_step'] if final['last_step'] is not None else '-'}; "
+    style = {"finished": "green", "failed": "red"}.get(final.status, "yellow")
+    console.print(f"[{style}]{final.status}[/] {row.name} ({run_id}) at step "
+                  f"{final.last_step if final.last_step is not None else '-'}; "
                   f"see wb show {run_id}")
-    return final["status"]
+    return final.status
 
 
 def _tail(path: os.PathLike[str], offset: int, console: Console) -> int:
@@ -115,15 +118,15 @@ def _tail(path: os.PathLike[str], offset: int, console: Console) -> int:
 class _Member:
     """What the group view tracks of one run."""
 
-    row: dict[str, Any]  # as launched (name, the worker's Popen)
+    launched: Launched  # the record as launched, and the worker's Popen
     task: TaskID
-    current: dict[str, Any]  # as last read
+    current: RunRecord  # as last read
     cursor: int = 0  # last event id shown
     started: bool = False
     final: str | None = None  # the status it ended with
 
 
-def follow_group(st: Store, rows: list[dict[str, Any]], console: Console,
+def follow_group(st: Store, runs: list[Launched], console: Console,
                  group: str) -> dict[str, str]:
     """Follow a group's runs in one display, a bar per run, until all have ended.
 
@@ -133,16 +136,17 @@ def follow_group(st: Store, rows: list[dict[str, Any]], console: Console,
     group (queued ones first, so none starts in between); twice detaches. Returns
     run id -> final status ("detached" for those still going after a detach).
     """
-    console.print(f"group [bold]{group}[/]: {len(rows)} runs; outputs in "
+    console.print(f"group [bold]{group}[/]: {len(runs)} runs; outputs in "
                   f"{st.root}/RUN/stdout.log; compare with: wb compare {group}")
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"),
                         TextColumn("{task.fields[status]}"), BarColumn(),
                         TextColumn("{task.fields[step]}"), TextColumn("{task.fields[metric]}"),
                         TimeElapsedColumn(), TextColumn("eta {task.fields[eta]}"),
                         console=console, transient=True)
-    members = [_Member(r, progress.add_task(r["name"], total=r.get("total_steps"), start=False,
-                                            status="queued", step="", metric="", eta="-"), r)
-               for r in rows]
+    members = [_Member(r, progress.add_task(r.record.name, total=r.record.total_steps,
+                                            start=False, status="queued", step="", metric="",
+                                            eta="-"), r.record)
+               for r in runs]
     interrupts = 0
     with progress:
         while any(m.final is None for m in members):
@@ -157,53 +161,53 @@ def follow_group(st: Store, rows: list[dict[str, Any]], console: Console,
                 live = [m for m in members if m.final is None]
                 if interrupts > 1:
                     progress.console.print("detached; the runs go on. Stop them with: wb stop "
-                                           + " ".join(m.row["id"] for m in live))
-                    return {m.row["id"]: m.final or "detached" for m in members}
+                                           + " ".join(m.current.id for m in live))
+                    return {m.current.id: m.final or "detached" for m in members}
                 progress.console.print("stopping the group (running runs checkpoint, queued "
                                        "runs never start); Ctrl-C again to detach")
                 # Queued first: a queued run whose predecessor stops must not start.
-                for m in sorted(live, key=lambda m: m.current["status"] != "queued"):
-                    if m.current.get("pid"):
+                for m in sorted(live, key=lambda m: m.current.status != "queued"):
+                    if m.current.pid:
                         try:
-                            os.kill(m.current["pid"], signal.SIGTERM)
+                            os.kill(m.current.pid, signal.SIGTERM)
                         except ProcessLookupError:
                             pass
     for m in members:
-        if m.row.get("_process") is not None:
-            m.row["_process"].wait(timeout=30)  # reap the workers we started
+        if m.launched.process is not None:
+            m.launched.process.wait(timeout=30)  # reap the workers we started
     from workbench.render import compare_rows, compare_table
 
-    console.print(compare_table(compare_rows(st, [st.get_run(m.row["id"]) for m in members])))
-    return {m.row["id"]: m.final or "detached" for m in members}
+    console.print(compare_table(compare_rows(st, [st.get_run(m.current.id) for m in members])))
+    return {m.current.id: m.final or "detached" for m in members}
 
 
 def _poll_member(st: Store, m: _Member, progress: Progress) -> None:
     """One poll of one run of a followed group: its bar, new events, and its ending."""
-    run_id, name = m.row["id"], m.row["name"]
+    run_id, name = m.current.id, m.current.name
     cur = m.current = st.get_run(run_id)
     for e in st.events(run_id, since=m.cursor):
         m.cursor = e["id"]
         if e["kind"] != "stage":
             progress.console.print(Text(f"{name}: ").append_text(event_line(e)),
                                    highlight=False)
-    if cur["status"] == "running" and not m.started:
+    if cur.status == "running" and not m.started:
         m.started = True
         progress.start_task(m.task)  # the elapsed time counts from here, not while queued
         progress.console.print(f"[bold]{name}[/] ({run_id}) started")
-    metric = key_metric(cur["kind"])
+    metric = key_metric(cur.kind)
     latest = st.latest_value(run_id, metric)
-    step = cur["last_step"]
-    progress.update(m.task, completed=step or 0, total=cur.get("total_steps"),
-                    status=cur["status"], step=f"step {step if step is not None else '-'}",
+    step = cur.last_step
+    progress.update(m.task, completed=step or 0, total=cur.total_steps,
+                    status=cur.status, step=f"step {step if step is not None else '-'}",
                     metric=f"{metric} {fmt_value(latest[1])}" if latest else "",
                     eta=duration(eta(cur)))
-    if cur["status"] in ACTIVE_STATUSES:
+    if cur.is_active:
         return
-    m.final = cur["status"]
-    style = {"finished": "green", "failed": "red", "lost": "red"}.get(cur["status"], "yellow")
-    progress.console.print(f"[{style}]{cur['status']}[/] {name} ({run_id}) at step "
+    m.final = cur.status
+    style = {"finished": "green", "failed": "red", "lost": "red"}.get(cur.status, "yellow")
+    progress.console.print(f"[{style}]{cur.status}[/] {name} ({run_id}) at step "
                            f"{step if step is not None else '-'}; see wb show {run_id}")
-    if cur["status"] in ("failed", "lost"):
+    if cur.status in ("failed", "lost"):
         tail = _last_lines(st.run_dir(run_id) / "stdout.log", 10)
         if tail:
             progress.console.out(tail, highlight=False)

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from workbench.procs import pid_alive
+from workbench.run_record import ACTIVE_STATUSES, RunRecord
+
 if TYPE_CHECKING:  # imported on first use: about 0.1 s that read paths (`wb ls`) skip
     import sqlite_utils
 
 SCHEMA_VERSION = 3
 DB_NAME = "workbench.db"
 RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped", "lost")
-ACTIVE_STATUSES = ("queued", "running")
 # Seconds between heartbeats written by workers and SDK writer threads.
 HEARTBEAT_S = 2.0
 # A run's columnar copy of its scalars (`Store.scalar_history`), for runs this big.
@@ -357,7 +359,7 @@ class Store:
         after: str | None = None,
         run_id: str | None = None,
         host: str | None = None,
-    ) -> dict[str, Any]:
+    ) -> RunRecord:
         """Insert a run row and make its folder (mode 700).
 
         Without `name`, the run is called BASE-N (BASE defaults to the kind). `group`
@@ -403,7 +405,7 @@ class Store:
             self.conn.execute("ROLLBACK")
             run_dir.rmdir()
             raise
-        return row
+        return RunRecord.from_row(row)
 
     def _next_suffix(self, base: str, column: str = "name") -> int:
         """1 + the largest N among runs named (or grouped, column `grp`) BASE-N."""
@@ -444,7 +446,7 @@ class Store:
             raise StoreError(f"no run {run_id!r} in {self.root}")
         return json.loads(row[0])
 
-    def get_run(self, run_id: str) -> dict[str, Any]:
+    def get_run(self, run_id: str) -> RunRecord:
         row = next(_dicts(self.conn.execute("SELECT * FROM runs WHERE id = ?", (run_id,))),
                    None)
         if row is None:
@@ -457,16 +459,16 @@ class Store:
         return row[0] if row else None
 
     def runs(self, status: str | None = None, group: str | None = None,
-             kind: str | None = None) -> list[dict[str, Any]]:
+             kind: str | None = None) -> list[RunRecord]:
         """Runs oldest first; `status` filters on the read-time status (so `lost` works),
         `group` and `kind` on the stored columns."""
         clauses = [(c, v) for c, v in (("grp = ?", group), ("kind = ?", kind)) if v is not None]
         where = " AND ".join(c for c, _ in clauses)
         sql = "SELECT * FROM runs" + (f" WHERE {where}" if where else "") + " ORDER BY num"
         rows = [_with_liveness(r) for r in _dicts(self.conn.execute(sql, [v for _, v in clauses]))]
-        return [r for r in rows if status is None or r["status"] == status]
+        return [r for r in rows if status is None or r.status == status]
 
-    def resolve(self, ref: str) -> dict[str, Any]:
+    def resolve(self, ref: str) -> RunRecord:
         """RUN is an id, a name (the newest run of that name), or a unique id prefix.
 
         A name is tried before a prefix (as `docker` does): otherwise a short name
@@ -606,7 +608,7 @@ class Store:
                 self.conn.total_changes)
 
     @staticmethod
-    def judged(row: dict[str, Any]) -> dict[str, Any]:
+    def judged(row: RunRecord) -> RunRecord:
         """A runs row as `runs()` returns it, judged again (an active run whose process
         is gone reads `lost`), for a view that kept it since."""
         return _with_liveness(row)
@@ -978,34 +980,16 @@ def _record(table: str, row: dict[str, Any]) -> dict[str, Any]:
     return {"type": "event", **_event_row(row)}
 
 
-def pid_alive(pid: int | None) -> bool:
-    """True if a process with this pid exists on this host and is not a zombie."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _with_liveness(row: dict[str, Any]) -> dict[str, Any]:
+def _with_liveness(row: dict[str, Any] | RunRecord) -> RunRecord:
     """Show a queued/running run whose process is gone as `lost` (read-time, not stored).
 
-    A remote run (launcher `ssh`) carries its host's own judgement, copied by its mirror.
+    A remote run carries its host's own judgement, copied by its mirror.
     """
-    row = dict(row)
-    if (row["status"] in ACTIVE_STATUSES and row["pid"] and row["launcher"] != "ssh"
-            and row["host"] == socket.gethostname()):
-        if not pid_alive(row["pid"]):
-            row["status"] = "lost"
-    return row
+    rec = row if isinstance(row, RunRecord) else RunRecord.from_row(row)
+    if (rec.stored_status in ACTIVE_STATUSES and rec.pid and not rec.is_remote
+            and rec.host == socket.gethostname() and not pid_alive(rec.pid)):
+        return rec.with_status("lost")
+    return rec
 
 
 def new_run_id() -> str:
@@ -1029,5 +1013,6 @@ def strict_json(obj: Any) -> Any:
 
 __all__ = [
     "Batch", "Store", "StoreError", "resolve_root", "validate_name", "flag_of", "value_of",
-    "pid_alive", "strict_json", "RUN_STATUSES", "SCHEMA_VERSION",
+    "strict_json", "RUN_STATUSES", "SCHEMA_VERSION", "RunRecord",
+    "ACTIVE_STATUSES",
 ]

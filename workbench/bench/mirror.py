@@ -64,7 +64,7 @@ def bench_mirror(quick: bool = False, progress: Console | None = None) -> dict[s
     from workbench.launch.mirror import Mirror
     from workbench.spec import LoadedSpec, parse_spec
     from workbench.sshd import loopback_sshd
-    from workbench.store import ACTIVE_STATUSES, Store
+    from workbench.store import Store
 
     steady, pause = (300, 0.01) if quick else (1500, 0.01)
     burst = 20_000 if quick else 100_000
@@ -82,30 +82,33 @@ def bench_mirror(quick: bool = False, progress: Console | None = None) -> dict[s
             local = Store(root / "local")
             say(progress, f"mirror: a run on 127.0.0.1 over ssh logs {steady} rows at "
                           f"{1 / pause:.0f}/s, then {burst:,} at once")
-            row = ssh.start(local, LoadedSpec(spec, "bench-mirror"), host, name="bench-mirror")
+            started = ssh.start(local, LoadedSpec(spec, "bench-mirror"), host,
+                                name="bench-mirror")
+            row = started.record
             lags, cursor = [], 0
             deadline = time.monotonic() + 120 + steady * pause * 3
             while time.monotonic() < deadline:
                 now = time.time()
-                for rec in local.records(row["id"], since=cursor, keys=["bench/steady"]):
+                for rec in local.records(row.id, since=cursor, keys=["bench/steady"]):
                     lags.append(now - rec["wall"])
                     cursor = rec["id"]
-                if local.get_run(row["id"])["status"] not in ACTIVE_STATUSES:
+                if not local.get_run(row.id).is_active:
                     break
                 time.sleep(0.005)
-            status = local.get_run(row["id"])["status"]
+            status = local.get_run(row.id).status
             if status != "finished" or len(lags) != steady:
                 raise RuntimeError(f"the mirrored run ended {status} with {len(lags)} of "
-                                   f"{steady} steady rows; see {local.run_dir(row['id'])}")
-            row["_process"].wait(timeout=30)
+                                   f"{steady} steady rows; see {local.run_dir(row.id)}")
+            if started.process is not None:
+                started.process.wait(timeout=30)
             say(progress, f"  lag p50 {_quantile(lags, 0.5):.3f} s, p99 "
                           f"{_quantile(lags, 0.99):.3f} s over {len(lags)} rows")
 
             fresh = Store(root / "catch-up")
-            fresh.create_run(run_id=row["id"], host="loop", launcher="ssh", kind="script",
+            fresh.create_run(run_id=row.id, host="loop", launcher="ssh", kind="script",
                              name="catch-up")
             t0 = time.perf_counter()
-            outcome = Mirror(fresh, row["id"], host, log=io.StringIO()).run(give_up_s=30)
+            outcome = Mirror(fresh, row.id, host, log=io.StringIO()).run(give_up_s=30)
             seconds = time.perf_counter() - t0
             rows = fresh.conn.execute("SELECT count(*) FROM scalars").fetchone()[0]
             ours = fresh.conn.execute(  # the run may log system metrics besides

@@ -106,7 +106,7 @@ from workbench.data.byte_level import VOCAB_SIZE as VOCAB_SIZE
 from workbench.data.byte_level import decode as decode
 from workbench.data.byte_level import encode as encode
 from workbench.data.byte_level import tokenizer_info as tokenizer_info
-from workbench.store import pid_alive
+from workbench.procs import pid_alive
 
 # ---------------------------------------------------------------- tokenizer
 

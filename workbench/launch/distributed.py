@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from workbench.launch.local import children_map
+from workbench.procs import children_map
 
 if TYPE_CHECKING:
     from workbench.spec import Resources
@@ -179,7 +179,7 @@ def run_ranks(run_id: str, procs: int, stop: threading.Event, nodes: int = 1,
 
 def _watch_worker(pid: int) -> None:
     """Exit this rank (at once, like the worker did) when the worker is gone."""
-    from workbench.store import pid_alive
+    from workbench.procs import pid_alive
 
     def watch() -> None:
         while True:

@@ -1,4 +1,5 @@
-"""The local launcher: start, stop and resume runs as detached processes on this machine."""
+"""The local backend's work: start, stop and resume runs as detached worker processes on
+this machine (launch/backends.py picks it; workbench/procs.py judges the processes)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,28 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from workbench.procs import is_worker_of, kill_tree, pid_alive
+from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, dump_toml, parse_spec
-from workbench.store import ACTIVE_STATUSES, Store, StoreError, pid_alive
+from workbench.store import ACTIVE_STATUSES, Store, StoreError
+
+
+@dataclass(frozen=True)
+class Launched:
+    """A run just started: its record, and the process this call started for it (the
+    local worker, or the mirror of a remote run), for a foreground caller to reap."""
+
+    record: RunRecord
+    process: subprocess.Popen[bytes] | None = None
 
 
 def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
           resumed_from: str | None = None, group: str | None = None,
           after: str | None = None, node_rank: int = 0,
-          master: str | None = None) -> dict[str, Any]:
+          master: str | None = None) -> Launched:
     """Create the run (queued), write its spec, and start its worker in a new session.
 
     With `after`, the worker stays queued until that run has ended (launch/queue.py).
@@ -42,9 +54,9 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
         resumed_from=resumed_from,
         total_steps=getattr(spec, "total_steps", None), group=group, after=after,
     )
-    run_dir = store.run_dir(row["id"])
-    write_private(run_dir / "spec.toml", row["spec"])
-    env = {**os.environ, "WB_STORE": str(store.root.resolve()), "WB_RUN_ID": row["id"],
+    run_dir = store.run_dir(row.id)
+    write_private(run_dir / "spec.toml", row.spec or "")
+    env = {**os.environ, "WB_STORE": str(store.root.resolve()), "WB_RUN_ID": row.id,
            "PYTHONUNBUFFERED": "1", "WB_NODE_RANK": str(node_rank)}
     env.pop("WB_MASTER_ADDR", None)
     env.pop("WB_MASTER_PORT", None)
@@ -52,14 +64,12 @@ def start(store: Store, loaded: LoadedSpec, *, name: str | None = None,
     fd = os.open(run_dir / "stdout.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "workbench.launch.worker", row["id"]],
+            [sys.executable, "-m", "workbench.launch.worker", row.id],
             stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
             start_new_session=True, close_fds=True,
         )
-    store.update_run(row["id"], pid=proc.pid)
-    row["pid"] = proc.pid
-    row["_process"] = proc  # lets a foreground caller reap it
-    return row
+    store.update_run(row.id, pid=proc.pid)
+    return Launched(store.get_run(row.id), proc)
 
 
 def write_private(path: Path, text: str) -> None:
@@ -70,7 +80,7 @@ def write_private(path: Path, text: str) -> None:
 
 
 def start_group(store: Store, specs: list[LoadedSpec], *, group: str, parallel: int = 1,
-                names: list[str | None] | None = None) -> list[dict[str, Any]]:
+                names: list[str | None] | None = None) -> list[Launched]:
     """Start every spec of a group; run i is chained after run i - `parallel`.
 
     Every worker starts at once, but a chained one waits (queued) for its predecessor,
@@ -79,22 +89,27 @@ def start_group(store: Store, specs: list[LoadedSpec], *, group: str, parallel: 
     usual comparison) just as fast.
     """
     names = names or [None] * len(specs)
-    rows: list[dict[str, Any]] = []
+    started: list[Launched] = []
     for i, (loaded, name) in enumerate(zip(specs, names, strict=True)):
-        after = rows[i - parallel]["id"] if i >= parallel else None
-        rows.append(start(store, loaded, name=name, group=group, after=after))
-    return rows
+        after = started[i - parallel].record.id if i >= parallel else None
+        started.append(start(store, loaded, name=name, group=group, after=after))
+    return started
 
 
-def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
-    """SIGTERM the worker (it checkpoints and exits), SIGKILL its group after `grace` s."""
-    stored = store.stored_status(row["id"])  # row["status"] may read `lost`
+def stop(store: Store, row: RunRecord, grace: float = 10.0, *, own_worker: bool = True) -> str:
+    """SIGTERM the worker (it checkpoints and exits), SIGKILL its group after `grace` s.
+
+    `own_worker`: the pid is a worker `wb launch` started, so a pid now running
+    something else was reused and is not signalled. False for a script's own process
+    (an SDK run), which has no worker command line to check.
+    """
+    stored = store.stored_status(row.id)  # row.status may read `lost`
     if stored not in ACTIVE_STATUSES:
-        return f"run {row['id']} is already {stored}"
-    pid = row["pid"]
-    if not pid_alive(pid) or not _is_worker_of(pid, row):
-        store.update_run(row["id"], status="lost", ended=time.time())
-        return f"run {row['id']} had no live process; recorded as lost"
+        return f"run {row.id} is already {stored}"
+    pid = row.pid
+    if not pid or not pid_alive(pid) or (own_worker and not is_worker_of(pid, row.id)):
+        store.update_run(row.id, status="lost", ended=time.time())
+        return f"run {row.id} had no live process; recorded as lost"
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -104,86 +119,22 @@ def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
         time.sleep(0.1)
     if pid_alive(pid):
         kill_tree(pid)
-        store.update_run(row["id"], status="stopped", ended=time.time(), exit_code=-9)
-        return f"run {row['id']} did not exit within {grace:g}s; killed"
-    if store.stored_status(row["id"]) in ACTIVE_STATUSES:  # died without recording
-        store.update_run(row["id"], status="stopped", ended=time.time())
-    return f"run {row['id']} stopped"
+        store.update_run(row.id, status="stopped", ended=time.time(), exit_code=-9)
+        return f"run {row.id} did not exit within {grace:g}s; killed"
+    if store.stored_status(row.id) in ACTIVE_STATUSES:  # died without recording
+        store.update_run(row.id, status="stopped", ended=time.time())
+    return f"run {row.id} stopped"
 
 
-def _is_worker_of(pid: int, row: dict[str, Any]) -> bool:
-    """False when a local run's pid now belongs to another process (the pid was reused,
-    e.g. after a reboot): never signal a stranger. True where it cannot be told."""
-    if row.get("launcher") != "local":
-        return True
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return True
-    return b"workbench.launch.worker" in argv and row["id"].encode() in argv
-
-
-def kill_tree(pid: int, timeout: float = 5.0) -> None:
-    """SIGKILL the worker's process group and every descendant of the worker.
-
-    The group alone is not enough: torchrun starts each rank in a session of its
-    own, so ranks are found through the process tree (read before anything dies,
-    since orphans are re-parented).
-    """
-    tree = descendants(pid)
-    try:
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    for child in tree:
-        try:
-            os.kill(child, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(pid_alive(p) for p in (pid, *tree)):
-        time.sleep(0.05)
-
-
-def children_map() -> dict[int, list[int]]:
-    """Parent pid -> child pids of every live process (from /proc; {} where there is none)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return children
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    return children
-
-
-def descendants(pid: int) -> list[int]:
-    """Pids of every live descendant of `pid` (from /proc; [] where there is none)."""
-    children = children_map()
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in out:
-                out.append(child)
-                todo.append(child)
-    return out
-
-
-def resume(store: Store, row: dict[str, Any], *, name: str | None = None) -> dict[str, Any]:
+def resume(store: Store, row: RunRecord, *, name: str | None = None) -> Launched:
     """Start a new run from the same spec; its worker resumes from the old run's folder."""
-    if row["status"] in ACTIVE_STATUSES:
-        raise StoreError(f"run {row['id']} is still {row['status']}; stop it first "
-                         f"(wb stop {row['id']})")
-    if not row["spec"]:
-        raise StoreError(f"run {row['id']} was not launched from a spec (launcher "
-                         f"{row['launcher']}); only launched runs can be resumed")
-    spec = parse_spec(row["spec"], label=f"run {row['id']} spec")
+    if row.is_active:
+        raise StoreError(f"run {row.id} is still {row.status}; stop it first "
+                         f"(wb stop {row.id})")
+    if not row.spec:
+        raise StoreError(f"run {row.id} was not launched from a spec; only launched runs "
+                         "can be resumed")
+    spec = parse_spec(row.spec, label=f"run {row.id} spec")
     # The new run stays in the old one's group: it continues that comparison.
-    return start(store, LoadedSpec(spec, f"run:{row['id']}"), name=name or row["name"],
-                 resumed_from=row["id"], group=row.get("grp"))
+    return start(store, LoadedSpec(spec, f"run:{row.id}"), name=name or row.name,
+                 resumed_from=row.id, group=row.group)

@@ -15,6 +15,7 @@ from typing import Any
 
 from workbench.hosts import LOCAL, get_host
 from workbench.launch import local, ssh
+from workbench.launch.local import Launched
 from workbench.spec import LoadedSpec
 from workbench.store import Store
 
@@ -32,36 +33,37 @@ def master_address(hosts: list[str], configured: str | None) -> str:
     return get_host(hosts[0]).address()
 
 
-def start(store: Store, loaded: LoadedSpec, *, name: str | None = None) -> dict[str, Any]:
-    """Start every node, node 0 first; returns node 0's local row."""
+def start(store: Store, loaded: LoadedSpec, *, name: str | None = None) -> Launched:
+    """Start every node, node 0 first; returns node 0's local record (no process: every
+    node's worker is detached, and node 0 reports for the run)."""
     res = loaded.spec.resources
     hosts = list(res.hosts) or [LOCAL] * res.nodes
     master = f"{master_address(hosts, res.master_addr)}:{res.rdzv_port}"
     name = name or loaded.spec.name or store.next_name(loaded.default_name)
     placed: list[dict[str, Any]] = []
-    row: dict[str, Any] = {}
+    first = ""
     try:
         for rank, host_name in enumerate(hosts):
             run_id = _start_node(store, loaded, host_name, rank,
                                  name if rank == 0 else f"{name}.node{rank}", master)
             if rank == 0:
-                row = store.get_run(run_id) | {"_process": None}
+                first = run_id
             placed.append({"node": rank, "host": host_name, "run": run_id})
     except BaseException:
         _stop_started(store, placed)  # node 0 would wait for the others for minutes
         raise
-    store.merge_config(row["id"], {"node_runs": placed, "master": master})
-    return row
+    store.merge_config(first, {"node_runs": placed, "master": master})
+    return Launched(store.get_run(first))
 
 
 def _start_node(store: Store, loaded: LoadedSpec, host_name: str, rank: int, name: str,
                 master: str) -> str:
     """Start node `rank` on its host; its run id."""
     if host_name == LOCAL:
-        return local.start(store, loaded, name=name, node_rank=rank, master=master)["id"]
+        return local.start(store, loaded, name=name, node_rank=rank, master=master).record.id
     host = get_host(host_name)
     if rank == 0:  # mirrored: its metrics are the run's
-        return ssh.start(store, loaded, host, name=name, master=master)["id"]
+        return ssh.start(store, loaded, host, name=name, master=master).record.id
     return ssh.launch_remote(host, loaded.spec, name, node_rank=rank, master=master)
 
 
@@ -69,8 +71,7 @@ def _stop_started(store: Store, placed: list[dict[str, Any]]) -> None:
     """Best effort: stop the nodes already started when a later one failed to start."""
     for node in placed:
         try:
-            # Stopped by the launcher that started it (_start_node): launch/control.py
-            # dispatches on the run's launcher and imports this module, not the reverse.
+            # Stopped the way _start_node started it: no record says so yet.
             if node["host"] == LOCAL:
                 local.stop(store, store.get_run(node["run"]), grace=5)
             elif node["node"] == 0:  # node 0 on a remote host: its local mirror run

@@ -11,9 +11,11 @@ argument list quoted by `Host.ssh_argv`.
 from __future__ import annotations
 
 import subprocess
-from typing import Any
+from collections.abc import Callable
 
 from workbench.hosts import LOCAL, Host, HostError, get_host
+from workbench.launch.local import Launched
+from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, SpecBase, dump_toml
 from workbench.store import Store, StoreError
 
@@ -47,7 +49,7 @@ def _call(host: Host, command: list[str], *, input: str | None = None,
 
 def start(store: Store, loaded: LoadedSpec, host: Host, *, name: str | None = None,
           group: str | None = None, node_rank: int = 0,
-          master: str | None = None) -> dict[str, Any]:
+          master: str | None = None) -> Launched:
     """Launch on `host` (detached there), record the run here and start its mirror.
 
     The spec travels as it was given, not `for_launch()`-resolved: relative paths in
@@ -82,8 +84,9 @@ def launch_remote(host: Host, spec: SpecBase, name: str, *, node_rank: int = 0,
 
 def _record(store: Store, host: Host, run_id: str, spec: SpecBase, *, name: str,
             group: str | None = None, resumed_from: str | None = None,
-            after_start: Any = None) -> dict[str, Any]:
-    """The local row of a run the host has just started, then its mirror."""
+            after_start: Callable[[Store, str], subprocess.Popen[bytes] | None] | None = None,
+            ) -> Launched:
+    """The local record of a run the host has just started, then its mirror."""
     try:
         row = store.create_run(
             run_id=run_id, host=host.name, kind=spec.kind, name=name, status="queued",
@@ -93,31 +96,30 @@ def _record(store: Store, host: Host, run_id: str, spec: SpecBase, *, name: str,
     except StoreError as exc:
         raise HostError(f"host {host.name!r} started run {run_id!r} but it cannot be "
                         f"recorded here: {exc}") from None
-    if after_start is not None:
-        row["_process"] = after_start(store, row["id"])
-    return row
+    process = after_start(store, row.id) if after_start is not None else None
+    return Launched(row, process)
 
 
-def stop(store: Store, row: dict[str, Any], grace: float = 10.0) -> str:
+def stop(store: Store, row: RunRecord, grace: float = 10.0) -> str:
     """`wb stop` on the host; the mirror copies the final status (one is started if
     none is running, so the local row does not stay `running`)."""
     from workbench.launch import mirror
 
-    host = get_host(row["host"])
-    out = _call(host, host.wb("stop", row["id"], "--grace", f"{grace:g}"),
+    host = get_host(row.host)
+    out = _call(host, host.wb("stop", row.id, "--grace", f"{grace:g}"),
                 timeout=grace + REMOTE_TIMEOUT_S)
-    mirror.ensure(store, row["id"])
+    mirror.ensure(store, row.id)
     return f"{out.strip()} (on {host.name})"
 
 
-def resume(store: Store, row: dict[str, Any]) -> dict[str, Any]:
+def resume(store: Store, row: RunRecord) -> Launched:
     """`wb resume` on the host (it resumes from its own checkpoint, under the same
     name), mirrored as a new local run linked to the old one."""
     from workbench.launch import mirror
     from workbench.spec import parse_spec
 
-    host = get_host(row["host"])
-    out = _call(host, host.wb("resume", row["id"], "--detach"))
-    spec = parse_spec(row["spec"], label=f"run {row['id']} spec")
-    return _record(store, host, out.strip().splitlines()[-1], spec, name=row["name"],
-                   group=row.get("grp"), resumed_from=row["id"], after_start=mirror.spawn)
+    host = get_host(row.host)
+    out = _call(host, host.wb("resume", row.id, "--detach"))
+    spec = parse_spec(row.spec or "", label=f"run {row.id} spec")
+    return _record(store, host, out.strip().splitlines()[-1], spec, name=row.name,
+                   group=row.group, resumed_from=row.id, after_start=mirror.spawn)

@@ -26,6 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from workbench.run_record import RunRecord
 from workbench.selftest import Context, Outcome, check
 from workbench.selftest.compare import curves_agree
 
@@ -87,25 +88,27 @@ def nccl_check(ctx: Context) -> Outcome:
 
 
 def launched(store: Any, source: str, overrides: Sequence[str], name: str,
-             timeout: float = RUN_TIMEOUT_S) -> dict[str, Any]:
+             timeout: float = RUN_TIMEOUT_S) -> RunRecord:
     """Launch ``source`` as a real run (worker process, torchrun when procs > 1) and wait
-    for its end; the final row. Killed (its whole tree) past ``timeout``."""
+    for its end; the final record. Killed (its whole tree) past ``timeout``."""
     from workbench.launch import local
+    from workbench.procs import kill_tree
     from workbench.spec import load_spec
 
-    row = local.start(store, load_spec(source, list(overrides)), name=name)
-    proc = row["_process"]
+    started = local.start(store, load_spec(source, list(overrides)), name=name)
+    proc, run_id = started.process, started.record.id
+    assert proc is not None  # a local start always has its worker
     try:
         proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        local.kill_tree(proc.pid)
+        kill_tree(proc.pid)
         raise RuntimeError(f"{name} did not finish within {timeout:.0f} s") from None
     deadline = time.monotonic() + 10
-    while store.get_run(row["id"])["status"] in ("queued", "running"):
+    while store.get_run(run_id).is_active:
         if time.monotonic() > deadline:
             break
         time.sleep(0.1)
-    return store.get_run(row["id"])
+    return store.get_run(run_id)
 
 
 def compare_ranks(one: Mapping[int, float], two: Mapping[int, float]) -> Outcome:
@@ -127,9 +130,9 @@ def two_rank_check(ctx: Context) -> Outcome:
                                    f"selftest-{procs}rank")
         out = Outcome()
         for procs, row in rows.items():
-            if not out.require(row["status"] == "finished", f"the {procs}-rank run ended "
-                                                            f"{row['status']}"):
-                log = st.run_dir(row["id"]) / "stdout.log"
+            if not out.require(row.status == "finished", f"the {procs}-rank run ended "
+                                                          f"{row.status}"):
+                log = st.run_dir(row.id) / "stdout.log"
                 out.detail[f"log_tail_{procs}"] = log.read_text()[-1500:] if log.exists() else ""
         curves = {p: {s: v for _, s, _, v, _ in st.scalars(r["id"], "train/loss")}
                   for p, r in rows.items()}
