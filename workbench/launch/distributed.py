@@ -210,11 +210,11 @@ def rank_main(argv: list[str] | None = None) -> int:
     store = Store(os.environ.get("WB_STORE"), create=False)
     row = store.get_run(run_id)
     run = Run(store, row, owner=False, heartbeat=False, disabled=rank != 0)
-    resume_dir = store.run_dir(row["resumed_from"]) if row["resumed_from"] else None
+    resume_dir = store.run_dir(row.resumed_from) if row.resumed_from else None
     ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
     try:
-        spec = parse_spec(row["spec"], label=f"run {run_id} spec")
-        get(row["kind"]).entry_point()(spec, ctx)
+        spec = parse_spec(row.spec or "", label=f"run {run_id} spec")
+        get(row.kind).entry_point()(spec, ctx)
     finally:
         run.finish()
         store.close()

@@ -46,7 +46,7 @@ class Mirror:
     def __init__(self, store: Store, run_id: str, host: Host | None = None,
                  log: IO[str] | None = None):
         self.store, self.run_id = store, run_id
-        self.host = host or get_host(store.get_run(run_id)["host"])
+        self.host = host or get_host(store.get_run(run_id).host)
         self.log = log or sys.stdout
         self.status: str | None = None
         self.connections = 0

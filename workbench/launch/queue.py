@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 
-from workbench.store import ACTIVE_STATUSES, HEARTBEAT_S, Store, StoreError
+from workbench.store import HEARTBEAT_S, Store, StoreError
 
 POLL_S = 0.5
 # A predecessor still queued with no pid this long after creation never got a worker
@@ -32,7 +32,7 @@ def wait_turn(store: Store, run_id: str, stop: threading.Event,
     run still starts: a group is a comparison, one bad run must not void the rest.
     """
     row = store.get_run(run_id)
-    after = row.get("after")
+    after = row.after
     if not after:
         return True
     announced = False
@@ -69,11 +69,11 @@ def _blocks(store: Store, run_id: str) -> bool:
             pred = store.get_run(run_id)
         except StoreError:  # deleted (`wb rm`)
             return False
-        orphan = (pred["status"] == "queued" and not pred["pid"]
-                  and time.time() - pred["created"] > ORPHAN_S)
-        if pred["status"] in ACTIVE_STATUSES and not orphan:
+        orphan = (pred.status == "queued" and not pred.pid
+                  and time.time() - pred.created > ORPHAN_S)
+        if pred.is_active and not orphan:
             return True
-        if pred["started"] or not pred["after"]:
+        if pred.started or not pred.after:
             return False
-        run_id = pred["after"]
+        run_id = pred.after
     return False

@@ -51,15 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     run = Run(store, row, owner=False, heartbeat=True)
     # At the step the store knows: ranks and scripts log from other processes.
     sampler = start_sampler(run, step=StoreStep(run, store.root))
-    resume_dir = store.run_dir(row["resumed_from"]) if row["resumed_from"] else None
+    resume_dir = store.run_dir(row.resumed_from) if row.resumed_from else None
     ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
     print(f"workbench: run {run_id} ({row['name']}, kind {row['kind']}) pid {os.getpid()}",
           flush=True)
     status, code = "finished", 0
     try:
         if not stop.is_set():
-            spec = parse_spec(row["spec"], label=f"run {run_id} spec")
-            recipe, procs = get(row["kind"]), spec.resources.procs
+            spec = parse_spec(row.spec or "", label=f"run {run_id} spec")
+            recipe, procs = get(row.kind), spec.resources.procs
             nodes = spec.resources.nodes
             if nodes > 1 and not recipe.per_rank:
                 raise RuntimeError(f"resources.nodes = {nodes}, but kind {row['kind']} runs "
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         if sampler is not None:  # before the ending: no sample after the stage event
             sampler.stop()
         # At the run's last step: the recipe may have logged from another process.
-        last = store.get_run(run_id)["last_step"]
+        last = store.get_run(run_id).last_step
         run.event("stage", step=max(last or 0, run.step), stage=status, exit_code=code)
         run.finish()
         # Printed before the status: a `wb logs --follow` that sees the ending has it.

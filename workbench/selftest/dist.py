@@ -134,7 +134,7 @@ def two_rank_check(ctx: Context) -> Outcome:
                                                           f"{row.status}"):
                 log = st.run_dir(row.id) / "stdout.log"
                 out.detail[f"log_tail_{procs}"] = log.read_text()[-1500:] if log.exists() else ""
-        curves = {p: {s: v for _, s, _, v, _ in st.scalars(r["id"], "train/loss")}
+        curves = {p: {s: v for _, s, _, v, _ in st.scalars(r.id, "train/loss")}
                   for p, r in rows.items()}
     out.merge(compare_ranks(curves[1], curves[2]))
     out.headline = (f"{len(curves[2])} steps: step-1 loss diff "
