@@ -38,10 +38,11 @@ def wb_inproc(*args: str, check: bool = False, env: dict[str, str | None] | None
     from typer.testing import CliRunner
 
     from workbench import cli
+    from workbench.cli import common
 
-    saved = cli.console, cli.err_console, sys.argv
+    saved = common.console, common.err_console, sys.argv
     with CliRunner().isolation(input=input, env=env) as (out, err, _):
-        cli.console, cli.err_console = cli._consoles()
+        common.console, common.err_console = common._consoles()
         sys.argv = ["wb", *args]
         try:
             cli.main()
@@ -56,7 +57,7 @@ def wb_inproc(*args: str, check: bool = False, env: dict[str, str | None] | None
             traceback.print_exc()
             code = 1
         finally:
-            cli.console, cli.err_console, sys.argv = saved
+            common.console, common.err_console, sys.argv = saved
             sys.stdout.flush()
             sys.stderr.flush()
         stdout = out.getvalue().decode()

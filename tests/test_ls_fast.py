@@ -1,4 +1,4 @@
-"""`wb ls` parses its own options (workbench/cli.py `_ls_fast`) and reads the store
+"""`wb ls` parses its own options (workbench/cli/__init__.py `_ls_fast`) and reads the store
 without sqlite_utils, so it starts in about half the time (issue 20 item 6). These tests
 hold it to what Typer's path prints, byte for byte."""
 
@@ -100,11 +100,11 @@ def test_ls_prints_what_a_plain_print_of_the_table_prints(
         return Console(file=io.StringIO(), width=width, force_terminal=terminal,
                        color_system="truecolor" if terminal else None)
 
-    monkeypatch.setattr(cli, "console", console())
+    monkeypatch.setattr(cli.common, "console", console())
     cli.ls_(store=varied.root)
     reference = console()
     reference.print(runs_table(varied, varied.runs()))
-    assert cli.console.file.getvalue() == reference.file.getvalue()
+    assert cli.common.console.file.getvalue() == reference.file.getvalue()
     if width == 40:  # too narrow: the lines wrapped
         assert len(reference.file.getvalue().splitlines()) > 13
 
