@@ -1,6 +1,6 @@
 """Causal flash attention that also returns the per-head max logit (QK-Clip).
 
-QK-Clip (MuonClip, Kimi K2; RESEARCH.md §1) needs S_max per head: the largest
+QK-Clip (MuonClip; Kimi K2 report, arXiv 2507.20534) needs S_max per head: the largest
 pre-softmax logit q_i . k_j * scale over the causally visible pairs (j <= i). A
 flash-attention forward already keeps that number, the running row max of its
 online softmax, so the Triton kernel here stores it ([B, H, T] row maxima, reduced

@@ -1,6 +1,6 @@
 """`wb bench engine`: generated tokens/s, continuous vs static batching, same workload.
 
-Why: RL rollout lengths are heavily skewed (RESEARCH.md §2). With static batching a
+Why: RL rollout lengths are heavily skewed (Magistral, PipelineRL). With static batching a
 batch runs as long as its longest member while the finished slots sit idle; continuous
 batching refills a slot as soon as its sequence ends. This bench measures what that
 buys on the embedded torch engine (workbench/engine/torch_engine.py).

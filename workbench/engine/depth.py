@@ -1,4 +1,5 @@
-"""Token-by-token decoding of a recurrent-depth model with a KV cache (RESEARCH.md §3).
+"""Token-by-token decoding of a recurrent-depth model with a KV cache (Huginn; Geiping
+et al., 2025, "Scaling up Test-Time Compute with Latent Reasoning").
 
 Prelude and coda layers run once per token and keep one K/V per token. Core layers run
 r times per token, and the cache holds either:
@@ -32,7 +33,7 @@ from torch import Tensor
 from workbench.models.recurrent_depth import RecurrentDepthGPT
 
 EXIT_RULES = ("none", "kl", "latent")
-DEFAULT_THRESHOLD = {"none": 0.0, "kl": 5e-4, "latent": 0.03}  # Huginn's (RESEARCH.md §3)
+DEFAULT_THRESHOLD = {"none": 0.0, "kl": 5e-4, "latent": 0.03}  # Huginn's (Geiping et al.)
 
 
 @dataclass

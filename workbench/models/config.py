@@ -111,7 +111,7 @@ def _divisors(n: int) -> list[int]:
 
 @dataclass
 class RecurrentDepthConfig:
-    """A recurrent-depth transformer (Huginn, RESEARCH.md §3): a prelude, a core block
+    """A recurrent-depth transformer (Huginn; Geiping et al., 2025): a prelude, a core block
     looped r times on a latent state (input injected by a 2h -> h adapter each time),
     and a coda. Field names are ours; `models.recurrent_depth.HUGINN_FIELDS` maps
     Huginn's config.json onto them."""

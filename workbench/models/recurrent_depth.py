@@ -1,4 +1,4 @@
-"""A recurrent-depth transformer, compatible with Huginn-0125 (RESEARCH.md §3).
+"""A recurrent-depth transformer, compatible with Huginn-0125 (Geiping et al., 2025).
 
     e     = prelude(embed(ids) * sqrt(h))          the input, once
     s_0   ~ TruncNormal(0, std, +-3 std) * sqrt(h)  a random initial state
