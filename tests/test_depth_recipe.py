@@ -16,6 +16,7 @@ from workbench.recipes import Context
 from workbench.recipes.depth.run import run as depth_run
 from workbench.recipes.depth.task import ChainTask, Sequence, TaskLoader
 from workbench.recipes.pretrain import run as pretrain_run
+from workbench.run_record import RunRecord
 from workbench.spec import SpecError, dump_toml, load_spec, parse_spec
 from workbench.store import Store
 from workbench.tracking import Run
@@ -138,13 +139,13 @@ max_bytes = 100000
 """
 
 
-def inline(store: Store, text: str, kind: str, entry: Any) -> dict[str, Any]:
+def inline(store: Store, text: str, kind: str, entry: Any) -> RunRecord:
     spec = parse_spec(text)
     row = store.create_run(kind=kind, base="t", status="running", spec=dump_toml(spec),
                            config=spec.run_config(), total_steps=spec.total_steps)
     run = Run(store, row, owner=True)
     try:
-        entry(spec, Context(run=run, run_dir=store.run_dir(row["id"])))
+        entry(spec, Context(run=run, run_dir=store.run_dir(row.id)))
     finally:
         run.finish()
     return row
@@ -152,7 +153,7 @@ def inline(store: Store, text: str, kind: str, entry: Any) -> dict[str, Any]:
 
 def test_pretrain_trains_a_recurrent_depth_model_with_muonclip(store: Store) -> None:
     row = inline(store, RD_PRETRAIN.format(tau=0.5), "pretrain", pretrain_run)
-    rid = row["id"]
+    rid = row.id
     draws = [v for *_, v, _ in store.scalars(rid, "train/recurrence")]
     assert len(draws) == 6 and all(v >= 1 and v == int(v) for v in draws)
     assert len(set(draws)) > 1  # drawn per step, not fixed
@@ -188,7 +189,7 @@ DEPTH_TINY = ["model.d_model=32", "model.n_head=2", "model.seq_len=48", "train.s
 def test_a_depth_run_trains_then_logs_every_depth_metric(store: Store) -> None:
     loaded = load_spec("depth-tiny", DEPTH_TINY)
     row = inline(store, loaded.to_toml(), "depth", depth_run)
-    rid = row["id"]
+    rid = row.id
     summary = store.events(rid, kind="depth_eval")[0]["payload"]
     # perf/tokens_per_s is the training throughput only: the evaluation, logged at the
     # last training step, wrote the decoding speed there too.
@@ -338,7 +339,7 @@ def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store
     spec = parse_spec(RD_PRETRAIN.format(tau=100))
     row = store.create_run(kind="pretrain", base="t", status="running")
     run = Run(store, row, owner=True)
-    trainer = Trainer(spec=spec, ctx=Context(run=run, run_dir=store.run_dir(row["id"])),
+    trainer = Trainer(spec=spec, ctx=Context(run=run, run_dir=store.run_dir(row.id)),
                       par=None, model=None, ddp=None, optimizers=[], loader=None, val=[],
                       detector=spike_detector(spec), groups={}, faults=Faults())  # type: ignore[arg-type]
     m = torch.zeros(4, 2)
@@ -352,7 +353,7 @@ def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store
             spike_at, loss = step, loss * 1.3
         assert trainer.on_bad_step(step, StepOut(loss, 1.0, m, recurrence=r)) == "apply"
     run.finish()
-    events = store.events(row["id"], kind="loss_spike")
+    events = store.events(row.id, kind="loss_spike")
     assert [e["step"] for e in events] == [spike_at]
     assert events[0]["payload"]["baseline"] == pytest.approx(5.0, rel=0.03)  # r = 1's level
 

@@ -7,7 +7,6 @@ decision, so the tests hold on any CPU; one test times for real.
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import time
@@ -25,6 +24,7 @@ from tests.test_pretrain import losses, tiny
 from workbench.optim.muon import BF16_MARGIN, Muon, clear_ns_dtype_cache, measure_ns_dtypes
 from workbench.recipes import Context
 from workbench.recipes import pretrain as pt
+from workbench.run_record import RunRecord
 from workbench.spec import dump_toml, parse_spec
 from workbench.store import Store
 from workbench.tracking import Run
@@ -229,22 +229,21 @@ def test_every_rank_runs_rank_0s_choice(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- pretrain
 
 
-def run_inline(store: Store, text: str, resume_dir: Path | None = None) -> dict[str, Any]:
+def run_inline(store: Store, text: str, resume_dir: Path | None = None) -> RunRecord:
     """A pretrain run in this process, so the injected timing applies."""
     spec = parse_spec(text)
     row = store.create_run(kind="pretrain", base="tiny", status="running", spec=dump_toml(spec),
                            config=spec.run_config(), total_steps=spec.total_steps)
     run = Run(store, row, owner=True)
     try:
-        pt.run(spec, Context(run=run, run_dir=store.run_dir(row["id"]), resume_dir=resume_dir))
+        pt.run(spec, Context(run=run, run_dir=store.run_dir(row.id), resume_dir=resume_dir))
     finally:
         run.finish()
-    return store.get_run(row["id"])
+    return store.get_run(row.id)
 
 
-def config_of(row: dict[str, Any]) -> dict[str, Any]:
-    config = row["config"]
-    return json.loads(config) if isinstance(config, str) else config
+def config_of(row: RunRecord) -> dict[str, Any]:
+    return dict(row.config)
 
 
 def test_a_pretrain_run_records_the_choice_and_a_resume_keeps_it(
@@ -263,14 +262,14 @@ def test_a_pretrain_run_records_the_choice_and_a_resume_keeps_it(
     assert "Muon NS dtype (auto) 64x64 on cpu: bfloat16 (measured" in capsys.readouterr().out
 
     # resume from step 3 in a "new process" whose timing would say fp32
-    shutil.rmtree(store.run_dir(first["id"]) / "checkpoints" / "step-00000006")
+    shutil.rmtree(store.run_dir(first.id) / "checkpoints" / "step-00000006")
     clear_ns_dtype_cache()
     monkeypatch.setattr(muon_mod, "measure_ns_dtypes",
                         fake_timing({"float32": 1.0, "bfloat16": 9.0}))
-    resumed = run_inline(store, text, resume_dir=store.run_dir(first["id"]))
+    resumed = run_inline(store, text, resume_dir=store.run_dir(first.id))
     records = config_of(resumed)["muon_ns_choice"]
     assert {(r["dtype"], r["source"]) for r in records} == {("bfloat16", "checkpoint")}
-    a, c = losses(store, first["id"]), losses(store, resumed["id"])
+    a, c = losses(store, first.id), losses(store, resumed.id)
     assert sorted(c) == [4, 5, 6]
     assert {s: a[s] for s in c} == c  # bit for bit: the same NS dtype as before
 

@@ -314,4 +314,4 @@ def test_refusal_with_an_existing_store_adds_no_run(tmp_path: Path, store_dir: P
     assert proc.returncode == 2 and len(proc.stderr.splitlines()) == 1
     assert sorted(p.name for p in store_dir.iterdir()) == before
     with Store(store_dir, create=False) as st:
-        assert [r["id"] for r in st.runs()] == [row["id"]]
+        assert [r.id for r in st.runs()] == [row.id]
