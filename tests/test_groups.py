@@ -11,13 +11,13 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 import workbench.store as store_mod
 from tests.helpers import wait_for, wb, wb_inproc
 from tests.test_launcher import get_run, log_text, processes_of_store, script_spec, wait_status
+from workbench.run_record import RunRecord
 from workbench.spec import SpecError, builtin_groups, builtin_specs, expand_sources, load_specs
 from workbench.store import Store
 from workbench.tracking import Run
@@ -65,7 +65,7 @@ def launch_ids(*args: str) -> list[str]:
     return proc.stdout.split()
 
 
-def runs_of(store_dir: Path, group: str | None = None) -> list[dict[str, Any]]:
+def runs_of(store_dir: Path, group: str | None = None) -> list[RunRecord]:
     with Store(store_dir, create=False) as st:
         return st.runs(group=group)
 
@@ -103,11 +103,11 @@ def test_a_v1_store_upgrades_in_place(store_dir: Path,
         assert st.mirror(old["id"])["cursor"] == 0
         assert {"grp", "after"} <= st.db["runs"].columns_dict.keys()
         assert "ix_runs_grp" in {ix.name for ix in st.db["runs"].indexes}
-        assert st.get_run(old["id"])["grp"] is None and st.get_run(old["id"])["after"] is None
+        assert st.get_run(old["id"]).group is None and st.get_run(old["id"]).after is None
         new = st.create_run(kind="custom", name="new", group="g-1", after=old["id"])
-        assert [r["id"] for r in st.runs(group="g-1")] == [new["id"]]
-        assert st.get_run(new["id"])["after"] == old["id"]
-        assert [r["name"] for r in st.runs()] == ["old", "new"]
+        assert [r.id for r in st.runs(group="g-1")] == [new.id]
+        assert st.get_run(new.id).after == old["id"]
+        assert [r.name for r in st.runs()] == ["old", "new"]
         assert st.groups() == ["g-1"] and st.has_group("g-1") and not st.has_group("g")
         assert st.new_group_name("g") == "g-2" and st.new_group_name() == "group-1"
 
@@ -117,9 +117,9 @@ def test_a_queued_run_whose_worker_died_reads_lost(store: Store) -> None:
     dead.wait(timeout=30)
     row = store.create_run(kind="script", name="waiting", status="queued", pid=dead.pid,
                            group="g-1")
-    assert store.get_run(row["id"])["status"] == "lost"
-    assert store.stored_status(row["id"]) == "queued"
-    assert [r["id"] for r in store.runs(status="lost", group="g-1")] == [row["id"]]
+    assert store.get_run(row.id).status == "lost"
+    assert store.stored_status(row.id) == "queued"
+    assert [r.id for r in store.runs(status="lost", group="g-1")] == [row.id]
 
 
 # -- specs -------------------------------------------------------------------------------
@@ -162,12 +162,12 @@ def test_group_launch_runs_one_after_another(tmp_path: Path, store_dir: Path) ->
     ids = launch_ids(*specs, "--name", "cmp")
     assert len(ids) == 3
     rows = [wait_status(store_dir, i, ENDED, timeout=60) for i in ids]
-    assert [r["status"] for r in rows] == ["finished"] * 3
-    assert [r["name"] for r in rows] == ["cmp-a", "cmp-b", "cmp-c"]
-    assert {r["grp"] for r in rows} == {"group-1"}
-    assert [r["after"] for r in rows] == [None, ids[0], ids[1]]
+    assert [r.status for r in rows] == ["finished"] * 3
+    assert [r.name for r in rows] == ["cmp-a", "cmp-b", "cmp-c"]
+    assert {r.group for r in rows} == {"group-1"}
+    assert [r.after for r in rows] == [None, ids[0], ids[1]]
     for before, after in zip(rows, rows[1:], strict=False):  # never two at once
-        assert after["started"] >= before["ended"]
+        assert after.started >= before.ended
     assert "queued after run" in log_text(store_dir, ids[1])
 
     listed = json.loads(wb_inproc("ls", "--group", "group-1", "--json", check=True).stdout)
@@ -190,9 +190,9 @@ def test_parallel_2_chains_the_third_run_after_the_first(tmp_path: Path,
     specs = [str(script_spec(tmp_path, n, QUICK)) for n in ("a", "b", "c")]
     ids = launch_ids(*specs, "--parallel", "2", "--group", "pair")
     rows = [wait_status(store_dir, i, ENDED, timeout=60) for i in ids]
-    assert [r["status"] for r in rows] == ["finished"] * 3
-    assert [r["after"] for r in rows] == [None, None, ids[0]]
-    assert rows[2]["started"] >= rows[0]["ended"]
+    assert [r.status for r in rows] == ["finished"] * 3
+    assert [r.after for r in rows] == [None, None, ids[0]]
+    assert rows[2].started >= rows[0].ended
 
 
 def test_stopping_a_queued_run_keeps_its_place_in_the_lane(tmp_path: Path,
@@ -206,21 +206,21 @@ def test_stopping_a_queued_run_keeps_its_place_in_the_lane(tmp_path: Path,
     proc = wb("stop", second, "--grace", "20", timeout=60)
     assert proc.stdout.strip() == f"run {second} stopped", proc.stderr
     stopped = get_run(store_dir, second)
-    assert stopped["status"] == "stopped" and stopped["started"] is None
-    assert stopped["exit_code"] == 0 and stopped["last_step"] is None
+    assert stopped.status == "stopped" and stopped.started is None
+    assert stopped.exit_code == 0 and stopped.last_step is None
     assert "stopped while queued; it never started" in log_text(store_dir, second)
     wait_for(lambda: "queued after" in log_text(store_dir, third), 30, "the third to wait")
-    assert get_run(store_dir, third)["status"] == "queued"
-    assert get_run(store_dir, first)["status"] == "running"
+    assert get_run(store_dir, third).status == "queued"
+    assert get_run(store_dir, first).status == "running"
     (tmp_path / "go").touch()
     done = [wait_status(store_dir, i, ENDED, timeout=60) for i in (first, third)]
-    assert [r["status"] for r in done] == ["finished", "finished"]
-    assert done[1]["started"] >= done[0]["ended"]
+    assert [r.status for r in done] == ["finished", "finished"]
+    assert done[1].started >= done[0].ended
     # Resumed, it runs now (nothing to wait for) and stays in the comparison.
     new = wb("resume", second, "--detach", check=True, timeout=60).stdout.strip()
     resumed = wait_status(store_dir, new, ENDED, timeout=60)
-    assert resumed["status"] == "finished" and resumed["grp"] == stopped["grp"] == "group-1"
-    assert resumed["after"] is None and resumed["resumed_from"] == second
+    assert resumed.status == "finished" and resumed.group == stopped.group == "group-1"
+    assert resumed.after is None and resumed.resumed_from == second
 
 
 def test_stop_a_group_stops_queued_and_running_runs(tmp_path: Path, store_dir: Path) -> None:
@@ -230,8 +230,8 @@ def test_stop_a_group_stops_queued_and_running_runs(tmp_path: Path, store_dir: P
     proc = wb("stop", "sweep", "--grace", "20", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [f"run {second} stopped", f"run {first} stopped"]
-    assert [r["status"] for r in runs_of(store_dir, "sweep")] == ["stopped", "stopped"]
-    assert get_run(store_dir, second)["started"] is None
+    assert [r.status for r in runs_of(store_dir, "sweep")] == ["stopped", "stopped"]
+    assert get_run(store_dir, second).started is None
     assert "no queued or running run" in wb_inproc("stop", "sweep", check=True).stdout
 
 
@@ -239,8 +239,8 @@ def test_a_queued_worker_killed_reads_lost(tmp_path: Path, store_dir: Path) -> N
     specs = [str(script_spec(tmp_path, n, WAITS)) for n in ("a", "b")]
     first, second = launch_ids(*specs)
     wait_for(lambda: "queued after" in log_text(store_dir, second), 30, "the second to wait")
-    os.kill(get_run(store_dir, second)["pid"], signal.SIGKILL)
-    wait_for(lambda: get_run(store_dir, second)["status"] == "lost", 10, "lost")
+    os.kill(get_run(store_dir, second).pid, signal.SIGKILL)
+    wait_for(lambda: get_run(store_dir, second).status == "lost", 10, "lost")
     # A `wb` subprocess took a second to start, long enough for the first to be running.
     wait_status(store_dir, first, ("running",), timeout=30)
     rows = json.loads(wb_inproc("ls", "--json", check=True).stdout)
@@ -276,7 +276,7 @@ def test_foreground_group_follows_every_run_and_exits_1_if_one_failed(
     assert "failed fails-1" in out and "ValueError: boom in the group" in out  # its log tail
     assert "finished good-1" in out  # a failed predecessor does not stop the comparison
     assert "train/loss" in out and "val/loss" in out  # the compare table at the end
-    assert [r["status"] for r in runs_of(store_dir)] == ["failed", "finished"]
+    assert [r.status for r in runs_of(store_dir)] == ["failed", "finished"]
 
 
 def test_ctrl_c_stops_a_foreground_group(tmp_path: Path, store_dir: Path) -> None:
@@ -289,7 +289,7 @@ def test_ctrl_c_stops_a_foreground_group(tmp_path: Path, store_dir: Path) -> Non
             if not (store_dir / "workbench.db").exists():
                 return False
             rows = runs_of(store_dir)
-            return len(rows) == 2 and rows[0]["last_step"] == 0
+            return len(rows) == 2 and rows[0].last_step == 0
         wait_for(first_running, 30, "the first run to log")
         fg.send_signal(signal.SIGINT)
         stdout, stderr = fg.communicate(timeout=60)
@@ -300,14 +300,14 @@ def test_ctrl_c_stops_a_foreground_group(tmp_path: Path, store_dir: Path) -> Non
     assert fg.returncode == 0, (stdout, stderr)
     assert "stopping the group" in stdout
     rows = runs_of(store_dir)
-    assert [r["status"] for r in rows] == ["stopped", "stopped"]
-    assert rows[1]["started"] is None  # the queued one never ran
+    assert [r.status for r in rows] == ["stopped", "stopped"]
+    assert rows[1].started is None  # the queued one never ran
 
 
 # -- wb compare --------------------------------------------------------------------------
 
 
-def _logged_run(st: Store, name: str, optim: str, loss: float, group: str) -> dict[str, Any]:
+def _logged_run(st: Store, name: str, optim: str, loss: float, group: str) -> RunRecord:
     row = st.create_run(kind="pretrain", name=name, status="finished", group=group,
                         config={"optim": {"name": optim}}, total_steps=10)
     run = Run(st, row, owner=False)
@@ -334,9 +334,9 @@ def test_compare_a_group_and_single_runs(store_dir: Path) -> None:
     assert rows[0]["metrics"]["perf/tokens_per_s"]["value"] == 1000.0
     assert rows[0]["last_step"] == 9 and rows[0]["total_steps"] == 10
     # Runs by ref, mixed with a group, without duplicates.
-    mixed = json.loads(wb_inproc("compare", other["id"], "opt-1", muon["id"], "--json",
+    mixed = json.loads(wb_inproc("compare", other.id, "opt-1", muon.id, "--json",
                                  check=True).stdout)
-    assert [r["id"] for r in mixed] == [other["id"], muon["id"], adamw["id"]]
+    assert [r["id"] for r in mixed] == [other.id, muon.id, adamw.id]
     table = wb_inproc("compare", "opt-1", check=True).stdout
     header = table.splitlines()[0].split()
     assert header[:5] == ["name", "id", "optim/kind", "status", "step"]

@@ -17,6 +17,7 @@ import pytest
 
 from tests.helpers import wait_for, wb, wb_inproc
 from workbench.launch import local
+from workbench.run_record import RunRecord
 from workbench.spec import load_spec
 from workbench.store import Store
 
@@ -57,14 +58,14 @@ def launch(spec: Path, *args: str) -> str:
     return proc.stdout.strip()
 
 
-def get_run(store_dir: Path, run_id: str) -> dict[str, Any]:
+def get_run(store_dir: Path, run_id: str) -> RunRecord:
     with Store(store_dir, create=False) as st:
         return st.get_run(run_id)
 
 
 def wait_status(store_dir: Path, run_id: str, statuses: tuple[str, ...],
-                timeout: float = 60) -> dict[str, Any]:
-    return wait_for(lambda: (row := get_run(store_dir, run_id))["status"] in statuses and row,
+                timeout: float = 60) -> RunRecord:
+    return wait_for(lambda: (row := get_run(store_dir, run_id)).status in statuses and row,
                     timeout, f"run {run_id} to become {'/'.join(statuses)}")
 
 
@@ -139,35 +140,35 @@ def test_worker_is_detached_heartbeats_and_finishes(tmp_path: Path, store: Store
         wait_file("go")
         print("script done", flush=True)
     """)
-    row = local.start(store, load_spec(str(spec)))
-    worker = row["_process"]
+    launched = local.start(store, load_spec(str(spec)))
+    row, worker = launched.record, launched.process
     try:
-        assert get_run(store_dir, row["id"])["status"] == "queued"
-        running = wait_status(store_dir, row["id"], ("running",), timeout=30)
-        pid = running["pid"]
+        assert get_run(store_dir, row.id).status == "queued"
+        running = wait_status(store_dir, row.id, ("running",), timeout=30)
+        pid = running.pid
         assert pid == worker.pid
         # Its own session and process group: not the test's.
         assert os.getsid(pid) != os.getsid(0)
         assert os.getpgid(pid) == pid and os.getsid(pid) == pid
-        wait_for(lambda: "hello from the script" in log_text(store_dir, row["id"]), 30,
+        wait_for(lambda: "hello from the script" in log_text(store_dir, row.id), 30,
                  "the script's output in stdout.log")
-        beat = get_run(store_dir, row["id"])["heartbeat"]
-        wait_for(lambda: get_run(store_dir, row["id"])["heartbeat"] > beat, 10,
+        beat = get_run(store_dir, row.id).heartbeat
+        wait_for(lambda: get_run(store_dir, row.id).heartbeat > beat, 10,
                  "the heartbeat to advance")
-        assert get_run(store_dir, row["id"])["status"] == "running"
+        assert get_run(store_dir, row.id).status == "running"
         (tmp_path / "go").touch()
-        done = wait_status(store_dir, row["id"], ("finished", "failed"), timeout=30)
+        done = wait_status(store_dir, row.id, ("finished", "failed"), timeout=30)
         assert worker.wait(timeout=30) == 0
     finally:
         if worker.poll() is None:
             worker.kill()
             worker.wait(timeout=10)
-    assert done["status"] == "finished" and done["exit_code"] == 0
-    assert done["ended"] >= done["started"] >= done["created"]
-    assert done["last_step"] == 2
-    text = log_text(store_dir, row["id"])
-    assert "script done" in text and f"run {row['id']} finished" in text
-    assert (store_dir / row["id"] / "spec.toml").read_text() == row["spec"]
+    assert done.status == "finished" and done.exit_code == 0
+    assert done.ended >= done.started >= done.created
+    assert done.last_step == 2
+    text = log_text(store_dir, row.id)
+    assert "script done" in text and f"run {row.id} finished" in text
+    assert (store_dir / row.id / "spec.toml").read_text() == row.spec
 
 
 def test_failing_script_is_failed_with_a_traceback(tmp_path: Path, store_dir: Path) -> None:
@@ -181,9 +182,9 @@ def test_failing_script_is_failed_with_a_traceback(tmp_path: Path, store_dir: Pa
     assert fg.stdout.strip().splitlines()[-1].startswith("failed fails-1 (")
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-    run_id = row["id"]
+    run_id = row.id
     row = wait_status(store_dir, run_id, ("finished", "failed", "stopped", "lost"))
-    assert row["status"] == "failed" and row["exit_code"] == 1
+    assert row.status == "failed" and row.exit_code == 1
     text = log_text(store_dir, run_id)
     assert "Traceback (most recent call last)" in text
     assert "ValueError: boom from the script" in text
@@ -226,12 +227,12 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
                                   monkeypatch: pytest.MonkeyPatch) -> None:
     spec = script_spec(tmp_path, "stoppable", STOPPABLE)
     run_id = launch(spec)
-    wait_for(lambda: (get_run(store_dir, run_id)["last_step"] or 0) >= 3, 30, "a few steps")
+    wait_for(lambda: (get_run(store_dir, run_id).last_step or 0) >= 3, 30, "a few steps")
     proc = wb("stop", run_id, "--grace", "20", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == f"run {run_id} stopped"
     row = get_run(store_dir, run_id)
-    assert row["status"] == "stopped" and row["exit_code"] == 0
+    assert row.status == "stopped" and row.exit_code == 0
     step = int((tmp_path / "marker").read_text())
     assert "caught SIGTERM" in log_text(store_dir, run_id)
     with Store(store_dir, create=False) as st:
@@ -240,7 +241,7 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     assert "already stopped" in wb_inproc("stop", run_id, check=True).stdout
 
     # From another folder: the launch folder was pinned in the stored spec.
-    assert f'cwd = "{tmp_path.resolve()}"' in row["spec"]
+    assert f'cwd = "{tmp_path.resolve()}"' in row.spec
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     proc = wb("resume", run_id, "--detach", timeout=60)
@@ -248,8 +249,8 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     new_id = proc.stdout.strip()
     assert new_id != run_id
     new = wait_status(store_dir, new_id, ("running",), timeout=30)
-    assert new["resumed_from"] == run_id
-    assert new["spec"] == row["spec"]
+    assert new.resumed_from == run_id
+    assert new.spec == row.spec
     wait_for(lambda: "RESUME_DIR=" in log_text(store_dir, new_id), 30, "the resumed script")
     assert f"RESUME_DIR={store_dir.resolve() / run_id}" in log_text(store_dir, new_id)
     # Resuming a running run is refused: one line, exit 2, no new run.
@@ -260,7 +261,7 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     assert {r["id"] for r in json.loads(wb_inproc("ls", "--json", check=True).stdout)} == before
     (tmp_path / "go").touch()
     done = wait_status(store_dir, new_id, ("finished", "failed", "stopped", "lost"))
-    assert done["status"] == "finished"
+    assert done.status == "finished"
     shown = json.loads(wb_inproc("show", new_id, "--json", check=True).stdout)
     assert shown["resumed_from"] == run_id
 
@@ -276,7 +277,7 @@ def test_ctrl_c_in_a_foreground_launch_stops_the_run(tmp_path: Path, store_dir: 
                 return None
             with Store(store_dir, create=False) as st:
                 rows = st.runs()
-            return rows[0] if rows and (rows[0]["last_step"] or 0) >= 3 else None
+            return rows[0] if rows and (rows[0].last_step or 0) >= 3 else None
 
         row = wait_for(started, 30, "the foreground run to log")
         fg.send_signal(signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground
@@ -289,7 +290,7 @@ def test_ctrl_c_in_a_foreground_launch_stops_the_run(tmp_path: Path, store_dir: 
     assert "stopping (the run checkpoints)" in stdout
     assert "caught SIGTERM" in stdout
     assert stdout.strip().splitlines()[-1].startswith("stopped interrupted-1 (")
-    assert get_run(store_dir, row["id"])["status"] == "stopped"
+    assert get_run(store_dir, row.id).status == "stopped"
     assert (tmp_path / "marker").exists()
 
 
@@ -305,13 +306,13 @@ def test_stop_kills_a_script_that_ignores_sigterm(tmp_path: Path, store_dir: Pat
     pid_file = tmp_path / "pid"
     script_pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), 30,
                               "the script's pid"))
-    worker_pid = get_run(store_dir, run_id)["pid"]
+    worker_pid = get_run(store_dir, run_id).pid
     assert os.getpgid(script_pid) == worker_pid  # the script is in the worker's group
     proc = wb("stop", run_id, "--grace", "1", timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "did not exit within 1s; killed" in proc.stdout
     row = get_run(store_dir, run_id)
-    assert row["status"] == "stopped"
+    assert row.status == "stopped"
     wait_for(lambda: not alive(script_pid) and not alive(worker_pid), 10, "the processes to die")
     assert group_members(worker_pid) == []
 
@@ -324,7 +325,7 @@ def test_worker_gone_while_running_is_shown_lost(tmp_path: Path, store_dir: Path
             time.sleep(0.05)
     """)
     run_id = launch(spec)
-    worker_pid = wait_status(store_dir, run_id, ("running",), timeout=30)["pid"]
+    worker_pid = wait_status(store_dir, run_id, ("running",), timeout=30).pid
     os.killpg(worker_pid, signal.SIGKILL)
     wait_for(lambda: not group_members(worker_pid), 10, "the process group to die")
 
@@ -345,11 +346,11 @@ def test_worker_gone_while_running_is_shown_lost(tmp_path: Path, store_dir: Path
 def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -> None:
     run_id = wb("launch", "charlm", "--set", "config.steps=250", "--detach", check=True,
                 timeout=60).stdout.strip()
-    wait_for(lambda: (get_run(store_dir, run_id)["last_step"] or 0) >= 20, 90, "step 20")
+    wait_for(lambda: (get_run(store_dir, run_id).last_step or 0) >= 20, 90, "step 20")
     proc = wb("stop", run_id, "--grace", "30", timeout=90)
     assert proc.returncode == 0, proc.stderr
     row = get_run(store_dir, run_id)
-    assert row["status"] == "stopped", proc.stdout
+    assert row.status == "stopped", proc.stdout
     ckpt = store_dir / run_id / "checkpoints"
     assert (ckpt / "model.safetensors").is_file() and (ckpt / "state.pt").is_file()
     with Store(store_dir, create=False) as st:
@@ -361,8 +362,8 @@ def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -
 
     new_id = wb("resume", run_id, "--detach", check=True, timeout=60).stdout.strip()
     new = wait_status(store_dir, new_id, ("finished", "failed", "stopped", "lost"), timeout=120)
-    assert new["status"] == "finished", log_text(store_dir, new_id)
-    assert new["resumed_from"] == run_id
+    assert new.status == "finished", log_text(store_dir, new_id)
+    assert new.resumed_from == run_id
     losses = [s for _, s, k, _, _ in scalar_rows(store_dir, new_id) if k == "train/loss"]
     assert losses[0] == step  # continues where the checkpoint left off
     assert losses == list(range(step, 250))
@@ -388,7 +389,7 @@ def test_procs_2_runs_two_ranks_under_torchrun_into_one_run(tmp_path: Path,
     run_id = launch(spec)
     row = wait_status(store_dir, run_id, ("finished", "failed", "stopped", "lost"), timeout=90)
     text = log_text(store_dir, run_id)
-    assert row["status"] == "finished", text
+    assert row.status == "finished", text
     assert "torch.distributed.run" in text or "rank 0 of 2" in text
     assert f"rank 0 of 2 in run {run_id}" in text and f"rank 1 of 2 in run {run_id}" in text
     rows = scalar_rows(store_dir, run_id)
@@ -397,7 +398,7 @@ def test_procs_2_runs_two_ranks_under_torchrun_into_one_run(tmp_path: Path,
     for _, step, key, _, _ in rows:
         by_key.setdefault(key, []).append(step)
     assert by_key == {"rank0/x": [0, 1, 2, 3, 4], "rank1/x": [0, 1, 2, 3, 4]}
-    assert row["last_step"] == 4
+    assert row.last_step == 4
 
 
 @pytest.mark.slow
@@ -417,11 +418,11 @@ def test_stop_kills_torchrun_ranks_that_ignore_sigterm(tmp_path: Path,
         return [int(t) for t in texts] if len(texts) == 2 and all(texts) else None
 
     pids = wait_for(rank_pids, 60, "both ranks to write their pids")
-    worker_pid = get_run(store_dir, run_id)["pid"]
+    worker_pid = get_run(store_dir, run_id).pid
     assert all(os.getsid(p) != os.getsid(worker_pid) for p in pids)  # torchrun's doing
     proc = wb("stop", run_id, "--grace", "1", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert get_run(store_dir, run_id)["status"] == "stopped"
+    assert get_run(store_dir, run_id).status == "stopped"
     wait_for(lambda: not any(alive(p) for p in [*pids, worker_pid]), 10, "ranks to die")
     assert processes_of_store(store_dir) == []
 
@@ -434,12 +435,12 @@ def test_stop_never_signals_a_process_that_reused_the_pid(store: Store,
     try:
         row = store.create_run(kind="script", name="stale", status="running",
                                launcher="local", pid=stranger.pid, spec='kind = "script"')
-        assert get_run(store_dir, row["id"])["status"] == "running"  # the pid is alive
-        proc = wb("stop", row["id"], "--grace", "1", timeout=60)
+        assert get_run(store_dir, row.id).status == "running"  # the pid is alive
+        proc = wb("stop", row.id, "--grace", "1", timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert "had no live process; recorded as lost" in proc.stdout
         assert stranger.poll() is None
-        assert get_run(store_dir, row["id"])["status"] == "lost"
+        assert get_run(store_dir, row.id).status == "lost"
     finally:
         stranger.kill()
         stranger.wait(timeout=10)

@@ -3,7 +3,6 @@ kill -9, the spike policies (through the test-only fault hooks) and MuonClip."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -17,8 +16,10 @@ from safetensors.torch import load_file
 
 from tests.helpers import wait_for
 from workbench.launch import local
+from workbench.launch.local import Launched
 from workbench.recipes import Context
 from workbench.recipes import pretrain as pt
+from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, SpecError, dump_toml, load_spec, parse_spec
 from workbench.store import Store
 from workbench.tracking import Run
@@ -144,29 +145,29 @@ def test_svd_entropy() -> None:
 # ----------------------------------------------------------------------------- helpers
 
 
-def launch(store: Store, text: str) -> dict[str, Any]:
+def launch(store: Store, text: str) -> Launched:
     return local.start(store, LoadedSpec(parse_spec(text), "tiny.toml"))
 
 
-def wait_done(store: Store, row: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
-    proc = row.get("_process")
+def wait_done(store: Store, launched: Launched, timeout: float = 90) -> RunRecord:
+    row, proc = launched.record, launched.process
     if proc is not None:
         proc.wait(timeout=timeout)
-    done = wait_for(lambda: (r := store.get_run(row["id"]))["status"] not in
+    done = wait_for(lambda: (r := store.get_run(row.id)).status not in
                     ("queued", "running") and r, timeout, "the run to end")
-    assert done["status"] == "finished", (Path(store.run_dir(row["id"])) / "stdout.log"
-                                          ).read_text()[-3000:]
+    assert done.status == "finished", (Path(store.run_dir(row.id)) / "stdout.log"
+                                       ).read_text()[-3000:]
     return done
 
 
-def run_inline(store: Store, text: str) -> dict[str, Any]:
+def run_inline(store: Store, text: str) -> RunRecord:
     """The recipe in this process (no worker): faster, and the same code path."""
     spec = parse_spec(text)
     row = store.create_run(kind="pretrain", base="tiny", status="running", spec=dump_toml(spec),
                            config=spec.run_config(), total_steps=spec.total_steps)
     run = Run(store, row, owner=True)
     try:
-        pt.run(spec, Context(run=run, run_dir=store.run_dir(row["id"])))
+        pt.run(spec, Context(run=run, run_dir=store.run_dir(row.id)))
     finally:
         run.finish()
     return row
@@ -190,7 +191,7 @@ def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool
 
 def test_launch_end_to_end_logs_every_metric(store: Store) -> None:
     row = wait_done(store, launch(store, tiny(opt="muonclip", steps=20)))
-    keys = {k for _, _, k, _, _ in store.scalars(row["id"])}
+    keys = {k for _, _, k, _, _ in store.scalars(row.id)}
     expected = {"train/loss", "val/loss", "train/lr", "train/grad_norm", "perf/tokens_per_s",
                 "attn/max_logit", "qkclip/clipped_heads", "optim/update_rms/muon",
                 "optim/update_rms/adamw", "optim/weight_rms/muon", "optim/weight_rms/adamw",
@@ -198,19 +199,18 @@ def test_launch_end_to_end_logs_every_metric(store: Store) -> None:
                 "svd/entropy/blocks.1.mlp.up_proj.weight"}
     assert expected <= keys, expected - keys
     assert "perf/mfu" not in keys  # CUDA only
-    assert sorted(losses(store, row["id"])) == list(range(1, 21))
-    matrices = [r for r in store.records(row["id"], keys=["attn/max_logit_heads"])
+    assert sorted(losses(store, row.id)) == list(range(1, 21))
+    matrices = [r for r in store.records(row.id, keys=["attn/max_logit_heads"])
                 if r["type"] == "matrix"]
     assert [m["step"] for m in matrices] == [5, 10, 15, 20]
     assert all(m["shape"] == [2, 4] for m in matrices)
-    config = store.get_run(row["id"])["config"]
-    config = json.loads(config) if isinstance(config, str) else config
+    config = store.get_run(row.id).config
     assert config["muon_variant"] == "match_rms_adamw"
     assert {r["optimizer"] for r in config["routing"]} == {"muon", "adamw"}
-    assert row["total_steps"] == 20
-    events = store.event_counts(row["id"])
+    assert row.total_steps == 20
+    events = store.event_counts(row.id)
     assert events["checkpoint"] == 2 and events["stage"] >= 3
-    stdout = (store.run_dir(row["id"]) / "stdout.log").read_text()
+    stdout = (store.run_dir(row.id) / "stdout.log").read_text()
     assert "2-D hidden matrix" in stdout  # the routing table is printed
 
 
@@ -219,45 +219,47 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(store: Store,
     text = tiny(opt="muon", steps=40, ckpt=10)
     ref = wait_done(store, launch(store, text))
     monkeypatch.setenv("WB_FAULT_SLEEP_S", "0.15")  # slow enough to kill mid-way
-    b = launch(store, text)
+    launched = launch(store, text)
+    b = launched.record
     monkeypatch.delenv("WB_FAULT_SLEEP_S")
 
     def past_checkpoint() -> bool:
-        ck = [e["step"] for e in store.events(b["id"], kind="checkpoint")]
-        return bool(ck) and max(losses(store, b["id"]), default=0) > max(ck) + 1
+        ck = [e["step"] for e in store.events(b.id, kind="checkpoint")]
+        return bool(ck) and max(losses(store, b.id), default=0) > max(ck) + 1
 
     wait_for(past_checkpoint, 90, "run B to log past a checkpoint", interval=0.02)
-    os.killpg(b["pid"], signal.SIGKILL)
-    b["_process"].wait(timeout=30)
-    killed = store.get_run(b["id"])
-    assert killed["status"] == "lost"
-    assert max(losses(store, b["id"])) < 40  # it really was interrupted
+    os.killpg(b.pid, signal.SIGKILL)
+    launched.process.wait(timeout=30)
+    killed = store.get_run(b.id)
+    assert killed.status == "lost"
+    assert max(losses(store, b.id)) < 40  # it really was interrupted
 
     c = wait_done(store, local.resume(store, killed))
-    resumed = [e for e in store.events(c["id"], kind="checkpoint")
+    resumed = [e for e in store.events(c.id, kind="checkpoint")
                if e["payload"].get("action") == "resumed"]
     assert len(resumed) == 1
     start = resumed[0]["step"]
     assert start >= 10
-    a_loss, c_loss = losses(store, ref["id"]), losses(store, c["id"])
+    a_loss, c_loss = losses(store, ref.id), losses(store, c.id)
     assert sorted(c_loss) == list(range(start + 1, 41))
     assert {s: a_loss[s] for s in c_loss} == c_loss  # bit for bit
-    b_loss = losses(store, b["id"])
+    b_loss = losses(store, b.id)
     assert {s: a_loss[s] for s in b_loss} == b_loss
-    assert losses(store, c["id"], "val/loss")[40] == losses(store, ref["id"], "val/loss")[40]
+    assert losses(store, c.id, "val/loss")[40] == losses(store, ref.id, "val/loss")[40]
 
 
 def test_stop_checkpoints_and_ends_as_stopped(store: Store,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WB_FAULT_SLEEP_S", "0.1")
-    row = launch(store, tiny(steps=200, ckpt=0))
-    wait_for(lambda: max(losses(store, row["id"]), default=0) >= 3, 60, "a few steps")
-    local.stop(store, store.get_run(row["id"]), grace=30)
-    row["_process"].wait(timeout=30)
-    assert store.get_run(row["id"])["status"] == "stopped"
-    (event,) = store.events(row["id"], kind="checkpoint")
+    launched = launch(store, tiny(steps=200, ckpt=0))
+    row = launched.record
+    wait_for(lambda: max(losses(store, row.id), default=0) >= 3, 60, "a few steps")
+    local.stop(store, store.get_run(row.id), grace=30)
+    launched.process.wait(timeout=30)
+    assert store.get_run(row.id).status == "stopped"
+    (event,) = store.events(row.id, kind="checkpoint")
     assert event["payload"]["reason"] == "stop" and 3 <= event["step"] < 200
-    assert (store.run_dir(row["id"]) / "checkpoints" / f"step-{event['step']:08d}").is_dir()
+    assert (store.run_dir(row.id) / "checkpoints" / f"step-{event['step']:08d}").is_dir()
 
 
 # ----------------------------------------------------------------------------- spikes
@@ -276,24 +278,24 @@ def test_policy_alert_records_the_spike_and_applies_the_update(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WB_FAULT_CORRUPT_STEPS", str(SPIKE_AT))
     row = run_inline(store, tiny(steps=30, ckpt=1, keep=100, policy="alert"))
-    ev = spike_events(store, row["id"])
+    ev = spike_events(store, row.id)
     assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
     assert ev["loss_spike"][0]["payload"]["action"] == "apply"
     assert {"value", "baseline", "score"} <= ev["loss_spike"][0]["payload"].keys()
     assert "skip" not in ev and "rollback" not in ev
-    assert not same_weights(ckpt(store, row["id"], SPIKE_AT - 1),
-                            ckpt(store, row["id"], SPIKE_AT))
+    assert not same_weights(ckpt(store, row.id, SPIKE_AT - 1),
+                            ckpt(store, row.id, SPIKE_AT))
 
 
 def test_policy_skip_drops_the_update(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WB_FAULT_CORRUPT_STEPS", str(SPIKE_AT))
     row = run_inline(store, tiny(steps=30, ckpt=1, keep=100, policy="skip"))
-    ev = spike_events(store, row["id"])
+    ev = spike_events(store, row.id)
     assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
     assert [e["step"] for e in ev["skip"]] == [SPIKE_AT]
-    assert same_weights(ckpt(store, row["id"], SPIKE_AT - 1), ckpt(store, row["id"], SPIKE_AT))
-    assert not same_weights(ckpt(store, row["id"], SPIKE_AT),
-                            ckpt(store, row["id"], SPIKE_AT + 1))
+    assert same_weights(ckpt(store, row.id, SPIKE_AT - 1), ckpt(store, row.id, SPIKE_AT))
+    assert not same_weights(ckpt(store, row.id, SPIKE_AT),
+                            ckpt(store, row.id, SPIKE_AT + 1))
 
 
 def test_policy_rollback_restores_the_checkpoint_and_skips_the_window(
@@ -301,18 +303,18 @@ def test_policy_rollback_restores_the_checkpoint_and_skips_the_window(
     monkeypatch.setenv("WB_FAULT_CORRUPT_STEPS", str(SPIKE_AT))
     text = tiny(steps=30, ckpt=10, keep=5, policy="rollback")
     row = run_inline(store, text.replace("[stability]", "[stability]\nrollback_skip_batches = 3"))
-    ev = spike_events(store, row["id"])
+    ev = spike_events(store, row.id)
     assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
     (rb,) = ev["rollback"]
     assert rb["payload"]["from_step"] == SPIKE_AT and rb["payload"]["to_step"] == 20
     assert rb["payload"]["skipped_batches"] == (SPIKE_AT - 20) + 3
     # Steps 21..25 ran twice: once before the rollback, once on fresh data after it.
-    points = [(s, v) for _, s, _, v, _ in store.scalars(row["id"], "train/loss")]
+    points = [(s, v) for _, s, _, v, _ in store.scalars(row.id, "train/loss")]
     steps = [s for s, _ in points]
     assert steps == [*range(1, SPIKE_AT + 1), *range(21, 31)]
     first, second = dict(points[:SPIKE_AT]), dict(points[SPIKE_AT:])
     assert first[21] != second[21]
-    state = torch.load(store.run_dir(row["id"]) / "checkpoints" / "step-00000030" / "state.pt",
+    state = torch.load(store.run_dir(row.id) / "checkpoints" / "step-00000030" / "state.pt",
                        weights_only=False)
     assert state["loader"]["step"] == 30 + (SPIKE_AT - 20) + 3  # the data window was skipped
     assert state["rollbacks"] == 1
@@ -321,15 +323,15 @@ def test_policy_rollback_restores_the_checkpoint_and_skips_the_window(
 def test_nan_loss_is_never_applied(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WB_FAULT_NAN_STEPS", "15")
     row = run_inline(store, tiny(steps=20, ckpt=1, keep=100, policy="alert"))
-    ev = spike_events(store, row["id"])
+    ev = spike_events(store, row.id)
     assert [e["step"] for e in ev["nan"]] == [15]
     assert ev["nan"][0]["payload"]["action"] == "skip"
     assert [e["step"] for e in ev["skip"]] == [15]
-    assert same_weights(ckpt(store, row["id"], 14), ckpt(store, row["id"], 15))
-    final = ckpt(store, row["id"], 20)
+    assert same_weights(ckpt(store, row.id, 14), ckpt(store, row.id, 15))
+    final = ckpt(store, row.id, 20)
     assert all(torch.isfinite(t).all() for t in final.values())
-    assert 15 not in losses(store, row["id"])
-    assert all(math.isfinite(v) for v in losses(store, row["id"]).values())
+    assert 15 not in losses(store, row.id)
+    assert all(math.isfinite(v) for v in losses(store, row.id).values())
 
 
 # ----------------------------------------------------------------------------- MuonClip
@@ -347,11 +349,11 @@ def test_muonclip_holds_the_max_logit_at_tau(store: Store) -> None:
     curves, first = {}, None
     for opt in ("muon", "muonclip"):
         row = run_inline(store, tiny(opt=opt, lr=0.03, tau=tau, steps=60, ckpt=0))
-        curves[opt] = losses(store, row["id"], "attn/max_logit")
+        curves[opt] = losses(store, row.id, "attn/max_logit")
         if opt == "muonclip":
-            clipped = losses(store, row["id"], "qkclip/clipped_heads")
+            clipped = losses(store, row.id, "qkclip/clipped_heads")
             first = min(s for s, v in clipped.items() if v > 0)
-            (event, *_) = store.events(row["id"], kind="qk_clip")
+            (event, *_) = store.events(row.id, kind="qk_clip")
             payload = event["payload"]
             assert payload["count"] >= 1 and 0 < payload["min_gamma"] < 1
             assert len(payload["heads"]) == len(payload["gamma"]) == payload["count"]
@@ -364,7 +366,7 @@ def test_muonclip_holds_the_max_logit_at_tau(store: Store) -> None:
 def test_a_validation_split_too_small_is_reported_not_hidden(store: Store) -> None:
     row = run_inline(store, tiny(steps=3, ckpt=0).replace("max_bytes = 200000",
                                                           "max_bytes = 200000\nval_permille = 0"))
-    (event,) = store.events(row["id"], kind="data_warning")
+    (event,) = store.events(row.id, kind="data_warning")
     assert event["severity"] == "warning" and "val/loss is measured on training data" in \
         event["payload"]["message"]
-    assert 3 in losses(store, row["id"], "val/loss")
+    assert 3 in losses(store, row.id, "val/loss")
