@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_for, wb, wb_inproc
+from workbench.run_record import RunRecord
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -32,7 +33,7 @@ def wb_json(*args: str) -> Any:
 
 def run_status(store_dir: Path, run_id: str) -> str:
     with Store(store_dir, create=False) as st:
-        return st.get_run(run_id)["status"]
+        return st.get_run(run_id).status
 
 
 def kill_runs(store_dir: Path) -> None:
@@ -40,7 +41,7 @@ def kill_runs(store_dir: Path) -> None:
     if not (store_dir / "workbench.db").exists():
         return
     with Store(store_dir, create=False) as st:
-        pids = [r["pid"] for r in st.runs() if r["pid"] and r["pid"] != os.getpid()]
+        pids = [r.pid for r in st.runs() if r.pid and r.pid != os.getpid()]
     for pid in pids:
         try:
             os.killpg(pid, signal.SIGKILL)
@@ -185,7 +186,7 @@ def test_foreground_launch_shows_output_and_final_line(store_dir: Path) -> None:
     assert last.startswith("finished charlm-1 (") and "at step" in last
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-    assert row["status"] == "finished" and row["exit_code"] == 0
+    assert row.status == "finished" and row.exit_code == 0
 
 
 # -- export ------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ def test_json_output_is_strict_even_with_nan_and_inf(store_dir: Path) -> None:
 # -- rm ----------------------------------------------------------------------------------
 
 
-def _sdk_run(store_dir: Path, name: str, status: str) -> dict[str, Any]:
+def _sdk_run(store_dir: Path, name: str, status: str) -> RunRecord:
     with Store(store_dir) as st:
         row = st.create_run(kind="custom", name=name, status=status, launcher="sdk",
                             pid=os.getpid())
@@ -321,27 +322,27 @@ def test_rm_deletes_rows_and_folder(store_dir: Path) -> None:
     assert _count(store_dir, "scalars") == 10
     proc = wb_inproc("rm", "gone", "--yes")
     assert proc.returncode == 0, proc.stderr
-    assert not (store_dir / gone["id"]).exists()
-    assert (store_dir / keep["id"]).exists()
+    assert not (store_dir / gone.id).exists()
+    assert (store_dir / keep.id).exists()
     with Store(store_dir, create=False) as st:
-        assert [r["id"] for r in st.runs()] == [keep["id"]]
+        assert [r.id for r in st.runs()] == [keep.id]
     assert _count(store_dir, "scalars") == 5 and _count(store_dir, "events") == 1
-    one_error_line(wb_inproc("show", gone["id"]))
+    one_error_line(wb_inproc("show", gone.id))
 
 
 def test_rm_refuses_a_running_run(store_dir: Path) -> None:
     row = _sdk_run(store_dir, "live", "running")  # pid: this (live) test process
-    line = one_error_line(wb_inproc("rm", row["id"], "--yes"))
+    line = one_error_line(wb_inproc("rm", row.id, "--yes"))
     assert "is running; stop it first" in line
-    assert (store_dir / row["id"]).exists()
-    assert run_status(store_dir, row["id"]) == "running"
+    assert (store_dir / row.id).exists()
+    assert run_status(store_dir, row.id) == "running"
 
 
 def test_rm_without_yes_and_without_a_terminal_is_refused(store_dir: Path) -> None:
     row = _sdk_run(store_dir, "old", "finished")
-    proc = wb_inproc("rm", row["id"])  # stdin is empty and not a terminal
+    proc = wb_inproc("rm", row.id)  # stdin is empty and not a terminal
     assert "needs --yes" in one_error_line(proc)
-    assert (store_dir / row["id"]).exists()
+    assert (store_dir / row.id).exists()
 
 
 # -- exit codes ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ import torch
 from tests.helpers import assert_nothing_created, wb
 from tests.sshd import SSHServer
 from workbench.kernels.attention import attention as real_attention
+from workbench.run_record import RunRecord
 from workbench.selftest import (
     FAIL,
     PASS,
@@ -112,11 +113,11 @@ def test_cpu_mode_passes_skips_every_gpu_check_and_is_stored(store_dir: Path) ->
     run = data["run"]
     with Store(store_dir, create=False) as st:
         row = st.get_run(run["id"])
-        config = json.loads(row["config"])
+        config = dict(row.config)
         events = st.events(run["id"], kind="selftest_failure")
-    assert row["kind"] == "selftest" and row["status"] == "finished"
-    assert row["launcher"] == "selftest" and row["exit_code"] == 0
-    assert row["last_step"] == row["total_steps"] == len(checks)
+    assert row.kind == "selftest" and row.status == "finished"
+    assert row.launcher == "selftest" and row.exit_code == 0
+    assert row.last_step == row.total_steps == len(checks)
     assert events == []
     assert config["selftest"]["counts"] == data["counts"]
     keys = metric_keys(store_dir, run["id"])
@@ -146,15 +147,15 @@ def test_a_failing_check_exits_1_with_an_event_and_the_table_says_fail(
     assert lines[-1].startswith("selftest FAILED: 0 passed, 1 failed, 1 skipped")
     with Store(store_dir, create=False) as st:
         (row,) = st.runs(kind="selftest")
-        events = st.events(row["id"], kind="selftest_failure")
-        failed = st.scalars(row["id"], "selftest/failed")
-    assert row["status"] == "failed" and row["exit_code"] == 1
+        events = st.events(row.id, kind="selftest_failure")
+        failed = st.scalars(row.id, "selftest/failed")
+    assert row.status == "failed" and row.exit_code == 1
     assert len(events) == 1 and events[0]["severity"] == "error"
     assert events[0]["payload"]["check"] == "store/roundtrip"
     assert "WB_SELFTEST_FAIL" in events[0]["payload"]["reason"]
     assert [v for _, _, _, v, _ in failed] == [1.0]
     listed = wb("ls", "--kind", "selftest", check=True).stdout
-    assert "failed" in listed and row["name"] in listed
+    assert "failed" in listed and row.name in listed
 
 
 def test_a_bad_only_glob_is_one_clear_line_exit_2_and_writes_no_run(store_dir: Path) -> None:
@@ -199,17 +200,17 @@ def test_hosts_check_selftest_over_real_ssh_is_shown_and_recorded_here(
     assert proc.stdout.strip().splitlines()[-1].startswith("selftest ok: 1 passed, 0 failed")
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-        config = json.loads(row["config"])
-    assert (row["kind"], row["launcher"], row["host"], row["status"]) == (
+        config = dict(row.config)
+    assert (row.kind, row.launcher, row.host, row.status) == (
         "selftest", "ssh-selftest", "box", "finished")
     assert config["selftest"]["counts"] == {PASS: 1, FAIL: 0, SKIP: 0}
-    assert "selftest/store/roundtrip/records" in metric_keys(store_dir, row["id"])
+    assert "selftest/store/roundtrip/records" in metric_keys(store_dir, row.id)
     with Store(remote, create=False) as there:  # recorded on the host too
         (theirs,) = there.runs()
-    assert theirs["kind"] == "selftest" and theirs["launcher"] == "selftest"
-    assert config["remote_run"] == {"id": theirs["id"], "name": theirs["name"],
+    assert theirs.kind == "selftest" and theirs.launcher == "selftest"
+    assert config["remote_run"] == {"id": theirs.id, "name": theirs.name,
                                     "store": str(remote)}
-    assert f"{theirs['name']} there, {row['name']} here" in proc.stdout.replace("\n", " ")
+    assert f"{theirs.name} there, {row.name} here" in proc.stdout.replace("\n", " ")
     # A glob that names no check is refused here, in one line, before ssh runs anything.
     bad = wb("hosts", "check", "box", "--selftest", "--only", "nope/*", timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --only 'nope/*' matches")
@@ -227,11 +228,11 @@ def test_a_selftest_spec_runs_through_wb_launch(store_dir: Path, tmp_path: Path)
     assert proc.stdout.strip().splitlines()[-1].startswith("finished accept-1 (")
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-        config = json.loads(row["config"])
-    assert row["kind"] == "selftest" and row["status"] == "finished"
-    assert row["last_step"] == row["total_steps"] == 1
+        config = dict(row.config)
+    assert row.kind == "selftest" and row.status == "finished"
+    assert row.last_step == row.total_steps == 1
     assert config["selftest"]["counts"] == {PASS: 1, FAIL: 0, SKIP: 0}
-    assert "selftest/store/roundtrip/passed" in metric_keys(store_dir, row["id"])
+    assert "selftest/store/roundtrip/passed" in metric_keys(store_dir, row.id)
     # A glob that names no check: refused when the spec loads, in one line, no run.
     bad = wb("launch", str(spec), "--set", 'selftest.only=["nope/*"]', timeout=60)
     assert bad.returncode == 2, bad.stderr
@@ -252,11 +253,11 @@ def test_a_launched_selftest_with_a_failing_check_fails_its_run(
     row = store.create_run(kind="selftest", status="running")
     handle = Run(store, row, owner=True)
     with pytest.raises(RuntimeError, match=r"1 check\(s\) failed: store/roundtrip"):
-        run(spec, RecipeContext(run=handle, run_dir=store.run_dir(row["id"])))
+        run(spec, RecipeContext(run=handle, run_dir=store.run_dir(row.id)))
     handle.flush()
-    (event,) = store.events(row["id"], kind="selftest_failure")
+    (event,) = store.events(row.id, kind="selftest_failure")
     assert event["payload"]["check"] == "store/roundtrip"
-    assert json.loads(store.get_run(row["id"])["config"])["selftest"]["exit_code"] == 1
+    assert dict(store.get_run(row.id).config)["selftest"]["exit_code"] == 1
     handle.finish("failed", exit_code=1)
 
 
@@ -345,7 +346,7 @@ def test_answers_read_back_and_the_host_answer_is_the_last_json_line(tmp_path: P
     with Store(tmp_path / "store") as st:
         run = Run(st, st.create_run(kind="selftest", status="running"), owner=True)
         Recorder(run, len(results)).finish(results, answer(results, gpu, quick=False))
-        stored = summary_of_config(json.loads(st.get_run(run.id)["config"]))
+        stored = summary_of_config(dict(st.get_run(run.id).config))
     assert stored is not None and facts_of(stored) == gpu and results_of(stored) == results
     text = "banner {not json\n" + json.dumps(data) + "\n{\"other\": 1}\n"
     assert parse_answer(text)["counts"] == data["counts"]
@@ -633,8 +634,8 @@ def test_two_launched_ranks_match_one_on_gloo(store: Store) -> None:
              "data.max_bytes=100000"]
     rows = {p: launched(store, "muon-tiny", [*TINY, *small, f"resources.procs={p}"],
                         f"selftest-{p}rank", timeout=240) for p in (1, 2)}
-    assert {p: r["status"] for p, r in rows.items()} == {1: "finished", 2: "finished"}
-    curves = {p: {s: v for _, s, _, v, _ in store.scalars(r["id"], "train/loss")}
+    assert {p: r.status for p, r in rows.items()} == {1: "finished", 2: "finished"}
+    curves = {p: {s: v for _, s, _, v, _ in store.scalars(r.id, "train/loss")}
               for p, r in rows.items()}
     out = compare_ranks(curves[1], curves[2])
     assert out.failures == [] and out.figures["steps"] == 20.0
@@ -820,12 +821,12 @@ def test_the_hosts_screen_shows_the_last_selftest_per_host(store: Store, store_d
     record_remote(store, "box", answer(older, facts, quick=False))
     _, box_row = record_remote(store, "box", answer(newer, facts, quick=True))
 
-    def local_selftest() -> dict[str, Any]:
+    def local_selftest() -> RunRecord:
         row = store.create_run(kind="selftest", status="running", launcher="selftest",
                                total_steps=1)
         execute(Run(store, row, owner=True), select(["store/*"]), quick=True,
                 facts=Facts.probe(), say=lambda _t: None, log=None)
-        return store.get_run(row["id"])
+        return store.get_run(row.id)
 
     local_row = local_selftest()
 
@@ -842,12 +843,12 @@ def test_the_hosts_screen_shows_the_last_selftest_per_host(store: Store, store_d
         assert table.get_cell(LOCAL, "selftest").style == table.get_component_rich_style(
             "hosts-table--ok", partial=True)
         card = card_text(screen)  # this machine is highlighted first
-        assert f"selftest {local_row['name']} ({local_row['id']})" in card
+        assert f"selftest {local_row.name} ({local_row.id})" in card
         assert "1 passed, 0 failed, 0 skipped" in card and "failed:" not in card
         await pilot.press("down")
         await until(pilot, lambda: screen.selected == "box", 5, "box highlighted")
         card = card_text(screen)
-        assert f"selftest {box_row['name']} ({box_row['id']}) · quick" in card
+        assert f"selftest {box_row.name} ({box_row.id}) · quick" in card
         assert "1 passed, 1 failed, 1 skipped" in card
         assert "failed: kernels/attention\n" in card
         # A selftest that starts here while the screen is open: running, then its answer.
