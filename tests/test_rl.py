@@ -15,10 +15,12 @@ import pytest
 
 from tests.helpers import wait_for
 from workbench.launch import local
-from workbench.launch.local import descendants
+from workbench.launch.local import Launched
+from workbench.procs import descendants, kill_tree, pid_alive
 from workbench.recipes.common.checkpoint import checkpoints_in
+from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, SpecError, parse_spec
-from workbench.store import Store, pid_alive
+from workbench.store import Store
 
 SMOKE = """
 kind = "rl"
@@ -56,7 +58,7 @@ def smoke(steps: int = 4, staleness: int = 1, inflight: bool = True) -> str:
     return SMOKE.format(steps=steps, staleness=staleness, inflight=str(inflight).lower())
 
 
-LAUNCHED: list[dict[str, Any]] = []
+LAUNCHED: list[Launched] = []
 
 
 @pytest.fixture(autouse=True)
@@ -64,22 +66,22 @@ def _no_run_outlives_its_test() -> Any:
     """A failing test must not leave a trainer and its generators running."""
     yield
     while LAUNCHED:
-        row = LAUNCHED.pop()
-        if pid_alive(row["pid"]):
-            local.kill_tree(row["pid"])
+        row = LAUNCHED.pop().record
+        if pid_alive(row.pid):
+            kill_tree(row.pid)
 
 
-def launch(store: Store, text: str) -> dict[str, Any]:
-    row = local.start(store, LoadedSpec(parse_spec(text), "rl_smoke.toml"))
-    LAUNCHED.append(row)
-    return row
+def launch(store: Store, text: str) -> Launched:
+    launched = local.start(store, LoadedSpec(parse_spec(text), "rl_smoke.toml"))
+    LAUNCHED.append(launched)
+    return launched
 
 
-def wait_end(store: Store, row: dict[str, Any], timeout: float = 180) -> dict[str, Any]:
-    row["_process"].wait(timeout=timeout)
-    done = store.get_run(row["id"])
-    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
-    assert done["status"] == "finished", log[-3000:]
+def wait_end(store: Store, launched: Launched, timeout: float = 180) -> RunRecord:
+    launched.process.wait(timeout=timeout)
+    done = store.get_run(launched.record.id)
+    log = (store.run_dir(launched.record.id) / "stdout.log").read_text()
+    assert done.status == "finished", log[-3000:]
     return done
 
 
@@ -126,78 +128,80 @@ def test_redo_groups_wait_for_the_staleness_bound() -> None:
 
 def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> None:
     row = wait_end(store, launch(store, smoke(steps=6, staleness=1)))
-    keys = {k for _, _, k, _, _ in store.scalars(row["id"])}
+    keys = {k for _, _, k, _, _ in store.scalars(row.id)}
     assert RL_SCALARS <= keys, RL_SCALARS - keys
-    assert sorted(values(store, row["id"], "policy/version")) == list(range(1, 7))
-    assert max(values(store, row["id"], "staleness/max").values()) <= 1
+    assert sorted(values(store, row.id, "policy/version")) == list(range(1, 7))
+    assert max(values(store, row.id, "staleness/max").values()) <= 1
     # slot occupancy: absent from a step no generator stats reached, else in (0, 1]
-    assert all(0 < v <= 1 for v in values(store, row["id"], "perf/slot_occupancy").values())
-    drift = {k for _, _, k, _, _ in store.scalars(row["id"]) if k.startswith("rl/drift_kl/")}
+    assert all(0 < v <= 1 for v in values(store, row.id, "perf/slot_occupancy").values())
+    drift = {k for _, _, k, _, _ in store.scalars(row.id) if k.startswith("rl/drift_kl/")}
     assert drift and drift <= {"rl/drift_kl/s0", "rl/drift_kl/s1"}
-    assert all(v >= 0 for k in drift for v in values(store, row["id"], k).values())
-    dists = {r["key"] for r in store.records(row["id"]) if r["type"] == "dist"}
+    assert all(v >= 0 for k in drift for v in values(store, row.id, k).values())
+    dists = {r["key"] for r in store.records(row.id) if r["type"] == "dist"}
     assert {"rollout/length", "staleness"} <= dists
-    syncs = store.events(row["id"], kind="weight_sync")
+    syncs = store.events(row.id, kind="weight_sync")
     assert [e["payload"]["version"] for e in syncs] == list(range(1, 7))
     assert all(e["payload"]["seconds"] >= 0 for e in syncs)
-    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
+    log = (store.run_dir(row.id) / "stdout.log").read_text()
     assert "2 generators" in log and "gloo broadcast" in log
     pids = [int(p) for p in re.findall(r"generator \d: pid (\d+)", log)]
-    assert len(pids) == 2 and os.getpid() not in pids and row["pid"] not in pids
+    assert len(pids) == 2 and os.getpid() not in pids and row.pid not in pids
 
 
 def test_sync_baseline_has_zero_staleness(store: Store) -> None:
     row = wait_end(store, launch(store, smoke(steps=4, staleness=0)))
-    assert set(values(store, row["id"], "staleness/max").values()) == {0.0}
+    assert set(values(store, row.id, "staleness/max").values()) == {0.0}
     # Every token comes from the trained weights: the mismatch alone, each step, tiny
     # (the same weights in two implementations) and never negative (k3).
-    mismatch = values(store, row["id"], "rl/mismatch_kl")
+    mismatch = values(store, row.id, "rl/mismatch_kl")
     assert sorted(mismatch) == [1, 2, 3, 4]
     assert all(0 <= v < 1e-4 for v in mismatch.values()), mismatch
-    drift = {k for _, _, k, _, _ in store.scalars(row["id"]) if k.startswith("rl/drift_kl/")}
+    drift = {k for _, _, k, _, _ in store.scalars(row.id) if k.startswith("rl/drift_kl/")}
     assert drift == {"rl/drift_kl/s0"}
 
 
 def test_kill_9_of_a_generator_is_recorded_and_the_run_goes_on(store: Store,
                                                               monkeypatch: pytest.MonkeyPatch,
                                                               ) -> None:
-    row = launch(store, smoke(steps=12, staleness=1))
-    log_path = store.run_dir(row["id"]) / "stdout.log"
+    launched = launch(store, smoke(steps=12, staleness=1))
+    row = launched.record
+    log_path = store.run_dir(row.id) / "stdout.log"
 
     def generator_pid() -> int | None:
         found = re.findall(r"generator 2: pid (\d+)", log_path.read_text())
-        steps = values(store, row["id"], "policy/version")
+        steps = values(store, row.id, "policy/version")
         return int(found[0]) if found and len(steps) >= 2 else None
 
     pid = wait_for(generator_pid, 120, "generator 2 and two steps", interval=0.1)
     os.kill(pid, signal.SIGKILL)
-    done = wait_end(store, row)
-    (lost,) = store.events(done["id"], kind="generator_lost")
+    done = wait_end(store, launched)
+    (lost,) = store.events(done.id, kind="generator_lost")
     assert lost["payload"]["generator"] == 2 and lost["payload"]["remaining"] == 1
-    assert sorted(values(store, done["id"], "policy/version"))[-1] == 12
+    assert sorted(values(store, done.id, "policy/version"))[-1] == 12
 
 
 def test_trainer_killed_takes_its_roles_down_and_resume_continues(store: Store) -> None:
-    row = launch(store, smoke(steps=30, staleness=1))
-    wait_for(lambda: store.events(row["id"], kind="checkpoint"), 120, "a checkpoint",
+    launched = launch(store, smoke(steps=30, staleness=1))
+    row = launched.record
+    wait_for(lambda: store.events(row.id, kind="checkpoint"), 120, "a checkpoint",
              interval=0.1)
-    tree = descendants(row["pid"])
+    tree = descendants(row.pid)
     assert len(tree) >= 3  # generators and a verifier
-    os.kill(row["pid"], signal.SIGKILL)  # the trainer alone: its roles must follow
-    row["_process"].wait(timeout=30)
+    os.kill(row.pid, signal.SIGKILL)  # the trainer alone: its roles must follow
+    launched.process.wait(timeout=30)
     wait_for(lambda: not any(pid_alive(p) for p in tree), 30, "every role to exit")
-    killed = store.get_run(row["id"])
-    assert killed["status"] == "lost"
+    killed = store.get_run(row.id)
+    assert killed.status == "lost"
     # The newest checkpoint on disk (its event may not have been committed before the kill).
     ckpt = max(int(p.name.split("-")[1]) for p in
-               (store.run_dir(row["id"]) / "checkpoints").glob("step-*"))
+               (store.run_dir(row.id) / "checkpoints").glob("step-*"))
     again = local.resume(store, killed)
     LAUNCHED.append(again)
     resumed = wait_end(store, again, timeout=240)
-    (event,) = [e for e in store.events(resumed["id"], kind="checkpoint")
+    (event,) = [e for e in store.events(resumed.id, kind="checkpoint")
                 if e["payload"].get("action") == "resumed"]
     assert event["step"] == ckpt
-    assert sorted(values(store, resumed["id"], "policy/version")) == list(range(ckpt + 1, 31))
+    assert sorted(values(store, resumed.id, "policy/version")) == list(range(ckpt + 1, 31))
 
 
 def _fill_and_exit(q: Any, how: str) -> None:
@@ -247,22 +251,23 @@ def test_wb_stop_ends_an_rl_run_on_sigterm_alone(store: Store) -> None:
 
     from tests.helpers import wb
 
-    row = launch(store, smoke(steps=500, staleness=1))
-    wait_for(lambda: values(store, row["id"], "policy/version"), 180, "a first step",
+    launched = launch(store, smoke(steps=500, staleness=1))
+    row = launched.record
+    wait_for(lambda: values(store, row.id, "policy/version"), 180, "a first step",
              interval=0.1)
-    tree = descendants(row["pid"])
+    tree = descendants(row.pid)
     assert len(tree) >= 3  # generators and a verifier
     t0 = time.monotonic()
-    out = wb("stop", row["id"], "--grace", "10", check=True).stdout
+    out = wb("stop", row.id, "--grace", "10", check=True).stdout
     seconds = time.monotonic() - t0
     print(f"wb stop of an rl run: {seconds:.1f} s (CLI start included)")
-    assert "killed" not in out and f"run {row['id']} stopped" in out, out
-    row["_process"].wait(timeout=5)
-    done = store.get_run(row["id"])
-    log = (store.run_dir(row["id"]) / "stdout.log").read_text()
-    assert done["status"] == "stopped" and done["exit_code"] == 0, log[-3000:]
+    assert "killed" not in out and f"run {row.id} stopped" in out, out
+    launched.process.wait(timeout=5)
+    done = store.get_run(row.id)
+    log = (store.run_dir(row.id) / "stdout.log").read_text()
+    assert done.status == "stopped" and done.exit_code == 0, log[-3000:]
     (version,) = re.findall(r"rl: stopped at version (\d+)", log)
-    newest = checkpoints_in(store.run_dir(row["id"]) / "checkpoints")[-1]
+    newest = checkpoints_in(store.run_dir(row.id) / "checkpoints")[-1]
     assert newest.name == f"step-{int(version):08d}"  # the stop's (or that step's own)
     wait_for(lambda: not any(pid_alive(p) for p in tree), 5, "every role to be gone")
 
