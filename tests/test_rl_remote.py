@@ -9,7 +9,6 @@ or the trainer with SIGKILL."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -26,8 +25,10 @@ from tests.sshd import SSHServer
 from tests.test_rl import LAUNCHED, launch, values, wait_end
 from tests.test_rl import _no_run_outlives_its_test as _no_run_outlives_its_test  # noqa: F401
 from workbench.launch import local
+from workbench.procs import pid_alive
+from workbench.run_record import RunRecord
 from workbench.spec import SpecError, parse_spec
-from workbench.store import Store, pid_alive
+from workbench.store import Store
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -110,91 +111,95 @@ def test_one_local_one_remote_generator_train_and_a_stranger_is_refused(
         box: SSHServer, store: Store) -> None:
     from workbench.recipes.rl.transport import Link, LinkError
 
-    row = launch(store, SPEC.format(steps=10))
+    launched = launch(store, SPEC.format(steps=10))
+    row = launched.record
     address = wait_for(lambda: (m := re.search(r"rollouts over ZeroMQ at (tcp://\S+),",
-                                               log_of(store, row["id"]))) and m.group(1),
+                                               log_of(store, row.id))) and m.group(1),
                        240, "the roles to start", interval=0.2)
     with pytest.raises(LinkError, match="refused"):
         Link(address, "a guess", rank=2, timeout_s=10)
-    done = wait_end(store, row, timeout=300)
-    log = log_of(store, done["id"])
+    done = wait_end(store, launched, timeout=300)
+    log = log_of(store, done.id)
     assert "2 generators" in log and "1 on box" in log
     assert re.search(r"generator 1: pid \d+ on", log) and re.search(r"generator 2: pid \d+", log)
-    config = json.loads(store.get_run(done["id"])["config"])
+    config = dict(store.get_run(done.id).config)
     assert config["generator_hosts"] == {"1": "local", "2": "box"}
-    assert sorted(values(store, done["id"], "policy/version")) == list(range(1, 11))
-    assert max(values(store, done["id"], "staleness/max").values()) <= 1
+    assert sorted(values(store, done.id, "policy/version")) == list(range(1, 11))
+    assert max(values(store, done.id, "staleness/max").values()) <= 1
     # Both generators produced rollouts: their stats reached the trainer's run.
-    assert values(store, done["id"], "perf/gen_tokens_per_s/g1")
-    assert values(store, done["id"], "perf/gen_tokens_per_s/g2")
-    (refused,) = store.events(done["id"], kind="peer_refused")
+    assert values(store, done.id, "perf/gen_tokens_per_s/g1")
+    assert values(store, done.id, "perf/gen_tokens_per_s/g2")
+    (refused,) = store.events(done.id, kind="peer_refused")
     assert refused["payload"]["reason"] == "wrong secret"
-    assert store.events(done["id"], kind="generator_lost") == []
-    syncs = [e["payload"]["seconds"] for e in store.events(done["id"], kind="weight_sync")]
+    assert store.events(done.id, kind="generator_lost") == []
+    syncs = [e["payload"]["seconds"] for e in store.events(done.id, kind="weight_sync")]
     floats = re.search(r"gloo broadcast \(([\d,]+) floats\)", log).group(1)
     print(f"weight broadcast to 2 generators (1 remote): mean {1e3 * sum(syncs) / len(syncs):.1f}"
           f" ms, max {1e3 * max(syncs):.1f} ms, {floats} floats")
     # The secret stays out of the store.
-    assert "secret" not in str(config) and "secret" not in done["spec"]
+    assert "secret" not in str(config) and "secret" not in done.spec
 
 
 @pytest.mark.slow
 def test_remote_generator_killed_is_lost_and_its_groups_restart_here(
         box: SSHServer, store: Store) -> None:
-    row = launch(store, SPEC.format(steps=14))
-    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
-                   len(values(store, row["id"], "policy/version")) >= 2 and p,
+    launched = launch(store, SPEC.format(steps=14))
+    row = launched.record
+    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
+                   len(values(store, row.id, "policy/version")) >= 2 and p,
                    300, "the remote generator and two steps", interval=0.2)
     os.kill(pid, signal.SIGKILL)
-    done = wait_end(store, row, timeout=300)
-    (lost,) = store.events(done["id"], kind="generator_lost")
+    done = wait_end(store, launched, timeout=300)
+    (lost,) = store.events(done.id, kind="generator_lost")
     assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
     assert lost["payload"]["remaining"] == 1
-    assert sorted(values(store, done["id"], "policy/version"))[-1] == 14
-    assert max(values(store, done["id"], "staleness/max").values()) <= 1
+    assert sorted(values(store, done.id, "policy/version"))[-1] == 14
+    assert max(values(store, done.id, "staleness/max").values()) <= 1
 
 
 @pytest.mark.slow
 def test_ssh_connection_killed_declares_the_generator_lost_and_it_exits(
         box: SSHServer, store: Store) -> None:
-    row = launch(store, SPEC.format(steps=14))
-    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
-                   len(values(store, row["id"], "policy/version")) >= 2 and p,
+    launched = launch(store, SPEC.format(steps=14))
+    row = launched.record
+    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
+                   len(values(store, row.id, "policy/version")) >= 2 and p,
                    300, "the remote generator and two steps", interval=0.2)
-    clients = ssh_clients(row["pid"])
+    clients = ssh_clients(row.pid)
     assert clients
     t0 = time.monotonic()
     for client in clients:  # the mux client and, if it is ours, the connection's master
         client.kill()
-    wait_for(lambda: store.events(row["id"], kind="generator_lost"), 60, "generator_lost",
+    wait_for(lambda: store.events(row.id, kind="generator_lost"), 60, "generator_lost",
              interval=0.2)
     wait_for(lambda: not pid_alive(pid), 30, "the remote generator to exit")
     print(f"ssh killed: generator lost and gone in {time.monotonic() - t0:.1f} s")
-    done = wait_end(store, row, timeout=300)
-    (lost,) = store.events(done["id"], kind="generator_lost")
+    done = wait_end(store, launched, timeout=300)
+    (lost,) = store.events(done.id, kind="generator_lost")
     assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
 
 
 @pytest.mark.slow
 def test_trainer_killed_remote_generator_exits_and_resume_restarts_it(
         box: SSHServer, store: Store) -> None:
-    row = launch(store, SPEC.format(steps=40))
-    pid = wait_for(lambda: (p := remote_pid(store, row["id"])) and
-                   store.events(row["id"], kind="checkpoint") and p,
+    launched = launch(store, SPEC.format(steps=40))
+    row = launched.record
+    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
+                   store.events(row.id, kind="checkpoint") and p,
                    300, "the remote generator and a checkpoint", interval=0.2)
     t0 = time.monotonic()
-    os.kill(row["pid"], signal.SIGKILL)
-    row["_process"].wait(timeout=30)
+    os.kill(row.pid, signal.SIGKILL)
+    launched.process.wait(timeout=30)
     wait_for(lambda: not pid_alive(pid), 30, "the remote generator to exit")
     print(f"trainer killed: remote generator gone in {time.monotonic() - t0:.1f} s")
-    killed = store.get_run(row["id"])
-    assert killed["status"] == "lost"
+    killed = store.get_run(row.id)
+    assert killed.status == "lost"
     again = local.resume(store, killed)
     LAUNCHED.append(again)
     resumed = wait_end(store, again, timeout=400)
-    log = log_of(store, resumed["id"])
-    assert "1 on box" in log and remote_pid(store, resumed["id"]) not in (None, pid)
-    assert sorted(values(store, resumed["id"], "policy/version"))[-1] == 40
+    log = log_of(store, resumed.id)
+    assert "1 on box" in log and remote_pid(store, resumed.id) not in (None, pid)
+    assert sorted(values(store, resumed.id, "policy/version"))[-1] == 40
 
 
 
@@ -210,18 +215,18 @@ def test_rl_async_tiny_shortened_learns_with_a_remote_generator(
     loaded = load_spec("rl-async-tiny", ["rollout.generators=2", "rollout.slots=64",
                                          'rollout.hosts=[{host = "box", generators = 1}]',
                                          "grpo.steps=80", "grpo.checkpoint_every=0"])
-    row = local.start(store, loaded)
-    LAUNCHED.append(row)
-    done = wait_end(store, row, timeout=2000)
-    acc = [v for _, v in sorted(values(store, done["id"], "rl/accuracy").items())]
+    launched = local.start(store, loaded)
+    LAUNCHED.append(launched)
+    done = wait_end(store, launched, timeout=2000)
+    acc = [v for _, v in sorted(values(store, done.id, "rl/accuracy").items())]
     assert len(acc) == 80
     first, last20 = sum(acc[:10]) / 10, sum(acc[-20:]) / 20
     print(f"rl-async-tiny, 80 steps, 1 local + 1 remote generator: accuracy first 10 "
           f"{first:.3f}, last 20 {last20:.3f}")
     assert last20 > first + 0.03
-    assert max(values(store, done["id"], "staleness/max").values()) <= 4
-    assert values(store, done["id"], "perf/gen_tokens_per_s/g2")
-    assert store.events(done["id"], kind="generator_lost") == []
+    assert max(values(store, done.id, "staleness/max").values()) <= 4
+    assert values(store, done.id, "perf/gen_tokens_per_s/g2")
+    assert store.events(done.id, kind="generator_lost") == []
 
 
 @pytest.mark.slow
@@ -287,11 +292,11 @@ def test_rollouts_tab_shows_each_generators_rate_with_its_host(store: Store,
 def test_hosts_screen_lists_an_rl_run_under_its_generators_hosts() -> None:
     from workbench.screens.hosts import runs_of_hosts
 
-    rows = [{"id": "a", "num": 2, "kind": "rl", "launcher": "local", "status": "running",
-             "config": json.dumps({"generator_hosts": {"1": "local", "2": "box",
-                                                       "3": "box"}})},
-            {"id": "b", "num": 1, "kind": "pretrain", "launcher": "local",
-             "status": "finished", "config": "{}"}]
+    rows = [RunRecord(id="a", num=2, name="a", kind="rl", status="running", host="",
+                      launcher="local", created=0.0, dir="",
+                      config={"generator_hosts": {"1": "local", "2": "box", "3": "box"}}),
+            RunRecord(id="b", num=1, name="b", kind="pretrain", status="finished", host="",
+                      launcher="local", created=0.0, dir="", config={})]
     by_host = runs_of_hosts(rows)
-    assert [r["id"] for r in by_host["local"]] == ["a", "b"]
-    assert [r["id"] for r in by_host["box"]] == ["a"]
+    assert [r.id for r in by_host["local"]] == ["a", "b"]
+    assert [r.id for r in by_host["box"]] == ["a"]
