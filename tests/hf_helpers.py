@@ -4,8 +4,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from workbench.run_record import RunRecord
 from workbench.store import Store
 
 # A few steps of a tiny continued-pretraining run: seq_len 32, two sequences a step,
@@ -45,7 +45,7 @@ def bytes_spec(steps: int = 2, ckpt: int = 1) -> str:
     return BYTES.format(opt="muon", steps=steps, ckpt=ckpt)
 
 
-def run_inline(store: Store, text: str, resume_dir: Path | None = None) -> dict[str, Any]:
+def run_inline(store: Store, text: str, resume_dir: Path | None = None) -> RunRecord:
     """A pretrain run in this process (no worker): the recipe's own code path, faster."""
     from workbench.recipes import Context
     from workbench.recipes import pretrain as pt
@@ -57,10 +57,10 @@ def run_inline(store: Store, text: str, resume_dir: Path | None = None) -> dict[
                            config=spec.run_config(), total_steps=spec.total_steps)
     run = Run(store, row, owner=True)
     try:
-        pt.run(spec, Context(run=run, run_dir=store.run_dir(row["id"]), resume_dir=resume_dir))
+        pt.run(spec, Context(run=run, run_dir=store.run_dir(row.id), resume_dir=resume_dir))
     finally:
         run.finish()
-    return store.get_run(row["id"])
+    return store.get_run(row.id)
 
 
 def checkpoint(store: Store, run_id: str, step: int) -> Path:

@@ -22,6 +22,7 @@ from workbench.export_model import export_model, load_run_model, model_config
 from workbench.models.config import GPTConfig
 from workbench.models.example import write_example_model
 from workbench.models.gpt import GPT
+from workbench.run_record import RunRecord
 from workbench.store import Store
 
 transformers = pytest.importorskip("transformers")
@@ -48,7 +49,7 @@ def train(store: Store, tmp_path_factory: pytest.TempPathFactory,
         if family not in done:
             folder = write_example_model(tmp_path_factory.mktemp(family) / family, family)
             row = run_inline(store, cpt_spec(f"hf:{folder}", steps=2, ckpt=1))
-            assert row["status"] == "finished"
+            assert row.status == "finished"
             done[family] = {"row": row, "folder": folder, "family": family}
         return done[family]
 
@@ -67,7 +68,7 @@ def qwen2_run(train: Callable[[str], dict[str, Any]]) -> dict[str, Any]:
     return train("qwen2")
 
 
-def our_logits(ckpt: Path, row: dict[str, Any], ids: torch.Tensor) -> torch.Tensor:
+def our_logits(ckpt: Path, row: RunRecord, ids: torch.Tensor) -> torch.Tensor:
     config = model_config(ckpt, row)
     config.attn_backend = "sdpa"
     with torch.no_grad():
@@ -91,7 +92,7 @@ def test_export_round_trip_matches_our_model(trained: dict[str, Any], store: Sto
                                              tmp_path: Path) -> None:
     row, family = trained["row"], trained["family"]
     out = tmp_path / "out"
-    proc = wb_export(store, row["id"], str(out))
+    proc = wb_export(store, row.id, str(out))
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith(f"wrote {out}: ") and f"({family}, float32, step 2 " in lines[0]
@@ -106,7 +107,7 @@ def test_export_round_trip_matches_our_model(trained: dict[str, Any], store: Sto
     tok = transformers.AutoTokenizer.from_pretrained(str(out))
     ids = torch.tensor([tok.encode(TEXT)])
     assert ids.tolist()[0] == HFTokenizer(trained["folder"]).encode(TEXT)
-    ours = our_logits(checkpoint(store, row["id"], 2), row, ids)
+    ours = our_logits(checkpoint(store, row.id, 2), row, ids)
     theirs = hf_logits(out, ids)
     assert (ours - theirs).abs().max() < 1e-5
     before = hf_logits(trained["folder"], ids)  # the checkpoint it started from
@@ -123,14 +124,14 @@ def test_export_of_an_earlier_step_in_bfloat16(trained: dict[str, Any], store: S
     assert json.loads((tmp_path / "bf16" / "config.json").read_text())["torch_dtype"] == \
         "bfloat16"
     ids = torch.tensor([HFTokenizer(trained["folder"]).encode(TEXT)])
-    ours = our_logits(checkpoint(store, row["id"], 1), row, ids)
+    ours = our_logits(checkpoint(store, row.id, 1), row, ids)
     assert (ours - hf_logits(tmp_path / "bf16", ids)).abs().max() < 0.1  # bf16 weights
 
 
 def test_a_byte_level_run_exports_without_tokenizer_files(store: Store, tmp_path: Path) -> None:
     row = run_inline(store, bytes_spec(steps=2, ckpt=2))
     out = tmp_path / "bytes"
-    proc = wb_export(store, row["id"], str(out))
+    proc = wb_export(store, row.id, str(out))
     assert proc.returncode == 0, proc.stderr
     assert "no Hugging Face tokenizer files" in proc.stdout
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
@@ -138,24 +139,24 @@ def test_a_byte_level_run_exports_without_tokenizer_files(store: Store, tmp_path
     assert (config["model_type"], config["vocab_size"], config["eos_token_id"]) == \
         ("llama", 260, 257)
     ids = torch.tensor([list(TEXT.encode())[:32]])  # the run's seq_len
-    ours = our_logits(checkpoint(store, row["id"], 2), row, ids)
+    ours = our_logits(checkpoint(store, row.id, 2), row, ids)
     assert (ours - hf_logits(out, ids)).abs().max() < 1e-5
 
     # A checkpoint from before model.json: the config comes from the run's spec.
-    (checkpoint(store, row["id"], 2) / "model.json").unlink()
+    (checkpoint(store, row.id, 2) / "model.json").unlink()
     export_model(store, row, tmp_path / "old")
     assert json.loads((tmp_path / "old" / "config.json").read_text()) == config
 
 
 def fake_rl_run(store: Store, init: str, config: GPTConfig, version: int = 4,
-                ) -> tuple[dict[str, Any], GPT]:
+                ) -> tuple[RunRecord, GPT]:
     """An RL run row and a checkpoint in the layout of recipes/rl/trainer.py `save`:
     model.safetensors, and state.pt whose `model_config` is vars(GPTConfig)."""
     torch.manual_seed(version)
     model = GPT(config)
     spec = f'kind = "rl"\n[policy]\ninit = "{init}"\n'
     row = store.create_run(kind="rl", base="rl", status="finished", spec=spec, config={})
-    ckpt = checkpoint(store, row["id"], version)
+    ckpt = checkpoint(store, row.id, version)
     ckpt.mkdir(parents=True)
     save_model(model, str(ckpt / "model.safetensors"))
     torch.save({"version": version, "optimizer": {}, "model_config": vars(config)},
@@ -167,7 +168,7 @@ def test_an_rl_checkpoint_exports_with_its_policy_tokenizer(qwen2_run: dict[str,
                                                            store: Store, tmp_path: Path) -> None:
     """`policy.init = "hf:<folder>"`: the tokenizer comes from that folder."""
     trained = qwen2_run
-    config = model_config(checkpoint(store, trained["row"]["id"], 2), trained["row"])
+    config = model_config(checkpoint(store, trained["row"].id, 2), trained["row"])
     config.attn_backend = "sdpa"
     row, model = fake_rl_run(store, f"hf:{trained['folder']}", config)
     done = export_model(store, row, tmp_path / "rl")
@@ -183,6 +184,7 @@ def test_an_rl_checkpoint_exports_with_its_policy_tokenizer(qwen2_run: dict[str,
 def test_a_real_rl_run_exports(store: Store, tmp_path: Path) -> None:
     """A tiny byte-level RL run (real generator, verifier and trainer processes)."""
     from workbench.launch import local
+    from workbench.procs import kill_tree
     from workbench.spec import LoadedSpec, parse_spec
 
     spec = """
@@ -207,18 +209,20 @@ checkpoint_every = 2
 procs = 1
 timeout_s = 5
 """
-    row = local.start(store, LoadedSpec(parse_spec(spec), "rl.toml"))
+    launched = local.start(store, LoadedSpec(parse_spec(spec), "rl.toml"))
+    row, proc = launched.record, launched.process
+    assert proc is not None
     try:
-        row["_process"].wait(timeout=240)
+        proc.wait(timeout=240)
     finally:
-        if row["_process"].poll() is None:
-            local.kill_tree(row["pid"])
-    assert store.get_run(row["id"])["status"] == "finished"
-    row = store.get_run(row["id"])
+        if proc.poll() is None:
+            kill_tree(row.pid)
+    assert store.get_run(row.id).status == "finished"
+    row = store.get_run(row.id)
     done = export_model(store, row, tmp_path / "rl")
     assert done.step == 2 and done.tokenizer_from is None
     ids = torch.tensor([list(b"1 + 2 = ")])
-    ours = our_logits(checkpoint(store, row["id"], 2), row, ids)
+    ours = our_logits(checkpoint(store, row.id, 2), row, ids)
     assert (ours - hf_logits(tmp_path / "rl", ids)).abs().max() < 1e-5
 
 
@@ -240,7 +244,7 @@ def nothing_written(parent: Path) -> None:
 def test_bad_input_is_refused_and_nothing_is_written(qwen2_run: dict[str, Any], store: Store,
                                                      tmp_path: Path) -> None:
     trained = qwen2_run
-    run_id = trained["row"]["id"]
+    run_id = trained["row"].id
     out = tmp_path / "out"
     assert "no run 'nope'" in one_error(wb_export(store, "nope", str(out)))
     assert "has no checkpoint of step 7 — it has steps 1, 2" in one_error(
@@ -251,18 +255,18 @@ def test_bad_input_is_refused_and_nothing_is_written(qwen2_run: dict[str, Any], 
 
     empty = store.create_run(kind="pretrain", base="empty", status="running",
                              spec=cpt_spec(f"hf:{trained['folder']}"), config={})
-    assert "has no checkpoint yet" in one_error(wb_export(store, empty["id"], str(out)))
+    assert "has no checkpoint yet" in one_error(wb_export(store, empty.id, str(out)))
     script = store.create_run(kind="script", base="script", status="finished", config={})
-    assert "is a script run" in one_error(wb_export(store, script["id"], str(out)))
+    assert "is a script run" in one_error(wb_export(store, script.id, str(out)))
 
     depth = store.create_run(kind="pretrain", base="rd", status="finished", config={},
                              spec='kind = "pretrain"\n[model]\narch = "recurrent-depth"\n')
-    ckpt = checkpoint(store, depth["id"], 1)
+    ckpt = checkpoint(store, depth.id, 1)
     ckpt.mkdir(parents=True)
     for name in ("state.pt", "model.safetensors"):
         (ckpt / name).write_bytes(b"")
     (ckpt / "model.json").write_text(json.dumps({"arch": "recurrent-depth", "config": {}}))
-    assert "only gpt-arch models export" in one_error(wb_export(store, depth["id"], str(out)))
+    assert "only gpt-arch models export" in one_error(wb_export(store, depth.id, str(out)))
     assert not out.exists()
 
     out.mkdir()

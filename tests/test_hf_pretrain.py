@@ -65,7 +65,7 @@ def cpt(tmp_path_factory: pytest.TempPathFactory, qwen2: Path) -> Iterator[dict[
     st = Store(store_dir, create=False)
     (row,) = st.runs()
     yield {"store": st, "row": row, "folder": (root / "qwen2").resolve(),
-           "stdout": (st.run_dir(row["id"]) / "stdout.log").read_text()}
+           "stdout": (st.run_dir(row.id) / "stdout.log").read_text()}
     st.close()
 
 
@@ -107,7 +107,7 @@ def test_wb_launch_refuses_a_bad_checkpoint_in_one_line(
     if proc.returncode == 0:  # accepted by mistake: end the run before failing
         with Store(store_dir, create=False) as st:
             for r in st.runs():
-                os.killpg(r["pid"], signal.SIGKILL)
+                os.killpg(r.pid, signal.SIGKILL)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
@@ -131,16 +131,16 @@ def test_for_launch_pins_the_checkpoint_folder(tmp_path: Path, qwen2: Path) -> N
 
 def test_a_real_run_trains_the_checkpoint_with_muonclip(cpt: dict[str, Any]) -> None:
     st, row, folder = cpt["store"], cpt["row"], cpt["folder"]
-    assert row["status"] == "finished"
-    assert sorted(losses(st, row["id"])) == [1, 2, 3]
-    assert all(4 < v < 9 for v in losses(st, row["id"]).values())  # about ln(1024) = 6.9
-    keys = {k for _, _, k, _, _ in st.scalars(row["id"])}
+    assert row.status == "finished"
+    assert sorted(losses(st, row.id)) == [1, 2, 3]
+    assert all(4 < v < 9 for v in losses(st, row.id).values())  # about ln(1024) = 6.9
+    keys = {k for _, _, k, _, _ in st.scalars(row.id)}
     assert {"val/loss", "attn/max_logit", "qkclip/clipped_heads"} <= keys
-    matrices = [r for r in st.records(row["id"], keys=["attn/max_logit_heads"])
+    matrices = [r for r in st.records(row.id, keys=["attn/max_logit_heads"])
                 if r["type"] == "matrix"]
     assert [m["step"] for m in matrices] == [1, 2, 3]
     assert all(m["shape"] == [2, 4] for m in matrices)  # the checkpoint's 2 layers x 4 heads
-    config = row["config"] if isinstance(row["config"], dict) else json.loads(row["config"])
+    config = row.config
     assert config["model_init"] == f"hf:{folder}"  # pinned to an absolute path at launch
     tok = config["tokenizer"]
     assert tok["fingerprint"] == HFTokenizer(folder).fingerprint()
@@ -223,12 +223,12 @@ def test_the_byte_cache_is_unchanged(tmp_path: Path) -> None:
 def test_checkpoints_record_the_model_and_hold_trained_weights(cpt: dict[str, Any]) -> None:
     st, row, folder = cpt["store"], cpt["row"], cpt["folder"]
     for step in (2, 3):
-        record = json.loads((checkpoint(st, row["id"], step) / "model.json").read_text())
+        record = json.loads((checkpoint(st, row.id, step) / "model.json").read_text())
         assert record["arch"] == "gpt"
         c = record["config"]
         assert (c["family"], c["vocab_size"], c["qkv_bias"], c["tie_embeddings"]) == \
             ("qwen2", 1024, True, True)
-    ours = load_file(checkpoint(st, row["id"], 3) / "model.safetensors")
+    ours = load_file(checkpoint(st, row.id, 3) / "model.safetensors")
     start = load_file(folder / "model.safetensors")
     assert "lm_head.weight" not in ours or "embed.weight" not in ours  # tied: stored once
     q = "blocks.0.attn.q_proj.weight"
@@ -241,9 +241,9 @@ def test_resume_continues_from_its_checkpoint_not_the_checkpoint_folder(
     the folder's weights been loaded over the checkpoint, step 3 would differ."""
     st, row = cpt["store"], cpt["row"]
     previous = tmp_path / "previous"
-    shutil.copytree(checkpoint(st, row["id"], 2), previous / "checkpoints" / "step-00000002")
-    resumed = run_inline(st, row["spec"], resume_dir=previous)
-    assert losses(st, resumed["id"]) == {3: losses(st, row["id"])[3]}
-    (event,) = [e for e in st.events(resumed["id"], kind="checkpoint")
+    shutil.copytree(checkpoint(st, row.id, 2), previous / "checkpoints" / "step-00000002")
+    resumed = run_inline(st, row.spec or "", resume_dir=previous)
+    assert losses(st, resumed.id) == {3: losses(st, row.id)[3]}
+    (event,) = [e for e in st.events(resumed.id, kind="checkpoint")
                 if e["payload"].get("action") == "resumed"]
     assert event["step"] == 2

@@ -11,7 +11,6 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -272,7 +271,7 @@ def test_ctrl_c_in_a_foreground_launch_stops_the_run(tmp_path: Path, store_dir: 
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
     try:
-        def started() -> dict[str, Any] | None:
+        def started() -> RunRecord | None:
             if not (store_dir / "workbench.db").exists():
                 return None
             with Store(store_dir, create=False) as st:

@@ -9,7 +9,6 @@ same split by global rank, same all-reduce: the losses must agree.
 
 from __future__ import annotations
 
-import json
 import socket
 import sys
 import time
@@ -24,9 +23,11 @@ from tests.test_pretrain import ckpt, losses, tiny
 from workbench.hosts import Host, save_hosts
 from workbench.launch import local
 from workbench.launch.distributed import node_settings, rank_env, torchrun_command
-from workbench.launch.local import descendants, kill_tree
+from workbench.launch.local import Launched
+from workbench.procs import descendants, kill_tree, pid_alive
+from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, SpecError, parse_spec
-from workbench.store import Store, StoreError, pid_alive
+from workbench.store import Store, StoreError
 
 STEPS = 6
 
@@ -43,27 +44,27 @@ def free_port() -> int:
 
 
 def config_of(store: Store, run_id: str) -> dict[str, Any]:
-    config = store.get_run(run_id)["config"]
-    return json.loads(config) if isinstance(config, str) else config
+    return dict(store.get_run(run_id).config)
 
 
-def wait_finished(store: Store, row: dict[str, Any], timeout: float) -> dict[str, Any]:
+def wait_finished(store: Store, launched: Launched, timeout: float) -> RunRecord:
     """Reap the worker, then read its ending; bounded in time."""
-    row["_process"].wait(timeout=timeout)
-    done = wait_for(lambda: (r := store.get_run(row["id"]))["status"] not in
+    row = launched.record
+    launched.process.wait(timeout=timeout)
+    done = wait_for(lambda: (r := store.get_run(row.id)).status not in
                     ("queued", "running") and r, 30, "the run's ending")
-    assert done["status"] == "finished", (store.run_dir(row["id"]) / "stdout.log"
-                                          ).read_text()[-3000:]
+    assert done.status == "finished", (store.run_dir(row.id) / "stdout.log"
+                                       ).read_text()[-3000:]
     return done
 
 
-def cleanup(rows: list[tuple[Store, dict[str, Any]]]) -> None:
+def cleanup(started: list[tuple[Store, Launched]]) -> None:
     """Kill whatever a failed test left running (worker, torchrun, ranks)."""
-    for _, row in rows:
-        pid = row.get("pid")
+    for _, launched in started:
+        pid = launched.record.pid
         if pid and pid_alive(pid):
             kill_tree(pid)
-        proc = row.get("_process")
+        proc = launched.process
         if proc is not None and proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
@@ -176,7 +177,7 @@ def test_every_rank_of_every_node_takes_an_equal_share() -> None:
 
 def test_two_nodes_match_one_node_with_the_same_global_batch(store: Store,
                                                              tmp_path: Path) -> None:
-    started: list[tuple[Store, dict[str, Any]]] = []
+    started: list[tuple[Store, Launched]] = []
     stores = [Store(tmp_path / "node0"), Store(tmp_path / "node1")]
     try:
         t0 = time.monotonic()
@@ -187,48 +188,49 @@ def test_two_nodes_match_one_node_with_the_same_global_batch(store: Store,
 
         port = free_port()
         loaded = LoadedSpec(parse_spec(spec_text(1, 2)), "tiny.toml")
-        nodes = []
+        nodes: list[Launched] = []
         for rank, st in enumerate(stores):
-            row = local.start(st, loaded, node_rank=rank, master=f"127.0.0.1:{port}")
-            started.append((st, row))
-            nodes.append(row)
-        for st, row in zip(stores, nodes, strict=True):
-            wait_finished(st, row, timeout=180)
+            node = local.start(st, loaded, node_rank=rank, master=f"127.0.0.1:{port}")
+            started.append((st, node))
+            nodes.append(node)
+        for st, node in zip(stores, nodes, strict=True):
+            wait_finished(st, node, timeout=180)
         t2 = time.monotonic()
         print(f"one node {t1 - t0:.1f}s, two nodes {t2 - t1:.1f}s")
 
-        a = losses(store, one["id"])
-        b = losses(stores[0], nodes[0]["id"])
+        a = losses(store, one.record.id)
+        b = losses(stores[0], nodes[0].record.id)
         print("one node  train/loss", a)
         print("two nodes train/loss", b)
         assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
         for step in a:  # gloo sums 2 ranks the same way: bitwise equal here
             assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-7), step
-        va, vb = losses(store, one["id"], "val/loss"), losses(stores[0], nodes[0]["id"],
+        va, vb = losses(store, one.record.id, "val/loss"), losses(stores[0], nodes[0].record.id,
                                                                "val/loss")
         assert vb[STEPS] == pytest.approx(va[STEPS], rel=1e-6)
-        wa, wb_ = ckpt(store, one["id"], STEPS), ckpt(stores[0], nodes[0]["id"], STEPS)
+        wa, wb_ = ckpt(store, one.record.id, STEPS), ckpt(stores[0], nodes[0].record.id, STEPS)
         assert wa.keys() == wb_.keys()
         for k in wa:
             torch.testing.assert_close(wb_[k], wa[k], rtol=1e-6, atol=1e-7)
 
         # Node 0 holds global rank 0: metrics, the checkpoint and world_size 2.
-        n0, n1 = config_of(stores[0], nodes[0]["id"]), config_of(stores[1], nodes[1]["id"])
-        assert n0["world_size"] == config_of(store, one["id"])["world_size"] == 2
+        n0, n1 = config_of(stores[0], nodes[0].record.id), config_of(stores[1], nodes[1].record.id)
+        assert n0["world_size"] == config_of(store, one.record.id)["world_size"] == 2
         assert (n0["node_rank"], n0["nodes"], n0["master"]) == (0, 2, f"127.0.0.1:{port}")
-        assert len(stores[0].events(nodes[0]["id"], kind="checkpoint")) == 1
+        assert len(stores[0].events(nodes[0].record.id, kind="checkpoint")) == 1
         # Node 1 records its own status and output, but no metrics nor checkpoints.
         assert (n1["node_rank"], n1["nodes"]) == (1, 2)
-        assert stores[1].scalars(nodes[1]["id"], "train/loss") == []
-        assert stores[1].events(nodes[1]["id"], kind="checkpoint") == []
-        assert not list(stores[1].run_dir(nodes[1]["id"]).glob("checkpoints/step-*"))
-        out0 = (stores[0].run_dir(nodes[0]["id"]) / "stdout.log").read_text()
-        out1 = (stores[1].run_dir(nodes[1]["id"]) / "stdout.log").read_text()
+        assert stores[1].scalars(nodes[1].record.id, "train/loss") == []
+        assert stores[1].events(nodes[1].record.id, kind="checkpoint") == []
+        assert not list(stores[1].run_dir(nodes[1].record.id).glob("checkpoints/step-*"))
+        out0 = (stores[0].run_dir(nodes[0].record.id) / "stdout.log").read_text()
+        out1 = (stores[1].run_dir(nodes[1].record.id) / "stdout.log").read_text()
         assert "node 0/2: starting 1 of 2 ranks" in out0 and "x 2 processes" in out0
         assert "node 1/2: starting 1 of 2 ranks" in out1
         assert f"step {STEPS}/{STEPS}" not in out1  # global rank 0 alone prints
     finally:
-        leftovers = [p for _, row in started if row.get("pid") for p in descendants(row["pid"])]
+        leftovers = [p for _, run in started if run.record.pid
+                     for p in descendants(run.record.pid)]
         cleanup(started)
         for pid in leftovers:
             if pid_alive(pid):

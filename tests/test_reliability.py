@@ -95,7 +95,7 @@ def test_kill_9_mid_logging_loses_no_acknowledged_row(tmp_path: Path, store_dir:
 
     with Store(store_dir) as st:  # opens cleanly after the crash
         assert st.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-        assert st.get_run(run_id)["status"] == "lost"
+        assert st.get_run(run_id).status == "lost"
         num = st.run_num(run_id)
         total = st.conn.execute("SELECT count(*) FROM scalars WHERE run = ?",
                                 (num,)).fetchone()[0]
@@ -113,8 +113,8 @@ def test_kill_9_mid_logging_loses_no_acknowledged_row(tmp_path: Path, store_dir:
         assert last == st.conn.execute("SELECT max(id) FROM scalars").fetchone()[0]
     with Store(store_dir) as st:
         other = st.create_run(kind="custom")
-        st.write_batch(Batch(other["id"], scalars=[(0, "x", 1.0, 0.0, 0)]))
-        assert st.scalars(other["id"])[0][0] == last + 1
+        st.write_batch(Batch(other.id, scalars=[(0, "x", 1.0, 0.0, 0)]))
+        assert st.scalars(other.id)[0][0] == last + 1
 
 
 _WRITER = """
@@ -152,7 +152,7 @@ print(rows, run.flushed_rows, step, flush=True)
 def test_four_writers_and_a_polling_reader(tmp_path: Path, store: Store) -> None:
     seconds, max_steps = 10.0, 100_000
     row = store.create_run(kind="custom", name="busy", status="running", pid=os.getpid())
-    run_id = row["id"]
+    run_id = row.id
     script = tmp_path / "writer.py"
     script.write_text(textwrap.dedent(_WRITER))
     env = {**os.environ, "WB_RUN_ID": run_id, "WB_STORE": str(store.root)}
@@ -207,7 +207,7 @@ def test_four_writers_and_a_polling_reader(tmp_path: Path, store: Store) -> None
     assert kinds == {"scalar", "dist", "event", "matrix"}
     assert polls > 10
     assert store.conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
-    assert store.get_run(run_id)["status"] == "running"  # attached writers leave it alone
+    assert store.get_run(run_id).status == "running"  # attached writers leave it alone
 
 
 MIN_BATCHES = 200  # written however long they take: the count checked is not a speed
@@ -234,7 +234,7 @@ print(batches, flush=True)
 def test_incremental_reads_never_skip_a_committed_row(tmp_path: Path, store: Store) -> None:
     """Each poll reads four tables; a batch committed between those reads must not be
     half-seen, or a reader resuming past the newest id it saw skips the rest for good."""
-    run_id = store.create_run(kind="custom")["id"]
+    run_id = store.create_run(kind="custom").id
     script = tmp_path / "mixed.py"
     script.write_text(_MIXED)
     proc = subprocess.Popen([sys.executable, str(script), str(store.root), run_id, "3"],

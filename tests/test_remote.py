@@ -67,9 +67,9 @@ def _kill_runs(root: Path) -> None:
         return
     with Store(root, create=False) as st:
         for row in st.runs():
-            worker = row["pid"] if row["launcher"] == "local" else None
-            for pid in (worker, st.mirror(row["id"])["pid"]):
-                if pid and row["status"] in ACTIVE_STATUSES:
+            worker = row.pid if row.launcher == "local" else None
+            for pid in (worker, st.mirror(row.id)["pid"]):
+                if pid and row.status in ACTIVE_STATUSES:
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
@@ -105,7 +105,7 @@ def _status(root: Path, run_id: str) -> str | None:
     if not (root / "workbench.db").exists():
         return None
     with Store(root, create=False) as st:
-        return st.get_run(run_id)["status"]
+        return st.get_run(run_id).status
 
 
 def _wait_ended(root: Path, run_id: str, timeout: float = 120) -> str:
@@ -135,14 +135,14 @@ def test_remote_launch_is_mirrored_exactly(box: dict[str, Any], store_dir: Path)
     run_id = r.stdout.strip()
     with Store(store_dir, create=False) as st:
         row = st.get_run(run_id)
-    assert (row["launcher"], row["host"], row["name"]) == ("ssh", "box", "logger-1")
+    assert (row.launcher, row.host, row.name) == ("ssh", "box", "logger-1")
     assert _wait_ended(box["remote"], run_id) == "finished"
     assert _wait_ended(store_dir, run_id) == "finished"
     remote, local = _rows(box["remote"], run_id), _rows(store_dir, run_id)
     assert len(local) == len(remote) > 200 and Counter(local) == Counter(remote)
     assert _by_kind(local) == _by_kind(remote)  # each kind in the same order too
     with Store(store_dir, create=False) as st:
-        assert st.get_run(run_id)["last_step"] == 199
+        assert st.get_run(run_id).last_step == 199
         wait_for(lambda: st.mirror(run_id)["state"] == "done", 30, "the mirror to end")
     assert _log(store_dir, run_id) == _log(box["remote"], run_id)  # its output too
     assert f"run {run_id} finished" in _log(store_dir, run_id)
@@ -202,7 +202,7 @@ def test_stop_and_resume_act_on_the_host(box: dict[str, Any], store_dir: Path) -
     new_id = r.stdout.strip()
     with Store(store_dir, create=False) as st:
         row = st.get_run(new_id)
-    assert (row["resumed_from"], row["host"], row["launcher"]) == (run_id, "box", "ssh")
+    assert (row.resumed_from, row.host, row.launcher) == (run_id, "box", "ssh")
     wait_for(lambda: _status(box["remote"], new_id) == "running", 60, "the resumed run")
     wb("stop", new_id, check=True)
     assert _wait_ended(store_dir, new_id, timeout=60) == "stopped"
@@ -267,9 +267,9 @@ def test_two_nodes_on_two_hosts_match_one_node(box: dict[str, Any], sshd: SSHSer
         box["remote"] / node0 / "stdout.log").read_text()[-2000:]
     with Store(store_dir, create=False) as st:
         row = st.get_run(node0)
-        placed = json.loads(row["config"])["node_runs"]
+        placed = row.config["node_runs"]
         a, b = losses(st, one), losses(st, node0)
-    assert (row["launcher"], row["host"]) == ("ssh", "box")
+    assert (row.launcher, row.host) == ("ssh", "box")
     assert [(n["node"], n["host"]) for n in placed] == [(0, "box"), (1, "box2")]
     assert _wait_ended(tmp_path / "second store", placed[1]["run"]) == "finished"
     assert sorted(a) == sorted(b) and len(a) > 0

@@ -162,22 +162,22 @@ def test_hf_policy_runs_records_its_tokenizer_and_resumes(example: Path, tmp_pat
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-        assert row["status"] == "finished"
-        rewards = [v for _, _, _, v, _ in st.scalars(row["id"], "rl/reward")]
+        assert row.status == "finished"
+        rewards = [v for _, _, _, v, _ in st.scalars(row.id, "rl/reward")]
         assert len(rewards) == 3 and all(0.0 <= r <= 1.0 for r in rewards)
-        config = json.loads(row["config"])
+        config = dict(row.config)
         tok = config["tokenizer"]
         assert tok["name"] == f"hf:{example.resolve()}" and tok["vocab_size"] == 1024
         assert tok["stop_ids"] == load_tokenizer(f"hf:{example}").stop_ids
         assert config["policy_config"]["family"] == "qwen2"
         assert config["policy"]["init"] == f"hf:{example.resolve()}"
 
-    again = wb("resume", row["id"], timeout=240)
+    again = wb("resume", row.id, timeout=240)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     with Store(store_dir, create=False) as st:
-        resumed = next(r for r in st.runs() if r["id"] != row["id"])
-        assert resumed["status"] == "finished"
-        (event,) = [e for e in st.events(resumed["id"], kind="checkpoint")
+        resumed = next(r for r in st.runs() if r.id != row.id)
+        assert resumed.status == "finished"
+        (event,) = [e for e in st.events(resumed.id, kind="checkpoint")
                     if e["payload"].get("action") == "resumed"]
         assert event["step"] == 3
 
@@ -197,16 +197,16 @@ def test_a_pretrain_run_from_a_checkpoint_starts_rl_with_that_tokenizer(
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
     spec = tmp_path / "from-run.toml"
-    spec.write_text(spec_text(f"run:{row['id']}", steps=2).replace("seq_len = 256\n", ""))
+    spec.write_text(spec_text(f"run:{row.id}", steps=2).replace("seq_len = 256\n", ""))
     proc = wb("launch", str(spec), "--set", "rollout.l_max=16", "--set", "rollout.l_cache=4",
               timeout=240)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     with Store(store_dir, create=False) as st:
-        rl = next(r for r in st.runs() if r["kind"] == "rl")
-        config = json.loads(rl["config"])
+        rl = next(r for r in st.runs() if r.kind == "rl")
+        config = dict(rl.config)
         assert config["tokenizer"]["name"] == f"hf:{example.resolve()}"
         assert config["policy_config"]["family"] == "qwen2"
-        assert len(st.scalars(rl["id"], "rl/reward")) == 2
+        assert len(st.scalars(rl.id, "rl/reward")) == 2
 
 
 def test_builtin_rl_hf_tiny_validates_with_the_example_policy() -> None:

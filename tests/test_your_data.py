@@ -9,7 +9,6 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -21,6 +20,7 @@ from workbench.data.mixture import MixtureLoader
 from workbench.data.shards import MAGIC, ShardStream, split_shards, write_shard
 from workbench.data.tokenizer import JsonTokenizer
 from workbench.recipes.pretrain.data import build_data, tokenize_progress, train_bpe
+from workbench.run_record import RunRecord
 from workbench.spec import parse_spec
 from workbench.store import Store
 
@@ -90,7 +90,7 @@ def shards_from(cache: CachedCorpus, folder: Path) -> Path:
     return folder
 
 
-def run_row(store_dir: Path, run_id: str) -> dict[str, Any]:
+def run_row(store_dir: Path, run_id: str) -> RunRecord:
     with Store(store_dir, create=False) as st:
         return st.get_run(run_id)
 
@@ -108,14 +108,13 @@ def test_a_parquet_corpus_with_a_bpe_tokenizer_learns(corpus: dict[str, Path], t
     assert "pretrain: tokenizing" in proc.stdout and "MB/s" in proc.stdout
     with Store(store_dir, create=False) as st:
         (row,) = st.runs()
-        loss = [v for *_, v, _ in st.scalars(row["id"], "train/loss")]
-        bpb = [v for *_, v, _ in st.scalars(row["id"], "val/bits_per_byte")]
-        config = st.get_run(row["id"])["config"]
-        stages = [e["payload"] for e in st.events(row["id"], kind="stage")]
+        loss = [v for *_, v, _ in st.scalars(row.id, "train/loss")]
+        bpb = [v for *_, v, _ in st.scalars(row.id, "val/bits_per_byte")]
+        config = st.get_run(row.id).config
+        stages = [e["payload"] for e in st.events(row.id, kind="stage")]
     tokenizing = [p for p in stages if p["stage"] == "tokenizing"]
     assert tokenizing[0]["done"] == 0 and tokenizing[-1]["done"] == tokenizing[-1]["total"] > 0
-    config = json.loads(config) if isinstance(config, str) else config
-    assert row["status"] == "finished"
+    assert row.status == "finished"
     assert np.mean(loss[-10:]) < np.mean(loss[:10]) - 0.5  # it learns (ln 600 = 6.4 at start)
     assert config["tokenizer"]["name"] == str(corpus["tokenizer"].resolve())
     assert config["tokenizer"]["vocab_size"] == 600
@@ -194,9 +193,9 @@ def test_a_mixture_logs_its_fractions_and_resumes_exactly_after_kill_9(
     assert whole.returncode == 0, whole.stdout + whole.stderr
     with Store(store_dir, create=False) as st:
         (ref,) = st.runs()
-        ref_loss = {s: v for _, s, _, v, _ in st.scalars(ref["id"], "train/loss")}
-        web = [v for *_, v, _ in st.scalars(ref["id"], "train/source_frac/web")]
-        code = [v for *_, v, _ in st.scalars(ref["id"], "train/source_frac/code")]
+        ref_loss = {s: v for _, s, _, v, _ in st.scalars(ref.id, "train/loss")}
+        web = [v for *_, v, _ in st.scalars(ref.id, "train/source_frac/web")]
+        code = [v for *_, v, _ in st.scalars(ref.id, "train/source_frac/code")]
     assert len(web) == 500 and abs(np.mean(web) - 0.75) < 0.02
     assert abs(np.mean(code) - 0.25) < 0.02
 
@@ -205,16 +204,16 @@ def test_a_mixture_logs_its_fractions_and_resumes_exactly_after_kill_9(
     def past_checkpoint() -> bool:
         with Store(store_dir, create=False) as st:
             saved = [e["step"] for e in st.events(run_id, kind="checkpoint")]
-            return bool(saved) and (st.get_run(run_id)["last_step"] or 0) >= saved[-1] + 20
+            return bool(saved) and (st.get_run(run_id).last_step or 0) >= saved[-1] + 20
     wait_for(past_checkpoint, 300, "a checkpoint and 20 more steps")
-    os.killpg(run_row(store_dir, run_id)["pid"], signal.SIGKILL)
-    wait_for(lambda: run_row(store_dir, run_id)["status"] in ("lost", "failed"), 60,
+    os.killpg(run_row(store_dir, run_id).pid, signal.SIGKILL)
+    wait_for(lambda: run_row(store_dir, run_id).status in ("lost", "failed"), 60,
              "the run to be marked lost")
     new_id = wb("resume", run_id, "--detach", check=True, timeout=60).stdout.strip()
-    wait_for(lambda: run_row(store_dir, new_id)["status"] not in ("running", "starting",
+    wait_for(lambda: run_row(store_dir, new_id).status not in ("running", "starting",
                                                                   "queued"),
              600, "the resumed run to end")
-    assert run_row(store_dir, new_id)["status"] == "finished"
+    assert run_row(store_dir, new_id).status == "finished"
     with Store(store_dir, create=False) as st:
         resumed = {s: v for _, s, _, v, _ in st.scalars(new_id, "train/loss")}
     assert max(resumed) == 500 and min(resumed) > 100
