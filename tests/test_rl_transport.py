@@ -14,23 +14,43 @@ from typing import Any
 import pytest
 import zmq
 
+from workbench.recipes.rl.messages import (
+    FromGenerator,
+    GeneratorJoined,
+    GeneratorLost,
+    Granted,
+    Inbound,
+    PeerRefused,
+    Rollout,
+)
 from workbench.recipes.rl.transport import Groups, Hub, Link, LinkError, new_secret
 
 
-def drain(hub: Hub, kinds: tuple[str, ...], seconds: float) -> list[tuple[Any, ...]]:
-    """Inbox items of the given kinds arriving within `seconds`."""
+def rollout(g: int, i: int, text: str = "", tokens: list[int] | None = None) -> Rollout:
+    """A completion with just enough in it to tell copies apart."""
+    return Rollout(g, i, None, [], tokens or [], [], [], "stop", text)  # type: ignore[arg-type]
+
+
+def drain(hub: Hub, kinds: tuple[type, ...], seconds: float) -> list[Inbound]:
+    """Inbox items of the given classes arriving within `seconds`."""
     out, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
             item = hub.inbox.get(timeout=0.05)
         except queue.Empty:
             continue
-        if item[0] in kinds:
+        if isinstance(item, kinds):
             out.append(item)
     return out
 
 
-def pump(link: Link, seconds: float, until: Any = None) -> list[tuple[str, Any]]:
+def delivered(hub: Hub, seconds: float) -> list[Rollout]:
+    """The rollouts the hub passes on within `seconds`."""
+    return [item.message for item in drain(hub, (FromGenerator,), seconds)
+            if isinstance(item, FromGenerator) and isinstance(item.message, Rollout)]
+
+
+def pump(link: Link, seconds: float, until: Any = None) -> list[Any]:
     got, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         got += link.poll(20)
@@ -41,9 +61,9 @@ def pump(link: Link, seconds: float, until: Any = None) -> list[tuple[str, Any]]
 
 def groups_for(link: Link, n: int, version: int = 0) -> list[int]:
     link.ask(n, version)
-    for kind, body in pump(link, 5, until=lambda: link.want is None):
-        if kind == "groups":
-            return body
+    for message in pump(link, 5, until=lambda: link.want is None):
+        if isinstance(message, Granted):
+            return message.groups
     raise AssertionError("no answer to want")
 
 
@@ -61,20 +81,21 @@ def test_binds_loopback_by_default(hub: Hub) -> None:
 def test_handshake_rollouts_are_acked_and_deduplicated(hub: Hub) -> None:
     link = Link(hub.address, hub.secret, rank=1)
     try:
-        (joined,) = drain(hub, ("joined",), 1)
-        assert joined[1] == 1 and joined[2]["pid"] > 0
+        (joined,) = drain(hub, (GeneratorJoined,), 1)
+        assert isinstance(joined, GeneratorJoined)
+        assert joined.rank == 1 and joined.hello.pid > 0
         assert groups_for(link, 2) == [0, 1]
         assert groups_for(link, 1) == []  # batch 1 > version 0 + staleness 0
-        link.rollout(0, 0, {"tokens": [1, 2, 3]})
-        link.rollout(0, 1, {"tokens": [4]})
+        link.rollout(rollout(0, 0, tokens=[1, 2, 3]))
+        link.rollout(rollout(0, 1, tokens=[4]))
         pump(link, 5, until=lambda: not link.unacked)
         assert not link.unacked
-        link.rollout(0, 0, {"tokens": [1, 2, 3]})  # a copy (as after a reconnection)
+        link.rollout(rollout(0, 0, tokens=[1, 2, 3]))  # a copy (as after a reconnection)
         link.resend(force=True)
         pump(link, 2, until=lambda: not link.unacked)
-        got = drain(hub, ("rollout",), 1)
-        assert sorted((g, i) for _, _, g, i, _ in got) == [(0, 0), (0, 1)]
-        assert got[0][4] == {"tokens": [1, 2, 3]} or got[1][4] == {"tokens": [1, 2, 3]}
+        got = delivered(hub, 1)
+        assert sorted(r.key for r in got) == [(0, 0), (0, 1)]
+        assert got[0].tokens == [1, 2, 3] or got[1].tokens == [1, 2, 3]
     finally:
         link.close()
 
@@ -82,8 +103,9 @@ def test_handshake_rollouts_are_acked_and_deduplicated(hub: Hub) -> None:
 def test_a_client_without_the_secret_is_refused_and_reported(hub: Hub) -> None:
     with pytest.raises(LinkError, match="refused"):
         Link(hub.address, "not-the-secret", rank=1, timeout_s=5)
-    (refused,) = drain(hub, ("refused",), 1)
-    assert refused[1]["reason"] == "wrong secret" and refused[1]["rank"] == 1
+    (refused,) = drain(hub, (PeerRefused,), 1)
+    assert isinstance(refused, PeerRefused)
+    assert refused.reason == "wrong secret" and refused.detail()["rank"] == 1
     # A raw client that skips the handshake gets nothing but a refusal, and nothing it
     # sends is unpickled or delivered.
     ctx = zmq.Context()
@@ -94,9 +116,9 @@ def test_a_client_without_the_secret_is_refused_and_reported(hub: Hub) -> None:
     assert raw.recv_multipart()[0] == b"refused"
     raw.close(linger=0)
     ctx.term()
-    assert [r[1]["reason"] for r in drain(hub, ("refused",), 0.5)] == \
-        ["unexpected b'rollout' before the handshake"]
-    assert drain(hub, ("rollout", "joined"), 0.2) == []
+    assert [r.reason for r in drain(hub, (PeerRefused,), 0.5)] == \
+        ["unexpected b'rollout' before the handshake"]  # type: ignore[union-attr]
+    assert drain(hub, (FromGenerator, GeneratorJoined), 0.2) == []
 
 
 def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere(
@@ -104,17 +126,17 @@ def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere
     a, b = Link(hub.address, hub.secret, rank=1), Link(hub.address, hub.secret, rank=2)
     try:
         assert groups_for(a, 1) == [0]
-        b.rollout(0, 0, "not b's group")
+        b.rollout(rollout(0, 0, "not b's group"))
         pump(b, 2, until=lambda: not b.unacked)  # acked, but not delivered
-        assert drain(hub, ("rollout",), 0.3) == []
+        assert delivered(hub, 0.3) == []
         with hub.lock:
             hub.groups.restart([0])
         assert groups_for(b, 1) == [0]  # restarted groups first, to whoever asks
-        a.rollout(0, 0, "a's old attempt")  # a no longer owns it
-        b.rollout(0, 0, "b's")
+        a.rollout(rollout(0, 0, "a's old attempt"))  # a no longer owns it
+        b.rollout(rollout(0, 0, "b's"))
         pump(a, 1, until=lambda: not a.unacked)
         pump(b, 1, until=lambda: not b.unacked)
-        assert [item[4] for item in drain(hub, ("rollout",), 0.5)] == ["b's"]
+        assert [r.text for r in delivered(hub, 0.5)] == ["b's"]
     finally:
         a.close()
         b.close()
@@ -173,20 +195,20 @@ def test_a_rollout_lost_in_a_dropped_connection_is_sent_again_after_reconnecting
     link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
     try:
         assert groups_for(link, 2) == [0, 1]
-        link.rollout(0, 0, "delivered before the drop")
+        link.rollout(rollout(0, 0, "delivered before the drop"))
         pump(link, 5, until=lambda: not link.unacked)
         proxy.swallow = True
-        link.rollout(0, 1, "lost in the drop")
+        link.rollout(rollout(0, 1, "lost in the drop"))
         time.sleep(0.3)
         proxy.cut()  # the connection drops with the rollout unacked
         proxy.swallow = False
         assert (0, 1) in link.unacked
-        link.rollout(1, 0, "sent while reconnecting")
+        link.rollout(rollout(1, 0, "sent while reconnecting"))
         pump(link, 15, until=lambda: not link.unacked)
         assert not link.unacked and link.handshakes == 2 and link.resent >= 1
-        items = drain(hub, ("rollout", "joined"), 0.5)
-        got = [item for item in items if item[0] == "rollout"]
-        assert sorted((g, i) for _, _, g, i, _ in got) == [(0, 0), (0, 1), (1, 0)]
+        items = drain(hub, (FromGenerator, GeneratorJoined), 0.5)
+        got = [item.message for item in items if isinstance(item, FromGenerator)]
+        assert sorted(r.key for r in got) == [(0, 0), (0, 1), (1, 0)]  # type: ignore[union-attr]
         assert len(items) - len(got) == 2  # joined: the first session and the new one
     finally:
         link.close()
@@ -197,12 +219,12 @@ def test_silence_is_bounded_on_both_sides() -> None:
     hub = Hub(new_secret(), peer_timeout_s=1.5)
     link = Link(hub.address, hub.secret, rank=3, peer_timeout_s=1.5)
     try:
-        drain(hub, ("joined",), 0.5)
+        drain(hub, (GeneratorJoined,), 0.5)
         pump(link, 0.7)  # talks once (a beat), then
         # stops talking (a hung or killed process): reported lost.
         t0 = time.monotonic()
         lost = hub.inbox.get(timeout=5)
-        assert lost[:2] == ("lost", 3) and time.monotonic() - t0 < 4
+        assert isinstance(lost, GeneratorLost) and lost.rank == 3 and time.monotonic() - t0 < 4
     finally:
         hub.close()
     # The trainer is gone: the generator notices within its timeout.
@@ -220,17 +242,17 @@ def test_throughput_over_loopback(hub: Hub) -> None:
     try:
         hub.groups.per_step, hub.groups.max_staleness, hub.groups.steps = 1, 1 << 20, 1 << 20
         n, size = 2000, 400  # a 400-token completion: tokens, log-probs, versions
-        payload = {"tokens": list(range(size)), "logprobs": [0.5] * size,
-                   "versions": [1] * size, "text": "x" * size}
+        payload = dict(prompt=[], tokens=list(range(size)), logprobs=[0.5] * size,
+                       versions=[1] * size, finish="length", text="x" * size)
         gs = groups_for(link, n // 8)
         t0 = time.perf_counter()
         for k in range(n):
-            link.rollout(gs[k // 8], k % 8, payload)
+            link.rollout(Rollout(gs[k // 8], k % 8, None, **payload))  # type: ignore[arg-type]
             if k % 64 == 0:
                 link.poll(0)
         pump(link, 60, until=lambda: not link.unacked)
         dt = time.perf_counter() - t0
-        got = drain(hub, ("rollout",), 1)
+        got = delivered(hub, 1)
         assert len(got) == n
         mb = hub.received_bytes / 1e6
         print(f"transport: {n / dt:.0f} rollouts/s, {mb / dt:.1f} MB/s "

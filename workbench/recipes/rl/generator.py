@@ -1,30 +1,35 @@
 """A generator: one OS process that decodes rollouts continuously and never waits for
 the trainer, except where the staleness bound says it must (AReaL).
 
+Steps (`generator_main`): connect to the trainer's hub (`connect`), join the weights
+group (`join_weights_group`), load the engine with the first weights (`load_engine`),
+then run the `Loop` until told to stop. The messages are messages.py's dataclasses.
+
 Loop (between two decode steps, so nothing waits longer than one step):
-1. control messages, from the trainer's hub over ZeroMQ (transport.py `Link`, the
+1. control messages (`Loop.control`), from the trainer's hub over ZeroMQ (transport.py `Link`, the
    same for a local generator and one on another host): new weights are announced
-   here, then received by a torch.distributed broadcast from the trainer (rank 0)
+   here (`WeightsReady`), then received by a torch.distributed broadcast from the trainer (rank 0)
    over this generator's own {0, rank} group. With `rollout.inflight` they load at
    once and the KV caches are kept (Magistral: sequences in flight carry on with the
    new weights, and one completion spans several versions); otherwise they wait
    until every sequence in flight has finished on the old weights, and nothing new
    starts meanwhile.
-2. admission: a new prompt group (G completions of one problem) may start only when
+2. admission (`Loop.admit`): a new prompt group (G completions of one problem) may start only when
    `group // groups_per_step <= engine_version + max_staleness`: the group is trained
    at version group // groups_per_step and its oldest token has the engine's version,
    so no sample is staler than max_staleness.
    Group ids are granted by the trainer (one counter for all generators, the
-   `want` / `groups` messages), the rule checked there against the version this
+   `Want` / `Granted` messages), the rule checked there against the version this
    generator holds; the problem of group g is a pure function of (seed, g), so a
    resumed run draws the same problems. Groups restarted after a lost generator pass
    the same bound: they go first, but wait while they would be too stale
    (transport.take_group).
-3. one engine step; finished completions go to the trainer, kept until acknowledged.
+3. one engine step (`Loop.decode`); finished completions go to the trainer as
+   `Rollout`s, kept until acknowledged.
 Idle time (nothing to decode: paused by the bound, or waiting for weights) is
-reported with each completion, for `perf/generator_idle_frac`. So is slot occupancy,
-for `perf/slot_occupancy`: the fraction of `rollout.slots` decoding, averaged over the
-decode steps weighted by each step's duration (idle time is not in it: that is
+reported in `Stats` messages (`Loop.report`), for `perf/generator_idle_frac`. So is
+slot occupancy, for `perf/slot_occupancy`: the fraction of `rollout.slots` decoding,
+averaged over the decode steps weighted by each step's duration (idle time is not in it: that is
 the idle fraction). A step's sequences are those still active after it plus those it
 finished. Time-weighted because a step with few sequences is short: a plain mean per
 step would count the many quick steps of a batch's long tail many times over. The
@@ -35,7 +40,7 @@ trainer step that received none (a step shorter than that, async) has no
 (one batch), so a synchronous run's occupancy is at most that over `slots`, and lower
 while the batch's long tail finishes.
 
-Stop: on a "stop" message (or the trainer silent for the transport's timeout) the
+Stop: on a `Stop` message (or the trainer silent for the transport's timeout) the
 loop ends and the process leaves with os._exit (`leave`): nothing it holds is needed
 any more, and the interpreter's teardown of torch and the gloo group took seconds (longer than
 `wb stop`'s grace on a busy host), during which the trainer waited to join it.
@@ -54,8 +59,23 @@ import socket
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from workbench.recipes.rl.messages import (
+    GeneratorStart,
+    Granted,
+    Rollout,
+    Stats,
+    Stop,
+    UnexpectedMessage,
+    WeightsReady,
+)
+
+if TYPE_CHECKING:
+    from workbench.recipes.rl.spec import RLSpec
+    from workbench.recipes.rl.transport import Link
 
 STATS_EVERY_S = 0.25
 ASK_AGAIN_S = 0.1  # a refused ask for a group is repeated after this, weights unchanged
@@ -131,146 +151,240 @@ def engine_options(engine: str, tokenizer: Any) -> dict[str, Any]:
     return {"eos_id": list(tokenizer.stop_ids)}
 
 
-def generator_main(rank: int, world: int, address: str, dist_address: str, spec_toml: str,
-                   model_config: dict[str, Any], tokenizer_name: str, secret: str,
-                   version: int, parent_pid: int | None = None) -> None:
+def generator_main(start: GeneratorStart) -> None:
     """Process entry: a multiprocessing child of the trainer (local), or
     `python -m workbench.recipes.rl.remote` started over ssh (another host). Both run
-    this. `address`: the trainer's ZeroMQ endpoint (transport.py); `dist_address`:
-    host:port of its torch.distributed rendezvous; `secret`: the run's, proven in the
-    handshake; `version`: the trainer's weights version at start; `tokenizer_name`: the
-    policy's tokenizer as load_tokenizer takes it ("bytes" or "hf:<folder>");
-    `parent_pid`: the trainer's pid when it is this process's parent."""
-    if parent_pid is not None:
-        _watch_parent(parent_pid)
+    this, with the trainer's `GeneratorStart` (messages.py)."""
+    if start.parent_pid is not None:
+        _watch_parent(start.parent_pid)
     import torch
-    import torch.distributed as dist
 
-    from workbench.data.tokenizer import load_tokenizer
-    from workbench.engine import Request, make_engine
-    from workbench.models.gpt import GPT, GPTConfig
     from workbench.recipes.common.seeding import seed_everything
-    from workbench.recipes.rl.spec import RLSpec
-    from workbench.recipes.rl.tasks import load_jsonl
-    from workbench.recipes.rl.transport import Link, LinkError
     from workbench.spec import parse_spec
 
     torch.set_num_threads(1)
-    spec: RLSpec = parse_spec(spec_toml)  # type: ignore[assignment]
-    try:  # first: the trainer waits for every generator's handshake before the rendezvous
-        link = Link(address, secret, rank)
-    except LinkError as exc:
-        print(f"generator {rank}: {exc}", flush=True)
-        leave(1)
-    ro, G = spec.rollout, spec.grpo.group_size
-    if dist_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    host, _, port = dist_address.rpartition(":")
-    store = dist.TCPStore(host.strip("[]"), int(port), world_size=world, is_master=False,
-                          timeout=timedelta(seconds=DIST_TIMEOUT_S))  # as the trainer's
-    dist.init_process_group("gloo", store=store, rank=rank, world_size=world,
-                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
-    groups = [dist.new_group([0, i]) for i in range(1, world)]  # every rank, same order
-    mine = groups[rank - 1]
-
+    spec: RLSpec = parse_spec(start.spec_toml)  # type: ignore[assignment]
+    link = connect(start)  # first: the trainer waits for every handshake before the rendezvous
+    weights = join_weights_group(start)
     seed_everything(spec.seed)
-    # The trainer's weights arrive next: allocate without a random init. The torch engine
-    # decodes on the GPU when there is one.
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = GPT.empty(GPTConfig(**model_config), device=device).eval()
-    named = list(model.named_parameters())
-    flat = torch.empty(flat_numel([p for _, p in named]))
-    dist.broadcast(flat, src=0, group=mine)  # the starting weights
-    with torch.no_grad():
-        for (_, p), v in zip(named, unflatten(flat, named).values(), strict=True):
-            p.copy_(v)
-    tokenizer = load_tokenizer(tokenizer_name)
-    engine = make_engine(spec.engine.name, model, max_batch=ro.slots, max_len=model.config.seq_len,
-                         temperature=ro.temperature, seed=spec.seed * 1000 + rank, device=device,
-                         **engine_options(spec.engine.name, tokenizer))
-    engine.version = version
-    t = spec.tasks
-    problems = load_jsonl(t.path, t.verifier, t.prompt_field, t.answer_field,
-                          answer_format=t.answer_format) if t.path else None
-
-    room = model.config.seq_len - ro.l_max  # prompt tokens that leave l_max for the answer
-    pending: tuple[dict[str, Any], int] | None = None
-    granted: list[int] = []  # groups the trainer gave this generator, not started yet
-    refused_at: tuple[int, float] | None = None  # (engine version, when) of a "none now"
-    idle_s = busy_s = 0.0
-    tokens = 0
-    slot_s = decode_s = 0.0  # sum of (sequences decoded x step seconds); decode seconds
-    next_id = 0
-    last_stats = time.monotonic()
-    print(f"generator {rank}: pid {os.getpid()} on {socket.gethostname()}, {ro.slots} slots, "
-          f"version {version}", flush=True)
-    stop = False
-    while not stop:
-        t0 = time.perf_counter()
-        # 1. control: weights, granted groups, stop
-        try:
-            messages = link.poll(0 if engine.has_work() else 5)
-        except LinkError as exc:
-            print(f"generator {rank}: {exc}; leaving", flush=True)
-            leave(1)
-        for kind, body in messages:
-            if kind == "stop":
-                stop = True
-                break
-            if kind == "weights":
-                dist.broadcast(flat, src=0, group=mine)
-                state = {k: v.clone() for k, v in unflatten(flat, named).items()}
-                pending = (state, int(body))
-            elif kind == "groups":  # [] = none admissible now
-                granted += body
-                refused_at = None if body else (engine.version, time.monotonic())
-        if stop:
-            break
-        if pending is not None and (ro.inflight or engine.num_active() == 0):
-            engine.load_weights(*pending)
-            pending = None
-        # 2. admission (nothing new starts while old weights wait to be replaced)
-        # Keep one group queued behind full slots: a slot freed by a short answer is
-        # refilled at once instead of idling until the group's longest answer ends.
-        # Groups come from the trainer (transport.Groups, the staleness rule against the
-        # weights this engine holds); a refusal is asked again once these weights change
-        # or after a moment (a restarted group may have become available).
-        while pending is None and engine.num_waiting() < G and \
-                engine.num_active() + engine.num_waiting() < ro.slots + G:
-            if not granted:
-                if refused_at is None or refused_at[0] != engine.version or \
-                        time.monotonic() - refused_at[1] > ASK_AGAIN_S:
-                    link.ask(1, engine.version)
-                break
-            g = granted.pop(0)
-            problem, prompt = draw_problem(spec, g, problems, room, tokenizer)
-            for i in range(G):
-                engine.add(Request(id=next_id, prompt=prompt, max_new_tokens=ro.l_max,
-                                   meta={"group": g, "index": i, "problem": problem}))
-                next_id += 1
-        # 3. decode
-        if engine.has_work():
-            t_step = time.perf_counter()
-            done = engine.step(admit=pending is None)  # old weights: drain, admit nothing
-            decoded = engine.num_active() + len(done)
-            if decoded:
-                dt = time.perf_counter() - t_step
-                slot_s += decoded * dt
-                decode_s += dt
-            for c in done:
-                tokens += len(c.tokens)
-                link.rollout(c.meta["group"], c.meta["index"],
-                             (c.meta["problem"], c.prompt, c.tokens, c.logprobs, c.versions,
-                              c.finish, tokenizer.decode(c.tokens)))
-            busy_s += time.perf_counter() - t0
-        else:
-            idle_s += time.perf_counter() - t0
-        # Also as soon as the work runs out (a synchronous batch's end): that batch's
-        # figures then reach the trainer ahead of the next batch's completions.
-        if time.monotonic() - last_stats > STATS_EVERY_S or (
-                decode_s and not engine.has_work()):
-            link.send("stats", (busy_s, idle_s, tokens, slot_s, decode_s))
-            busy_s = idle_s = slot_s = decode_s = 0.0
-            tokens = 0
-            last_stats = time.monotonic()
+    engine, tokenizer = load_engine(spec, start, weights)
+    room = start.model_config["seq_len"] - spec.rollout.l_max  # leaves l_max for the answer
+    loop = Loop(spec, start.rank, link, weights, engine, tokenizer, room)
+    print(f"generator {start.rank}: pid {os.getpid()} on {socket.gethostname()}, "
+          f"{spec.rollout.slots} slots, version {start.version}", flush=True)
+    loop.run()
     leave(0)
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def connect(start: GeneratorStart) -> Link:
+    """The link to the trainer's hub (transport.Link), handshake done; leave(1) on a
+    refusal or no answer."""
+    from workbench.recipes.rl.transport import Link, LinkError
+
+    try:
+        return Link(start.address, start.secret, start.rank)
+    except LinkError as exc:
+        print(f"generator {start.rank}: {exc}", flush=True)
+        leave(1)
+
+
+@dataclass
+class Weights:
+    """This generator's end of the weights broadcast: its {0, rank} gloo group and the
+    flat fp32 buffer each broadcast lands in."""
+
+    group: Any
+    flat: Any = None  # torch.Tensor, sized once the model exists
+    named: list[tuple[str, Any]] = field(default_factory=list)  # the model's parameters
+
+    def receive(self) -> dict[str, Any]:
+        """The next broadcast (the trainer is rank 0), as views shaped like `named`."""
+        import torch.distributed as dist
+
+        dist.broadcast(self.flat, src=0, group=self.group)
+        return unflatten(self.flat, self.named)
+
+
+def join_weights_group(start: GeneratorStart) -> Weights:
+    """Join the trainer's torch.distributed group (gloo, its TCPStore on `dist_address`)
+    and make every {0, i} group, as every rank must, in the same order."""
+    import torch.distributed as dist
+
+    if start.dist_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+    host, _, port = start.dist_address.rpartition(":")
+    store = dist.TCPStore(host.strip("[]"), int(port), world_size=start.world,
+                          is_master=False,
+                          timeout=timedelta(seconds=DIST_TIMEOUT_S))  # as the trainer's
+    dist.init_process_group("gloo", store=store, rank=start.rank, world_size=start.world,
+                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
+    groups = [dist.new_group([0, i]) for i in range(1, start.world)]
+    return Weights(groups[start.rank - 1])
+
+
+def load_engine(spec: RLSpec, start: GeneratorStart, weights: Weights) -> tuple[Any, Any]:
+    """(engine, tokenizer): the model allocated without a random init and filled by the
+    trainer's first broadcast, then the engine around it. The torch engine decodes on
+    the GPU when there is one."""
+    import torch
+
+    from workbench.data.tokenizer import load_tokenizer
+    from workbench.engine import make_engine
+    from workbench.models.gpt import GPT, GPTConfig
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = GPT.empty(GPTConfig(**start.model_config), device=device).eval()
+    weights.named = list(model.named_parameters())
+    weights.flat = torch.empty(flat_numel([p for _, p in weights.named]))
+    with torch.no_grad():  # the starting weights
+        for (_, p), v in zip(weights.named, weights.receive().values(), strict=True):
+            p.copy_(v)
+    tokenizer = load_tokenizer(start.tokenizer_name)
+    ro = spec.rollout
+    engine = make_engine(spec.engine.name, model, max_batch=ro.slots,
+                         max_len=model.config.seq_len, temperature=ro.temperature,
+                         seed=spec.seed * 1000 + start.rank, device=device,
+                         **engine_options(spec.engine.name, tokenizer))
+    engine.version = start.version
+    return engine, tokenizer
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+@dataclass
+class Tally:
+    """What this generator measured since its last `Stats` (see the module doc)."""
+
+    busy_s: float = 0.0
+    idle_s: float = 0.0
+    tokens: int = 0
+    slot_s: float = 0.0  # sum of (sequences decoded x step seconds)
+    decode_s: float = 0.0
+
+    def stats(self) -> Stats:
+        return Stats(self.busy_s, self.idle_s, self.tokens, self.slot_s, self.decode_s)
+
+
+class Loop:
+    """The decode loop of the module doc: control, admission, one engine step, stats."""
+
+    def __init__(self, spec: RLSpec, rank: int, link: Link, weights: Weights, engine: Any,
+                 tokenizer: Any, room: int) -> None:
+        from workbench.recipes.rl.tasks import load_jsonl
+
+        self.spec, self.rank, self.link, self.weights = spec, rank, link, weights
+        self.engine, self.tokenizer = engine, tokenizer
+        t = spec.tasks
+        self.problems = load_jsonl(t.path, t.verifier, t.prompt_field, t.answer_field,
+                                   answer_format=t.answer_format) if t.path else None
+        self.room = room  # prompt tokens that leave l_max for the answer
+        self.pending: tuple[dict[str, Any], int] | None = None  # weights waiting to load
+        self.granted: list[int] = []  # groups the trainer gave this generator, not started
+        self.refused_at: tuple[int, float] | None = None  # (engine version, when) of a "none"
+        self.tally = Tally()
+        self.next_id = 0
+        self.last_stats = time.monotonic()
+
+    def run(self) -> None:
+        while True:
+            t0 = time.perf_counter()
+            if self.control():
+                return
+            self.load_pending_weights()
+            self.admit()
+            self.decode(t0)
+            self.report()
+
+    def control(self) -> bool:
+        """1. Messages from the trainer: granted groups, weights, stop. True to stop."""
+        from workbench.recipes.rl.transport import LinkError
+
+        try:
+            messages = self.link.poll(0 if self.engine.has_work() else 5)
+        except LinkError as exc:
+            print(f"generator {self.rank}: {exc}; leaving", flush=True)
+            leave(1)
+        for message in messages:
+            match message:
+                case Stop():
+                    return True
+                case WeightsReady(version):
+                    state = {k: v.clone() for k, v in self.weights.receive().items()}
+                    self.pending = (state, version)
+                case Granted(groups=groups):  # [] = none admissible now
+                    self.granted += groups
+                    self.refused_at = None if groups else (self.engine.version,
+                                                           time.monotonic())
+                case _:
+                    raise UnexpectedMessage(f"generator {self.rank}", message)
+        return False
+
+    def load_pending_weights(self) -> None:
+        """New weights load at once with `rollout.inflight`, else once nothing is in
+        flight on the old ones."""
+        if self.pending is not None and (self.spec.rollout.inflight
+                                         or self.engine.num_active() == 0):
+            self.engine.load_weights(*self.pending)
+            self.pending = None
+
+    def admit(self) -> None:
+        """2. Start granted groups (nothing new while old weights wait to be replaced).
+
+        Keep one group queued behind full slots: a slot freed by a short answer is
+        refilled at once instead of idling until the group's longest answer ends. Groups
+        come from the trainer (transport.Groups, the staleness rule against the weights
+        this engine holds); a refusal is asked again once these weights change or after a
+        moment (a restarted group may have become available)."""
+        from workbench.engine import Request
+
+        engine, G, ro = self.engine, self.spec.grpo.group_size, self.spec.rollout
+        while self.pending is None and engine.num_waiting() < G and \
+                engine.num_active() + engine.num_waiting() < ro.slots + G:
+            if not self.granted:
+                if self.refused_at is None or self.refused_at[0] != engine.version or \
+                        time.monotonic() - self.refused_at[1] > ASK_AGAIN_S:
+                    self.link.ask(1, engine.version)
+                return
+            g = self.granted.pop(0)
+            problem, prompt = draw_problem(self.spec, g, self.problems, self.room,
+                                           self.tokenizer)
+            for i in range(G):
+                engine.add(Request(id=self.next_id, prompt=prompt, max_new_tokens=ro.l_max,
+                                   meta={"group": g, "index": i, "problem": problem}))
+                self.next_id += 1
+
+    def decode(self, t0: float) -> None:
+        """3. One engine step; finished completions go to the trainer. Time since `t0`
+        counts as busy, or idle when there was nothing to decode."""
+        engine, tally = self.engine, self.tally
+        if not engine.has_work():
+            tally.idle_s += time.perf_counter() - t0
+            return
+        t_step = time.perf_counter()
+        done = engine.step(admit=self.pending is None)  # old weights: drain, admit nothing
+        decoded = engine.num_active() + len(done)
+        if decoded:
+            dt = time.perf_counter() - t_step
+            tally.slot_s += decoded * dt
+            tally.decode_s += dt
+        for c in done:
+            tally.tokens += len(c.tokens)
+            self.link.rollout(Rollout(
+                group=c.meta["group"], index=c.meta["index"], problem=c.meta["problem"],
+                prompt=c.prompt, tokens=c.tokens, logprobs=c.logprobs, versions=c.versions,
+                finish=c.finish, text=self.tokenizer.decode(c.tokens)))
+        tally.busy_s += time.perf_counter() - t0
+
+    def report(self) -> None:
+        """Stats every STATS_EVERY_S, and as soon as the work runs out (a synchronous
+        batch's end): that batch's figures then reach the trainer ahead of the next
+        batch's completions."""
+        if time.monotonic() - self.last_stats > STATS_EVERY_S or (
+                self.tally.decode_s and not self.engine.has_work()):
+            self.link.send(self.tally.stats())
+            self.tally = Tally()
+            self.last_stats = time.monotonic()

@@ -1,9 +1,10 @@
 """A generator on another host: `python -m workbench.recipes.rl.remote`, started over
 ssh by the trainer (trainer.py `RemoteGenerator`). It reads its arguments as one JSON
-line on stdin (the run's secret among them: it never appears on a command line or in a
-store), then runs the same `generator_main` as a local generator. It logs nothing to a
-store of its own: what it measures travels to the trainer as `stats` messages and lands
-in the trainer's run; its printed lines reach the trainer's log through ssh.
+line on stdin (`messages.GeneratorStart`; the run's secret is among them: it never
+appears on a command line or in a store), then runs the same `generator_main` as a
+local generator. It logs nothing to a store of its own: what it measures travels to the
+trainer as `Stats` messages and lands in the trainer's run; its printed lines reach the
+trainer's log through ssh.
 
 It leaves when told to stop, when the trainer has been silent too long (transport.py),
 or when its stdin ends: the trainer (or its ssh client) is gone.
@@ -11,7 +12,6 @@ or when its stdin ends: the trainer (or its ssh client) is gone.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import threading
@@ -29,11 +29,17 @@ def main() -> None:
     if not line.strip():
         print("remote generator: no arguments on stdin", file=sys.stderr)
         sys.exit(2)
-    args = json.loads(line)
+    from workbench.recipes.rl.messages import GeneratorStart
+
+    try:
+        start = GeneratorStart.from_json(line)
+    except ValueError as exc:  # a workbench of another version on this host, say
+        print(f"remote generator: {exc}", file=sys.stderr)
+        sys.exit(2)
     threading.Thread(target=_watch_stdin, name="wb-watch-stdin", daemon=True).start()
     from workbench.recipes.rl.generator import generator_main
 
-    generator_main(**args)
+    generator_main(start)
 
 
 if __name__ == "__main__":

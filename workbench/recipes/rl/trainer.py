@@ -53,7 +53,7 @@ import random
 import socket
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -72,6 +72,19 @@ from workbench.recipes.common.checkpoint import checkpoints_in, clean_tmp, write
 from workbench.recipes.common.seeding import seed_everything
 from workbench.recipes.rl.generator import DIST_TIMEOUT_S, generator_main
 from workbench.recipes.rl.grpo import group_advantages
+from workbench.recipes.rl.messages import (
+    FromGenerator,
+    GeneratorJoined,
+    GeneratorLost,
+    GeneratorStart,
+    Inbound,
+    PeerRefused,
+    Rollout,
+    Stats,
+    Stop,
+    UnexpectedMessage,
+    WeightsReady,
+)
 from workbench.recipes.rl.spec import EXAMPLE_INIT, RLSpec
 from workbench.recipes.rl.transport import Groups, Hub, endpoint, new_secret
 from workbench.recipes.rl.update import accumulate_grpo
@@ -205,6 +218,12 @@ class Sample:
     text: str
     score: Any = None
 
+    @classmethod
+    def of(cls, rank: int, r: Rollout) -> Sample:
+        """A delivered rollout, to be scored and trained on."""
+        return cls(rank, r.group, r.index, r.problem, r.prompt, r.tokens, r.logprobs,
+                   r.versions, r.finish, r.text)
+
 
 def quantiles(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=np.float64)
@@ -247,8 +266,7 @@ class RemoteGenerator:
     """A generator on another host: the ssh client that started it, read as a process
     (it lives as long as the remote generator; kill -9 there ends it here)."""
 
-    def __init__(self, host: Any, rank: int, args: dict[str, Any]) -> None:
-        import json
+    def __init__(self, host: Any, rank: int, start: GeneratorStart) -> None:
         import subprocess
 
         self.host = host.name
@@ -257,7 +275,7 @@ class RemoteGenerator:
         # open: its end (this process gone) makes the remote generator leave.
         self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, text=True)
         assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.write(start.to_json() + "\n")
         self.proc.stdin.flush()
         self.pid = self.proc.pid
         self.rank = rank
@@ -323,7 +341,7 @@ class Trainer:
         flat = self.flat()
         live = [r for r in roles.generators if r not in roles.lost]
         for r in live:
-            roles.hub.send(r, "weights", self.version)
+            roles.hub.send(r, WeightsReady(self.version))
         for r in live:
             if not roles.generators[r].is_alive():
                 self.generator_lost(r)
@@ -400,31 +418,38 @@ class Trainer:
             if (msg is None and time.monotonic() >= deadline) or self.batch_ready():
                 return
 
-    def handle(self, msg: tuple[Any, ...]) -> None:
-        """One item of the hub's inbox (transport.Hub)."""
+    def handle(self, msg: Inbound) -> None:
+        """One item of the hub's inbox (transport.Hub; messages.Inbound).
+        UnexpectedMessage for anything else: a bug, not something to skip."""
         roles = self.roles
         assert roles is not None
-        if msg[0] == "rollout" and msg[1] not in roles.lost:
-            _, rank, g, i, payload = msg
-            problem, prompt, tokens, logprobs, versions, finish, text = payload
-            s = Sample(rank, g, i, problem, prompt, tokens, logprobs, versions, finish, text)
-            self.gen_tokens += len(tokens)
-            self.pending[self.next_key] = s
-            roles.verifiers.submit(self.next_key, problem, text, len(tokens))
-            self.next_key += 1
-        elif msg[0] == "stats":
-            busy, idle, _tokens, slot_s, decode_s = msg[2]
-            self.gen_busy += busy
-            self.gen_idle += idle
-            self.slot_s += slot_s
-            self.decode_s += decode_s
-            self.tokens_by[msg[1]] = self.tokens_by.get(msg[1], 0) + _tokens
-        elif msg[0] == "lost" and msg[1] in roles.generators:
-            self.generator_lost(msg[1], msg[2])
-        elif msg[0] == "refused":
-            self.ctx.run.event("peer_refused", step=self.version, severity="warning",
-                               **msg[1])
-            print(f"rl: refused a connection to the rollout endpoint: {msg[1]}", flush=True)
+        match msg:
+            case FromGenerator(rank, Rollout() as r):
+                if rank in roles.lost:  # its groups restart elsewhere
+                    return
+                self.gen_tokens += len(r.tokens)
+                self.pending[self.next_key] = Sample.of(rank, r)
+                roles.verifiers.submit(self.next_key, r.problem, r.text, len(r.tokens))
+                self.next_key += 1
+            case FromGenerator(rank, Stats() as st):
+                self.gen_busy += st.busy_s
+                self.gen_idle += st.idle_s
+                self.slot_s += st.slot_s
+                self.decode_s += st.decode_s
+                self.tokens_by[rank] = self.tokens_by.get(rank, 0) + st.tokens
+            case GeneratorLost(rank, reason):
+                if rank in roles.generators:
+                    self.generator_lost(rank, reason)
+            case GeneratorJoined():
+                pass  # wait_joined reads Hub.joined()
+            case PeerRefused():
+                detail = msg.detail()
+                self.ctx.run.event("peer_refused", step=self.version, severity="warning",
+                                   **detail)
+                print(f"rl: refused a connection to the rollout endpoint: {detail}",
+                      flush=True)
+            case _:
+                raise UnexpectedMessage("rl trainer", msg)
 
     def batch_ready(self) -> bool:
         per, G = self.spec.grpo.groups_per_step, self.spec.grpo.group_size
@@ -624,20 +649,20 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     model_config = {k: v for k, v in vars(trainer.model.config).items()}
     own = spec.model_copy(deep=True)  # the generators' copy: where they run is not theirs
     own.rollout.hosts = []              # to check (a remote host has its own hosts file)
-    common = {"world": world, "address": hub.address, "dist_address": dist_address,
-              "spec_toml": dump_toml(own), "model_config": model_config,
-              "tokenizer_name": tokenizer_name, "secret": secret,
-              "version": trainer.version}
+    common = GeneratorStart(rank=0, world=world, address=hub.address,
+                            dist_address=dist_address, spec_toml=dump_toml(own),
+                            model_config=model_config, tokenizer_name=tokenizer_name,
+                            secret=secret, version=trainer.version)
     procs: dict[int, Any] = {}
     for r, host in enumerate(hosts, start=1):
         if host == LOCAL:
+            start = replace(common, rank=r, parent_pid=os.getpid())
             p = ctx.Process(target=generator_main, name=f"wb-generator-{r}",
-                            kwargs={"rank": r, **common, "parent_pid": os.getpid()},
-                            daemon=True)
+                            args=(start,), daemon=True)
             p.start()
             procs[r] = p
         else:
-            procs[r] = RemoteGenerator(get_host(host), r, {"rank": r, **common})
+            procs[r] = RemoteGenerator(get_host(host), r, replace(common, rank=r))
     verifiers = VerifierPool(spec.verifier.procs, spec.verifier.timeout_s, spec.rollout.l_max,
                              spec.rollout.l_cache)
     roles = Roles(procs, hub, {}, verifiers, dict(enumerate(hosts, start=1)),
@@ -700,7 +725,7 @@ def stop_roles(roles: Roles, grace_s: float = STOP_GRACE_S) -> None:
     one: its ssh client, whose end ends the remote process). The verifier pool closes in
     about a second, by force if a check runs. With every peer gone, destroying the gloo
     group returns at once."""
-    roles.hub.send(None, "stop")
+    roles.hub.send(None, Stop())
     deadline = time.monotonic() + grace_s
     time.sleep(0.05)  # for the hub's thread to send it
     for p in roles.generators.values():

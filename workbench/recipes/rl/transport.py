@@ -44,17 +44,20 @@ handshake has its own timeout. The hub's
 socket is served by a thread of the trainer, so generators get groups and acks while
 the trainer computes a step.
 
-Messages (frame 0 the kind; after the handshake: kind, pickled body, MAC):
-generator -> trainer: hello, auth, rollout (g, i, payload), want (id, n, version),
-stats (...), beat, bye; trainer -> generator: challenge, welcome, refused, rehello,
-ack ([keys]), groups (id, [g...]), weights (version), stop, beat.
+Frames. The handshake's are raw: hello (`messages.Hello` as JSON), challenge (the
+nonce), auth (the proof), welcome (a MAC), refused (the reason), rehello. After it,
+every message is one of the dataclasses of messages.py, as three frames: its `kind`,
+the pickled dataclass, and the MAC of both (`seal` / `unseal`); `unseal` also checks
+that the body is of its kind's class. generator -> trainer: `Rollout`, `Want`, `Stats`,
+`Beat`, `Bye`; trainer -> generator: `Ack`, `Granted`, `WeightsReady`, `Stop`, `Beat`
+(a lost generator's `Stop` is a bare kind frame: its session is gone). The hub hands
+the trainer `messages.Inbound` items.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import os
 import pickle
 import queue
@@ -67,7 +70,29 @@ from typing import Any
 
 import zmq
 
-PROTOCOL = b"wb-rl-1"
+from workbench.recipes.rl.messages import (
+    WIRE,
+    Ack,
+    Beat,
+    Bye,
+    Control,
+    FromGenerator,
+    GeneratorJoined,
+    GeneratorLost,
+    Granted,
+    Hello,
+    Inbound,
+    PeerRefused,
+    Rollout,
+    Stats,
+    Stop,
+    ToGenerator,
+    ToTrainer,
+    Want,
+    WeightsReady,
+)
+
+PROTOCOL = b"wb-rl-2"  # 2: the session messages are messages.py's dataclasses
 BEAT_S = 0.5
 PEER_TIMEOUT_S = 20.0
 ACK_TIMEOUT_S = 2.0
@@ -95,6 +120,31 @@ def _keys(secret: str, nonce: bytes, hello: bytes) -> tuple[bytes, bytes]:
     """(the proof the generator sends, the session key both use)."""
     s = secret.encode()
     return _mac(s, PROTOCOL, b"auth", nonce, hello), _mac(s, PROTOCOL, b"session", nonce, hello)
+
+
+class WireError(ValueError):
+    """Frames that are not a session message of ours: a bad MAC, an unknown kind, or a
+    body of another class than its kind says."""
+
+
+def seal(key: bytes, message: ToTrainer | ToGenerator) -> list[bytes]:
+    """A session message's frames: its kind, the pickled dataclass, the MAC of both."""
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    return [message.kind, data, _mac(key, message.kind, data)]
+
+
+def unseal(key: bytes, frames: list[bytes]) -> ToTrainer | ToGenerator:
+    """The message `seal` made of `frames`; WireError otherwise. Nothing is unpickled
+    before its MAC checks."""
+    if len(frames) != 3 or not hmac.compare_digest(frames[2], _mac(key, frames[0], frames[1])):
+        raise WireError("bad message authentication code")
+    cls = WIRE.get(frames[0])
+    if cls is None:
+        raise WireError(f"unknown message kind {frames[0][:20]!r}")
+    message = pickle.loads(frames[1])  # noqa: S301 - authenticated above
+    if type(message) is not cls:
+        raise WireError(f"a {type(message).__name__} under the kind {frames[0]!r}")
+    return message  # type: ignore[no-any-return]
 
 
 def endpoint(bind: str, port: int) -> str:
@@ -205,16 +255,31 @@ class Groups:
 class Peer:
     rank: int
     key: bytes
-    info: dict[str, Any]
+    hello: Hello
     last_seen: float
     active: bool = False  # has sent since the handshake: its silence is timed from then
     answers: dict[int, list[int]] = field(default_factory=dict)  # want id -> groups
 
 
+@dataclass(frozen=True)
+class _Post:
+    """A message for the hub's thread to send: to generator `rank`, or every live one."""
+
+    rank: int | None
+    message: ToGenerator
+
+
+@dataclass(frozen=True)
+class _StopRoute:
+    """A bare `Stop` frame for a connection whose session was dropped (a lost generator)."""
+
+    rid: bytes
+
+
 class Hub:
     """The trainer's end: a ROUTER served by a thread. The trainer reads `inbox`
-    (("joined", rank, info), ("rollout", rank, g, i, payload), ("stats", rank, body),
-    ("refused", detail), ("lost", rank, reason)) and sends with `send`."""
+    (`messages.Inbound`: `FromGenerator`, `GeneratorJoined`, `GeneratorLost`,
+    `PeerRefused`) and sends with `send`."""
 
     def __init__(self, secret: str, bind: str = "127.0.0.1", port: int = 0, *,
                  groups: Groups | None = None, peer_timeout_s: float = PEER_TIMEOUT_S) -> None:
@@ -222,8 +287,8 @@ class Hub:
         self.groups = groups if groups is not None else Groups(0, 1, 1 << 30, 1 << 30)
         self.peer_timeout_s = peer_timeout_s
         self.lock = threading.Lock()
-        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self._out: queue.Queue[tuple[int | None, bytes, Any]] = queue.Queue()
+        self.inbox: queue.Queue[Inbound] = queue.Queue()
+        self._out: queue.Queue[_Post | _StopRoute] = queue.Queue()
         self.ctx = zmq.Context()
         self.sock = self.ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -246,10 +311,10 @@ class Hub:
 
     # -- the trainer's side -------------------------------------------------------------
 
-    def send(self, rank: int | None, kind: str, body: Any = None) -> None:
+    def send(self, rank: int | None, message: ToGenerator) -> None:
         """To one generator, or every live one (rank None). Dropped for a generator
         without a session (not joined yet, or lost)."""
-        self._out.put((rank, kind.encode(), body))
+        self._out.put(_Post(rank, message))
 
     def drop(self, rank: int) -> None:
         """A lost generator: its session ends and anything it still sends is ignored."""
@@ -262,11 +327,11 @@ class Hub:
 
     def send_raw_stop(self, rid: bytes | None) -> None:
         if rid is not None:
-            self._out.put((-1, b"__stop_rid__", rid))
+            self._out.put(_StopRoute(rid))
 
     def joined(self) -> dict[int, dict[str, Any]]:
         with self.lock:
-            return {p.rank: dict(p.info) for p in self.sessions.values()}
+            return {p.rank: p.hello.info() for p in self.sessions.values()}
 
     def close(self) -> None:
         self._stop.set()
@@ -295,54 +360,55 @@ class Hub:
                     return
                 raise
 
-    def _send(self, rid: bytes, kind: bytes, body: Any, key: bytes | None) -> None:
-        frames = [rid, kind]
-        if key is not None:
-            data = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
-            frames += [data, _mac(key, kind, data)]
-        elif body is not None:
-            frames.append(body)
-        self.sent_bytes += sum(len(f) for f in frames[1:])
+    def _send(self, rid: bytes, message: ToGenerator, key: bytes) -> None:
+        """A session message (sealed under the peer's key)."""
+        self._send_frames(rid, seal(key, message))
+
+    def _send_frames(self, rid: bytes, frames: list[bytes]) -> None:
+        self.sent_bytes += sum(len(f) for f in frames)
         try:
-            self.sock.send_multipart(frames, zmq.NOBLOCK)
+            self.sock.send_multipart([rid, *frames], zmq.NOBLOCK)
         except zmq.Again:  # a peer's queue is full (it stopped reading): drop, it is lost
             pass
 
     def _flush_out(self) -> None:
         while True:
             try:
-                rank, kind, body = self._out.get_nowait()
+                item = self._out.get_nowait()
             except queue.Empty:
                 return
-            if kind == b"__stop_rid__":
-                self._send(body, b"stop", None, None)
-                continue
-            with self.lock:
-                targets = ([(rid, p) for rid, p in self.sessions.items()] if rank is None
-                           else [(self.routes[rank], self.sessions[self.routes[rank]])]
-                           if rank in self.routes else [])
-            for rid, peer in targets:
-                self._send(rid, kind, body, peer.key)
+            match item:
+                case _StopRoute(rid):
+                    self._send_frames(rid, [Stop.kind])
+                case _Post(rank, message):
+                    with self.lock:
+                        targets = ([(rid, p) for rid, p in self.sessions.items()]
+                                   if rank is None
+                                   else [(self.routes[rank], self.sessions[self.routes[rank]])]
+                                   if rank in self.routes else [])
+                    for rid, peer in targets:
+                        self._send(rid, message, peer.key)
 
     def _beat(self, now: float) -> None:
         with self.lock:
             peers = list(self.sessions.items())
         for rid, peer in peers:
-            self._send(rid, b"beat", None, peer.key)
+            self._send(rid, Beat(), peer.key)
             if peer.active and now - peer.last_seen > self.peer_timeout_s:
                 with self.lock:
                     self.sessions.pop(rid, None)
                     if self.routes.get(peer.rank) == rid:
                         del self.routes[peer.rank]
-                self.inbox.put(("lost", peer.rank, f"silent for {now - peer.last_seen:.0f} s"))
+                self.inbox.put(GeneratorLost(peer.rank,
+                                             f"silent for {now - peer.last_seen:.0f} s"))
         for rid in [r for r, c in self.challenges.items() if now - c[2] > HANDSHAKE_TIMEOUT_S]:
             del self.challenges[rid]
 
     def _refuse(self, rid: bytes, why: str, info: dict[str, Any] | None = None) -> None:
-        self._send(rid, b"refused", why.encode(), None)
+        self._send_frames(rid, [b"refused", why.encode()])
         if rid not in self.refused:
             self.refused.add(rid)
-            self.inbox.put(("refused", {"reason": why, **(info or {})}))
+            self.inbox.put(PeerRefused(why, info or {}))
 
     def _handle(self, frames: list[bytes]) -> None:
         rid, kind = frames[0], frames[1] if len(frames) > 1 else b""
@@ -354,45 +420,49 @@ class Hub:
             return
         if kind in (b"hello", b"auth"):  # a late copy of this session's handshake
             return
-        if len(frames) != 4 or not hmac.compare_digest(frames[3], _mac(peer.key, kind,
-                                                                         frames[2])):
-            self._refuse(rid, "bad message authentication code", peer.info)
+        try:
+            message = unseal(peer.key, frames[1:])
+        except WireError as exc:
+            self._refuse(rid, str(exc), peer.hello.info())
             return
         peer.last_seen = time.monotonic()
         peer.active = True
-        body = pickle.loads(frames[2])  # noqa: S301 - authenticated above
-        if kind == b"rollout":
-            g, i, payload = body
-            with self.lock:
-                new = self.groups.accept(peer.rank, g, i) and peer.rank not in self.lost
-            if new:
-                self.inbox.put(("rollout", peer.rank, g, i, payload))
-            self._send(rid, b"ack", [(g, i)], peer.key)
-        elif kind == b"want":
-            want_id, n, version = body
-            with self.lock:
-                if want_id not in peer.answers:
-                    peer.answers = {want_id: self.groups.grant(peer.rank, n, version)}
-                answer = peer.answers[want_id]
-            self._send(rid, b"groups", (want_id, answer), peer.key)
-        elif kind == b"stats":
-            self.inbox.put(("stats", peer.rank, body))
-        elif kind == b"bye":
-            with self.lock:
-                self.sessions.pop(rid, None)
-                if self.routes.get(peer.rank) == rid:
-                    del self.routes[peer.rank]
+        match message:
+            case Rollout():
+                with self.lock:
+                    new = (self.groups.accept(peer.rank, message.group, message.index)
+                           and peer.rank not in self.lost)
+                if new:
+                    self.inbox.put(FromGenerator(peer.rank, message))
+                self._send(rid, Ack((message.key,)), peer.key)
+            case Want(want_id, n, version):
+                with self.lock:
+                    if want_id not in peer.answers:
+                        peer.answers = {want_id: self.groups.grant(peer.rank, n, version)}
+                    answer = peer.answers[want_id]
+                self._send(rid, Granted(want_id, answer), peer.key)
+            case Stats():
+                self.inbox.put(FromGenerator(peer.rank, message))
+            case Bye():
+                with self.lock:
+                    self.sessions.pop(rid, None)
+                    if self.routes.get(peer.rank) == rid:
+                        del self.routes[peer.rank]
+            case Beat():
+                pass  # last_seen is all it is for
+            case _:  # a trainer's message, sealed with this session's key: not a generator
+                self._refuse(rid, f"unexpected {type(message).__name__} from a generator",
+                             peer.hello.info())
 
     def _handshake(self, rid: bytes, kind: bytes, rest: list[bytes]) -> None:
         if kind == b"hello" and len(rest) == 1:
             try:
-                info = json.loads(rest[0])
-                rank = int(info["rank"])
-            except (ValueError, KeyError, TypeError):
+                said = Hello.from_json(rest[0])
+            except ValueError:
                 self._refuse(rid, "malformed hello")
                 return
-            if info.get("protocol") != PROTOCOL.decode():
-                self._refuse(rid, f"protocol {info.get('protocol')!r}", info)
+            if said.protocol != PROTOCOL.decode():
+                self._refuse(rid, f"protocol {said.protocol!r}", said.info())
                 return
             pending = self.challenges.get(rid)
             if pending is not None and pending[1] == rest[0]:  # the same hello again
@@ -400,32 +470,32 @@ class Hub:
             else:
                 nonce = secrets.token_bytes(32)
             self.challenges[rid] = (nonce, rest[0], time.monotonic())
-            self._send(rid, b"challenge", nonce, None)
+            self._send_frames(rid, [b"challenge", nonce])
         elif kind == b"auth" and len(rest) == 1 and rid in self.challenges:
             nonce, hello, _ = self.challenges.pop(rid)
-            info = json.loads(hello)
+            said = Hello.from_json(hello)  # parsed when it came
             proof, key = _keys(self.secret, nonce, hello)
             if not hmac.compare_digest(rest[0], proof):
-                self._refuse(rid, "wrong secret", info)
+                self._refuse(rid, "wrong secret", said.info())
                 return
-            rank = int(info["rank"])
+            rank = said.rank
             with self.lock:
                 if rank in self.lost:
-                    self._send(rid, b"refused", b"this generator was declared lost", None)
+                    self._send_frames(rid, [b"refused", b"this generator was declared lost"])
                     return
                 old = self.routes.get(rank)
                 if old is not None:
                     self.sessions.pop(old, None)
-                self.sessions[rid] = Peer(rank, key, info, time.monotonic())
+                self.sessions[rid] = Peer(rank, key, said, time.monotonic())
                 self.routes[rank] = rid
-            self._send(rid, b"welcome", None, key)
-            self.inbox.put(("joined", rank, info))
+            self._send_frames(rid, [b"welcome", b"", _mac(key, b"welcome", b"")])
+            self.inbox.put(GeneratorJoined(rank, said))
         elif len(rest) == 2:  # a session message from a connection we do not know: the
             # peer reconnected (new routing id) or we forgot it; ask for a new handshake
             now = time.monotonic()
             if now - self.rehello_at.get(rid, 0.0) >= REHELLO_EVERY_S:
                 self.rehello_at[rid] = now
-                self._send(rid, b"rehello", None, None)
+                self._send_frames(rid, [b"rehello"])
         else:
             self._refuse(rid, f"unexpected {kind[:20]!r} before the handshake")
 
@@ -448,8 +518,9 @@ class Link:
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
         self.sock.connect(address)
         self.key = b""
-        self.unacked: dict[tuple[int, int], tuple[float, Any]] = {}
-        self.want: tuple[int, int, int, float] | None = None  # id, n, version, sent at
+        self.unacked: dict[tuple[int, int], tuple[float, Rollout]] = {}  # key -> sent at
+        self.want: Want | None = None  # the open question, asked at `want_at`
+        self.want_at = 0.0
         self.next_want = 0
         self.heard = self.said = time.monotonic()
         self.handshakes = self.resent = 0
@@ -458,9 +529,8 @@ class Link:
     def handshake(self, timeout_s: float = HANDSHAKE_TIMEOUT_S) -> None:
         """hello -> challenge -> auth -> welcome; LinkError when refused or unanswered.
         Sent again every second until answered (the trainer may not listen yet)."""
-        hello = json.dumps({"rank": self.rank, "host": socket.gethostname(),
-                            "pid": os.getpid(), "protocol": PROTOCOL.decode()},
-                           sort_keys=True).encode()
+        hello = Hello(self.rank, socket.gethostname(), os.getpid(),
+                      PROTOCOL.decode()).to_json()
         deadline = time.monotonic() + timeout_s
         sent = 0.0
         self.key = b""
@@ -488,34 +558,34 @@ class Link:
                 self.heard = time.monotonic()
                 return
 
-    def send(self, kind: str, body: Any = None) -> None:
-        k = kind.encode()
-        data = pickle.dumps(body, protocol=pickle.HIGHEST_PROTOCOL)
-        self.sock.send_multipart([k, data, _mac(self.key, k, data)])
+    def send(self, message: ToTrainer) -> None:
+        self.sock.send_multipart(seal(self.key, message))
         self.said = time.monotonic()
 
-    def rollout(self, g: int, i: int, payload: Any) -> None:
-        """Send (and keep until acked) sample i of group g."""
-        self.unacked[(g, i)] = (time.monotonic(), payload)
-        self.send("rollout", (g, i, payload))
+    def rollout(self, rollout: Rollout) -> None:
+        """Send (and keep until acked) one completion."""
+        self.unacked[rollout.key] = (time.monotonic(), rollout)
+        self.send(rollout)
 
     def ask(self, n: int, version: int) -> None:
         """Ask for up to n groups for weights `version` (one question at a time)."""
         if self.want is None:
-            self.want = (self.next_want, n, version, time.monotonic())
+            self.want = Want(self.next_want, n, version)
+            self.want_at = time.monotonic()
             self.next_want += 1
-            self.send("want", self.want[:3])
+            self.send(self.want)
 
-    def poll(self, timeout_ms: int = 0) -> list[tuple[str, Any]]:
-        """Messages from the trainer (groups, weights, stop, ...), after acks, resends
-        and beats are handled. LinkError when the trainer has been silent too long."""
-        out: list[tuple[str, Any]] = []
+    def poll(self, timeout_ms: int = 0) -> list[Control]:
+        """Messages from the trainer for the generator (`Granted`, `WeightsReady`,
+        `Stop`), after acks, resends and beats are handled. LinkError when the trainer
+        has been silent too long."""
+        out: list[Control] = []
         while self.sock.poll(timeout_ms):
             timeout_ms = 0
             frames = self.sock.recv_multipart()
             kind = frames[0]
-            if kind == b"stop":
-                out.append(("stop", None))
+            if kind == Stop.kind:  # sealed, or bare after this generator was dropped
+                out.append(Stop())
                 continue
             if kind == b"refused":
                 raise LinkError("the trainer refused this generator: "
@@ -525,46 +595,50 @@ class Link:
                 self.handshake()
                 self.resend(force=True)
                 if self.want is not None:
-                    self.send("want", self.want[:3])
+                    self.send(self.want)
                 continue
-            if len(frames) != 3 or not hmac.compare_digest(frames[2],
-                                                           _mac(self.key, kind, frames[1])):
-                continue  # not from our trainer's session
+            try:
+                message = unseal(self.key, frames)
+            except WireError:
+                continue  # not from our trainer's session (or not a message we know)
             self.heard = time.monotonic()
-            body = pickle.loads(frames[1])  # noqa: S301 - authenticated above
-            if kind == b"ack":
-                for key in body:
-                    self.unacked.pop(tuple(key), None)
-            elif kind == b"groups":
-                want_id, groups = body
-                if self.want is not None and want_id == self.want[0]:
-                    self.want = None
-                    out.append(("groups", groups))
-            elif kind != b"beat":
-                out.append((kind.decode(), body))
+            match message:
+                case Ack(keys):
+                    for key in keys:
+                        self.unacked.pop(tuple(key), None)  # type: ignore[arg-type]
+                case Granted(want_id):
+                    if self.want is not None and want_id == self.want.want_id:
+                        self.want = None
+                        out.append(message)
+                case Beat():
+                    pass
+                case WeightsReady() | Stop():
+                    out.append(message)
+                case _:  # a generator's message, sealed with this session's key
+                    raise LinkError(f"unexpected {type(message).__name__} from the trainer")
         now = time.monotonic()
         if now - self.heard > self.peer_timeout_s:
             raise LinkError(f"the trainer has been silent for {now - self.heard:.0f} s")
         self.resend()
-        if self.want is not None and now - self.want[3] > ACK_TIMEOUT_S:
-            self.want = (*self.want[:3], now)
-            self.send("want", self.want[:3])
+        if self.want is not None and now - self.want_at > ACK_TIMEOUT_S:
+            self.want_at = now
+            self.send(self.want)
         if now - self.said > BEAT_S:
-            self.send("beat")
+            self.send(Beat())
         return out
 
     def resend(self, force: bool = False) -> None:
         now = time.monotonic()
-        for key, (t, payload) in list(self.unacked.items()):
+        for key, (t, rollout) in list(self.unacked.items()):
             if force or now - t > ACK_TIMEOUT_S:
-                self.unacked[key] = (now, payload)
-                self.send("rollout", (*key, payload))
+                self.unacked[key] = (now, rollout)
+                self.send(rollout)
                 self.resent += 1
 
     def close(self, bye: bool = True) -> None:
         if bye and self.key:
             try:
-                self.send("bye")
+                self.send(Bye())
             except zmq.ZMQError:
                 pass
         self.sock.close(linger=0)
