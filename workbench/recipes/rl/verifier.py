@@ -55,7 +55,8 @@ return a bool:
 
 VerifierPool: verification runs in separate OS processes (multiprocessing "spawn":
 no forked torch state, and the same on every OS), so a slow or hung checker never
-stalls the trainer or the generators. Each worker owns a private Pipe and runs its
+stalls the trainer or the generators. Each worker owns a private Pipe (messages.py:
+`VerifierReady` once, then `Check` -> `Checked`, `Stop` at the end) and runs its
 checks one at a time, in order; the parent keeps up to `DEPTH` checks queued in each
 worker's pipe, so a burst of completions (the trainer reads them all after a train
 step) is scored back to back instead of one per poll of the parent. A check gets
@@ -87,6 +88,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from workbench.recipes.rl.messages import Check, Checked, Stop, UnexpectedMessage, VerifierReady
 from workbench.recipes.rl.problem import (
     BOX_OPEN,
     THINK_CLOSE,
@@ -336,22 +338,27 @@ _Job = tuple[int, Problem, str, int]  # job id, problem, completion, n_tokens
 
 
 def _worker_main(conn: Connection) -> None:
-    """Verifier process: announce readiness, then score jobs until told to stop (None)."""
-    conn.send(("ready", os.getpid()))
+    """Verifier process: announce readiness, then score `Check`s until a `Stop`."""
+    conn.send(VerifierReady(os.getpid()))
     while True:
         try:
             job = conn.recv()
         except (EOFError, OSError):
             return
-        if job is None:
-            return
-        job_id, problem, completion, n_tokens, l_max, l_cache = job
-        try:
-            s = score(problem, completion, n_tokens, l_max, l_cache)
-        except Exception as e:
-            s = Score(0.0, False, False, 0.0, f"verifier error: {type(e).__name__}: {e}")
-        s.pid = os.getpid()
-        conn.send(("done", job_id, s))
+        match job:
+            case Stop():
+                return
+            case Check():
+                try:
+                    s = score(job.problem, job.completion, job.n_tokens, job.l_max,
+                              job.l_cache)
+                except Exception as e:
+                    s = Score(0.0, False, False, 0.0,
+                              f"verifier error: {type(e).__name__}: {e}")
+                s.pid = os.getpid()
+                conn.send(Checked(job.job_id, s))
+            case _:
+                raise UnexpectedMessage("verifier", job)
 
 
 class _Worker:
@@ -459,7 +466,7 @@ class VerifierPool:
         for w in self._workers:
             if w.job is None:
                 try:
-                    w.conn.send(None)
+                    w.conn.send(Stop())
                 except (OSError, ValueError):
                     pass
         end = time.monotonic() + 1.0
@@ -507,7 +514,7 @@ class VerifierPool:
             w = min(ready, key=lambda w: len(w.queue))
             job = self._pending.popleft()
             job_id, problem, completion, n_tokens = job
-            w.conn.send((job_id, problem, completion, n_tokens, self.l_max, self.l_cache))
+            w.conn.send(Check(job_id, problem, completion, n_tokens, self.l_max, self.l_cache))
             if not w.queue:
                 w.started = time.monotonic()
                 w.deadline = w.started + self.timeout_s
@@ -526,11 +533,15 @@ class VerifierPool:
             w = self._workers[i]
             try:
                 while w.conn.poll():
-                    msg = w.conn.recv()
-                    if msg[0] == "ready":
-                        w.ready = True
-                    elif msg[0] == "done" and msg[1] == w.job:  # always the head: in order
-                        self._finish(w, msg[2])
+                    match w.conn.recv():
+                        case VerifierReady():
+                            w.ready = True
+                        case Checked(job_id, s) if job_id == w.job:  # the head: in order
+                            self._finish(w, s)
+                        case Checked():
+                            pass  # a check already timed out
+                        case msg:
+                            raise UnexpectedMessage("verifier pool", msg)
             except (EOFError, OSError):  # the worker died (kill -9, crash)
                 if not w.ready:  # died while starting: replacing it would only loop
                     w.proc.join(1.0)
