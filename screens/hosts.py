@@ -18,13 +18,14 @@ its GPUs (utilization and memory, where nvidia-smi exists) and the runs on it.
   pass/fail counts and when it ended, read from the answer the run keeps in its config
   (`workbench.selftest.report`), so a host's acceptance is visible at a glance.
 - The widgets own their rendering: `HostsTable` (one row per host), `HostCard` (the
-  highlighted host's reachability, versions and GPUs, one per line) and
-  `HostRunsTable` (its runs; enter opens one). The screen only moves state into them.
+  highlighted host's reachability, versions and GPUs, one per line) and a `RunTable`
+  (its runs; enter opens one), the runs screen's own widget
+  (`screens/widgets/run_table.py`) with fewer columns, so its cells, colours and keys
+  are the runs screen's. The screen only moves state into them.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import threading
@@ -48,11 +49,12 @@ from textual.widgets import DataTable, Footer, Static
 from textual.worker import get_current_worker
 
 from workbench.hosts import LOCAL, Host, HostError, load_hosts, local_check
-from workbench.screens.runs import RunsTable
+from workbench.run_record import ACTIVE_STATUSES, RunRecord
+from workbench.runs_view import RunView
+from workbench.screens.widgets.run_table import RunTable
 from workbench.selftest import FAIL, PASS, REMOTE_LAUNCHER, SKIP
 from workbench.selftest import KIND as SELFTEST_KIND
 from workbench.selftest.report import summary_of_config
-from workbench.store import ACTIVE_STATUSES, RUN_STATUSES
 from workbench.themes import stylesheet
 
 if TYPE_CHECKING:
@@ -68,10 +70,7 @@ HOST_COLUMNS: tuple[tuple[str, str], ...] = (
     ("workbench", "workbench"), ("gpus", "GPUs"), ("disk", "disk free"),
     ("selftest", "last selftest"), ("runs", "runs active/all"),
 )
-REMOTE_LAUNCHERS = ("ssh", REMOTE_LAUNCHER)  # store rows that ran on a configured host
-RUN_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("name", "name"), ("id", "id"), ("status", "status"), ("step", "step"),
-)
+RUN_COLUMNS: tuple[str, ...] = ("name", "id", "status", "step")  # of the host's runs
 EMPTY_HINT = ("No remote hosts configured. Add one with `wb hosts add NAME DEST` (DEST: "
               "user@host or an ~/.ssh/config alias), then press r.")
 
@@ -188,38 +187,32 @@ def reach_text(state: HostState) -> tuple[str, str]:
     return f"yes · {ms:.0f} ms{busy}", "ok"
 
 
-def host_of(row: dict[str, Any]) -> str:
-    """The host a store row ran on: its configured host for an `ssh` run (a mirror) or an
+def host_of(row: RunRecord) -> str:
+    """The host a run ran on: its configured host for a remote run (a mirror) or an
     `ssh-selftest` run (a host's selftest answer); every other launcher (local, sdk,
     torchrun, selftest) ran here."""
-    return (row.get("host") or "?") if row.get("launcher") in REMOTE_LAUNCHERS else LOCAL
+    return (row.host or "?") if row.is_remote or row.launcher == REMOTE_LAUNCHER else LOCAL
 
 
-def generator_hosts(row: dict[str, Any]) -> set[str]:
+def generator_hosts(row: RunRecord) -> set[str]:
     """The hosts an rl run's generators ran on (its config's `generator_hosts`)."""
-    if row.get("kind") != "rl":
+    if row.kind != "rl":
         return set()
-    config = row.get("config")
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            return set()
-    placed = (config or {}).get("generator_hosts") if isinstance(config, dict) else None
+    placed = row.config.get("generator_hosts")
     return set(placed.values()) if isinstance(placed, dict) else set()
 
 
-def runs_of_hosts(rows: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    """Store rows by host name (`host_of`), and an rl run also under each other host
-    that ran one of its generators (`generator_hosts`). Newest first."""
-    by_host: dict[str, list[dict[str, Any]]] = {}
+def runs_of_hosts(rows: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Runs by host name (`host_of`), and an rl run also under each other host that ran
+    one of its generators (`generator_hosts`). Newest first."""
+    by_host: dict[str, list[RunRecord]] = {}
     for row in rows:
         home = host_of(row)
         by_host.setdefault(home, []).append(row)
         for host in sorted(generator_hosts(row) - {home, LOCAL}):
             by_host.setdefault(host, []).append(row)
     for runs in by_host.values():
-        runs.sort(key=lambda r: -r["num"])
+        runs.sort(key=lambda r: -r.num)
     return by_host
 
 
@@ -237,31 +230,26 @@ class SelftestSummary:
     progress: str = ""  # step/total while it runs
 
 
-def selftest_summary(row: dict[str, Any]) -> SelftestSummary:
-    """What a selftest run's row says: the answer in its config (once recorded), else
+def selftest_summary(row: RunRecord) -> SelftestSummary:
+    """What a selftest run's record says: the answer in its config (once recorded), else
     only its status."""
-    config = row.get("config") or {}
-    if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except ValueError:
-            config = {}
+    config = dict(row.config)
     data = summary_of_config(config)
     counts = failed = None
     if data is not None:
         counts = {k: int(data["counts"].get(k, 0)) for k in (PASS, FAIL, SKIP)}
         failed = tuple(str(c.get("name")) for c in data.get("checks", [])
                        if c.get("status") == FAIL)
-    when = row.get("ended") or row.get("started") or row.get("created") or 0.0
-    return SelftestSummary(row["id"], row["name"], row["status"], float(when), counts,
+    when = row.ended or row.started or row.created or 0.0
+    return SelftestSummary(row.id, row.name, row.status, float(when), counts,
                            failed or (), bool((data or config).get("quick")),
-                           f"{row.get('last_step') or 0}/{row.get('total_steps') or '?'}"
-                           if row["status"] in ACTIVE_STATUSES else "")
+                           f"{row.last_step or 0}/{row.total_steps or '?'}"
+                           if row.is_active else "")
 
 
-def last_selftest(runs: list[dict[str, Any]]) -> SelftestSummary | None:
+def last_selftest(runs: list[RunRecord]) -> SelftestSummary | None:
     """The newest selftest run among a host's runs (newest first), if any."""
-    row = next((r for r in runs if r.get("kind") == SELFTEST_KIND), None)
+    row = next((r for r in runs if r.kind == SELFTEST_KIND), None)
     return selftest_summary(row) if row is not None else None
 
 
@@ -287,16 +275,10 @@ def selftest_text(summary: SelftestSummary | None) -> tuple[str, str]:
     return f"{n[PASS]} pass · {n[FAIL]} fail · {stamp(summary.when)}", kind
 
 
-def runs_cell(runs: list[dict[str, Any]]) -> str:
-    active = sum(r["status"] in ACTIVE_STATUSES for r in runs)
+def runs_cell(runs: list[RunRecord]) -> str:
+    """`active/all` runs of a host."""
+    active = sum(r.is_active for r in runs)
     return f"{active}/{len(runs)}"
-
-
-def step_text(row: dict[str, Any]) -> str:
-    step = row.get("last_step")
-    if step is None:
-        return "-"
-    return f"{step}/{row['total_steps']}" if row.get("total_steps") else str(step)
 
 
 def call_abandonable(fn: Callable[[], dict[str, Any]], cancelled: Callable[[], bool],
@@ -349,7 +331,7 @@ class HostsTable(DataTable[Any]):
         for key, label in HOST_COLUMNS:
             self.add_column(label, key=key)
 
-    def cells(self, state: HostState, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    def cells(self, state: HostState, runs: list[RunRecord]) -> dict[str, Any]:
         """The rendered cells of one host (Text where a style applies)."""
         reach, kind = reach_text(state)
         selftest, selftest_kind = selftest_text(state.selftest)
@@ -374,7 +356,7 @@ class HostsTable(DataTable[Any]):
             "runs": Text(runs_cell(runs), justify="right"),
         }
 
-    def show(self, states: dict[str, HostState], runs: dict[str, list[dict[str, Any]]],
+    def show(self, states: dict[str, HostState], runs: dict[str, list[RunRecord]],
              restyle: bool = False) -> None:
         """Make the rows match `states` (in their order); only changed cells redraw."""
         for key in list(self.rows):
@@ -482,47 +464,6 @@ class HostCard(Widget):
             text.append(", ".join(summary.failed) + "\n")
 
 
-class HostRunsTable(RunsTable):
-    """The runs of the highlighted host (enter opens one). A RunsTable, so its status
-    colours are the runs screen's own (runs.tcss), and so are its keys."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(cursor_type="row", zebra_stripes=True, **kwargs)
-        self._signature: tuple[Any, ...] = ()
-
-    def on_mount(self) -> None:
-        for key, label in RUN_COLUMNS:
-            self.add_column(label, key=key)
-
-    def show(self, runs: list[dict[str, Any]], restyle: bool = False) -> None:
-        """Rebuild the rows when a run was added, removed or moved on; the cursor stays
-        on its run."""
-        signature = tuple((r["id"], r["status"], r["last_step"]) for r in runs)
-        if signature == self._signature and not restyle:
-            return
-        self._signature = signature
-        keep = self.selected_run_id
-        self.clear()
-        dim = self.get_component_rich_style("runs-table--dim", partial=True)
-        for row in runs:
-            status = row["status"]
-            style = (self.get_component_rich_style(f"runs-table--{status}", partial=True)
-                     if status in RUN_STATUSES else "")
-            self.add_row(row["name"], Text(row["id"], style=dim), Text(status, style=style),
-                         Text(step_text(row), justify="right"), key=row["id"])
-        if keep is not None and keep in self.rows:
-            self.move_cursor(row=self.get_row_index(keep))
-
-    @property
-    def selected_run_id(self) -> str | None:
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # cursor past the end while rows change
-            return None
-
-
 # -- the screen -------------------------------------------------------------------------------
 
 
@@ -553,7 +494,7 @@ class HostsScreen(Screen[None]):
     def __init__(self) -> None:
         super().__init__()
         self.states: dict[str, HostState] = {}
-        self.runs: dict[str, list[dict[str, Any]]] = {}
+        self.runs: dict[str, list[RunRecord]] = {}
         self.config_error: str | None = None
         self.checks_done = 0  # answers received (tests wait on it)
 
@@ -574,7 +515,7 @@ class HostsScreen(Screen[None]):
                 yield HostCard(id="host-card")
             with Vertical(id="host-runs-box"):
                 yield Static("runs", id="host-runs-title")
-                yield HostRunsTable(id="host-runs")
+                yield RunTable(RUN_COLUMNS, id="host-runs")
                 yield Static("", id="host-runs-empty")
         yield Footer()
 
@@ -587,8 +528,8 @@ class HostsScreen(Screen[None]):
         return self.query_one("#host-card", HostCard)
 
     @property
-    def runs_table(self) -> HostRunsTable:
-        return self.query_one("#host-runs", HostRunsTable)
+    def runs_table(self) -> RunTable:
+        return self.query_one("#host-runs", RunTable)
 
     def on_mount(self) -> None:
         self.app.theme_changed_signal.subscribe(self, self._on_theme_changed)
@@ -708,7 +649,7 @@ class HostsScreen(Screen[None]):
         state = self.states.get(self.selected or "")
         self.card.state = state
         runs = self.runs.get(self.selected or "", [])
-        self.runs_table.show(runs, restyle=restyle)
+        self.runs_table.show([RunView(r) for r in runs], restyle=restyle)
         title = f"runs on {state.name}" if state is not None else "runs"
         self.query_one("#host-runs-title", Static).update(
             f"{title} ({runs_cell(runs)} active)" if runs else title)
@@ -717,7 +658,10 @@ class HostsScreen(Screen[None]):
         hint.update("no runs on this host in this store")
 
     def watch_selected(self, _name: str | None) -> None:
+        """Another host: its runs, from the top."""
         self._show_detail()
+        if self.is_mounted and self.runs_table.row_count:
+            self.runs_table.move_cursor(row=0, column=0)
 
     @on(DataTable.RowHighlighted, "#hosts-table")
     def _host_highlighted(self, event: DataTable.RowHighlighted) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from tests.helpers import until
 from workbench.app import WorkbenchApp
-from workbench.screens.runs import RunsModel
+from workbench.runs_view import RunsModel
 from workbench.store import Batch, Store
 
 
@@ -21,9 +21,9 @@ def _runs(store: Store, n: int) -> list[str]:
     ids = []
     for i in range(n):
         row = store.create_run(kind="custom", name=f"r{i}", status="finished", launcher="sdk")
-        store.write_batch(Batch(row["id"], scalars=[(1, "train/loss", 1.0 + i, 1.0, 0)]),
+        store.write_batch(Batch(row.id, scalars=[(1, "train/loss", 1.0 + i, 1.0, 0)]),
                           last_step=1)
-        ids.append(row["id"])
+        ids.append(row.id)
     return ids
 
 
@@ -40,12 +40,12 @@ def test_a_poll_reads_rows_only_after_a_commit(store: Store, store_dir: Path) ->
     store.write_batch(Batch(ids[1], scalars=[(2, "train/loss", 0.5, 2.0, 0)]), last_step=2)
     views = model.poll()
     assert model.reads == 2 and views[ids[1]].metric == 0.5
-    assert views[ids[1]].row["last_step"] == 2
+    assert views[ids[1]].row.last_step == 2
     assert all(views[i] is before[i] for i in ids) and views[ids[0]].metric == 1.0
     # this connection's own writes count too
     reader.update_run(ids[2], status="failed")
     views = model.poll()
-    assert model.reads == 3 and views[ids[2]].row["status"] == "failed"
+    assert model.reads == 3 and views[ids[2]].row.status == "failed"
     store.delete_run(ids[0])
     assert ids[0] not in model.poll() and model.reads == 4
     reader.close()
@@ -57,10 +57,10 @@ def test_a_run_whose_process_ends_reads_lost_without_a_commit(store: Store,
     try:
         row = store.create_run(kind="custom", name="live", status="running", pid=proc.pid)
         model = RunsModel(store)
-        assert model.poll()[row["id"]].row["status"] == "running"
+        assert model.poll()[row.id].row.status == "running"
         proc.kill()
         proc.wait()
-        assert model.poll()[row["id"]].row["status"] == "lost"
+        assert model.poll()[row.id].row.status == "lost"
         assert model.reads == 1
     finally:
         proc.kill()
@@ -104,7 +104,7 @@ def test_a_big_store_shows_its_first_rows_then_all_in_order(
 
     monkeypatch.setattr(runs_screen, "FIRST_ROWS", 10)
     ids = [store.create_run(kind="custom", name=f"r{i:02d}", status="finished",
-                            launcher="sdk")["id"] for i in range(40)]
+                            launcher="sdk").id for i in range(40)]
     counts: list[int] = []
     reconcile = runs_screen.RunsScreen._reconcile
 

@@ -204,7 +204,7 @@ def test_runs_are_listed_under_their_host_and_open(store: Store, store_dir: Path
     add_host(Host("box", "127.0.0.1", port=closed_port()))
     remote = store.create_run(kind="pretrain", name="remote-one", status="running",
                               launcher="ssh", total_steps=100)
-    store.update_run(remote["id"], host="box", last_step=7)
+    store.update_run(remote.id, host="box", last_step=7)
     here = store.create_run(kind="pretrain", name="here-one", status="finished")
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
@@ -212,18 +212,21 @@ def test_runs_are_listed_under_their_host_and_open(store: Store, store_dir: Path
         await until(pilot, lambda: cell(screen, "box", "runs") == "1/1", 5, "box's runs")
         assert cell(screen, LOCAL, "runs") == "0/1"
         assert [str(c) for c in screen.runs_table.get_row_at(0)] == [
-            "here-one", here["id"], "finished", "-"]
+            "here-one", here.id, "finished", "-"]
+        # The runs screen's RunTable, its ids dimmed in the foreground colour (hosts.tcss).
+        dim = screen.runs_table.get_cell(here.id, "id").style
+        assert dim.dim and dim.color is not None
         await pilot.press("down")
         await until(pilot, lambda: screen.runs_table.row_count == 1 and str(
             screen.runs_table.get_row_at(0)[0]) == "remote-one", 5, "box's runs listed")
         assert [str(c) for c in screen.runs_table.get_row_at(0)] == [
-            "remote-one", remote["id"], "running", "7/100"]
+            "remote-one", remote.id, "running", "7/100"]
         await pilot.press("enter")  # on the host: to its runs
         assert app.focused is screen.runs_table
         await pilot.press("enter")  # on the run: its screen
         await until(pilot, lambda: type(app.screen).__name__ == "RunScreen", 5,
                     "the run screen")
-        assert app.screen.run_id == remote["id"]  # type: ignore[attr-defined]
+        assert app.screen.run_id == remote.id  # type: ignore[attr-defined]
         app.pop_screen()
         await until(pilot, lambda: app.screen is screen, 5, "back to the hosts")
 

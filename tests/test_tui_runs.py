@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import until
+from workbench.run_record import RunRecord
 from workbench.store import Store
 from workbench.tracking import Run
 
@@ -74,7 +75,7 @@ def _processes_of_store(store_dir: Path) -> list[int]:
 
 def make_run(store: Store, name: str, *, kind: str = "pretrain", status: str = "finished",
              steps: int = 5, loss0: float = 3.0, total: int | None = None,
-             spikes: int = 0) -> dict[str, Any]:
+             spikes: int = 0) -> RunRecord:
     """A run written through the SDK writer (`tracking.Run`), as a recipe would."""
     row = store.create_run(kind=kind, name=name, status=status, launcher="sdk",
                            total_steps=total)
@@ -84,7 +85,7 @@ def make_run(store: Store, name: str, *, kind: str = "pretrain", status: str = "
     for i in range(spikes):
         run.event("loss_spike", step=i, severity="warning", loss=9.0)
     run.finish()
-    return store.get_run(row["id"])
+    return store.get_run(row.id)
 
 
 def names(screen: RunsScreen) -> list[str]:
@@ -121,14 +122,14 @@ def test_opening_shows_the_runs(store: Store, store_dir: Path) -> None:
         assert isinstance(screen, RunsScreen)
         await until(pilot, lambda: screen.table.row_count == 2, 5, "two rows")
         assert names(screen) == ["beta", "alpha"]  # newest first
-        assert cell(screen, a["id"], "status") == "finished"
-        assert cell(screen, a["id"], "step") == "9/100"
-        assert cell(screen, a["id"], "metric") == "2.1"  # train/loss at step 9
-        assert cell(screen, a["id"], "spikes") == "2"
-        assert cell(screen, b["id"], "kind") == "script"
-        assert cell(screen, b["id"], "status") == "running"
+        assert cell(screen, a.id, "status") == "finished"
+        assert cell(screen, a.id, "step") == "9/100"
+        assert cell(screen, a.id, "metric") == "2.1"  # train/loss at step 9
+        assert cell(screen, a.id, "spikes") == "2"
+        assert cell(screen, b.id, "kind") == "script"
+        assert cell(screen, b.id, "status") == "running"
         # The status colours come from the theme (component classes in runs.tcss).
-        style = screen.table.get_cell(a["id"], "status").style
+        style = screen.table.get_cell(a.id, "status").style
         assert style and style.color is not None
 
     run_async(with_app(store_dir, body))
@@ -270,7 +271,7 @@ def test_refresh_of_100_runs_follows_a_live_run(store: Store, store_dir: Path) -
             await pilot.pause()
         median = statistics.median(times)
         print(f"refresh of 100 runs: median {median:.1f} ms, max {max(times):.1f} ms")
-        assert cell(screen, live["id"], "step") == "69/100"
+        assert cell(screen, live.id, "step") == "69/100"
 
     try:
         run_async(with_app(store_dir, body))
@@ -293,8 +294,8 @@ def test_open_and_compare_push_their_screens(store: Store, store_dir: Path) -> N
         await pilot.press("c")  # nothing marked: a notification, no screen
         assert app.screen is screen
         await pilot.press("down", "space", "space")  # marks beta, then alpha
-        assert screen.marked == {a["id"], b["id"]}
-        assert cell(screen, a["id"], "mark") == "●"
+        assert screen.marked == {a.id, b.id}
+        assert cell(screen, a.id, "mark") == "●"
         await pilot.press("c")
         await until(pilot, lambda: app.screen is not screen, 5, "the compare screen")
         assert type(app.screen).__name__ == "CompareScreen"
@@ -302,11 +303,11 @@ def test_open_and_compare_push_their_screens(store: Store, store_dir: Path) -> N
         await until(pilot, lambda: app.screen is screen, 5, "back to the runs")
         await pilot.press("u")
         assert not screen.marked
-        screen.select_run(a["id"])
+        screen.select_run(a.id)
         await pilot.press("enter")
         await until(pilot, lambda: app.screen is not screen, 5, "the run screen")
         assert type(app.screen).__name__ == "RunScreen"
-        assert app.screen.run_id == a["id"]  # type: ignore[attr-defined]
+        assert app.screen.run_id == a.id  # type: ignore[attr-defined]
 
     run_async(with_app(store_dir, body))
 
@@ -346,15 +347,16 @@ def test_stop_asks_first_then_stops_and_resume(tmp_path: Path, store: Store,
     from workbench.launch import local
     from workbench.spec import load_spec
 
-    row = local.start(store, load_spec(str(script_spec(tmp_path, "sleeper", STOPPABLE))))
-    worker = row["_process"]
+    launched = local.start(store, load_spec(str(script_spec(tmp_path, "sleeper", STOPPABLE))))
+    row, worker = launched.record, launched.process
+    assert worker is not None
 
     async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
-        await until(pilot, lambda: row["id"] in screen.table.rows
-                    and cell(screen, row["id"], "status") == "running", 30, "running")
-        screen.select_run(row["id"])
+        await until(pilot, lambda: row.id in screen.table.rows
+                    and cell(screen, row.id, "status") == "running", 30, "running")
+        screen.select_run(row.id)
         await pilot.press("d")  # an active run is not deleted: a warning, no dialog
         assert app.screen is screen
         await pilot.press("x")
@@ -362,20 +364,20 @@ def test_stop_asks_first_then_stops_and_resume(tmp_path: Path, store: Store,
         await pilot.press("n")  # cancelled: still running
         await until(pilot, lambda: app.screen is screen, 5, "the dialog to close")
         await pilot.pause(0.3)
-        assert store.get_run(row["id"])["status"] == "running"
+        assert store.get_run(row.id).status == "running"
         await pilot.press("x")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the dialog")
         await pilot.press("y")
-        await until(pilot, lambda: cell(screen, row["id"], "status") == "stopped", 30,
+        await until(pilot, lambda: cell(screen, row.id, "status") == "stopped", 30,
                     "the table to say stopped")
-        assert store.get_run(row["id"])["status"] == "stopped"
+        assert store.get_run(row.id).status == "stopped"
         # r resumes it as a new linked run, which is selected.
         await pilot.press("r")
-        await until(pilot, lambda: screen.selected_run_id not in (None, row["id"]), 10,
+        await until(pilot, lambda: screen.selected_run_id not in (None, row.id), 10,
                     "the resumed run selected")
         resumed = store.get_run(screen.selected_run_id)  # type: ignore[arg-type]
-        assert resumed["resumed_from"] == row["id"]
-        await until(pilot, lambda: cell(screen, resumed["id"], "status") == "running", 30,
+        assert resumed.resumed_from == row.id
+        await until(pilot, lambda: cell(screen, resumed.id, "status") == "running", 30,
                     "the resumed run to run")
 
     try:
@@ -394,18 +396,18 @@ def test_delete_asks_first_then_deletes(store: Store, store_dir: Path) -> None:
         screen = app.screen
         assert isinstance(screen, RunsScreen)
         await until(pilot, lambda: screen.table.row_count == 2, 5, "two rows")
-        screen.select_run(gone["id"])
+        screen.select_run(gone.id)
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the dialog")
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is screen, 5, "the dialog to close")
-        assert gone["id"] in {r["id"] for r in store.runs()}
+        assert gone.id in {r.id for r in store.runs()}
         await pilot.press("d")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 5, "the dialog")
         await pilot.press("y")
-        await until(pilot, lambda: gone["id"] not in screen.table.rows, 10, "the row to go")
-        assert [r["id"] for r in store.runs()] == [keep["id"]]
-        assert not (store_dir / gone["id"]).exists()
+        await until(pilot, lambda: gone.id not in screen.table.rows, 10, "the row to go")
+        assert [r.id for r in store.runs()] == [keep.id]
+        assert not (store_dir / gone.id).exists()
 
     run_async(with_app(store_dir, body))
 
@@ -484,7 +486,7 @@ def test_launch_while_the_form_is_being_rebuilt_does_not_crash(tmp_path: Path,
         await until(pilot, lambda: launch.launched, 10, "the launch")
         await pilot.pause(0.3)
         runs = app.ensure_store().runs()
-        assert [r["name"] for r in runs] == ["chosen-1"], runs  # the chosen spec, once
+        assert [r.name for r in runs] == ["chosen-1"], runs  # the chosen spec, once
 
 def test_launch_creates_the_run_and_selects_it(tmp_path: Path, store_dir: Path) -> None:
     spec = script_spec(tmp_path, "quick", QUICK, "\n[config]\nsteps = 3\n")
@@ -508,8 +510,8 @@ def test_launch_creates_the_run_and_selects_it(tmp_path: Path, store_dir: Path) 
         await until(pilot, lambda: cell(runs, run_id, "status") == "finished", 60,
                     "the launched run to finish")
         row = Store(store_dir).get_run(run_id)
-        assert json.loads(row["config"]) == {"steps": 5}
-        assert row["last_step"] == 4
+        assert row.config == {"steps": 5}
+        assert row.last_step == 4
 
     run_async(with_app(store_dir, body))
 
@@ -649,7 +651,7 @@ def test_run_ids_are_readable_in_every_theme(store: Store, store_dir: Path) -> N
             await pilot.pause(0.1)
             runs.refresh_table()
             await pilot.pause(0.1)
-            style = runs.table.get_cell(row["id"], "id").style
+            style = runs.table.get_cell(row.id, "id").style
             background = runs.table.rich_style.bgcolor
             assert style.dim or (style.color is not None and style.color != background)
             assert style.color is None or style.color.triplet != (255, 255, 255), theme
