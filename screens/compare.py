@@ -71,12 +71,11 @@ class CompareScreen(Screen[None]):
         self.title = "compare"
         runs = self.query_one("#compare-runs", SelectionList)
         for row in self.store.runs():
-            runs.add_option((f"{row['name']} ({row['kind']})", row["id"],
-                             row["id"] in self.initial))
+            runs.add_option((f"{row.name} ({row.kind})", row.id, row.id in self.initial))
         self._sync_feeds()
         if self.metric is None and self.feeds:
             first = next(iter(self.feeds.values()))
-            self.metric = key_metric(first.row["kind"])
+            self.metric = key_metric(first.row.kind)
         self._fill_metrics()
         self._label()
         self.redraw()
@@ -133,10 +132,10 @@ class CompareScreen(Screen[None]):
         for feed in self.feeds.values():
             s = feed.series(self.metric)
             if len(s):
-                chart.set_series(feed.row["name"], self.xs(feed, s.step, s.wall), s.value)
+                chart.set_series(feed.row.name, self.xs(feed, s.step, s.wall), s.value)
 
     def _label(self) -> None:
-        missing = [f.row["name"] for f in self.feeds.values() if not f.tokens_per_step]
+        missing = [f.row.name for f in self.feeds.values() if not f.tokens_per_step]
         note = f" (step for {', '.join(missing)})" if self.x_axis == "tokens" and missing \
             else ""
         self.query_one("#compare-axis", Label).update(

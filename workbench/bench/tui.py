@@ -92,9 +92,9 @@ def build_store(root: Path, progress: Console | None = None, *, runs: int = RUNS
         scalars = [(int(s), k, float(v), now, 0) for s, lv in zip(steps, loss, strict=True)
                    for k, v in (("train/loss", lv), ("train/lr", 3e-3), ("train/grad_norm", 1.0))]
         events = [(50, "loss_spike", "warning", '{"loss": 9.0}', now)] if i % 7 == 0 else []
-        st.write_batch(Batch(row["id"], scalars=scalars, events=events), last_step=199)
+        st.write_batch(Batch(row.id, scalars=scalars, events=events), last_step=199)
         if status != "running":
-            st.update_run(row["id"], ended=now)
+            st.update_run(row.id, ended=now)
     steps_total = big_points // len(BIG_KEYS)
     big = st.create_run(kind="pretrain", name=BIG_NAME, status="running", launcher="sdk",
                         total_steps=steps_total + 50_000)
@@ -109,12 +109,12 @@ def build_store(root: Path, progress: Console | None = None, *, runs: int = RUNS
         scalars = [(int(s), key, float(v), now, 0)
                    for key, values in zip(BIG_KEYS, columns, strict=True)
                    for s, v in zip(steps, values, strict=True)]
-        st.write_batch(Batch(big["id"], scalars=scalars), last_step=int(steps[-1]))
+        st.write_batch(Batch(big.id, scalars=scalars), last_step=int(steps[-1]))
         done = min(first + chunk, steps_total) * len(BIG_KEYS)
         _say(progress, f"  {BIG_NAME}: {done:,}/{big_points:,} points "
                        f"({time.perf_counter() - started:.1f}s)")
     st.close()
-    return big["id"]
+    return big.id
 
 
 # -- first frame: a real `wb tui` in a pseudo-terminal -----------------------------------
@@ -238,7 +238,7 @@ async def _refresh(root: Path, big_id: str, samples: int) -> dict[str, Any]:
             paints.append(time.perf_counter())
 
         screen._compositor_refresh = timed_compositor_refresh  # type: ignore[method-assign]
-        step = writer.get_run(big_id)["last_step"] + 1
+        step = (writer.get_run(big_id).last_step or 0) + 1
         calls: list[float] = []
         totals: list[float] = []
         attempts = 0
@@ -301,9 +301,9 @@ def build_grid_run(root: Path, keys: int = GRID_KEYS, steps: int = GRID_STEPS) -
     s = np.arange(steps)
     scalars = [(int(i), f"layer{k}/grad_norm", float(v), now, 0) for k in range(keys)
                for i, v in zip(s, 1.0 + k + np.sin(s / (50 + k)), strict=True)]
-    st.write_batch(Batch(row["id"], scalars=scalars), last_step=steps - 1)
+    st.write_batch(Batch(row.id, scalars=scalars), last_step=steps - 1)
     st.close()
-    return row["id"]
+    return row.id
 
 
 async def _grid_refresh(root: Path, run_id: str, samples: int,
@@ -364,7 +364,7 @@ async def _grid_refresh(root: Path, run_id: str, samples: int,
                         lags.append(b - waiting.pop(i))
 
         screen._compositor_refresh = timed_compositor_refresh  # type: ignore[method-assign]
-        step = writer.get_run(run_id)["last_step"] + 1
+        step = (writer.get_run(run_id).last_step or 0) + 1
         names = [f"layer{k}/grad_norm" for k in range(keys)]
         totals: list[float] = []
         redrawn: list[int] = []
@@ -458,8 +458,8 @@ def big_store(runs: int, steps: int, progress: Console | None = None,
         step_list = s.tolist()
         scalars = [(a, key, v, now, 0) for key, values in zip(BIG_KEYS, columns, strict=True)
                    for a, v in zip(step_list, values, strict=True)]
-        st.write_batch(Batch(row["id"], scalars=scalars), last_step=steps - 1)
-        st.update_run(row["id"], ended=now)
+        st.write_batch(Batch(row.id, scalars=scalars), last_step=steps - 1)
+        st.update_run(row.id, ended=now)
         if (i + 1) % every == 0 or i + 1 == runs:
             _say(progress, f"  big store: {i + 1:,}/{runs:,} runs, "
                            f"{(i + 1) * steps * len(BIG_KEYS):,} points "
@@ -522,10 +522,10 @@ def _big_store_case(quick: bool, tiny: bool, starts: int, config: Path,
     st.close()
     ls = ls_time(root, starts)
     _say(progress, f"  wb ls: {statistics.median(ls):.2f}s (median of {len(ls)})")
-    frames = [first_frame(root, config, needle_name=newest["name"]) for _ in range(starts)]
+    frames = [first_frame(root, config, needle_name=newest.name) for _ in range(starts)]
     _say(progress, f"  wb tui first frame: {statistics.median(frames):.2f}s")
-    opened = asyncio.run(_open_newest(root, newest["id"]))
-    _say(progress, f"  open {newest['name']} ({steps * len(BIG_KEYS):,} points): "
+    opened = asyncio.run(_open_newest(root, newest.id))
+    _say(progress, f"  open {newest.name} ({steps * len(BIG_KEYS):,} points): "
                    f"{opened.get('big_store_open_run_s', float('nan')):.2f}s")
     result: dict[str, Any] = {
         "big_store": size, "big_store_path": str(root), "big_store_cached": built is None,
