@@ -67,6 +67,25 @@ def test_a_run_whose_process_ends_reads_lost_without_a_commit(store: Store,
         proc.wait()
 
 
+def test_select_filters_and_sorts_without_textual(store: Store) -> None:
+    """workbench/runs_view.py: the runs table's filters and sort keys, on RunRecords."""
+    from workbench.runs_view import RunView, select
+
+    ids = _runs(store, 3)
+    store.update_run(ids[1], status="failed")
+    views = [RunView(r, "train/loss", metric=m) for r, m in
+             zip(sorted(store.runs(), key=lambda r: r.num), (2.0, None, float("nan")),
+                 strict=True)]
+    assert [v.id for v in select(views)] == ids[::-1]  # age: newest first
+    assert [v.id for v in select(views, "r1")] == [ids[1]]
+    assert [v.id for v in select(views, status="failed")] == [ids[1]]
+    assert select(views, "custom r0 nothing") == []  # every word must match
+    # Unknown values (no metric, NaN) sort last in both directions.
+    assert [v.id for v in select(views, column="metric")][0] == ids[0]
+    assert [v.id for v in select(views, column="metric", reverse=True)][-1] == ids[0]
+    assert [v.id for v in select(views, column="status")] == [ids[1], ids[2], ids[0]]
+
+
 def test_the_table_shows_a_change_to_one_run(store: Store, store_dir: Path) -> None:
     ids = _runs(store, 4)
 

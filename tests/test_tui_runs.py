@@ -28,6 +28,7 @@ pytest.importorskip("textual")
 
 from textual.pilot import Pilot  # noqa: E402
 from textual.widgets import Button, Input  # noqa: E402
+from textual.widgets.data_table import ColumnKey  # noqa: E402
 
 from workbench.app import WorkbenchApp  # noqa: E402
 from workbench.screens.dialogs import ConfirmScreen  # noqa: E402
@@ -279,6 +280,36 @@ def test_refresh_of_100_runs_follows_a_live_run(store: Store, store_dir: Path) -
         writer.finish()
 
 
+def test_filter_sort_and_marks_are_reactive(store: Store, store_dir: Path) -> None:
+    """Setting the screen's state redraws the table through its watchers: nothing calls
+    refresh_table, and no store read happens for it."""
+    a = make_run(store, "alpha", steps=3)
+    b = make_run(store, "beta", kind="script", steps=9)
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await until(pilot, lambda: screen.table.row_count == 2, 5, "two rows")
+        assert screen.model is not None
+        reads = screen.model.reads
+        screen.filter_text = "alp"
+        assert names(screen) == ["alpha"]
+        screen.filter_text = ""
+        screen.status_filter = "failed"
+        assert names(screen) == []
+        assert "No run matches the filters" in str(screen.query_one("#runs-empty").render())
+        screen.status_filter = None
+        screen.sort = ("step", True)
+        assert names(screen) == ["beta", "alpha"]
+        assert str(screen.table.columns[ColumnKey("step")].label) == "step ▲"
+        screen.marked = frozenset({a.id, b.id})
+        assert cell(screen, b.id, "mark") == "●"
+        assert "2 runs · 2 marked" in str(screen.query_one("#runs-count").render())
+        assert screen.model.reads == reads  # redrawn from the runs already read
+
+    run_async(with_app(store_dir, body))
+
+
 # -- actions: open, mark/compare, stop, delete, resume ---------------------------------------
 
 
@@ -388,6 +419,49 @@ def test_stop_asks_first_then_stops_and_resume(tmp_path: Path, store: Store,
         worker.wait(timeout=30)
 
 
+def test_resume_runs_off_the_ui_thread(store: Store, store_dir: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A resume that blocks (an ssh host that does not answer) leaves the screen
+    answering keys; when it returns, the new run is selected."""
+    import threading
+
+    from workbench.launch import backends
+
+    old = make_run(store, "old")
+    release = threading.Event()
+    threads: list[str] = []
+
+    class Hanging:
+        def resume(self, st: Store, record: RunRecord) -> backends.Launched:
+            threads.append(threading.current_thread().name)
+            release.wait(30)
+            return backends.Launched(st.create_run(kind=record.kind, name="old-resumed",
+                                                   status="finished",
+                                                   resumed_from=record.id))
+
+    monkeypatch.setattr(backends, "backend_for", lambda _record: Hanging())
+
+    async def body(app: WorkbenchApp, pilot: Pilot[Any]) -> None:
+        screen = app.screen
+        assert isinstance(screen, RunsScreen)
+        await until(pilot, lambda: screen.table.row_count == 1, 5, "the row")
+        await pilot.press("r")
+        await until(pilot, lambda: threads, 5, "the resume to start")
+        await pilot.press("o")  # answered while the resume hangs
+        assert screen.sort_column == "name" and not release.is_set()
+        release.set()
+        await until(pilot, lambda: screen.selected_run_id not in (None, old.id), 10,
+                    "the resumed run selected")
+        resumed = store.get_run(screen.selected_run_id)  # type: ignore[arg-type]
+        assert resumed.resumed_from == old.id and resumed.name == "old-resumed"
+
+    try:
+        run_async(with_app(store_dir, body))
+    finally:
+        release.set()
+    assert threads and threads[0] != "MainThread"
+
+
 def test_delete_asks_first_then_deletes(store: Store, store_dir: Path) -> None:
     keep = make_run(store, "keep")
     gone = make_run(store, "gone")
@@ -436,6 +510,27 @@ async def open_launch(app: WorkbenchApp, pilot: Pilot[Any], source: str) -> Laun
     await until(pilot, lambda: launch.draft is not None and launch.draft.source == source, 5,
                 "the spec's form")
     return launch
+
+
+def test_launch_form_model_without_textual(tmp_path: Path) -> None:
+    """The form's model (workbench/launch_form.py) needs no app: fields from the spec's
+    model, TOML text for values, and the `wb launch` line of the edits."""
+    from workbench.launch_form import Draft, command_line, toml_value
+
+    assert [toml_value(v) for v in (None, True, 3, 0.5, float("inf"), "a b", [1, "x"])] == [
+        "", "true", "3", "0.5", "inf", '"a b"', '[1, "x"]']
+    assert toml_value({"a": 1, "b c": False}) == '{a = 1, "b c" = false}'
+    draft = Draft.load(str(script_spec(tmp_path, "quick", QUICK, "\n[config]\nsteps = 3\n")))
+    fields = {f.key: f for f in draft.fields}
+    assert fields["config.steps"].initial == "3" and fields["resources.host"].control == "select"
+    raw = {"config.steps": "5", "name": "my-run", "description": "a b"}
+    loaded, errors, message = draft.build(raw)
+    assert loaded is not None and not errors and message == "", message
+    assert loaded.spec.name == "my-run"
+    assert command_line(draft, raw).endswith(
+        " --set name=my-run --set 'description=a b' --set config.steps=5")
+    _, errors, message = draft.build({"seed": "-1"})
+    assert "seed" in errors and message.startswith("seed:")
 
 
 def test_launch_refuses_an_invalid_field_inline(tmp_path: Path, store_dir: Path) -> None:
