@@ -169,7 +169,7 @@ def test_pretrain_trains_a_recurrent_depth_model_with_muonclip(store: Store) -> 
 
 
 def test_recurrent_depth_draws_are_seeded_by_step_so_ranks_and_resumes_agree() -> None:
-    from workbench.recipes.pretrain.step import model_kwargs
+    from workbench.recipes.common.step import model_kwargs
 
     spec = parse_spec(RD_PRETRAIN.format(tau=100))
     a = [model_kwargs(spec, s, 0)["steps"] for s in range(1, 40)]
@@ -333,8 +333,10 @@ def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store
     it raised dozens of false loss_spike events, and skipping such draws left them
     unwatched. The detector keeps a level per recurrence bucket (recipes/pretrain
     docstring): a spike at a short draw fires, the normal gap between draws does not."""
-    from workbench.recipes.pretrain.step import Faults, StepOut
-    from workbench.recipes.pretrain.train import Trainer, spike_detector
+    from workbench.recipes.common.builders import spike_detector
+    from workbench.recipes.common.faults import Faults
+    from workbench.recipes.common.step import StepOut
+    from workbench.recipes.common.trainer import Trainer
 
     spec = parse_spec(RD_PRETRAIN.format(tau=100))
     row = store.create_run(kind="pretrain", base="t", status="running")

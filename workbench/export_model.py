@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.models.hf_config import CheckpointError, hf_folder, read_config
-from workbench.recipes.pretrain.layout import checkpoint_step, checkpoints_in, read_model_record
+from workbench.recipes.common.checkpoint import checkpoint_step, checkpoints_in
+from workbench.recipes.common.model_record import read_model_record
 from workbench.store import StoreError
 
 if TYPE_CHECKING:

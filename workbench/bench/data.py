@@ -79,8 +79,9 @@ def _step_ms(progress: Console | None) -> float:
     """Median ms of one muon-tiny training step on random bytes."""
     import torch
 
-    from workbench.recipes.pretrain.step import Faults, forward_backward, optimizer_step
-    from workbench.recipes.pretrain.train import build_model, build_optimizer_list
+    from workbench.recipes.common.builders import build_model, build_optimizer_list
+    from workbench.recipes.common.faults import Faults
+    from workbench.recipes.common.step import forward_backward, optimizer_step
     from workbench.spec import load_spec
 
     spec = load_spec("muon-tiny").spec

@@ -32,7 +32,7 @@ from workbench.models.gpt import GPT
 def bench_maxlogit(quick: bool = False, progress: Console | None = None,
                    tiny: bool = False) -> dict[str, Any]:
     from workbench.recipes.common.parallel import pick_device
-    from workbench.recipes.pretrain import autocast
+    from workbench.recipes.common.precision import autocast
     from workbench.spec import load_spec
 
     say = progress.print if progress else (lambda *a, **k: None)

@@ -1,8 +1,8 @@
 """`wb bench optimizers`: Muon vs AdamW on the stdlib corpus, each at its best swept lr.
 
-Every arm is trained in this process with the pretrain recipe's own pieces
-(``build_model``, ``build_optimizers``, ``forward_backward``, ``apply_update``,
-``lr_at``, ``evaluate``), so a step here is a step of ``wb launch``:
+Every arm is trained in this process with the pieces the pretrain recipe trains with
+(recipes/common/: ``build_model``, ``build_optimizers``, ``forward_backward``,
+``apply_update``, ``lr_at``, ``evaluate``), so a step here is a step of ``wb launch``:
 
 - Muon: the built-in ``muon-tiny`` spec (Muon on hidden matrices + AdamW on the rest at
   the same lr, Moonlight lr matching, ns_dtype auto); AdamW: the built-in ``adamw-tiny``.
@@ -145,30 +145,33 @@ def train_arm(spec: Any, corpus: Any, eval_steps: list[int], say: Any) -> dict[s
     from workbench.data.loader import BatchLoader, eval_batches
     from workbench.optim import build_optimizers
     from workbench.optim.muon import ns_dtype_summary
-    from workbench.recipes import pretrain as pt
+    from workbench.recipes.common.builders import build_model, ns_dtype
+    from workbench.recipes.common.faults import Faults
     from workbench.recipes.common.parallel import pick_device
+    from workbench.recipes.common.schedule import lr_at
     from workbench.recipes.common.seeding import seed_everything
+    from workbench.recipes.common.step import apply_update, evaluate, forward_backward
 
     device = pick_device()
     seed_everything(spec.seed)
-    model = pt.build_model(spec, device)
+    model = build_model(spec, device)
     opts = build_optimizers(model, spec.optim.name, spec.optim.lr, spec.optim.weight_decay,
                             betas=spec.optim.betas, adjust_lr_fn=spec.optim.adjust_lr_fn,
-                            ns_dtype=pt.ns_dtype(spec.optim.ns_dtype))
+                            ns_dtype=ns_dtype(spec.optim.ns_dtype))
     batch, seq = spec.train.batch_size, spec.model.seq_len
     loader = BatchLoader(corpus.train, batch, seq, seed=spec.seed)
     val_tokens = corpus.val if len(corpus.val) > seq else corpus.train
     val = eval_batches(val_tokens, batch, seq, spec.train.eval_batches)
-    faults = pt.Faults()
+    faults = Faults()
     curve: list[tuple[int, float]] = []
     t0 = time.perf_counter()
     if 0 in eval_steps:
-        curve.append((0, pt.evaluate(model, val, device)))
+        curve.append((0, evaluate(model, val, device)))
     for step in range(1, spec.train.steps + 1):
-        out = pt.forward_backward(model, opts, loader, spec, step, device, faults)
-        pt.apply_update(model, opts, spec, pt.lr_at(spec, step), out.max_logits)
+        out = forward_backward(model, opts, loader, spec, step, device, faults)
+        apply_update(model, opts, spec, lr_at(spec, step), out.max_logits)
         if step in eval_steps:
-            loss = pt.evaluate(model, val, device)
+            loss = evaluate(model, val, device)
             curve.append((step * batch * seq, loss))
             say(f"  {spec.optim.name} lr {spec.optim.lr:g} step {step}/{spec.train.steps}: "
                 f"train loss {out.loss:.4f}, val loss {loss:.4f} "

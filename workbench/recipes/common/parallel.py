@@ -16,9 +16,9 @@ launcher (launch/distributed.py). Each rank then:
 
 Distributed Muon shards its momentum and Newton-Schulz work over the same ranks
 (optim/muon.py); every rank takes its state for a checkpoint
-(recipes/pretrain/train.py `Trainer.save`).
-bf16 autocast stays the recipe's own (step.autocast), so one process and many run
-the very same forward pass.
+(recipes/common/trainer.py `Trainer.save`).
+bf16 autocast is the same in one process and in many (precision.autocast, called by
+step.py), so both run the very same forward pass.
 """
 
 from __future__ import annotations

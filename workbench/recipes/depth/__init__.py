@@ -2,8 +2,9 @@
 depth matters, then measured at inference.
 
 Stages (events `stage`: training, evaluating, done):
-1. Training, through the pretrain kind's `Trainer` (same optimizers, QK-Clip, spike
-   policies, checkpoints, metrics; see recipes/pretrain): the built-in chain task
+1. Training, through the shared `Trainer` (recipes/common/trainer.py, the pretrain
+   kind's too: same optimizers, QK-Clip, spike policies, checkpoints, metrics; see
+   recipes/pretrain for what they log): the built-in chain task
    (task.py: a digit and up to `task.max_ops` operations, mod 10), loss on the answer
    digits only. Each step draws its recurrence count (log-normal Poisson, mean
    `model.mean_recurrence`) and backpropagates through the last

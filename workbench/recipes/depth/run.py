@@ -6,10 +6,10 @@ from __future__ import annotations
 from workbench.recipes import Context
 from workbench.recipes.common.parallel import Parallel, run_in_parallel
 from workbench.recipes.common.seeding import seed_everything
+from workbench.recipes.common.trainer import build_trainer, train
 from workbench.recipes.depth.evaluate import DepthEval, evaluate
 from workbench.recipes.depth.spec import DepthSpec
 from workbench.recipes.depth.task import ChainTask, TaskLoader
-from workbench.recipes.pretrain.train import build_trainer, train
 from workbench.tracking import Run
 
 VAL_SEED_OFFSET = 2_000_000_011  # validation batches: a stream training never reads

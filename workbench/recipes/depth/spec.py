@@ -1,9 +1,9 @@
 """The `depth` spec: a recurrent-depth model trained on the built-in task, then
 evaluated for what depth buys (RESEARCH.md §3). Torch-free, like every spec.
 
-The model, optimizer, training and stability sections are the pretrain kind's
-(`TrainedSpec`; the model's arch is fixed to recurrent-depth); `task` and `eval` are
-this kind's own.
+The model, optimizer, training and stability sections are every trained kind's
+(`TrainedSpec`, recipes/common/trained_spec.py, pretrain's too; the model's arch is
+fixed to recurrent-depth); `task` and `eval` are this kind's own.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from workbench.recipes.pretrain.spec import ModelSection, TrainedSpec
+from workbench.recipes.common.model_spec import ModelSection
+from workbench.recipes.common.trained_spec import TrainedSpec
 from workbench.spec import Section
 
 EXIT_RULES = ("none", "kl", "latent")

@@ -30,22 +30,31 @@ checkpoints, resume) is the same; a resumed run loads its checkpoint over the
 checkpoint folder's weights. The run config records `model_init` and `tokenizer`, and
 each checkpoint's model.json lets `wb export-model` write a Hugging Face folder.
 
-Components, torchtitan style (config in, one small module per idea):
-- spec.py: the typed spec (no torch: a bad spec is refused before torch loads);
+Components, torchtitan style (config in, one small module per idea). Pretraining's
+own are here:
+- spec.py: `PretrainSpec`, the shared sections plus `data` (no torch: a bad spec is
+  refused before torch loads); data_spec.py: the `data` section;
+- data.py: tokenizer, corpora, token caches, loaders (one source or a mixture);
+- train.py: `run`, which builds the data, then trains through the shared loop.
+The rest is the kit every trained kind shares (the depth kind trains through it too),
+in recipes/common/:
+- model_spec.py, trained_spec.py: the model, optim, train and stability sections;
 - schedule.py: warm-up then cosine or WSD, a pure function of the step;
-- step.py: one step (forward, backward, clip), the update, evaluation, test faults;
-- metrics.py: update / weight RMS, SVD entropy, MFU;
-- checkpoint.py: atomic checkpoints and exact resume (layout.py: the folder layout,
-  torch-free);
-- parallel.py: data parallelism through accelerate (a pass-through in one process);
-- train.py: `run`, which builds the components and drives the `Trainer` loop.
+- step.py: one step (forward, backward, clip), the update, evaluation; faults.py: the
+  test faults; precision.py: bf16 autocast on CUDA;
+- train_metrics.py: update / weight RMS, SVD entropy, MFU;
+- builders.py: model, optimizers, spike detector from the spec;
+- trainer.py: the `Trainer` loop, `build_trainer`, `train`;
+- trainer_checkpoint.py: what a checkpoint holds and exact resume, written through
+  checkpoint.py (atomic, fsynced, keep-last-N); model_record.py: model.json, torch-free;
+- parallel.py: data parallelism through accelerate (a pass-through in one process).
 
 Data parallel (`resources.procs = N`): the run's worker starts N ranks under torch's
 elastic launcher; they split every global batch (train.batch_size stays the global
 batch, so the loss curve matches one process's), all-reduce gradients through DDP,
 shard Muon's momentum and Newton-Schulz work (each rank owns some matrices), and
 agree on every spike / clip / stop decision.
-Rank 0 logs and checkpoints; the run has one row. See parallel.py. With
+Rank 0 logs and checkpoints; the run has one row. See recipes/common/parallel.py. With
 `resources.nodes = M` there are M * N ranks (torchrun on each node, launch/
 distributed.py): the split is by global rank and world size, so M nodes of N ranks
 see the very batches of one node with M * N ranks. Only node 0 (global rank 0)
@@ -91,12 +100,12 @@ so a resumed run reproduces the uninterrupted loss curve bit for bit on the CPU.
 Checkpoints are written to a temporary folder and renamed into place, so a kill -9
 during a write never leaves a broken latest checkpoint.
 
-Test-only fault hooks (environment variables, read at start; never set them in real
-runs): WB_FAULT_CORRUPT_STEPS="12,30" replaces the batches of those steps with random
-input tokens and a constant target token, the model's last id (259 for bytes, a spare
-that never occurs in the data), so the loss is genuinely high; WB_FAULT_NAN_STEPS="15"
-makes the loss of those steps NaN; WB_FAULT_SLEEP_S="0.05" sleeps that long every step
-(lets a test kill a run mid-way).
+Test-only fault hooks (recipes/common/faults.py; environment variables, read at
+start; never set them in real runs): WB_FAULT_CORRUPT_STEPS="12,30" replaces the
+batches of those steps with random input tokens and a constant target token, the
+model's last id (259 for bytes, a spare that never occurs in the data), so the loss is
+genuinely high; WB_FAULT_NAN_STEPS="15" makes the loss of those steps NaN;
+WB_FAULT_SLEEP_S="0.05" sleeps that long every step (lets a test kill a run mid-way).
 Steps name *data positions*: the batches step s reads in a run without rollbacks. So a
 corrupted batch behaves like bad data: a rollback that skips past it does not meet it
 again.
@@ -106,23 +115,30 @@ from __future__ import annotations
 
 from typing import Any
 
-# Submodules load on first use: the registry imports `spec` alone, which keeps torch
-# out of spec validation. `pretrain.lr_at` etc. still work for callers and tests.
+# Names load on first use: the registry imports `spec` alone, which keeps torch out of
+# spec validation. `pretrain.lr_at` etc. still work for callers and tests; the shared
+# training kit they name lives in recipes/common/ (the package docstring lists where).
 _EXPORTS = {
-    "spec": ("PretrainSpec", "ModelSection", "OptimSection", "TrainSection", "DataSection",
-             "StabilitySection", "ORIGINAL_MUON_LR"),
-    "schedule": ("lr_at",),
-    "step": ("Faults", "StepOut", "autocast", "forward_backward", "optimizer_step",
-             "clip_heads", "apply_update", "drop_update", "evaluate"),
-    "metrics": ("param_groups", "svd_params", "peak_flops", "rms", "svd_entropy", "Snapshot",
-                "PEAK_BF16_FLOPS"),
-    "checkpoint": ("TrainState", "checkpoints_in", "save_checkpoint", "load_checkpoint",
-                   "clean_tmp", "STEP_PREFIX", "MODEL_JSON", "model_record",
-                   "read_model_record"),
-    "data": ("TrainData", "build_data", "build_tokenizer", "check_data", "train_bpe"),
-    "train": ("Trainer", "run", "build_model",
-              "build_optimizer_list",
-              "ns_dtype", "record_ns_dtype"),
+    "pretrain.spec": ("PretrainSpec", "DataSection"),
+    "common.model_spec": ("ModelSection",),
+    "common.trained_spec": ("OptimSection", "TrainSection", "StabilitySection",
+                            "ORIGINAL_MUON_LR"),
+    "common.schedule": ("lr_at",),
+    "common.precision": ("autocast",),
+    "common.faults": ("Faults",),
+    "common.step": ("StepOut", "forward_backward", "optimizer_step", "clip_heads",
+                    "apply_update", "drop_update", "evaluate"),
+    "common.train_metrics": ("param_groups", "svd_params", "peak_flops", "rms",
+                             "svd_entropy", "Snapshot", "PEAK_BF16_FLOPS"),
+    "common.checkpoint": ("checkpoints_in", "clean_tmp", "STEP_PREFIX"),
+    "common.model_record": ("MODEL_JSON", "model_record", "read_model_record"),
+    "common.trainer_checkpoint": ("TrainState", "save_checkpoint", "load_checkpoint"),
+    "pretrain.data": ("TrainData", "build_data", "build_tokenizer", "check_data",
+                      "train_bpe"),
+    "common.builders": ("build_model", "build_optimizer_list", "ns_dtype",
+                        "record_ns_dtype"),
+    "common.trainer": ("Trainer",),
+    "pretrain.train": ("run",),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 
@@ -133,4 +149,4 @@ def __getattr__(name: str) -> Any:
         raise AttributeError(f"module 'workbench.recipes.pretrain' has no attribute {name!r}")
     import importlib
 
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    return getattr(importlib.import_module(f"workbench.recipes.{module}"), name)

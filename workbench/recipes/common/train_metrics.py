@@ -1,4 +1,5 @@
-"""Training-dynamics metrics: update / weight RMS per optimizer group, SVD entropy, MFU."""
+"""Training-dynamics metrics of the shared Trainer (pretrain, depth): update / weight RMS
+per optimizer group, SVD entropy, MFU."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import torch
 
 from workbench.optim import Routing
-from workbench.recipes.pretrain.spec import TrainedSpec
+from workbench.recipes.common.trained_spec import TrainedSpec
 
 
 def param_groups(spec: TrainedSpec, routing: Routing) -> dict[str, list[torch.nn.Parameter]]:

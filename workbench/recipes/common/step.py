@@ -1,65 +1,29 @@
-"""One training step (forward, backward, clip, update), evaluation and test-only faults.
+"""One training step (forward, backward, clip, update) and evaluation, for every kind
+trained through recipes/common/trainer.py (pretrain, depth) and the benches that time it.
 
 Model-agnostic: a GPT or a recurrent-depth model (`model_kwargs` draws the latter's
-recurrence count), through the same `forward(x, y, track_max_logits=...)`."""
+recurrence count), through the same `forward(x, y, track_max_logits=...)`. Test-only
+faults come from recipes/common/faults.py, the precision from precision.py."""
 
 from __future__ import annotations
 
 import contextlib
 import math
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from workbench.data.corpus import VOCAB_SIZE
 from workbench.data.loader import BatchLoader
 from workbench.models.recurrent_depth import sample_recurrence
 from workbench.optim import qk_clip
-from workbench.recipes.pretrain.spec import TrainedSpec
+from workbench.recipes.common.faults import Faults
+from workbench.recipes.common.precision import autocast
+from workbench.recipes.common.trained_spec import TrainedSpec
 
 if TYPE_CHECKING:
     from workbench.recipes.common.parallel import Parallel
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    """bf16 autocast on CUDA; full fp32 on the CPU (where bf16 matmuls are slow)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@dataclass
-class Faults:
-    """Test-only fault injection (module docstring): never set these in real runs."""
-
-    corrupt: set[int] = field(default_factory=set)
-    nan: set[int] = field(default_factory=set)
-    sleep_s: float = 0.0
-    vocab_size: int = VOCAB_SIZE  # the model's: a corrupted batch stays within its ids
-
-    @classmethod
-    def from_env(cls, vocab_size: int = VOCAB_SIZE) -> Faults:
-        def steps(name: str) -> set[int]:
-            raw = os.environ.get(name, "")
-            return {int(s) for s in raw.split(",") if s.strip()}
-
-        return cls(steps("WB_FAULT_CORRUPT_STEPS"), steps("WB_FAULT_NAN_STEPS"),
-                   float(os.environ.get("WB_FAULT_SLEEP_S") or 0), vocab_size)
-
-    def batch(self, step: int, x: torch.Tensor, y: torch.Tensor, seed: int,
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random inputs and one constant target, the model's last id: for the byte
-        vocabulary id 259, a spare that never occurs; for a checkpoint's vocabulary a
-        padding row or a rare token. Either way the loss is genuinely high."""
-        if step not in self.corrupt:
-            return x, y
-        gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-        return (torch.randint(0, min(256, self.vocab_size), x.shape, generator=gen,
-                              dtype=x.dtype),
-                torch.full_like(y, self.vocab_size - 1))
 
 
 @dataclass

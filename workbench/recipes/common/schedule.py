@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from workbench.recipes.pretrain.spec import TrainedSpec
+from workbench.recipes.common.trained_spec import TrainedSpec
 
 
 def lr_at(spec: TrainedSpec, step: int) -> float:

@@ -1,8 +1,9 @@
-"""Checkpoints: safetensors weights plus optimizer, RNG, data position and detector state.
+"""What a `Trainer` checkpoint holds (pretrain and depth): safetensors weights, model.json,
+and the optimizer, RNG, data position and spike-detector state an exact resume needs.
 
-Each also holds model.json, the model's architecture and config: enough to rebuild the
-network without the spec (`wb export-model` reads it; checkpoints from before it was
-written fall back to the run's spec).
+model.json is the model's architecture and config (recipes/common/model_record.py):
+enough to rebuild the network without the spec (`wb export-model` reads it; checkpoints
+from before it was written fall back to the run's spec).
 
 Written by the shared checkpoint module (workbench/recipes/common/checkpoint.py, the RL
 recipe's too): a temporary folder, fsynced, renamed into place, so a kill -9 during a
@@ -15,7 +16,6 @@ checkpoint is the same at any number of ranks and resumes at any other.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 from dataclasses import dataclass
@@ -27,28 +27,11 @@ import torch
 from safetensors.torch import load_model, save_model
 
 from workbench.data.loader import BatchLoader
-from workbench.recipes.common.checkpoint import (  # noqa: F401 - re-exported for callers
-    STEP_PREFIX,
-    checkpoints_in,
-    clean_tmp,
-    write_checkpoint,
-)
-from workbench.recipes.pretrain.layout import (  # noqa: F401 - re-exported for callers
-    MODEL_JSON,
-    read_model_record,
-)
-from workbench.recipes.pretrain.schedule import lr_at
-from workbench.recipes.pretrain.spec import TrainedSpec
+from workbench.recipes.common.checkpoint import write_checkpoint
+from workbench.recipes.common.model_record import MODEL_JSON, model_record
+from workbench.recipes.common.schedule import lr_at
+from workbench.recipes.common.trained_spec import TrainedSpec
 from workbench.signals import SpikeDetector
-
-
-def model_record(model: torch.nn.Module) -> dict[str, Any]:
-    """{"arch", "config"} of a GPT or recurrent-depth model (what model.json holds)."""
-    from workbench.models.config import GPTConfig
-
-    config = model.config  # type: ignore[attr-defined]
-    arch = "gpt" if isinstance(config, GPTConfig) else "recurrent-depth"
-    return {"arch": arch, "config": dataclasses.asdict(config)}
 
 
 @dataclass
