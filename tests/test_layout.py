@@ -60,13 +60,14 @@ def _module_of(path: Path) -> list[str]:
     return parts[:-1] if parts[-1] == "__init__" else parts
 
 
-def _imports(path: Path) -> set[str]:
-    """Absolute names of everything a module imports, relative imports resolved."""
+def _imports(path: Path, source: str | None = None) -> set[str]:
+    """Absolute names of everything a module imports, relative imports resolved.
+    `source`: the module's text, when it is not (yet) the file at `path`."""
     names = set()
     package = _module_of(path)
     if path.name != "__init__.py":
         package = package[:-1]
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(ast.parse(path.read_text() if source is None else source)):
         if isinstance(node, ast.Import):
             names |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom):
@@ -90,6 +91,57 @@ def test_layering_points_one_way() -> None:
         bad = {n for n in _imports(path) if n.split(".")[0] == "workbench"
                and not n.startswith("workbench.kernels")}
         assert not bad, f"{path.relative_to(ROOT)} imports {bad}"
+
+
+# Only the pretrain recipe itself, and the benches and self-checks that measure its own
+# step, may import it; everything else reaches shared pieces through recipes/common.
+PRETRAIN = "workbench.recipes.pretrain"
+MAY_IMPORT_PRETRAIN = ("workbench/recipes/pretrain", "workbench/bench", "workbench/selftest")
+
+
+def _imports_pretrain(path: Path, source: str | None = None) -> set[str]:
+    """Names of workbench.recipes.pretrain (or its modules) that `path` imports anywhere
+    (module level, in functions, under TYPE_CHECKING), `from workbench.recipes import
+    pretrain` included. Registry strings ("module:attr" in kinds.py) are data, not
+    imports."""
+    return {n for n in _imports(path, source)
+            if n == PRETRAIN or n.startswith(PRETRAIN + ".")}
+
+
+def test_nothing_imports_the_pretrain_recipe_but_itself() -> None:
+    """Another recipe (depth, rl) or core code (export_model) that needs a piece of
+    pretrain takes it from recipes/common/ instead (docs/ARCHITECTURE.md, "Recipes"), so
+    pretrain can change without breaking them. The benches and self-checks that time the
+    pretrain recipe's own step are the exception."""
+    bad = {}
+    for folder in ("workbench", "screens"):
+        for path in (ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(ROOT).as_posix()
+            if rel.startswith(tuple(f"{d}/" for d in MAY_IMPORT_PRETRAIN)):
+                continue
+            if names := _imports_pretrain(path):
+                bad[rel] = sorted(names)
+    assert not bad, f"modules outside {MAY_IMPORT_PRETRAIN} import the pretrain recipe: {bad}"
+
+
+def test_the_pretrain_rule_sees_every_form_of_import() -> None:
+    """The checker itself: absolute, package-attribute, function-level, TYPE_CHECKING and
+    relative imports all count; a registry string does not."""
+    probe = ROOT / "workbench" / "recipes" / "depth" / "probe.py"  # never written
+    cases = {
+        "from workbench.recipes.pretrain.spec import PretrainSpec\n": True,
+        "import workbench.recipes.pretrain.train\n": True,
+        "from workbench.recipes import pretrain as pt\n": True,
+        "def f():\n    from workbench.recipes.pretrain import autocast\n": True,
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+        "    from workbench.recipes.pretrain.data import TrainData\n": True,
+        "from ..pretrain.train import run\n": True,
+        "from .. import pretrain\n": True,
+        "ENTRY = 'workbench.recipes.pretrain.train:run'\n": False,
+        "from workbench.recipes.common.trainer import train\n": False,
+    }
+    for code, hit in cases.items():
+        assert bool(_imports_pretrain(probe, code)) is hit, code
 
 
 def test_import_workbench_is_light() -> None:
