@@ -244,8 +244,9 @@ class RunsScreen(Screen[None]):
         self._redraw()
 
     def watch_sort(self, sort: tuple[str, bool]) -> None:
-        self.table.show_sort(*sort)
-        self._redraw()
+        if self.is_mounted:
+            self.table.show_sort(*sort)
+            self._redraw()
 
     @on(Input.Changed, "#runs-filter")
     def _filter_changed(self, event: Input.Changed) -> None:
