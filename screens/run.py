@@ -1,7 +1,13 @@
 """The run screen: one run, live, in tabs (Overview, Attention, Rollouts, Depth,
-Metrics, Events, Logs, Config, System). Tabs that don't fit the run's kind stay hidden
-until the run logs metrics they show; the number keys follow the tabs shown (on an rl
-run, 2 is Rollouts).
+Metrics, Events, Logs, Config, System). Tabs that don't fit the run's kind (its
+declaration in `workbench.kinds`) stay hidden until the run logs metrics they show;
+the number keys follow the tabs shown (on an rl run, 2 is Rollouts), and there is one
+per entry of `TABS` (`tab_bindings`).
+
+Only the Overview's content is composed with the screen. A tab's content is mounted
+when the tab is first shown, wrapped in Textual's `Lazy`, so it is composed after the
+next paint: the first paint stays the Overview's alone, and a tab a run never shows
+(Rollouts of a pretrain run) is never composed.
 
 The screen owns one `RunFeed` and polls it twice a second; only the visible tab
 is refreshed (a hidden one catches up when it is shown), which keeps a refresh of
@@ -10,12 +16,12 @@ a million-point run to a few milliseconds of reading plus one chart redraw.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.css.query import NoMatches
+from textual.lazy import Lazy
 from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
@@ -39,13 +45,22 @@ from workbench.themes import stylesheet
 # The number keys follow this order over the tabs a run shows.
 TABS: tuple[type[RunTab], ...] = (OverviewTab, AttentionTab, RolloutsTab, DepthTab,
                                   MetricsTab, EventsTab, LogsTab, ConfigTab, SystemTab)
+NUMBER_KEYS = "1234567890"  # the n-th shown tab's key; a tab past the tenth has none
 POLL_S = 0.5
 PROGRESSIVE_ROWS = 100_000  # a run this big paints its newest points, then loads the rest
 CACHE_WRITE_DELAY_S = 1.0  # after a big run's history is shown, its scalar cache is written
 
 
 def tab_id(tab: type[RunTab]) -> str:
-    return f"tab-{tab.TITLE.lower()}"
+    """The tab's pane id; its content is `{tab_id}-body`."""
+    return f"tab-{tab.tab_name()}"
+
+
+def tab_bindings(tabs: tuple[type[RunTab], ...]) -> list[Binding]:
+    """A number key per tab position (1 = the first tab shown): made from the tab list,
+    so adding a tab adds its key. The keys count shown tabs, not entries of `tabs`."""
+    return [Binding(key, f"show_tab({i})", f"tab {i + 1}", show=False)
+            for i, key in enumerate(NUMBER_KEYS[:len(tabs)])]
 
 
 class RunScreen(Screen[None]):
@@ -56,8 +71,7 @@ class RunScreen(Screen[None]):
 
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back"),
-        *(Binding(str(i + 1), f"show_tab({i})", f"tab {i + 1}", show=False)
-          for i in range(len(TABS))),
+        *tab_bindings(TABS),
         Binding("right,l", "next_tab(1)", "Next tab"),
         Binding("left,h", "next_tab(-1)", "Prev tab", show=False),
         Binding("r", "refresh_now", "Refresh", show=False),
@@ -69,7 +83,7 @@ class RunScreen(Screen[None]):
         self.run_id = run_id
         self._store = store
         self.last_refresh_ms = 0.0
-        self._bodies: asyncio.Future[None] | None = None  # the other tabs' mounting
+        self._placed: set[type[RunTab]] = {TABS[0]}  # tabs whose content is (being) mounted
         self._body_of: dict[str, RunTab] = {}  # pane id -> its mounted content
 
     @property
@@ -81,22 +95,19 @@ class RunScreen(Screen[None]):
         with TabbedContent(id="run-tabs"):
             for tab in TABS:
                 with TabPane(tab.TITLE, id=tab_id(tab)):
-                    if tab is TABS[0]:  # the others' contents: after the first paint
+                    if tab is TABS[0]:  # the others': when first shown (_place)
                         yield tab(id=f"{tab_id(tab)}-body")
         yield Footer()
 
-    async def _ensure_bodies(self) -> None:
-        """Mount the contents of the tabs other than the Overview, once. Composing all
-        nine before the first paint was most of the time to open a run; they are
-        mounted after it (or at once when a tab is chosen before that)."""
-        if self._bodies is None:
-            self._bodies = asyncio.ensure_future(self._mount_bodies())
-        await asyncio.shield(self._bodies)
-
-    async def _mount_bodies(self) -> None:
-        await asyncio.gather(*(
-            self.query_one(f"#{tab_id(tab)}", TabPane).mount(tab(id=f"{tab_id(tab)}-body"))
-            for tab in TABS[1:]))
+    def _place(self, tab: type[RunTab]) -> None:
+        """Mount a tab's content the first time the tab is shown, in a `Lazy`: composing
+        all nine before the first paint was most of the time to open a run, so each is
+        composed after the paint that follows (a tab chosen before then is brought up
+        to date by `on_run_tab_ready`)."""
+        if tab in self._placed:
+            return
+        self._placed.add(tab)
+        self.query_one(f"#{tab_id(tab)}", TabPane).mount(Lazy(tab(id=f"{tab_id(tab)}-body")))
 
     def _visible_body(self) -> RunTab | None:
         """The shown tab's content; None while it is being mounted."""
@@ -126,7 +137,6 @@ class RunScreen(Screen[None]):
         else:
             self.refresh_data()
         self.set_interval(self.POLL_S, self.refresh_data)
-        self.call_after_refresh(self._ensure_bodies)
 
     def on_screen_resume(self) -> None:
         """Back on top (a compare view or dialog closed): catch up at once."""
@@ -171,8 +181,8 @@ class RunScreen(Screen[None]):
     def _show(self, changed: bool) -> None:
         if changed:
             row = self.feed.row
-            self.title = f"{row['name']} ({row['id']})"
-            self.sub_title = f"{row['kind']} · {row['status']}" + (
+            self.title = f"{row.name} ({row.id})"
+            self.sub_title = f"{row.kind} · {row.status}" + (
                 " · loading history" if self.feed.partial else "")
             self._show_fitting_tabs()
         tab = self._visible_body()  # None: being mounted, then brought up to date
@@ -185,6 +195,7 @@ class RunScreen(Screen[None]):
             pane = tab_id(tab)
             if tab.wants(self.feed):
                 tabs.show_tab(pane)
+                self._place(tab)
             else:
                 tabs.hide_tab(pane)
 
@@ -192,13 +203,19 @@ class RunScreen(Screen[None]):
         active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
         return self.query_one(f"#{active}-body", RunTab)
 
-    async def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated,
-                                              ) -> None:
-        active = self.query_one(TabbedContent).active or tab_id(OverviewTab)
-        if not self.query(f"#{active}-body") or (  # chosen before its content was mounted
-                self._bodies is not None and not self._bodies.done()):
-            await self._ensure_bodies()
-        tab = self.visible_tab()
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        tab = self._visible_body()
+        if tab is not None and hasattr(self, "feed"):  # else on_run_tab_ready brings it up
+            self._bring_up(tab)
+
+    def on_run_tab_ready(self, message: RunTab.Ready) -> None:
+        """A tab's content finished mounting: if it is the tab shown (chosen before its
+        content was there), bring it up to date now."""
+        if hasattr(self, "feed") and message.tab is self._visible_body():
+            self._bring_up(message.tab)
+
+    def _bring_up(self, tab: RunTab) -> None:
+        """The tab just shown: refresh it and give it the keys."""
         if not self.loading:  # else the loader's repaint brings it up to date
             tab.update_from(self.feed)  # a hidden tab catches up when shown
         # The heatmap's arrows read a cell, the metrics grid's pick a chart, the events,
@@ -223,7 +240,7 @@ class RunScreen(Screen[None]):
             self.query_one(TabbedContent).active = tab_id(fitting[index])
         else:
             shown = ", ".join(t.TITLE for t in fitting)
-            self.notify(f"no tab {index + 1}: this {self.feed.row['kind']} run shows {shown}",
+            self.notify(f"no tab {index + 1}: this {self.feed.row.kind} run shows {shown}",
                         severity="warning")
 
     def on_metrics_tab_open(self, message: MetricsTab.Open) -> None:

@@ -11,6 +11,8 @@ from rich.control import strip_control_codes
 from rich.table import Table
 from rich.text import Span, Text
 
+from workbench.kinds import declared
+from workbench.run_record import RunRecord
 from workbench.store import Store, strict_json
 
 STATUS_STYLE = {
@@ -21,10 +23,9 @@ SEVERITY_STYLE = {"debug": "dim", "info": "", "warning": "yellow", "error": "bol
 
 
 def key_metric(kind: str) -> str:
-    from workbench.kinds import RECIPES
-
-    recipe = RECIPES.get(kind)
-    return recipe.key_metric if recipe else "train/loss"
+    """The metric run tables show for `kind`, as its recipe declares (kinds.py); a kind
+    without a recipe gets the default declaration's."""
+    return declared(kind).key_metric
 
 
 def ago(ts: float | None) -> str:
@@ -56,42 +57,35 @@ def fmt_value(value: float | None) -> str:
     return f"{value:.3e}"
 
 
-def eta(row: dict[str, Any]) -> float | None:
+def eta(row: RunRecord) -> float | None:
     """Seconds left, from the rate since start; None when unknown."""
-    step, total, started = row.get("last_step"), row.get("total_steps"), row.get("started")
-    if row["status"] != "running" or not (step and total and started) or step >= total:
+    step, total, started = row.last_step, row.total_steps, row.started
+    if row.status != "running" or not (step and total and started) or step >= total:
         return None
     return (time.time() - started) / step * (total - step)
 
 
-def summarize_run(st: Store, row: dict[str, Any], full: bool = False) -> dict[str, Any]:
-    out = {k: v for k, v in row.items() if k not in ("spec", "config")}
+def summarize_run(st: Store, row: RunRecord, full: bool = False) -> dict[str, Any]:
+    """`wb ls --json` / `wb show --json`: the run's columns under their table names
+    (`RunRecord.to_dict`, the shape these outputs have always had), plus figures."""
+    out = {k: v for k, v in row.to_dict().items() if k not in ("spec", "config")}
     out["eta_s"] = eta(row)
-    out["event_counts"] = st.event_counts(row["id"])
-    metric = key_metric(row["kind"])
-    point = st.latest_value(row["id"], metric)
+    out["event_counts"] = st.event_counts(row.id)
+    metric = key_metric(row.kind)
+    point = st.latest_value(row.id, metric)
     out["key_metric"] = {"key": metric, "value": point[1] if point else None}
-    if row["launcher"] == "ssh":
-        out["mirror"] = st.mirror(row["id"])
+    if row.is_remote:
+        out["mirror"] = st.mirror(row.id)
     if full:
-        out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in st.latest(row["id"]).items()}
-        out["spec"] = row["spec"]  # TOML text
-        out["config"] = _config(row["config"])  # an object, not JSON in a string
+        out["latest"] = {k: {"step": s, "value": v} for k, (s, v) in st.latest(row.id).items()}
+        out["spec"] = row.spec  # TOML text
+        out["config"] = dict(row.config)  # an object, not JSON in a string
     return strict_json(out)
 
 
-def _config(text: str | None) -> Any:
-    import json
-
-    try:
-        return json.loads(text or "{}")
-    except ValueError:
-        return text
-
-
-def summary_table(row: dict[str, Any], data: dict[str, Any]) -> Table:
+def summary_table(row: RunRecord, data: dict[str, Any]) -> Table:
     """`wb show RUN --summary`: one row per scalar, then the W&B summary's keys."""
-    table = Table(title=f"{row['name']} ({row['id']}) summary", box=None,
+    table = Table(title=f"{row.name} ({row.id}) summary", box=None,
                   header_style="bold", pad_edge=False, title_justify="left")
     for col in ("key", "last", "step", "min", "max", "points"):
         table.add_column(col, justify="left" if col == "key" else "right")
@@ -123,31 +117,31 @@ def status_text(status: str) -> Text:
     return Text(status, style=STATUS_STYLE.get(status, ""))
 
 
-def runs_table(st: Store, rows: list[dict[str, Any]]) -> Text:
+def runs_table(st: Store, rows: list[RunRecord]) -> Text:
     """`wb ls`: one aligned line per run, status coloured.
 
     Laid out here rather than by a rich Table: a Table measures every cell of every
     row, which took over a second for 1,000 runs; this is one pass and one Text."""
-    metrics = {key_metric(r["kind"]) for r in rows}
+    metrics = {key_metric(r.kind) for r in rows}
     header = metrics.pop().rsplit("/", 1)[-1] if len(metrics) == 1 else "metric"
-    grouped = any(r.get("grp") for r in rows)  # the column only where it says something
+    grouped = any(r.group for r in rows)  # the column only where it says something
     cols = ("id", "name", *(("group",) if grouped else ()), "kind", "status", "host", "step",
             header, "spikes", "age", "eta")
     right = {"step", "spikes", header}
     spikes_of = st.loss_spike_counts()
-    metric_of = {kind: key_metric(kind) for kind in {r["kind"] for r in rows}}
-    points = st.latest_values((r["id"], metric_of[r["kind"]]) for r in rows)  # one statement
+    metric_of = {kind: key_metric(kind) for kind in {r.kind for r in rows}}
+    points = st.latest_values((r.id, metric_of[r.kind]) for r in rows)  # one statement
     cells: list[list[str]] = []
     for row in rows:
-        point = points.get(row["id"])
-        step = row["last_step"]
-        steps = "-" if step is None else (f"{step}/{row['total_steps']}" if row["total_steps"]
+        point = points.get(row.id)
+        step = row.last_step
+        steps = "-" if step is None else (f"{step}/{row.total_steps}" if row.total_steps
                                           else str(step))
-        spikes = spikes_of.get(row["id"], 0)
-        cells.append([row["id"], row["name"], *((row.get("grp") or "",) if grouped else ()),
-                      row["kind"], row["status"], row["host"] or "", steps,
+        spikes = spikes_of.get(row.id, 0)
+        cells.append([row.id, row.name, *((row.group or "",) if grouped else ()),
+                      row.kind, row.status, row.host or "", steps,
                       fmt_value(point[1]) if point else "-", str(spikes) if spikes else "",
-                      ago(row["created"]), duration(eta(row))])
+                      ago(row.created), duration(eta(row))])
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     status_at = cols.index("status")
     # The plain text and its spans directly, as Text.append would make them (a third
@@ -189,36 +183,33 @@ COMPARE_KEYS = {"train/loss": "train/loss", "val/loss": "val/loss",
 LOWER_IS_BETTER = ("train/loss", "val/loss")
 
 
-def optimizer_of(row: dict[str, Any]) -> str | None:
+def optimizer_of(row: RunRecord) -> str | None:
     """The optimizer a pretrain run trains with (its config's optim.name), else None."""
-    config = row.get("config")
-    if isinstance(config, str):
-        config = _config(config)
-    optim = config.get("optim") if isinstance(config, dict) else None
+    optim = row.config.get("optim")
     name = optim.get("name") if isinstance(optim, dict) else None
     return name if isinstance(name, str) else None
 
 
-def runtime(row: dict[str, Any]) -> float | None:
+def runtime(row: RunRecord) -> float | None:
     """Seconds the run has trained (not counting time queued)."""
-    if not row.get("started"):
+    if not row.started:
         return None
-    return (row.get("ended") or time.time()) - row["started"]
+    return (row.ended or time.time()) - row.started
 
 
-def compare_rows(st: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def compare_rows(st: Store, rows: list[RunRecord]) -> list[dict[str, Any]]:
     """One JSON-ready summary per run: the newest value of each compared metric."""
     out = []
     for row in rows:
         metrics = {}
         for key in COMPARE_KEYS:
-            point = st.latest_value(row["id"], key)
+            point = st.latest_value(row.id, key)
             metrics[key] = None if point is None else {"step": point[0], "value": point[1]}
         out.append({
-            "id": row["id"], "name": row["name"], "group": row.get("grp"), "kind": row["kind"],
-            "optimizer": optimizer_of(row), "status": row["status"],
-            "last_step": row["last_step"], "total_steps": row["total_steps"],
-            "runtime_s": runtime(row), "after": row.get("after"), "metrics": metrics,
+            "id": row.id, "name": row.name, "group": row.group, "kind": row.kind,
+            "optimizer": optimizer_of(row), "status": row.status,
+            "last_step": row.last_step, "total_steps": row.total_steps,
+            "runtime_s": runtime(row), "after": row.after, "metrics": metrics,
         })
     return strict_json(out)
 
@@ -251,41 +242,42 @@ def compare_table(summaries: list[dict[str, Any]]) -> Table:
     return table
 
 
-def run_detail(st: Store, row: dict[str, Any]) -> Group:
+def run_detail(st: Store, row: RunRecord) -> Group:
+    """`wb show RUN`: the run's fields, its latest metrics and its event counts."""
     head = Table.grid(padding=(0, 2))
     head.add_column(style="bold")
     head.add_column()
-    ended = row["ended"] or time.time()
+    ended = row.ended or time.time()
     fields = [
-        ("run", f"{row['name']} ({row['id']})"),
-        ("status", status_text(row["status"])),
-        ("kind", row["kind"]),
-        ("host", f"{row['host']}  pid {row['pid'] or '-'}  launcher {row['launcher']}"),
-        ("step", "-" if row["last_step"] is None else
-         f"{row['last_step']}" + (f" / {row['total_steps']}" if row["total_steps"] else "")),
-        ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row["created"]))),
-        ("runtime", duration(ended - row["started"]) if row["started"] else "-"),
+        ("run", f"{row.name} ({row.id})"),
+        ("status", status_text(row.status)),
+        ("kind", row.kind),
+        ("host", f"{row.host}  pid {row.pid or '-'}  launcher {row.launcher}"),
+        ("step", "-" if row.last_step is None else
+         f"{row.last_step}" + (f" / {row.total_steps}" if row.total_steps else "")),
+        ("created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.created))),
+        ("runtime", duration(ended - row.started) if row.started else "-"),
         ("eta", duration(eta(row))),
-        ("exit code", "-" if row["exit_code"] is None else str(row["exit_code"])),
-        ("folder", row["dir"]),
+        ("exit code", "-" if row.exit_code is None else str(row.exit_code)),
+        ("folder", row.dir),
     ]
-    if row["launcher"] == "ssh":
-        fields.append(("mirror", mirror_text(st.mirror(row["id"]))))
-    if row["resumed_from"]:
-        fields.append(("resumed from", row["resumed_from"]))
-    if row.get("grp"):
-        fields.append(("group", row["grp"]))
-    if row.get("after"):
-        fields.append(("queued after", row["after"]))
+    if row.is_remote:
+        fields.append(("mirror", mirror_text(st.mirror(row.id))))
+    if row.resumed_from:
+        fields.append(("resumed from", row.resumed_from))
+    if row.group:
+        fields.append(("group", row.group))
+    if row.after:
+        fields.append(("queued after", row.after))
     for label, value in fields:
         head.add_row(label, value)
     metrics = Table(title="latest metrics", box=None, header_style="bold", title_justify="left")
     metrics.add_column("key")
     metrics.add_column("step", justify="right")
     metrics.add_column("value", justify="right")
-    for key, (step, value) in st.latest(row["id"]).items():
+    for key, (step, value) in st.latest(row.id).items():
         metrics.add_row(key, str(step), fmt_value(value))
-    counts = st.event_counts(row["id"])
+    counts = st.event_counts(row.id)
     ev = Text("events: " + (", ".join(f"{k} {n}" for k, n in counts.items()) or "none"))
     return Group(head, Text(""), metrics, Text(""), ev)
 

@@ -20,19 +20,12 @@ from rich.console import Console, Group
 from rich.text import Text
 
 from workbench.feed import RunFeed
-from workbench.render import duration, eta, event_line, fmt_value, key_metric, status_text
+from workbench.kinds import declared
+from workbench.render import duration, eta, event_line, fmt_value, status_text
 from workbench.series import downsample_minmax
-from workbench.store import ACTIVE_STATUSES
 
-# The stats line per kind (docs/ARCHITECTURE.md metric names); unknown kinds show their key metric.
-STATS = {
-    "pretrain": ["train/loss", "val/loss", "train/lr", "train/grad_norm", "attn/max_logit",
-                 "perf/tokens_per_s", "perf/mfu"],
-    "rl": ["rl/reward", "rl/accuracy", "rollout/len_p99", "staleness/mean", "rl/clip_frac",
-           "perf/gen_tokens_per_s"],
-    "depth": ["depth/steps_mean", "eval/accuracy", "depth/spec_accept_rate",
-              "perf/tokens_per_s"],
-}
+# The stats line and the default chart are the kind's declaration (kinds.py:
+# Recipe.main_metrics, Recipe.watch_key); a kind without a recipe shows its key metric.
 COMPANION = {"train/loss": "val/loss"}  # drawn on the same chart when present
 SPIKE_KINDS = ("loss_spike", "nan")
 
@@ -74,16 +67,18 @@ def chart(feed: RunFeed, key: str, width: int, height: int, color: bool) -> str:
 
 
 def stats_line(feed: RunFeed) -> Text:
+    """Name, status, step, eta, then the newest value of each of the kind's main metrics
+    that the run has logged."""
     row = feed.row
-    step, total = row.get("last_step"), row.get("total_steps")
+    step, total = row.last_step, row.total_steps
     text = Text()
-    text.append(f"{row['name']} ", style="bold")
-    text.append_text(status_text(row["status"]))
+    text.append(f"{row.name} ", style="bold")
+    text.append_text(status_text(row.status))
     text.append(f"  step {step if step is not None else '-'}"
                 + (f"/{total}" if total else ""))
-    if row["status"] in ACTIVE_STATUSES:
+    if row.is_active:
         text.append(f"  eta {duration(eta(row))}")
-    for key in STATS.get(row["kind"], [key_metric(row["kind"])]):
+    for key in declared(row.kind).main_metrics:
         last = feed.series(key).last()
         if last is not None:
             text.append(f"  {key} ", style="dim")
@@ -96,7 +91,7 @@ def stats_line(feed: RunFeed) -> Text:
 
 def view(feed: RunFeed, width: int, height: int, color: bool, key: str | None = None,
          events: int = 3) -> Group:
-    key = key or key_metric(feed.row["kind"])
+    key = key or declared(feed.row.kind).watch_key
     plot = chart(feed, key, width, max(6, height - 3 - events), color)
     parts: list[Any] = [stats_line(feed), Text.from_ansi(plot)]
     parts += [event_line(e) for e in feed.events[-events:]]
@@ -111,31 +106,31 @@ def watch(feed: RunFeed, console: Console, *, key: str | None = None, interval: 
     width, height = console.size.width, min(console.size.height, 30)
     if once:
         console.print(view(feed, width, height, color, key))
-        return feed.row["status"]
+        return feed.row.status
     deadline = None if timeout is None else time.monotonic() + timeout
     if console.is_terminal:
         from rich.live import Live
 
         with Live(view(feed, width, height, color, key), console=console,
                   refresh_per_second=4, transient=False) as live:
-            while feed.row["status"] in ACTIVE_STATUSES and not _past(deadline):
+            while feed.row.is_active and not _past(deadline):
                 time.sleep(interval)
                 width, height = console.size.width, min(console.size.height, 30)
                 if feed.poll():
                     live.update(view(feed, width, height, color, key))
-        return feed.row["status"]
+        return feed.row.status
     last_step = None
     while True:
-        step = feed.row.get("last_step")
+        step = feed.row.last_step
         if step != last_step:
             console.print(stats_line(feed))
             last_step = step
-        if feed.row["status"] not in ACTIVE_STATUSES or _past(deadline):
+        if not feed.row.is_active or _past(deadline):
             break
         time.sleep(interval)
         feed.poll()
     console.print(view(feed, min(width, 100), 20, False, key))
-    return feed.row["status"]
+    return feed.row.status
 
 
 def _past(deadline: float | None) -> bool:

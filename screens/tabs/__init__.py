@@ -1,11 +1,11 @@
 """The run screen's tabs. Each is a container that composes widgets and knows which
 metrics it shows; `update_from(feed)` refreshes it from a `RunFeed`.
 
-`wants(feed)` says whether a tab fits the run: by kind first (pretrain shows
-Attention, rl shows Rollouts, depth shows Depth), else by the metrics present, so
-a custom SDK run that logs `rollout/*` gets the Rollouts tab as soon as they arrive,
-and any run gets the System tab once it has `sys/...` metrics. Metrics (every key, in
-a grid) fits every run.
+`wants(feed)` says whether a tab fits the run: by the kind's declaration first
+(`workbench.kinds`, `Recipe.tabs`: pretrain shows Attention, rl Rollouts, depth
+Depth), else by the metrics present, so a custom SDK run that logs `rollout/*` gets
+the Rollouts tab as soon as they arrive, and any run gets the System tab once it has
+`sys/...` metrics. Metrics (every key, in a grid) fits every run.
 """
 
 from workbench.screens.tabs.attention import AttentionTab

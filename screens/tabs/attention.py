@@ -16,7 +16,7 @@ HEADS_KEY = "attn/max_logit_heads"
 class AttentionTab(RunTab):
     TITLE = "Attention"
     FOCUS = "#heads"  # the arrows read cells at once, no Tab first
-    KINDS = ("pretrain",)
+    ALWAYS = False  # pretrain declares it (kinds.py)
     PREFIXES = ("attn/", "qkclip/")
 
     def compose(self) -> ComposeResult:

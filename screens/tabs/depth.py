@@ -90,7 +90,7 @@ def depth_figures(feed: RunFeed) -> str:
 
 class DepthTab(RunTab):
     TITLE = "Depth"
-    KINDS = ("depth",)
+    ALWAYS = False  # depth declares it (kinds.py)
     PREFIXES = ("depth/",)
 
     def compose(self) -> ComposeResult:

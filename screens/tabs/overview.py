@@ -14,18 +14,15 @@ from textual.events import Resize
 from textual.widgets import DataTable, Label, ProgressBar, Static
 
 from workbench.feed import RunFeed
+from workbench.kinds import declared
 from workbench.metric_keys import MAIN_CHARTS, SMALL_CHARTS, first_present, ordered
-from workbench.render import duration, eta, event_line, key_metric
+from workbench.render import duration, eta, event_line
 from workbench.screens.tabs.base import RunTab
 from workbench.screens.widgets import LineChart
 from workbench.themes import load_setting, save_setting
 
-# Main curve and its companion per kind; the small charts take the first key present.
-# A depth run trains first (its evaluation has the Depth tab); one logged through the
-# SDK without training shows its depth curve instead.
-MAIN = {"pretrain": ("train/loss", "val/loss"), "rl": ("rl/reward", "rl/accuracy"),
-        "depth": ("train/loss", "val/loss")}
-FALLBACK = {"depth": ("depth/steps_mean", "eval/accuracy")}
+# The main curve and its companion are the kind's declaration (kinds.py:
+# Recipe.overview); the small charts take the first key present.
 SMALL = SMALL_CHARTS
 MAX_PINS = 4
 SUMMARY_MIN_WIDTH = 100  # narrower, the summary pane would squeeze the main chart
@@ -36,12 +33,14 @@ LATEST_EVENTS = 6
 
 
 def main_keys(feed: RunFeed) -> tuple[str, str | None]:
-    kind = feed.row["kind"]
-    if kind in MAIN:
-        if kind in FALLBACK and not len(feed.series(MAIN[kind][0])):
-            return FALLBACK[kind]
-        return MAIN[kind]
-    key = key_metric(kind)
+    """The main chart's key and companion: the first of the kind's declared pairs whose
+    key has points (else its last pair); a kind that declares none gets its key metric,
+    or, when the run has not logged it, the likeliest of its own keys."""
+    recipe = declared(feed.row.kind)
+    if recipe.overview:
+        return next((pair for pair in recipe.overview if len(feed.series(pair[0]))),
+                    recipe.overview[-1])
+    key = recipe.key_metric
     # The run's own metrics only: `sys/...` has the System tab, and would otherwise take
     # the main chart of a custom run whose keys sort after "sys/" (or before any arrive).
     own = [k for k in feed.keys() if not k.startswith("sys/")]
@@ -144,8 +143,8 @@ class OverviewTab(RunTab):
     def update_from(self, feed: RunFeed) -> None:
         row = feed.row
         bar = self.query_one("#progress", ProgressBar)
-        total, step = row.get("total_steps"), row.get("last_step") or 0
-        active = row["status"] in ("queued", "running")
+        total, step = row.total_steps, row.last_step or 0
+        active = row.is_active
         bar.update(total=total or None, progress=step)
         # Without a total the bar pulses (indeterminate): right for a run that is going,
         # misleading for one that finished, failed or was stopped.
@@ -154,7 +153,7 @@ class OverviewTab(RunTab):
         stage = stage_of(feed) if active else None
         self.query_one("#progress-label", Label).update(
             (f" {stage}…  " if stage else "")
-            + f" step {step}" + (f"/{total}" if total else "") + f"  {row['status']}"
+            + f" step {step}" + (f"/{total}" if total else "") + f"  {row.status}"
             + (f"  eta {duration(left)}" if left is not None else ""))
 
         main, companion = main_keys(feed)
@@ -171,7 +170,7 @@ class OverviewTab(RunTab):
 
         for i, (title, key) in enumerate(small_keys(feed, {main, companion or main})):
             self._small(self.query_one(f"#small-{i}", LineChart), title, key, feed)
-        pinned = pins(str(row["id"]))
+        pinned = pins(row.id)
         self.query_one("#pinned-charts").display = bool(pinned)
         for i in range(MAX_PINS):
             cell = self.query_one(f"#pin-{i}", LineChart)

@@ -34,7 +34,7 @@ COLUMNS, PANEL_ROWS = 2, 5
 
 class RolloutsTab(RunTab):
     TITLE = "Rollouts"
-    KINDS = ("rl",)
+    ALWAYS = False  # rl declares it (kinds.py)
     PREFIXES = ("rollout/", "staleness", "policy/")
     FOCUS = ""  # the tab takes [ and ] (its panels come in pages on a short terminal)
     can_focus = True

@@ -78,6 +78,7 @@ class SystemTab(RunTab):
     has GPUs."""
 
     TITLE = "System"
+    ALWAYS = False
     PREFIXES = (PREFIX,)
     DEFAULT_CSS = stylesheet("system").read_text(encoding="utf-8")
 
