@@ -42,14 +42,14 @@ def last_step(chart: LineChart) -> int:
 def test_a_poll_redraws_only_the_charts_with_new_points_a_few_at_a_time(
         store: Store, store_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     row = store.create_run(kind="custom", name="many", status="running", launcher="sdk")
-    log(store, row["id"], KEYS, range(40))
+    log(store, row.id, KEYS, range(40))
     monkeypatch.setattr(metrics, "LIVE_TICK_S", 3600.0)  # the ticks are called by hand
 
     async def main() -> None:
         app = WorkbenchApp(store_dir)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), 5, "runs screen")
-            screen = RunScreen(row["id"])
+            screen = RunScreen(row.id)
             app.push_screen(screen)
             await until(pilot, lambda: app.screen is screen and hasattr(screen, "feed"), 5,
                         "the run screen")
@@ -67,7 +67,7 @@ def test_a_poll_redraws_only_the_charts_with_new_points_a_few_at_a_time(
 
             # New points for one key on the page: that chart alone redraws, at once.
             before = builds()
-            log(store, row["id"], ["layer3/grad"], range(40, 45))
+            log(store, row.id, ["layer3/grad"], range(40, 45))
             assert screen.refresh_data()
             await pilot.pause(0.1)
             after = builds()
@@ -75,7 +75,7 @@ def test_a_poll_redraws_only_the_charts_with_new_points_a_few_at_a_time(
             assert last_step(charts[3]) == 44 and last_step(charts[0]) == 39
             # New points for every key: LIVE_REDRAWS charts now, the ones filled longest
             # ago (not layer3, just redrawn), the others on the next ticks.
-            log(store, row["id"], KEYS, range(45, 50))
+            log(store, row.id, KEYS, range(45, 50))
             before = builds()
             assert screen.refresh_data()
             await pilot.pause(0.1)
@@ -85,7 +85,7 @@ def test_a_poll_redraws_only_the_charts_with_new_points_a_few_at_a_time(
             assert all(last_step(charts[i]) == 49 for i in redrawn)
             assert sum(last_step(c) == 49 for c in charts) == metrics.LIVE_REDRAWS
             # Another poll before the next tick adds no redraw: it coalesces.
-            log(store, row["id"], KEYS, range(50, 52))
+            log(store, row.id, KEYS, range(50, 52))
             before = builds()
             assert screen.refresh_data()
             await pilot.pause(0.1)
@@ -114,14 +114,14 @@ def test_a_poll_redraws_only_the_charts_with_new_points_a_few_at_a_time(
 def test_the_ticks_bring_every_chart_up_to_date(store: Store, store_dir: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     row = store.create_run(kind="custom", name="many", status="running", launcher="sdk")
-    log(store, row["id"], KEYS, range(40))
+    log(store, row.id, KEYS, range(40))
     monkeypatch.setattr(metrics, "LIVE_TICK_S", 0.05)
 
     async def main() -> None:
         app = WorkbenchApp(store_dir)
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, lambda: isinstance(app.screen, RunsScreen), 5, "runs screen")
-            screen = RunScreen(row["id"])
+            screen = RunScreen(row.id)
             app.push_screen(screen)
             await until(pilot, lambda: app.screen is screen and hasattr(screen, "feed"), 5,
                         "the run screen")
@@ -130,7 +130,7 @@ def test_the_ticks_bring_every_chart_up_to_date(store: Store, store_dir: Path,
             tab = screen.query_one(MetricsTab)
             await until(pilot, lambda: len(shown(tab)) == 16
                         and all(c.build_count for c in shown(tab)), 10, "a page of 16 charts")
-            log(store, row["id"], KEYS, range(40, 60))
+            log(store, row.id, KEYS, range(40, 60))
             await until(pilot, lambda: all(last_step(c) == 59 for c in shown(tab)), 10,
                         "every chart drawn with the new points")
             counts: dict[int, Any] = {id(c): c.build_count for c in shown(tab)}
