@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     from workbench.recipes.rl.problem import Problem
-    from workbench.recipes.rl.verifier import Score
 
 
 class UnexpectedMessage(TypeError):
@@ -286,7 +285,7 @@ class Checked:
     """The score of check `job_id`. Checks finish in the order they were sent."""
 
     job_id: int
-    score: Score
+    score: Any  # a verifier.Score (not imported: verifier.py imports this module)
 
 
 @dataclass(frozen=True, slots=True)
