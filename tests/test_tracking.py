@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import inspect
 import json
 import os
@@ -19,6 +18,7 @@ import pytest
 import workbench
 from tests.helpers import wait_for
 from workbench import tracking
+from workbench.records import DistRecord, MatrixRecord
 from workbench.store import Store
 from workbench.tracking import Run, init
 
@@ -60,14 +60,14 @@ def test_init_creates_an_sdk_run(store: Store) -> None:
         assert run.name == "mine" and run.kind == "pretrain"
         assert run.config == {"lr": 0.1, "opt": {"name": "muon"}}
         row = store.get_run(run.id)
-        assert row["status"] == "running" and row["launcher"] == "sdk"
-        assert row["pid"] == os.getpid() and row["started"] is not None
-        assert json.loads(row["config"]) == {"lr": 0.1, "opt": {"name": "muon"}}
+        assert row.status == "running" and row.launcher == "sdk"
+        assert row.pid == os.getpid() and row.started is not None
+        assert row.config == {"lr": 0.1, "opt": {"name": "muon"}}
         assert run.dir == store.run_dir(run.id) and run.dir.is_dir()
     finally:
         run.finish()
     row = store.get_run(run.id)
-    assert row["status"] == "finished" and row["ended"] >= row["started"]
+    assert row.status == "finished" and row.ended >= row.started
 
 
 def test_init_uses_wb_store_and_default_names(store: Store) -> None:
@@ -75,8 +75,8 @@ def test_init_uses_wb_store_and_default_names(store: Store) -> None:
     for run in runs:
         run.finish()
     assert [r.name for r in runs] == ["custom-1", "custom-2"]
-    assert [r["id"] for r in store.runs()] == [r.id for r in runs]
-    assert all(r["kind"] == "custom" for r in store.runs())
+    assert [r.id for r in store.runs()] == [r.id for r in runs]
+    assert all(r.kind == "custom" for r in store.runs())
 
 
 def test_update_config_and_total_steps(store: Store) -> None:
@@ -84,15 +84,15 @@ def test_update_config_and_total_steps(store: Store) -> None:
         run.update_config({"b": 2})
         run.set_total_steps(100)
     row = store.get_run(run.id)
-    assert json.loads(row["config"]) == {"a": 1, "b": 2} and row["total_steps"] == 100
+    assert row.config == {"a": 1, "b": 2} and row.total_steps == 100
 
 
 def test_a_disabled_run_accepts_every_call_and_writes_nothing(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     row = store.create_run(kind="custom", status="running", launcher="local")
-    monkeypatch.setenv("WB_RUN_ID", row["id"])
+    monkeypatch.setenv("WB_RUN_ID", row.id)
     run = init(config={"lr": 1}, disabled=True)  # e.g. a rank other than 0
-    assert run.disabled and run.id == row["id"]
+    assert run.disabled and run.id == row.id
     run.log({"loss": 1.0}, step=1)
     run.log_dist("rollout/length", [1, 2, 3], step=1)
     run.log_matrix("attn/max_logit_heads", np.ones((2, 2)), step=1)
@@ -101,15 +101,15 @@ def test_a_disabled_run_accepts_every_call_and_writes_nothing(
     run.set_total_steps(10)
     assert run.flush()
     run.finish()
-    assert list(store.records(row["id"])) == []
-    after = store.get_run(row["id"])
-    assert after["status"] == "running" and after["total_steps"] is None
-    assert json.loads(after["config"] or "{}") == {}
+    assert list(store.records(row.id)) == []
+    after = store.get_run(row.id)
+    assert after.status == "running" and after.total_steps is None
+    assert after.config == {}
 
     with init() as rank0:
         assert not rank0.disabled
         rank0.log({"loss": 1.0}, step=1)
-    assert len(store.scalars(row["id"], "loss")) == 1
+    assert len(store.scalars(row.id, "loss")) == 1
 
     monkeypatch.delenv("WB_RUN_ID")  # outside a launched run: no row is created either
     runs = len(store.runs())
@@ -133,7 +133,7 @@ def test_log_with_explicit_and_auto_advancing_steps(store: Store) -> None:
     assert [v for *_, v, _ in store.scalars(run.id, key="x")] == [1.0, 2.0, 3.0, 4.0, 5.0]
     assert store.latest(run.id) == {"flag": (12, 1.0), "n": (12, 7.0), "x": (12, 5.0),
                                     "y": (10, 1.0)}
-    assert store.get_run(run.id)["last_step"] == 12
+    assert store.get_run(run.id).last_step == 12
 
 
 def test_log_rejects_non_numbers_and_logs_nothing_of_that_call(store: Store) -> None:
@@ -166,9 +166,9 @@ def test_numpy_and_torch_style_steps_are_stored_as_integers(store: Store) -> Non
     types = {t: store.conn.execute(f"SELECT DISTINCT typeof(step) FROM {t}").fetchall()
              for t in ("scalars", "dists", "matrices", "events")}
     assert all(v == [("integer",)] for v in types.values()), types
-    steps = {(r["type"], r["step"]) for r in store.records(run.id)}
+    steps = {(r.type, r.step) for r in store.records(run.id)}
     assert steps == {("scalar", 3), ("dist", 4), ("matrix", 5), ("event", 6), ("scalar", 6)}
-    assert store.get_run(run.id)["last_step"] == 6
+    assert store.get_run(run.id).last_step == 6
 
 
 def test_bad_names_are_refused_or_kept_without_poisoning_the_writer(store: Store) -> None:
@@ -198,7 +198,7 @@ def test_a_batch_sqlite_refuses_is_dropped_not_retried_forever(
         assert run.flushed_rows == 3
     assert [(s, v) for _, s, _, v, _ in store.scalars(run.id)] == [(0, 1.0), (1, 3.0)]
     assert len(store.events(run.id)) == 1
-    assert store.get_run(run.id)["status"] == "finished"
+    assert store.get_run(run.id).status == "finished"
     err = capfd.readouterr().err
     assert "dropped 1 rows of run" in err and run.id in err
 
@@ -213,20 +213,23 @@ def test_log_dist_and_log_matrix(store: Store) -> None:
         run.log_matrix("attn/max_logit_heads", cube[0])
         run.log_matrix("cube", cube, step=6)
         run.log_matrix("row", [1.5, 2.5])
-    recs = {r["key"]: r for r in store.records(run.id) if r["type"] != "scalar"}
+    recs = {r.key: r for r in store.records(run.id) if isinstance(r, DistRecord | MatrixRecord)}
     d = recs["rollout/length"]
-    assert d["step"] == 4 and d["count"] == 1000
-    assert d["min"] == pytest.approx(values.min()) and d["max"] == pytest.approx(values.max())
-    assert d["mean"] == pytest.approx(values.mean())
-    assert [d["p50"], d["p90"], d["p99"]] == pytest.approx(np.quantile(values, [.5, .9, .99]))
-    assert sum(d["counts"]) == 1000 and len(d["edges"]) == 33
+    assert isinstance(d, DistRecord)
+    assert d.step == 4 and d.count == 1000
+    assert d.min == pytest.approx(values.min()) and d.max == pytest.approx(values.max())
+    assert d.mean == pytest.approx(values.mean())
+    assert [d.p50, d.p90, d.p99] == pytest.approx(np.quantile(values, [.5, .9, .99]))
+    assert sum(d.counts) == 1000 and len(d.edges) == 33
     s = recs["staleness"]
-    assert s["step"] == 5 and s["counts"] == [2, 1, 3]  # unit bins for small integers
+    assert isinstance(s, DistRecord)
+    assert s.step == 5 and s.counts == (2, 1, 3)  # unit bins for small integers
     for key, array, step in (("attn/max_logit_heads", cube[0], 5), ("cube", cube, 6),
                              ("row", np.array([1.5, 2.5]), 6)):
         m = recs[key]
-        assert m["shape"] == list(array.shape) and m["step"] == step
-        got = np.frombuffer(base64.b64decode(m["data"]), dtype=m["dtype"]).reshape(m["shape"])
+        assert isinstance(m, MatrixRecord)
+        assert m.shape == array.shape and m.step == step
+        got = np.frombuffer(m.data, dtype=m.dtype).reshape(m.shape)
         np.testing.assert_allclose(got, array)
 
 
@@ -254,7 +257,7 @@ def test_finish_records_status_once(store: Store) -> None:
     run.finish("stopped", exit_code=143)
     run.finish("finished")  # a second finish changes nothing
     row = store.get_run(run.id)
-    assert (row["status"], row["exit_code"]) == ("stopped", 143)
+    assert (row.status, row.exit_code) == ("stopped", 143)
     assert store.scalars(run.id)[0][3] == 1.0
 
 
@@ -266,7 +269,7 @@ def test_context_manager_sets_the_status(store: Store) -> None:
         raise RuntimeError("boom")
     with pytest.raises(KeyboardInterrupt), init(name="ctrl-c"):
         raise KeyboardInterrupt
-    status = {r["name"]: r["status"] for r in store.runs()}
+    status = {r.name: r.status for r in store.runs()}
     assert status == {"ok": "finished", "bad": "failed", "ctrl-c": "stopped"}
     assert len(store.scalars(bad.id)) == 1  # what was logged before the error is kept
 
@@ -319,7 +322,7 @@ def test_rows_appear_only_after_a_flush(store: Store) -> None:
         assert run.flushed_rows == 201
     finally:
         run.finish()
-    assert store.get_run(run.id)["status"] == "finished"
+    assert store.get_run(run.id).status == "finished"
 
 
 def test_log_waits_only_when_far_behind_the_disk(store: Store, store_dir: Path) -> None:
@@ -381,13 +384,13 @@ def test_external_script_appears_as_a_finished_sdk_run(tmp_path: Path, store: St
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     (row,) = store.runs()
-    assert (row["name"], row["launcher"], row["status"]) == ("ext", "sdk", "finished")
-    assert row["kind"] == "custom" and row["pid"] != os.getpid()
-    assert json.loads(row["config"]) == {"lr": 0.001, "batch": 32, "note": "x"}
-    assert row["last_step"] == 19 and row["ended"] is not None
-    assert _steps(store, row["id"], "train/loss") == list(range(20))
-    assert store.latest(row["id"])["train/loss"] == (19, 1.0 / 20)
-    assert store.event_counts(row["id"]) == {"checkpoint": 1}
+    assert (row.name, row.launcher, row.status) == ("ext", "sdk", "finished")
+    assert row.kind == "custom" and row.pid != os.getpid()
+    assert row.config == {"lr": 0.001, "batch": 32, "note": "x"}
+    assert row.last_step == 19 and row.ended is not None
+    assert _steps(store, row.id, "train/loss") == list(range(20))
+    assert store.latest(row.id)["train/loss"] == (19, 1.0 / 20)
+    assert store.event_counts(row.id) == {"checkpoint": 1}
 
 
 def test_external_script_that_raises_is_failed(tmp_path: Path, store: Store) -> None:
@@ -396,8 +399,8 @@ def test_external_script_that_raises_is_failed(tmp_path: Path, store: Store) -> 
                           text=True, timeout=60)
     assert proc.returncode == 1 and "RuntimeError: user bug" in proc.stderr
     (row,) = store.runs()
-    assert row["status"] == "failed"
-    assert len(store.scalars(row["id"])) == 40  # everything logged before the error
+    assert row.status == "failed"
+    assert len(store.scalars(row.id)) == 40  # everything logged before the error
 
 
 def test_external_script_killed_is_lost(tmp_path: Path, store: Store) -> None:
@@ -407,7 +410,7 @@ def test_external_script_killed_is_lost(tmp_path: Path, store: Store) -> None:
     try:
         assert proc.stdout.readline().strip() == "ready"
         (row,) = store.runs()
-        assert row["status"] == "running" and row["pid"] == proc.pid
+        assert row.status == "running" and row.pid == proc.pid
         os.kill(proc.pid, signal.SIGKILL)
         assert proc.wait(timeout=30) == -signal.SIGKILL
     finally:
@@ -417,10 +420,10 @@ def test_external_script_killed_is_lost(tmp_path: Path, store: Store) -> None:
         proc.stdout.close()
         proc.stderr.close()
     (row,) = store.runs()
-    assert row["status"] == "lost"
-    assert store.get_run(row["id"])["status"] == "lost"
-    assert [r["id"] for r in store.runs(status="lost")] == [row["id"]]
-    assert len(store.scalars(row["id"])) == 40  # flushed before "ready"
+    assert row.status == "lost"
+    assert store.get_run(row.id).status == "lost"
+    assert [r.id for r in store.runs(status="lost")] == [row.id]
+    assert len(store.scalars(row.id)) == 40  # flushed before "ready"
 
 
 # ---------------------------------------------------------------- many processes, one run
@@ -445,7 +448,7 @@ def test_many_processes_log_to_one_run(tmp_path: Path, store: Store) -> None:
     row = store.create_run(kind="custom", name="shared", status="running", launcher="local",
                            pid=os.getpid())
     script = _script(tmp_path, "worker.py", _ATTACHED)
-    env = {**os.environ, "WB_RUN_ID": row["id"], "WB_STORE": str(store.root)}
+    env = {**os.environ, "WB_RUN_ID": row.id, "WB_STORE": str(store.root)}
     procs = [subprocess.Popen([sys.executable, str(script), str(w)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=env) for w in range(3)]
     outs = []
@@ -454,20 +457,20 @@ def test_many_processes_log_to_one_run(tmp_path: Path, store: Store) -> None:
         assert proc.returncode == 0, err
         assert err == ""
         outs.append(out.split())
-    assert all(o == [row["id"], "1005"] for o in outs)  # 500 steps x 2 + 5 events each
+    assert all(o == [row.id, "1005"] for o in outs)  # 500 steps x 2 + 5 events each
 
-    scalars = store.scalars(row["id"])
+    scalars = store.scalars(row.id)
     assert len(scalars) == 3 * 500 * 2
     steps = sorted({s for _, s, *_ in scalars})
     assert steps == [w * 1000 + i for w in range(3) for i in range(500)]
     for _, step, key, value, _ in scalars:
         if key == "worker":
             assert value == step // 1000
-    assert len(store.events(row["id"])) == 15
-    ids = [r["id"] for r in store.records(row["id"])]
+    assert len(store.events(row.id)) == 15
+    ids = [r.id for r in store.records(row.id)]
     assert len(ids) == len(set(ids)) == 3015 and ids == sorted(ids)
-    after = store.get_run(row["id"])
-    assert after["status"] == "running" and after["ended"] is None  # not theirs to change
+    after = store.get_run(row.id)
+    assert after.status == "running" and after.ended is None  # not theirs to change
     assert after["launcher"] == "local" and after["last_step"] == 2499
     assert json.loads(after["config"]) == {"shared": 1}
     assert store.runs() == [after]  # attaching made no new run

@@ -38,6 +38,7 @@ from workbench.store import StoreError
 if TYPE_CHECKING:
     from workbench.models.config import GPTConfig
     from workbench.models.gpt import GPT
+    from workbench.run_record import RunRecord
     from workbench.store import Store
 
 DTYPES = ("float32", "bfloat16")
@@ -80,34 +81,33 @@ class Exported:
 # ----------------------------------------------------------------------------- finding
 
 
-def pick_checkpoint(st: Store, row: dict[str, Any], step: int | None) -> Path:
+def pick_checkpoint(st: Store, row: RunRecord, step: int | None) -> Path:
     """The run's checkpoint folder of `step` (None: the latest)."""
-    if row["kind"] not in EXPORTABLE_KINDS:
-        raise ExportError(f"run {row['id']} is a {row['kind']} run, which has no model "
+    if row.kind not in EXPORTABLE_KINDS:
+        raise ExportError(f"run {row.id} is a {row.kind} run, which has no model "
                           "checkpoints — export a pretrain or rl run")
-    found = checkpoints_in(st.run_dir(row["id"]) / "checkpoints")
-    if not found and row.get("launcher") == "ssh":
-        raise ExportError(f"run {row['id']} ran on host {row['host']}, which holds its "
-                          f"checkpoints — run `wb export-model {row['id']} OUT_DIR` there")
+    found = checkpoints_in(st.run_dir(row.id) / "checkpoints")
+    if not found and row.is_remote:
+        raise ExportError(f"run {row.id} ran on host {row.host}, which holds its "
+                          f"checkpoints — run `wb export-model {row.id} OUT_DIR` there")
     if not found:
-        raise ExportError(f"run {row['id']} ({row['name']}) has no checkpoint yet — wait for "
+        raise ExportError(f"run {row.id} ({row.name}) has no checkpoint yet — wait for "
                           "its first checkpoint (or `wb stop` it: a stop checkpoints)")
     if step is None:
         return found[-1]
     by_step = {checkpoint_step(p): p for p in found}
     if step not in by_step:
         have = ", ".join(str(s) for s in sorted(by_step))
-        raise ExportError(f"run {row['id']} has no checkpoint of step {step} — it has steps "
+        raise ExportError(f"run {row.id} has no checkpoint of step {step} — it has steps "
                           f"{have}; pass one of them to --step, or leave --step out for the "
                           "latest")
     return by_step[step]
 
 
-def stored_spec(row: dict[str, Any]) -> dict[str, Any]:
+def stored_spec(row: RunRecord) -> dict[str, Any]:
     """The run's spec as a plain dict ({} when it has none or it does not parse)."""
-    text = row.get("spec") or ""
     try:
-        return tomllib.loads(text) if isinstance(text, str) else dict(text)
+        return tomllib.loads(row.spec or "")
     except (tomllib.TOMLDecodeError, TypeError, ValueError):
         return {}
 
@@ -119,7 +119,7 @@ def init_of(spec: dict[str, Any]) -> str | None:
     return init if isinstance(init, str) else None
 
 
-def tokenizer_folder(st: Store, row: dict[str, Any], _hops: int = 0) -> Path | None:
+def tokenizer_folder(st: Store, row: RunRecord, _hops: int = 0) -> Path | None:
     """The `hf:` folder whose tokenizer the run's model uses; None for byte-level.
 
     An RL run started from a pretrain run (`policy.init = "run:<ref>"`) uses that run's
@@ -136,11 +136,11 @@ def tokenizer_folder(st: Store, row: dict[str, Any], _hops: int = 0) -> Path | N
         return None
     if not folder.is_dir():
         raise ExportError(f"the tokenizer folder {folder} (init = {init!r} of run "
-                          f"{row['id']}) is gone — restore it, then export again")
+                          f"{row.id}) is gone — restore it, then export again")
     return folder.resolve()
 
 
-def model_config(ckpt: Path, row: dict[str, Any]) -> GPTConfig:
+def model_config(ckpt: Path, row: RunRecord) -> GPTConfig:
     """The GPTConfig of the checkpoint's model (see the module docstring for the order)."""
     from workbench.models.config import GPTConfig
 
@@ -148,7 +148,7 @@ def model_config(ckpt: Path, row: dict[str, Any]) -> GPTConfig:
     if record is None:
         record = _state_record(ckpt) or _spec_record(row)
     if record.get("arch", "gpt") != "gpt":
-        raise ExportError(f"run {row['id']} trains a {record['arch']} model; only gpt-arch "
+        raise ExportError(f"run {row.id} trains a {record['arch']} model; only gpt-arch "
                           "models export to Hugging Face (Llama / Qwen2 / Qwen3 families)")
     names = {f.name for f in dataclasses.fields(GPTConfig)}
     return GPTConfig(**{k: v for k, v in record["config"].items() if k in names})
@@ -168,15 +168,15 @@ def _state_record(ckpt: Path) -> dict[str, Any] | None:
     return {"arch": "gpt", "config": dict(config)} if config else None
 
 
-def _spec_record(row: dict[str, Any]) -> dict[str, Any]:
+def _spec_record(row: RunRecord) -> dict[str, Any]:
     """From the run's spec: pretrain checkpoints written before model.json existed."""
     from workbench.spec import SpecError, parse_spec
 
     try:
-        spec = parse_spec(row.get("spec") or "")
+        spec = parse_spec(row.spec or "")
         config = spec.model.build_config()  # type: ignore[attr-defined]
     except (SpecError, AttributeError, ValueError) as exc:
-        raise ExportError(f"run {row['id']}: its checkpoint has no model.json and its spec "
+        raise ExportError(f"run {row.id}: its checkpoint has no model.json and its spec "
                           f"does not rebuild the model ({exc})") from None
     from workbench.models.config import GPTConfig
 
@@ -234,7 +234,7 @@ def source_context(tokenizer: Path | None) -> int | None:
     return int(value) if isinstance(value, int) else None
 
 
-def export_model(st: Store, row: dict[str, Any], out: str | Path, *, step: int | None = None,
+def export_model(st: Store, row: RunRecord, out: str | Path, *, step: int | None = None,
                  dtype: str = "float32", force: bool = False) -> Exported:
     """Write the run's checkpoint (latest, or of `step`) to `out` as a Hugging Face
     folder. Everything is checked (torch-free, except an RL checkpoint's config) before
@@ -257,7 +257,7 @@ def export_model(st: Store, row: dict[str, Any], out: str | Path, *, step: int |
     written = save_hf(model, out, tokenizer_from=tokenizer, special=special,
                       dtype=getattr(torch, dtype))
     family = json.loads((written / "config.json").read_text())["model_type"]
-    return Exported(out=written, run_id=row["id"],
+    return Exported(out=written, run_id=row.id,
                     step=checkpoint_step(ckpt), family=family, dtype=dtype,
                     files=sorted(p.name for p in written.iterdir()), tokenizer_from=tokenizer)
 

@@ -16,14 +16,15 @@ seen yet. No Textual here (the core never imports it).
 
 from __future__ import annotations
 
-import base64
-import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from workbench.records import DistRecord, EventRecord, MatrixRecord, Record
+from workbench.run_record import RunRecord
 from workbench.store import Store
 
 PREVIEW_POINTS = 20_000  # the newest points a big run paints first (`RunFeed.preview`)
@@ -85,11 +86,11 @@ class RunFeed:
     def __init__(self, store: Store, run_id: str) -> None:
         self.store = store
         self.run_id = run_id
-        self.row: dict[str, Any] = store.get_run(run_id)
-        self.events: list[dict[str, Any]] = []
+        self.row: RunRecord = store.get_run(run_id)
+        self.events: list[EventRecord] = []
         self._series: dict[str, Series] = {}
         self._matrices: dict[str, tuple[int, np.ndarray]] = {}
-        self._dists: dict[str, list[dict[str, Any]]] = {}
+        self._dists: dict[str, list[DistRecord]] = {}
         self._scalar_cursor = 0
         self._record_cursor = 0
         self.polls = 0
@@ -116,10 +117,10 @@ class RunFeed:
         `write_cache=False`: a due write of the run's scalar cache waits for that
         store's `write_scalar_cache()` (a view paints first)."""
         store = store or self.store
-        before = (self.row.get("status"), self.row.get("last_step"), self.row.get("heartbeat"))
+        before = (self.row.status, self.row.last_step, self.row.heartbeat)
         self.row = store.get_run(self.run_id)
-        changed = before != (self.row.get("status"), self.row.get("last_step"),
-                             self.row.get("heartbeat")) or self.polls == 0
+        changed = before != (self.row.status, self.row.last_step,
+                             self.row.heartbeat) or self.polls == 0
         self.polls += 1
         if self._scalar_cursor == 0:  # the whole history: from the run's cache if valid
             self._scalar_cursor, columns = store.scalar_history(self.run_id,
@@ -139,21 +140,19 @@ class RunFeed:
                                       tables=("dists", "matrices", "events")))
             for rec in page:
                 self._take(rec)
-                self._record_cursor = rec["id"]
+                self._record_cursor = rec.id
             changed |= bool(page)
             if len(page) < RECORD_PAGE:
                 break
         return changed
 
-    def _take(self, rec: dict[str, Any]) -> None:
-        kind = rec["type"]
-        if kind == "event":
+    def _take(self, rec: Record) -> None:
+        if isinstance(rec, EventRecord):
             self.events.append(rec)
-        elif kind == "matrix":
-            data = np.frombuffer(base64.b64decode(rec["data"]), dtype=rec["dtype"])
-            self._matrices[rec["key"]] = (rec["step"], data.reshape(rec["shape"]))
-        elif kind == "dist":
-            self._dists.setdefault(rec["key"], []).append(rec)
+        elif isinstance(rec, MatrixRecord):
+            self._matrices[rec.key] = (rec.step, rec.array())
+        elif isinstance(rec, DistRecord):
+            self._dists.setdefault(rec.key, []).append(rec)
 
     # -- views ------------------------------------------------------------------------
 
@@ -171,25 +170,24 @@ class RunFeed:
     def matrix_keys(self) -> list[str]:
         return sorted(self._matrices)
 
-    def dist(self, key: str) -> dict[str, Any] | None:
+    def dist(self, key: str) -> DistRecord | None:
         """The latest distribution record of `key` (count, min, max, mean, p50, p90,
         p99, edges, counts)."""
         history = self._dists.get(key)
         return history[-1] if history else None
 
-    def dist_history(self, key: str) -> list[dict[str, Any]]:
+    def dist_history(self, key: str) -> list[DistRecord]:
         return self._dists.get(key, [])
 
     def dist_keys(self) -> list[str]:
         return sorted(self._dists)
 
-    def events_of(self, *kinds: str) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["kind"] in kinds]
+    def events_of(self, *kinds: str) -> list[EventRecord]:
+        return [e for e in self.events if e.kind in kinds]
 
     @property
-    def config(self) -> dict[str, Any]:
-        raw = self.row.get("config")
-        return json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    def config(self) -> Mapping[str, Any]:
+        return self.row.config
 
     @property
     def tau(self) -> float | None:
@@ -208,7 +206,7 @@ class RunFeed:
 
     @property
     def spec_text(self) -> str:
-        return self.row.get("spec") or ""
+        return self.row.spec or ""
 
     @property
     def log_path(self) -> Path:

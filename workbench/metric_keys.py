@@ -8,7 +8,6 @@ share it.
 from __future__ import annotations
 
 import fnmatch
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -84,12 +83,7 @@ def run_summary(st: Store, run_id: str) -> dict[str, Any]:
                      "min": s["min"], "max": s["max"], "count": s["count"]}
                for key, s in stats.items()}
     out: dict[str, Any] = {"metrics": {k: metrics[k] for k in ordered(metrics)}}
-    config = st.get_run(run_id).get("config")
-    try:
-        parsed = json.loads(config) if isinstance(config, str) else (config or {})
-    except ValueError:
-        parsed = {}
-    wandb = parsed.get("wandb") if isinstance(parsed, dict) else None
+    wandb = st.get_run(run_id).config.get("wandb")
     if isinstance(wandb, dict) and isinstance(wandb.get("summary"), dict):
         out["wandb_summary"] = wandb["summary"]
     return out

@@ -25,6 +25,7 @@ import numpy as np
 
 from workbench.feed import RunFeed
 from workbench.metric_keys import ordered, run_summary
+from workbench.records import DistRecord
 from workbench.series import downsample_minmax
 from workbench.store import Store
 
@@ -164,10 +165,11 @@ def line_chart(key: str, series: list[tuple[str, np.ndarray, np.ndarray]],
     return _svg(body, key)
 
 
-def band_chart(key: str, history: list[dict[str, Any]]) -> str:
+def band_chart(key: str, history: Sequence[DistRecord]) -> str:
     """A distribution over steps: p50 line inside p50-p90 and p90-p99 bands."""
-    steps = np.array([h["step"] for h in history], dtype=float)
-    q = {k: np.array([h[k] for h in history], dtype=float) for k in ("p50", "p90", "p99")}
+    steps = np.array([h.step for h in history], dtype=float)
+    q = {k: np.array([getattr(h, k) for h in history], dtype=float)
+         for k in ("p50", "p90", "p99")}
     f = _frame([steps] * 3, list(q.values()))
     if f is None:
         return line_chart(key, [])
@@ -232,18 +234,18 @@ def build_report(st: Store, run_ids: list[str], title: str) -> str:
     many = len(feeds) > 1
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{len(feeds)} run{"s" * many}: '
-             + ", ".join(html.escape(f"{f.row['name']} ({f.row['id']}, {f.row['kind']}, "
-                                     f"{f.row['status']})") for f in feeds)
+             + ", ".join(html.escape(f"{f.row.name} ({f.row.id}, {f.row.kind}, "
+                                     f"{f.row.status})") for f in feeds)
              + f" · written {time.strftime('%Y-%m-%d %H:%M')}</p>"]
 
     keys = ordered(set().union(*(f.keys() for f in feeds)))
     parts.append(f"<h2>Metrics ({len(keys)})</h2><div class='grid'>")
     for key in keys:
-        series = [(f.row["name"], f.series(key).step, f.series(key).value) for f in feeds
+        series = [(f.row.name, f.series(key).step, f.series(key).value) for f in feeds
                   if len(f.series(key))]
         tau = feeds[0].tau if key == "attn/max_logit" else None
-        marks = [e["step"] for f in feeds for e in f.events_of(*MARKED)
-                 if e.get("step") is not None] if key in LOSS_KEYS else []
+        marks = [e.step for f in feeds for e in f.events_of(*MARKED)
+                 if e.step is not None] if key in LOSS_KEYS else []
         parts.append(line_chart(key, series, hline=tau, marks=marks))
     parts.append("</div>")
 
@@ -253,7 +255,7 @@ def build_report(st: Store, run_ids: list[str], title: str) -> str:
         for f in feeds:
             for key in dists:
                 if history := f.dist_history(key):
-                    parts.append(band_chart(f"{key} · {f.row['name']}" if many else key,
+                    parts.append(band_chart(f"{key} · {f.row.name}" if many else key,
                                             history))
         parts.append("</div>")
 
@@ -261,7 +263,7 @@ def build_report(st: Store, run_ids: list[str], title: str) -> str:
     if heat:
         parts.append("<h2>Max logit per head</h2><div class='grid'>")
         for f, (step, m) in heat:  # type: ignore[misc]
-            parts.append(heatmap(f"{HEADS_KEY} · {f.row['name']}" if many else HEADS_KEY,
+            parts.append(heatmap(f"{HEADS_KEY} · {f.row.name}" if many else HEADS_KEY,
                                  step, m, f.tau))
         parts.append("</div>")
 
@@ -273,12 +275,12 @@ def build_report(st: Store, run_ids: list[str], title: str) -> str:
             for k in sorted(depth, key=lambda k: int(k.rsplit("r", 1)[-1])
                             if k.rsplit("r", 1)[-1].isdigit() else 0):
                 if last := f.series(k).last():
-                    rows.append((f.row["name"], k.rsplit("/", 1)[-1], _fmt(last[1])))
+                    rows.append((f.row.name, k.rsplit("/", 1)[-1], _fmt(last[1])))
         parts.append(_table(("run", "recurrences", "accuracy"), rows))
 
     for f in feeds:
-        summary = run_summary(st, f.row["id"])
-        name = html.escape(f.row["name"])
+        summary = run_summary(st, f.row.id)
+        name = html.escape(f.row.name)
         parts.append(f"<h2>Summary · {name}</h2>")
         parts.append(_table(("key", "last", "step", "min", "max", "points"), [
             (k, _fmt(m["last"]) if m["last"] is not None else "-", m["step"],
@@ -291,11 +293,9 @@ def build_report(st: Store, run_ids: list[str], title: str) -> str:
         events = f.events
         parts.append(f"<h2>Events · {name} ({len(events)})</h2>")
         parts.append(_table(("step", "kind", "severity", "details"), [
-            (e.get("step"), e.get("kind"), e.get("severity"),
-             json.dumps({k: v for k, v in e.items() if k not in
-                         ("id", "step", "kind", "severity", "wall", "type")}, default=str)[:160])
+            (e.step, e.kind, e.severity, json.dumps({"payload": e.payload}, default=str)[:160])
             for e in events[-500:]]))
-        config = f.spec_text or json.dumps(f.config, indent=2, sort_keys=True)
+        config = f.spec_text or json.dumps(dict(f.config), indent=2, sort_keys=True)
         parts.append(f"<h2>Config · {name}</h2><pre>{html.escape(config)}</pre>")
 
     return ("<!doctype html><html><head><meta charset='utf-8'><title>"

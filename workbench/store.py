@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from workbench.procs import pid_alive
+from workbench.records import DistRecord, EventRecord, MatrixRecord, Record, ScalarRecord
 from workbench.run_record import ACTIVE_STATUSES, RunRecord
 
 if TYPE_CHECKING:  # imported on first use: about 0.1 s that read paths (`wb ls`) skip
@@ -458,6 +459,14 @@ class Store:
         row = self.conn.execute("SELECT status FROM runs WHERE id = ?", (run_id,)).fetchone()
         return row[0] if row else None
 
+    def last_step(self, run_id: str) -> int | None:
+        """The run's `last_step` as its writers keep it (None before the first step): one
+        column, for a sampler that polls it every few seconds without building a record."""
+        row = self.conn.execute("SELECT last_step FROM runs WHERE id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"no run {run_id!r} in {self.root}")
+        return row[0]
+
     def runs(self, status: str | None = None, group: str | None = None,
              kind: str | None = None) -> list[RunRecord]:
         """Runs oldest first; `status` filters on the read-time status (so `lost` works),
@@ -579,6 +588,37 @@ class Store:
             conn.execute("ROLLBACK")
             self._key_ids.clear()  # ids of rolled-back new keys are void
             raise
+
+    def time_raw_scalar_inserts(self, run_id: str, rows: Sequence[tuple[int, str, float]],
+                                *, batch: int = 10_000) -> float:
+        """Seconds to insert (step, key, value) rows through plain `executemany`, `batch`
+        rows a transaction: the raw-SQLite baseline of `wb bench store`, into this schema.
+
+        Only the inserts are timed: ids, keys and rows are prepared first, and the store's
+        sequence is moved past the new ids afterwards, so the store stays consistent.
+        `write_batch` is the way to write records; this exists to measure it against.
+        """
+        run = self.run_num(run_id)
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            seq = self.last_id()
+            keys = self._intern(k for _, k, _ in rows)
+            self.conn.execute("UPDATE meta SET value = ? WHERE key = 'seq'",
+                              (str(seq + len(rows)),))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            self._key_ids.clear()
+            raise
+        wall = time.time()
+        numbered = [(i, run, step, keys[key], value, wall, FINITE)
+                    for i, (step, key, value) in enumerate(rows, seq + 1)]
+        t0 = time.perf_counter()
+        for lo in range(0, len(numbered), batch):
+            self.conn.execute("BEGIN")
+            self.conn.executemany(_INSERT["scalars"], numbered[lo:lo + batch])
+            self.conn.execute("COMMIT")
+        return time.perf_counter() - t0
 
     def mirror(self, run_id: str) -> dict[str, Any]:
         """A remote run's mirror state: cursor (0 before the first row), pid, state, error."""
@@ -759,6 +799,19 @@ class Store:
         except OSError:  # a read-only or deleted run folder: no cache, no harm
             tmp.unlink(missing_ok=True)
 
+    def scalar_count(self, run_id: str, keys: Sequence[str] = ()) -> int:
+        """How many scalar rows the run has, only those whose key matches one of the GLOB
+        `keys` when given (a benchmark's check that nothing was lost)."""
+        sql = "SELECT count(*) FROM scalars r"
+        args: list[Any] = [self.run_num(run_id)]
+        if keys:
+            sql += " JOIN keys k ON k.id = r.key WHERE r.run = ? AND (" + " OR ".join(
+                "k.name GLOB ?" for _ in keys) + ")"
+            args += list(keys)
+        else:
+            sql += " WHERE r.run = ?"
+        return int(self.conn.execute(sql, args).fetchone()[0])
+
     def scalar_span(self, run_id: str) -> int:
         """About how many scalar rows a run has (its id range: two index seeks), to
         decide cheaply whether a view should load it progressively."""
@@ -886,8 +939,9 @@ class Store:
 
     def records(self, run_id: str, since: int = 0, keys: Sequence[str] = (),
                 limit: int = 10_000, tables: Sequence[str] = RECORD_TABLES,
-                ) -> Iterator[dict[str, Any]]:
-        """All record kinds past `since`, in id (commit) order, as plain dicts.
+                ) -> Iterator[Record]:
+        """All record kinds past `since`, in id (commit) order, as typed records
+        (workbench/records.py: matrices as raw bytes; the exporter encodes them).
 
         `keys` are GLOB patterns on metric keys (events match on their kind);
         `tables` picks record kinds (e.g. all but scalars, read by scalar_columns).
@@ -911,8 +965,8 @@ class Store:
             if keys:
                 where += " AND (" + " OR ".join(f"{col} GLOB ?" for _ in keys) + ")"
                 args += list(keys)
-            cur = _query(self.conn, _SELECT[table] + where + f" ORDER BY r.id LIMIT {int(limit)}",
-                         args)
+            cur = _lazy(self.conn, _SELECT[table] + where + f" ORDER BY r.id LIMIT {int(limit)}",
+                        args)
             streams.append(_tagged(table, cur))
         for count, (_, table, row) in enumerate(heapq.merge(*streams, key=lambda x: x[0])):
             if count >= limit:
@@ -951,9 +1005,14 @@ def _query(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[
     yield from _dicts(conn.execute(sql, args))
 
 
-def _tagged(table: str, rows: Iterable[dict[str, Any]]) -> Iterator[tuple[int, str, dict]]:
+def _lazy(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[tuple]:
+    """Runs when first iterated, so a merge of several reads starts them together."""
+    yield from conn.execute(sql, args)
+
+
+def _tagged(table: str, rows: Iterable[tuple]) -> Iterator[tuple[int, str, tuple]]:
     for row in rows:
-        yield row["id"], table, row
+        yield row[0], table, row
 
 
 def _event_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -962,22 +1021,20 @@ def _event_row(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _record(table: str, row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
+def _record(table: str, row: tuple) -> Record:
+    """A record table's row (`_SELECT[table]`'s columns) decoded once, typed."""
     if table == "scalars":
-        row["value"] = value_of(row["value"], row["flag"])
-        return {"type": "scalar", **row}
+        i, step, key, value, wall, flag = row
+        return ScalarRecord(i, step, key, value_of(value, flag), wall, flag)
     if table == "dists":
-        row["edges"] = json.loads(row["edges"])
-        row["counts"] = json.loads(row["counts"])
-        return {"type": "dist", **row}
+        *head, edges, counts, nonfinite, wall = row
+        return DistRecord(*head, tuple(json.loads(edges)), tuple(json.loads(counts)),
+                          nonfinite, wall)
     if table == "matrices":
-        import base64
-
-        row["shape"] = json.loads(row["shape"])
-        row["data"] = base64.b64encode(row["data"]).decode()
-        return {"type": "matrix", **row}
-    return {"type": "event", **_event_row(row)}
+        i, step, key, shape, dtype, data, wall = row
+        return MatrixRecord(i, step, key, tuple(json.loads(shape)), dtype, bytes(data), wall)
+    i, step, kind, severity, payload, wall = row
+    return EventRecord(i, step, kind, severity, json.loads(payload or "{}"), wall)
 
 
 def _with_liveness(row: dict[str, Any] | RunRecord) -> RunRecord:
@@ -1000,19 +1057,19 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def strict_json(obj: Any) -> Any:
-    """NaN/inf -> None at any depth (event payloads hold them too): output stays strict JSON."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [strict_json(v) for v in obj]
-    return obj
+def __getattr__(name: str) -> Any:
+    """Transition: `strict_json` moved to the exporter (workbench/export.py), where the
+    JSON encoding lives; `from workbench.store import strict_json` still finds it until
+    its last importer moves."""
+    if name == "strict_json":
+        from workbench.export import strict_json
+
+        return strict_json
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "Batch", "Store", "StoreError", "resolve_root", "validate_name", "flag_of", "value_of",
-    "strict_json", "RUN_STATUSES", "SCHEMA_VERSION", "RunRecord",
-    "ACTIVE_STATUSES",
+    "RUN_STATUSES", "SCHEMA_VERSION", "RunRecord", "ACTIVE_STATUSES", "Record",
+    "ScalarRecord", "DistRecord", "MatrixRecord", "EventRecord",
 ]

@@ -316,10 +316,8 @@ class StoreStep:
                 from workbench.store import Store
 
                 self._store = Store(self.root, create=False)
-            found = self._store.conn.execute("SELECT last_step FROM runs WHERE id = ?",
-                                             (self.run.id,)).fetchone()
-            stored = found[0] if found else None
-        except Exception:  # a locked or missing store: the run's own step will do
+            stored = self._store.last_step(self.run.id)
+        except Exception:  # a locked or missing store or run: the run's own step will do
             return step
         return max(step, int(stored)) if stored is not None else step
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from workbench.run_record import RunRecord
 from workbench.signals.tails import summarize
 from workbench.store import HEARTBEAT_S, NAN, POS_INF, Batch, Store, StoreError, flag_of
 
@@ -38,7 +39,7 @@ _exit_status = "finished"  # what atexit records for owned runs still open
 class Run:
     """One run as seen by one process. Thread-safe; cheap to call from a hot loop."""
 
-    def __init__(self, store: Store, row: dict[str, Any], *, owner: bool,
+    def __init__(self, store: Store, row: RunRecord, *, owner: bool,
                  heartbeat: bool | None = None, own_store: bool = False,
                  flush_interval: float = 0.25, max_buffer: int = 100_000,
                  max_pending: int = 1_000_000, disabled: bool = False):
@@ -48,15 +49,15 @@ class Run:
         and nothing is written (the ranks other than 0 of a data-parallel run, so that
         training code logs unconditionally and the run still has one writer)."""
         self.disabled = disabled
-        self.id: str = row["id"]
-        self.name: str = row["name"]
-        self.kind: str = row["kind"]
+        self.id: str = row.id
+        self.name: str = row.name
+        self.kind: str = row.kind
         self.root: Path = store.root
         self.dir: Path = store.run_dir(self.id)
         self.owner = owner
         self._beats = owner if heartbeat is None else heartbeat
         self._own_store = own_store
-        self._config: dict[str, Any] = json.loads(row.get("config") or "{}")
+        self._config: dict[str, Any] = dict(row.config)
         self._store = store
         self._interval = flush_interval
         self._max_buffer = max_buffer  # buffered scalars that wake the writer early
@@ -432,8 +433,9 @@ def init(name: str | None = None, config: Mapping[str, Any] | None = None,
             if config:  # the launched spec's values win over the script's defaults
                 run.update_config(config, keep_existing=True)
         elif disabled:  # nothing to attach to, and nothing to create
-            row = {"id": "disabled", "name": name or "disabled", "kind": kind,
-                   "config": json.dumps(dict(config or {}))}
+            row = RunRecord(id="disabled", num=0, name=name or "disabled", kind=kind,
+                            status="running", host="", launcher="sdk", created=time.time(),
+                            dir="", config=dict(config or {}))
             run = Run(st, row, owner=False, own_store=True, disabled=True)
         else:
             row = st.create_run(kind=kind, name=name, status="running", launcher="sdk",

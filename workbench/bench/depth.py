@@ -55,7 +55,7 @@ def bench_depth(quick: bool = False, progress: Console | None = None,
         t0 = time.monotonic()
         row = run_to_end(store, SPEC, extra, progress, "depth", timeout=1800)
         seconds = time.monotonic() - t0
-        events = store.events(row["id"], kind="depth_eval")
+        events = store.events(row.id, kind="depth_eval")
         store.close()
     if not events:
         raise RuntimeError("the depth run finished without a depth_eval event")

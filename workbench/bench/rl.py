@@ -85,11 +85,11 @@ def time_to_target(points: list[tuple[int, float, float]], start: float, target:
 def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
          timeout: float, target: float, window: int) -> dict[str, Any]:
     row = run_to_end(store, SPEC, overrides, progress, label, timeout)
-    stages = {e["payload"].get("stage"): e["wall"] for e in store.events(row["id"], kind="stage")}
+    stages = {e["payload"].get("stage"): e["wall"] for e in store.events(row.id, kind="stage")}
     seconds = stages["done"] - stages["training"]
 
     def points(key: str) -> list[tuple[int, float, float]]:
-        return sorted((step, v, wall) for _, step, _, v, wall in store.scalars(row["id"], key))
+        return sorted((step, v, wall) for _, step, _, v, wall in store.scalars(row.id, key))
 
     def series(key: str) -> list[float]:
         return [v for _, v, _ in points(key)]
@@ -110,7 +110,7 @@ def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
             "steps_to_target": None if reached is None else reached[1],
             "last_n": last, "accuracy_curve": [round(v, 4) for v in acc],
             "len_p50": statistics.fmean(series("rollout/len_p50")),
-            "len_max": max(series("rollout/len_max")), "run": row["id"]}
+            "len_max": max(series("rollout/len_max")), "run": row.id}
 
 
 def bench_rl(quick: bool = False, progress: Console | None = None,

@@ -379,7 +379,7 @@ def record(folder: Path = DATA, names: Iterable[str] | None = None,
             if source.name in wanted:
                 row = run_to_end(store, source.spec, list(source.overrides), progress,
                                  source.name, timeout=4 * 3600)
-                written.append(write_curve(store, row["id"], source, folder))
+                written.append(write_curve(store, row.id, source, folder))
     return written
 
 

@@ -4,7 +4,8 @@
   processes into one run, timed from the first call until everything is
   committed (`flush`), on the run's real store.
 - raw: the same rows through plain `sqlite3.executemany`, 10k rows per
-  transaction, into the same schema (WAL, same indexes), in this process.
+  transaction, into the same schema (WAL, same indexes), in this process
+  (`Store.time_raw_scalar_inserts`: the store owns its SQL, the baseline too).
 - ratio = sdk / raw, with sdk the slower of the 1- and 4-process figures.
 - wandb: the same calls through the W&B drop-in (`workbench.compat.wandb.log`,
   which keeps W&B's step rules and summary), per-call p50 against `Run.log`'s.
@@ -56,7 +57,7 @@ def _writer(root: str, run_id: str, calls: int, offset: int, start_at: float) ->
 def _sdk(root: Path, points: int, procs: int) -> dict[str, Any]:
     st = Store(root)
     run_id = st.create_run(kind="bench", name=f"bench-{procs}p", status="running",
-                           launcher="sdk")["id"]
+                           launcher="sdk").id
     calls = points // METRICS // procs
     start_at = time.monotonic() + 1.5  # let every process import and open first
     children = [
@@ -71,12 +72,11 @@ def _sdk(root: Path, points: int, procs: int) -> dict[str, Any]:
         if child.returncode != 0:
             raise RuntimeError(f"bench writer exited with {child.returncode}")
         results.append(json.loads(out))
-    rows = st.conn.execute("SELECT count(*) FROM scalars WHERE run = ?",
-                           (st.run_num(run_id),)).fetchone()
+    rows = st.scalar_count(run_id)
     st.close()
     total = calls * procs * METRICS
-    if rows[0] != total:
-        raise RuntimeError(f"bench lost rows: {rows[0]} of {total}")
+    if rows != total:
+        raise RuntimeError(f"bench lost rows: {rows} of {total}")
     elapsed = max(r["t1"] for r in results) - min(r["t0"] for r in results)
     return {"points_per_s": total / elapsed, "p50_us": results[0]["p50_ns"] / 1e3,
             "p99_us": results[0]["p99_ns"] / 1e3, "points": total}
@@ -84,18 +84,9 @@ def _sdk(root: Path, points: int, procs: int) -> dict[str, Any]:
 
 def _raw(root: Path, points: int, batch: int = 10_000) -> float:
     st = Store(root)
-    run = st.create_run(kind="bench", name="bench-raw", status="running", launcher="sdk")["num"]
-    wall = time.time()
-    rows = [(i + 1, run, i // METRICS, 1 + i % METRICS, i * 1e-3, wall, 0)
-            for i in range(points)]
-    sql = "INSERT INTO scalars (id, run, step, key, value, wall, flag) VALUES (?,?,?,?,?,?,?)"
-    conn = st.conn
-    t0 = time.perf_counter()
-    for lo in range(0, points, batch):
-        conn.execute("BEGIN")
-        conn.executemany(sql, rows[lo:lo + batch])
-        conn.execute("COMMIT")
-    elapsed = time.perf_counter() - t0
+    run = st.create_run(kind="bench", name="bench-raw", status="running", launcher="sdk")
+    rows = [(i // METRICS, KEYS[i % METRICS], i * 1e-3) for i in range(points)]
+    elapsed = st.time_raw_scalar_inserts(run.id, rows, batch=batch)
     st.close()
     return points / elapsed
 

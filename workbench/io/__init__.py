@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from types import ModuleType
 from typing import Any
 
+from workbench.run_record import RunRecord
 from workbench.store import Store, StoreError, name_from, validate_name
 
 IMPORT_LAUNCHER = "import"  # runs.launcher of an imported run: no process behind it
@@ -75,7 +76,7 @@ def safe_name(text: str, fallback: str = "run") -> str:
 
 
 def taken_names(st: Store) -> set[str]:
-    return {r["name"] for r in st.runs()}
+    return {r.name for r in st.runs()}
 
 
 def unique_name(base: str, taken: set[str]) -> str:
@@ -128,11 +129,11 @@ def all_or_nothing(st: Store) -> Iterator[list[str]]:
         raise
 
 
-def start_run(st: Store, *, kind: str, name: str, created: list[str]) -> dict[str, Any]:
+def start_run(st: Store, *, kind: str, name: str, created: list[str]) -> RunRecord:
     """Create an imported run, marked running by this process until `finish_run`."""
     row = st.create_run(kind=kind, name=name, status="running", launcher=IMPORT_LAUNCHER,
                         pid=os.getpid())
-    created.append(row["id"])
+    created.append(row.id)
     return row
 
 

@@ -87,7 +87,7 @@ def import_jsonl(st: Store, src: IO[bytes], *, source: str, name: str | None = N
                 else unique_name(safe_name(str(head.get("name") or head["kind"])), taken))
     with all_or_nothing(st) as created:
         row = start_run(st, kind=head["kind"], name=run_name, created=created)
-        result = Imported(row["id"], row["name"], source)
+        result = Imported(row.id, row.name, source)
         meta, pending, level = head, [], 0
         for lineno, size, rec in lines:
             done += size
@@ -105,17 +105,17 @@ def import_jsonl(st: Store, src: IO[bytes], *, source: str, name: str | None = N
                                f"(expected run, {', '.join(_ORDER)})")
             _check(rec, kind, source, lineno)
             if pending and (order < level or len(pending) >= BATCH):
-                _flush(st, row["id"], pending, source, result)
+                _flush(st, row.id, pending, source, result)
                 pending = []
                 if progress:
                     progress(done)
             level = order
             pending.append((lineno, rec))
         if pending:
-            _flush(st, row["id"], pending, source, result)
+            _flush(st, row.id, pending, source, result)
         if progress:
             progress(done)
-        _finish(st, row["id"], meta)
+        _finish(st, row.id, meta)
     return result
 
 

@@ -29,15 +29,17 @@ so a failed export leaves no partial file behind.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from workbench.export import strict_json
 from workbench.io import BadInput, require
-from workbench.store import Store, strict_json
+from workbench.records import EventRecord, MatrixRecord, Record
+from workbench.run_record import RunRecord
+from workbench.store import Store
 
 PAGE = 10_000
 SUFFIX = ".parquet"
@@ -71,16 +73,16 @@ def _schemas(pa: Any) -> dict[str, Any]:
     }
 
 
-def export_parquet(st: Store, row: dict[str, Any], path: Path, *, keys: Sequence[str] = (),
+def export_parquet(st: Store, row: RunRecord, path: Path, *, keys: Sequence[str] = (),
                    since: int = 0) -> dict[str, tuple[Path, int]]:
     """Write the run's records past `since` (matching `keys`); {kind: (file, rows)}."""
     pa = require("pyarrow", "parquet")
     pq = require("pyarrow.parquet", "parquet")
-    paths = parquet_paths(path, row["name"])
+    paths = parquet_paths(path, row.name)
     parent = paths["scalars"].parent
     if not parent.is_dir():
         raise BadInput(f"no folder {parent} for {paths['scalars'].name}")
-    meta = {b"workbench.run": json.dumps(strict_json(row), default=str).encode()}
+    meta = {b"workbench.run": json.dumps(strict_json(row.to_dict()), default=str).encode()}
     temps = {kind: p.with_name(f".{p.name}.tmp{os.getpid()}") for kind, p in paths.items()}
     written: dict[str, tuple[Path, int]] = {}
     try:
@@ -88,7 +90,7 @@ def export_parquet(st: Store, row: dict[str, Any], path: Path, *, keys: Sequence
             schema = schema.with_metadata(meta)
             rows = 0
             with pq.ParquetWriter(temps[kind], schema) as writer:
-                for page in _pages(st, row["id"], kind, keys, since):
+                for page in _pages(st, row.id, kind, keys, since):
                     writer.write_table(pa.Table.from_pydict(_columns(kind, page), schema=schema))
                     rows += len(page)
             written[kind] = (paths[kind], rows)
@@ -102,7 +104,7 @@ def export_parquet(st: Store, row: dict[str, Any], path: Path, *, keys: Sequence
 
 
 def _pages(st: Store, run_id: str, table: str, keys: Sequence[str],
-           since: int) -> Iterator[list[dict[str, Any]]]:
+           since: int) -> Iterator[list[Record]]:
     cursor = since
     while True:
         page = list(st.records(run_id, since=cursor, keys=keys, limit=PAGE, tables=(table,)))
@@ -110,28 +112,29 @@ def _pages(st: Store, run_id: str, table: str, keys: Sequence[str],
             yield page
         if len(page) < PAGE:
             return
-        cursor = page[-1]["id"]
+        cursor = page[-1].id
 
 
-def _columns(kind: str, page: list[dict[str, Any]]) -> dict[str, list[Any]]:
-    """Store records (as `Store.records` gives them) -> the file's columns."""
+def _columns(kind: str, page: list[Record]) -> dict[str, list[Any]]:
+    """Store records (one kind, as `Store.records` gives them) -> the file's columns."""
     if kind == "scalars":
-        names = ("step", "key", "value", "wall")
+        names: tuple[str, ...] = ("step", "key", "value", "wall")
     elif kind == "dists":
         names = ("step", "key", "count", "min", "max", "mean", "p50", "p90", "p99", "edges",
                  "counts", "nonfinite", "wall")
     elif kind == "matrices":
-        import numpy as np
-
-        for rec in page:
-            data = base64.b64decode(rec["data"])
-            rec["values"] = np.frombuffer(data, dtype=rec["dtype"]).astype(float).tolist()
-        names = ("step", "key", "shape", "dtype", "values", "wall")
+        names = ("step", "key", "shape", "dtype", "wall")
+        out = {name: [getattr(rec, name) for rec in page] for name in names}
+        out["values"] = [rec.array().astype(float).ravel().tolist()
+                         for rec in page if isinstance(rec, MatrixRecord)]
+        return out
     else:
-        for rec in page:
-            rec["payload"] = json.dumps(strict_json(rec["payload"]))
-        names = ("step", "kind", "severity", "payload", "wall")
-    return {name: [rec[name] for rec in page] for name in names}
+        names = ("step", "kind", "severity", "wall")
+        out = {name: [getattr(rec, name) for rec in page] for name in names}
+        out["payload"] = [json.dumps(strict_json(rec.payload))
+                          for rec in page if isinstance(rec, EventRecord)]
+        return out
+    return {name: [getattr(rec, name) for rec in page] for name in names}
 
 
 __all__ = ["KINDS", "export_parquet", "parquet_paths"]

@@ -52,6 +52,8 @@ from workbench.io import (
     taken_names,
     unique_name,
 )
+from workbench.records import DistRecord, EventRecord, MatrixRecord, Record, ScalarRecord
+from workbench.run_record import RunRecord
 from workbench.store import NAN, Batch, Store, flag_of
 
 BATCH = 10_000  # records per transaction
@@ -216,7 +218,7 @@ def import_tensorboard(st: Store, root: Path, *, name: str | None = None) -> lis
     with all_or_nothing(st) as created:
         for folder in folders:
             row = start_run(st, kind=KIND, name=folder.name, created=created)
-            results.append(_write_folder(st, row["id"], folder))
+            results.append(_write_folder(st, row.id, folder))
     return results
 
 
@@ -244,7 +246,7 @@ def _write_folder(st: Store, run_id: str, folder: Folder) -> Imported:
     if folder.skipped:
         config["import"]["skipped_tags"] = sorted(folder.skipped)
     st.update_run(run_id, status="finished", pid=None, config=config,
-                  created=min(walls, default=None) or st.get_run(run_id)["created"],
+                  created=min(walls, default=None) or st.get_run(run_id).created,
                   started=min(walls, default=None), ended=max(walls, default=None),
                   heartbeat=max(walls, default=None), last_step=max(steps, default=None),
                   exit_code=0)
@@ -266,7 +268,7 @@ class Written:
     skipped: dict[str, int] = field(default_factory=dict)
 
 
-def export_tensorboard(st: Store, row: dict[str, Any], out: Path, *,
+def export_tensorboard(st: Store, row: RunRecord, out: Path, *,
                        keys: Sequence[str] = (), since: int = 0) -> Written:
     """Write a run's records into event files in `out` (made if missing).
 
@@ -286,10 +288,10 @@ def export_tensorboard(st: Store, row: dict[str, Any], out: Path, *,
     written = Written(out)
     writer = SummaryWriter(log_dir=str(out), max_queue=1000, flush_secs=3600)
     try:
-        config = row.get("config")
-        if config and config != "{}" and not keys:
-            writer.add_text("config", f"`{config}`", 0, walltime=row.get("created"))
-        for rec in _records(st, row["id"], keys, since):
+        if row.config and not keys:
+            text = json.dumps(dict(row.config), default=str)  # as the run line has it
+            writer.add_text("config", f"`{text}`", 0, walltime=row.created)
+        for rec in _records(st, row.id, keys, since):
             _write_record(writer, rec, written)
         writer.close()
     except BaseException:
@@ -300,42 +302,41 @@ def export_tensorboard(st: Store, row: dict[str, Any], out: Path, *,
     return written
 
 
-def _records(st: Store, run_id: str, keys: Sequence[str], since: int) -> Iterator[dict]:
+def _records(st: Store, run_id: str, keys: Sequence[str], since: int) -> Iterator[Record]:
     cursor = since
     while True:
         page = list(st.records(run_id, since=cursor, keys=keys, limit=PAGE))
         yield from page
         if len(page) < PAGE:
             return
-        cursor = page[-1]["id"]
+        cursor = page[-1].id
 
 
-def _write_record(writer: Any, rec: dict[str, Any], written: Written) -> None:
-    kind = rec["type"]
-    if kind == "scalar":
-        writer.add_scalar(rec["key"], rec["value"], rec["step"], walltime=rec["wall"],
+def _write_record(writer: Any, rec: Record, written: Written) -> None:
+    if isinstance(rec, ScalarRecord):
+        writer.add_scalar(rec.key, rec.value, rec.step, walltime=rec.wall,
                           new_style=True, double_precision=True)
         written.scalars += 1
-    elif kind == "dist" and rec["counts"] and rec["count"]:
-        edges, counts = rec["edges"], rec["counts"]
+    elif isinstance(rec, DistRecord) and rec.counts and rec.count:
+        edges, counts = rec.edges, rec.counts
         centres = [(a + b) / 2 for a, b in zip(edges, edges[1:], strict=False)]
-        mean = rec["mean"] if rec["mean"] is not None else 0.0
+        mean = rec.mean if rec.mean is not None else 0.0
         writer.add_histogram_raw(
-            rec["key"], min=_finite(rec["min"], edges[0]), max=_finite(rec["max"], edges[-1]),
-            num=rec["count"], sum=mean * rec["count"],
+            rec.key, min=_finite(rec.min, edges[0]), max=_finite(rec.max, edges[-1]),
+            num=rec.count, sum=mean * rec.count,
             sum_squares=sum(c * x * x for c, x in zip(counts, centres, strict=False)),
             bucket_limits=list(edges), bucket_counts=[0, *counts],
-            global_step=rec["step"], walltime=rec["wall"])
+            global_step=rec.step, walltime=rec.wall)
         written.dists += 1
-    elif kind == "event":
-        payload = rec["payload"]
-        body = {"severity": rec["severity"],
+    elif isinstance(rec, EventRecord):
+        payload = rec.payload
+        body = {"severity": rec.severity,
                 **(payload if isinstance(payload, dict) else {"payload": payload})}
-        writer.add_text(f"events/{rec['kind']}", f"`{json.dumps(body)}`", rec["step"],
-                        walltime=rec["wall"])
+        writer.add_text(f"events/{rec.kind}", f"`{json.dumps(body)}`", rec.step,
+                        walltime=rec.wall)
         written.events += 1
     else:  # matrices, empty distributions
-        what = "matrices" if kind == "matrix" else "empty dists"
+        what = "matrices" if isinstance(rec, MatrixRecord) else "empty dists"
         written.skipped[what] = written.skipped.get(what, 0) + 1
 
 

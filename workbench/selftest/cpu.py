@@ -17,10 +17,15 @@ import io
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.selftest import Context, Outcome, check
+
+if TYPE_CHECKING:
+    from workbench.records import Record
+    from workbench.run_record import RunRecord
 
 # Tiny sizes: each run takes a few seconds on 2 CPU cores, and every code path of the
 # kind (data, model, optimizer, logging, evaluation, roles) still runs.
@@ -52,7 +57,7 @@ RECIPES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
 
 
 def run_inline(store: Any, source: str, overrides: Sequence[str] = (),
-               name: str | None = None) -> dict[str, Any]:
+               name: str | None = None) -> RunRecord:
     """Run spec ``source`` (a built-in name or a file) with ``overrides`` through its
     kind's entry point in this process, into ``store``; returns the run's final row.
 
@@ -72,19 +77,19 @@ def run_inline(store: Any, source: str, overrides: Sequence[str] = (),
                            total_steps=getattr(spec, "total_steps", None), pid=os.getpid(),
                            launcher="selftest")
     if spec.kind == "script":
-        spec.script.env = {**spec.script.env, "WB_RUN_ID": row["id"],
+        spec.script.env = {**spec.script.env, "WB_RUN_ID": row.id,
                            "WB_STORE": str(Path(store.root).resolve())}
     run = Run(store, row, owner=True)
     threads = torch.get_num_threads()
     try:
-        get(spec.kind).entry_point()(spec, RecipeContext(run=run, run_dir=store.run_dir(row["id"])))
+        get(spec.kind).entry_point()(spec, RecipeContext(run=run, run_dir=store.run_dir(row.id)))
     except BaseException:
         run.finish("failed", exit_code=1)
         raise
     finally:
         torch.set_num_threads(threads)
     run.finish("finished", exit_code=0)
-    return store.get_run(row["id"])
+    return store.get_run(row.id)
 
 
 def log_tail(store: Any, run_id: str, chars: int = 600) -> str:
@@ -92,12 +97,12 @@ def log_tail(store: Any, run_id: str, chars: int = 600) -> str:
     return path.read_text()[-chars:] if path.exists() else ""
 
 
-def judge_recipe_run(row: dict[str, Any], keys: set[str], expected: Sequence[str],
+def judge_recipe_run(row: RunRecord, keys: set[str], expected: Sequence[str],
                      ) -> list[str]:
     """Failures of a finished recipe run: its status, and the metrics it must log."""
     failures = []
-    if row["status"] != "finished":
-        failures.append(f"the run ended {row['status']}")
+    if row.status != "finished":
+        failures.append(f"the run ended {row.status}")
     missing = [k for k in expected if k not in keys]
     if missing:
         failures.append(f"it logged no {', '.join(missing)}")
@@ -111,7 +116,7 @@ def recipe_check(kind: str, ctx: Context) -> Outcome:
     out = Outcome(detail={"spec": source, "overrides": list(overrides)})
     with Store(ctx.tmp / "store") as st:
         row = run_inline(st, source, overrides)
-        scalars = st.scalars(row["id"])
+        scalars = st.scalars(row.id)
         keys = {k for _, _, k, _, _ in scalars}
         for failure in judge_recipe_run(row, keys, expected):
             out.require(False, failure)
@@ -123,7 +128,7 @@ def recipe_check(kind: str, ctx: Context) -> Outcome:
         out.headline = (f"{source}: {len(scalars)} points, {metric} "
                         f"{last.get(metric, float('nan')):.3g}")
         if out.failures:
-            out.detail["log_tail"] = log_tail(st, row["id"])
+            out.detail["log_tail"] = log_tail(st, row.id)
     return out
 
 
@@ -165,17 +170,18 @@ def same_float(a: float, b: float) -> bool:
     return (math.isnan(a) and math.isnan(b)) or a == b
 
 
-def comparable(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+def comparable(records: Sequence[Record]) -> list[tuple[Any, ...]]:
     """Records without store-specific ids, NaN made comparable."""
     out = []
     for r in records:
-        items = []
-        for k, v in sorted(r.items()):
-            if k in ("id", "run"):
+        items: list[tuple[str, str]] = [("type", r.type)]
+        for f in fields(r):
+            v = getattr(r, f.name)
+            if f.name == "id":
                 continue
             if isinstance(v, float) and math.isnan(v):
                 v = "nan"
-            items.append((k, repr(v)))
+            items.append((f.name, repr(v)))
         out.append(tuple(items))
     return out
 
@@ -195,19 +201,19 @@ def store_check(ctx: Context) -> Outcome:
         written = write_sample(run)
         run.finish()
         for key, values in written.items():
-            got = [v for _, _, _, v, _ in st.scalars(row["id"], key)]
+            got = [v for _, _, _, v, _ in st.scalars(row.id, key)]
             out.require(len(got) == len(values) and all(
                 same_float(a, b) for a, b in zip(got, values, strict=False)),
                 f"scalars {key}: wrote {values}, read {got}")
-        records = list(st.records(row["id"]))
-        types = sorted({r["type"] for r in records})
+        records = list(st.records(row.id))
+        types = sorted({r.type for r in records})
         out.require(types == ["dist", "event", "matrix", "scalar"],
                     f"record kinds read back: {types}")
-        events = st.events(row["id"], kind="note")
+        events = st.events(row.id, kind="note")
         out.require(len(events) == 1 and events[0]["payload"] == {"text": "héllo", "n": 3},
                     f"the event read back as {events}")
         buf = io.StringIO()
-        export_run(st, st.get_run(row["id"]), buf)
+        export_run(st, st.get_run(row.id), buf)
         with Store(ctx.tmp / "b") as other:
             imported = import_jsonl(other, io.BytesIO(buf.getvalue().encode()),
                                     source="selftest")

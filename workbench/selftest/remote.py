@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from workbench.hosts import Host, HostError
+from workbench.run_record import RunRecord
 from workbench.selftest import KIND, REMOTE_LAUNCHER, Result
 from workbench.selftest.report import Recorder, results_of
 
@@ -96,7 +97,7 @@ def run_remote(host: Host, *, quick: bool = False, only: list[str] | None = None
 
 
 def record_remote(store: Any, host_name: str, data: dict[str, Any],
-                  ) -> tuple[list[Result], dict[str, Any]]:
+                  ) -> tuple[list[Result], RunRecord]:
     """Store a host's answer here as a selftest run of that host; (results, its row)."""
     from workbench.tracking import Run
 
@@ -111,4 +112,4 @@ def record_remote(store: Any, host_name: str, data: dict[str, Any],
     for i, result in enumerate(results):
         recorder.result(i, result)
     recorder.finish(results, data)
-    return results, store.get_run(row["id"])
+    return results, store.get_run(row.id)

@@ -19,14 +19,16 @@ backends of muon-tiny.
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workbench.selftest import Context, Outcome, check
 from workbench.selftest.compare import MAX_LOGIT, add, compare, loss_falls, values_close
+
+if TYPE_CHECKING:
+    from workbench.run_record import RunRecord
 
 SPEC = "muon-small"
 BACKENDS = ("flex", "triton")
@@ -57,34 +59,26 @@ class TrainSummary:
     ns_choice: Any = None  # the run config's muon_ns_choice
 
 
-def matrix_of(record: dict[str, Any]) -> Any:
-    import numpy as np
-
-    data = np.frombuffer(base64.b64decode(record["data"]), dtype=record["dtype"])
-    return data.reshape(record["shape"])
-
-
 def _late_mean(curve: dict[int, float]) -> float | None:
     steps = sorted(curve)
     late = [curve[s] for s in steps[len(steps) // 2:] if math.isfinite(curve[s])]
     return sum(late) / len(late) if late else None
 
 
-def summarize(store: Any, row: dict[str, Any], backend: str) -> TrainSummary:
-    import json
+def summarize(store: Any, row: RunRecord, backend: str) -> TrainSummary:
+    from workbench.records import MatrixRecord
 
-    scalars = store.scalars(row["id"])
+    scalars = store.scalars(row.id)
 
     def curve(key: str) -> dict[int, float]:
         return {s: v for _, s, k, v, _ in scalars if k == key}
 
-    heads = [r for r in store.records(row["id"], keys=["attn/max_logit_heads"])
-             if r["type"] == "matrix"]
-    config = json.loads(row.get("config") or "{}")
-    return TrainSummary(backend, row["status"], curve("train/loss"), curve("attn/max_logit"),
-                        matrix_of(min(heads, key=lambda r: r["step"])) if heads else None,
+    heads = [r for r in store.records(row.id, keys=["attn/max_logit_heads"])
+             if isinstance(r, MatrixRecord)]
+    return TrainSummary(backend, row.status, curve("train/loss"), curve("attn/max_logit"),
+                        min(heads, key=lambda r: r.step or 0).array() if heads else None,
                         _late_mean(curve("perf/mfu")), _late_mean(curve("perf/tokens_per_s")),
-                        config.get("muon_ns_choice"))
+                        row.config.get("muon_ns_choice"))
 
 
 def compare_backends(a: TrainSummary, b: TrainSummary) -> Outcome:
