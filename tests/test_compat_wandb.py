@@ -4,7 +4,6 @@ its `import wandb` line changes, with W&B's step, config and summary rules."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 
 from workbench.compat import wandb
+from workbench.records import DistRecord
 from workbench.store import Store
 
 # A training script as written for W&B. The tests change its import line, nothing else.
@@ -99,8 +99,8 @@ def test_wandb_script_runs_with_only_the_import_changed(tmp_path: Path, store_di
 
     with Store(store_dir) as st:
         [row] = st.runs()
-        assert row["id"] == run_id
-        assert (row["name"], row["grp"], row["status"], row["launcher"]) == (
+        assert row.id == run_id
+        assert (row.name, row.group, row.status, row.launcher) == (
             "sgd-baseline", "sweep-a", "finished", "sdk")
 
         # One step per commit; commit=False joined the epoch to the validation row.
@@ -118,11 +118,11 @@ def test_wandb_script_runs_with_only_the_import_changed(tmp_path: Path, store_di
         # A smaller step is dropped (as W&B drops it); media and strings are not metrics.
         assert _keys(st, run_id) == {"train/loss", "train/lr", "epoch", "val/loss", "val/acc",
                                      "final/score", "final/extra"}
-        dists = list(st.records(run_id, tables=("dists",)))
-        assert [(d["key"], d["step"], d["count"], d["min"], d["max"]) for d in dists] == [
+        dists = [d for d in st.records(run_id, tables=("dists",)) if isinstance(d, DistRecord)]
+        assert [(d.key, d.step, d.count, d.min, d.max) for d in dists] == [
             ("grads", s, 100, 0.0, 99.0) for s in (4, 9, 14)]
 
-        config = json.loads(st.get_run(run_id)["config"])
+        config = st.get_run(run_id).config
     assert config == {
         "lr": 0.001, "epochs": 3, "batch_size": 16, "model": {"d": 64, "layers": 2},
         "warmup": 10, "seed": 7,
@@ -152,10 +152,10 @@ def test_a_crashing_script_keeps_its_pending_row_and_summary(tmp_path: Path,
     assert "RuntimeError: boom" in proc.stderr
     with Store(store_dir) as st:
         [row] = st.runs()
-        assert (row["name"], row["status"]) == ("crash-1", "failed")
-        assert _points(st, row["id"], "loss") == [(0, 2.0), (1, 1.0)]
-        assert _points(st, row["id"], "acc") == [(1, 0.5)]
-        config = json.loads(row["config"])
+        assert (row.name, row.status) == ("crash-1", "failed")
+        assert _points(st, row.id, "loss") == [(0, 2.0), (1, 1.0)]
+        assert _points(st, row.id, "acc") == [(1, 0.5)]
+        config = row.config
     assert config == {"lr": 0.1, "wandb": {"project": "crash", "summary": {
         "loss": 1.0, "acc": 0.5, "note": "partial"}}}
 
@@ -238,7 +238,7 @@ def test_step_rules(store: Store) -> None:
     assert _points(store, run.id, "a") == [(0, 1), (1, 2), (3, 5), (5, 7), (6, 10)]
     assert _points(store, run.id, "b") == [(1, 3), (3, 6), (6, 11)]
     assert _points(store, run.id, "c") == [(1, 4), (5, 8), (6, 12)]
-    assert store.get_run(run.id)["last_step"] == 6
+    assert store.get_run(run.id).last_step == 6
 
 
 def test_values_histograms_and_media(store: Store) -> None:
@@ -263,10 +263,11 @@ def test_values_histograms_and_media(store: Store) -> None:
     wandb.finish()
     assert _points(store, run.id, "x") == [(0, 1.0), (1, 2.0)]
     assert _keys(store, run.id) == {"x"}
-    dists = {d["key"]: d for d in store.records(run.id, tables=("dists",))}
-    assert (dists["big"]["step"], dists["big"]["count"], dists["big"]["max"]) == (2, 64, 63.0)
+    dists = {d.key: d for d in store.records(run.id, tables=("dists",))
+             if isinstance(d, DistRecord)}
+    assert (dists["big"].step, dists["big"].count, dists["big"].max) == (2, 64, 63.0)
     # From (counts, edges) each bin's midpoint stands for its samples.
-    assert (dists["h"]["step"], dists["h"]["count"], dists["h"]["mean"]) == (3, 4, 1.25)
+    assert (dists["h"].step, dists["h"].count, dists["h"].mean) == (3, 4, 1.25)
 
 
 def test_config_follows_wandb(store: Store) -> None:
@@ -290,7 +291,7 @@ def test_config_follows_wandb(store: Store) -> None:
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         _ = config.missing
     wandb.finish()
-    stored = json.loads(store.get_run(run.id)["config"])
+    stored = store.get_run(run.id).config
     # W&B replaces a key's value wholesale: opt lost its betas.
     assert stored == {"lr": 0.2, "opt": {"name": "muon"}, "batch-size": 8, "steps": 100,
                       "seed": 1}
@@ -329,8 +330,8 @@ def test_define_metric_summaries_and_step_axes(store: Store) -> None:
     assert _points(store, run.id, "eval/f1") == [(0, 0.1), (1000, 0.5)]
     assert _points(store, run.id, "eval/em") == [(3, 1.0)]
     assert _points(store, run.id, "global_step") == [(1, 1000.0), (3, 1000.5)]
-    assert store.get_run(run.id)["last_step"] == 3  # progress is the internal step
-    summary = json.loads(store.get_run(run.id)["config"])["wandb"]["summary"]
+    assert store.get_run(run.id).last_step == 3  # progress is the internal step
+    summary = store.get_run(run.id).config["wandb"]["summary"]
     assert summary["loss"] == 0.5 and summary["acc"] == {"best": 0.75, "mean": 0.5}
 
 
@@ -355,7 +356,7 @@ def test_context_manager_alert_and_reinit(store: Store) -> None:
             raise RuntimeError("diverged")
     assert wandb.run is None
     row = store.get_run(run.id)
-    assert (row["status"], row["exit_code"]) == ("failed", 1)
+    assert (row.status, row.exit_code) == ("failed", 1)
     [event] = store.events(run.id, kind="alert")
     assert (event["step"], event["severity"], event["payload"]) == (
         0, "warning", {"title": "loss", "text": "diverged", "level": "WARN"})
@@ -364,9 +365,9 @@ def test_context_manager_alert_and_reinit(store: Store) -> None:
     with pytest.warns(wandb.CompatWarning, match="returning that run"):
         assert wandb.init(name="again") is first
     second = wandb.init(name="second", reinit="finish_previous")
-    assert store.get_run(first.id)["status"] == "finished" and wandb.run is second
+    assert store.get_run(first.id).status == "finished" and wandb.run is second
     wandb.finish(exit_code=3)
-    assert (store.get_run(second.id)["status"], store.get_run(second.id)["exit_code"]) == (
+    assert (store.get_run(second.id).status, store.get_run(second.id).exit_code) == (
         "failed", 3)
 
 
@@ -374,7 +375,7 @@ def test_non_finite_values_reach_the_store_as_strict_json(store: Store) -> None:
     run = wandb.init(name="nan", config={"eps": float("inf")})
     wandb.log({"loss": float("nan")})
     wandb.finish()
-    stored = json.loads(store.get_run(run.id)["config"])
+    stored = store.get_run(run.id).config
     assert stored == {"eps": "inf", "wandb": {"summary": {"loss": "nan"}}}
     [(step, value)] = _points(store, run.id, "loss")
     assert step == 0 and value != value  # the point is kept, flagged NaN
@@ -385,12 +386,12 @@ def test_inside_a_launched_worker_it_attaches_and_the_spec_wins(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     row = store.create_run(kind="custom", name="launched", status="running",
                            config={"lr": 0.5, "steps": 10})
-    monkeypatch.setenv("WB_RUN_ID", row["id"])
+    monkeypatch.setenv("WB_RUN_ID", row.id)
     run = wandb.init(project="p", name="other name", group="g", config={"lr": 0.1, "seed": 3})
-    assert run.id == row["id"] and run.name == "launched"
+    assert run.id == row.id and run.name == "launched"
     assert dict(wandb.config.items()) == {"lr": 0.5, "steps": 10, "seed": 3}  # like a sweep's
     wandb.log({"loss": 1.0})
     wandb.finish()
-    stored = store.get_run(row["id"])
-    assert (stored["name"], stored["grp"], stored["status"]) == ("launched", None, "running")
-    assert _points(store, row["id"], "loss") == [(0, 1.0)]
+    stored = store.get_run(row.id)
+    assert (stored.name, stored.group, stored.status) == ("launched", None, "running")
+    assert _points(store, row.id, "loss") == [(0, 1.0)]

@@ -53,8 +53,9 @@ def test_feed_reads_each_record_kind_once_and_incrementally(store: Store) -> Non
     step, m = feed.matrix("attn/max_logit_heads")
     assert step == 5 and m.shape == (2, 3) and m[1, 2] == 5.0
     d = feed.dist("rollout/length")
-    assert d["count"] == 100 and d["max"] == 100 and d["p50"] == pytest.approx(50.5)
-    assert [e["kind"] for e in feed.events] == ["nan", "loss_spike"]  # the NaN warns
+    assert d is not None
+    assert d.count == 100 and d.max == 100 and d.p50 == pytest.approx(50.5)
+    assert [e.kind for e in feed.events] == ["nan", "loss_spike"]  # the NaN warns
     assert feed.tau == 30.0 and feed.tokens_per_step == 512
     assert set(feed.keys()) >= {"train/loss", "attn/max_logit", "train/grad_norm"}
 
@@ -66,8 +67,8 @@ def test_feed_reads_each_record_kind_once_and_incrementally(store: Store) -> Non
     assert feed.poll()
     assert feed.series("train/loss").step.tolist() == [1, 2, 3, 4, 5, 6]  # no duplicates
     assert len(feed.dist_history("rollout/length")) == 2
-    assert [e["kind"] for e in feed.events] == ["nan", "loss_spike", "checkpoint"]
-    assert feed.row["last_step"] == 6
+    assert [e.kind for e in feed.events] == ["nan", "loss_spike", "checkpoint"]
+    assert feed.row.last_step == 6
     run.finish()
 
 
@@ -81,8 +82,8 @@ def test_a_preview_paints_each_keys_newest_points_then_poll_replaces_it(store: S
                 run.log({key: float(step) if key == "a" else -float(step)}, step=step)
     run.log({"c": math.nan}, step=399)
     run.finish()
-    assert store.scalar_span(row["id"]) == 801
-    feed = RunFeed(store, row["id"])
+    assert store.scalar_span(row.id) == 801
+    feed = RunFeed(store, row.id)
     assert feed.preview(limit=60)
     assert feed.partial and sorted(feed.keys()) == ["a", "b", "c"]  # every key, not the last
     assert feed.series("a").step.tolist() == list(range(380, 400))

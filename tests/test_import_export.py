@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 
 from tests.helpers import wb_inproc
+from workbench.records import DistRecord
+from workbench.run_record import RunRecord
 from workbench.signals.tails import summarize
 from workbench.store import FINITE, NAN, NEG_INF, POS_INF, Batch, Store
 
@@ -39,7 +41,7 @@ def source(store_dir: Path) -> dict[str, Any]:
         row = st.create_run(kind="pretrain", name="src", status="running", launcher="sdk",
                             config={"lr": 0.01, "model": {"d": 64}}, total_steps=N_LOSS,
                             spec='kind = "pretrain"\n')
-        run_id = row["id"]
+        run_id = row.id
         st.write_batch(Batch(
             run_id,
             [(i, "train/loss", 3.0 / (i + 1), T0 + i * 0.01, FINITE) for i in range(N_LOSS)],
@@ -74,7 +76,7 @@ def _records(store_dir: Path, run: str) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k != "id"} for r in lines[1:]]
 
 
-def _runs(store_dir: Path) -> list[dict[str, Any]]:
+def _runs(store_dir: Path) -> list[RunRecord]:
     with Store(store_dir) as st:
         return st.runs()
 
@@ -102,7 +104,7 @@ def test_jsonl_round_trip_is_exact(source: dict[str, Any], tmp_path: Path) -> No
     assert _records(source["store"], imported["id"]) == _records(source["store"], source["id"])
     with Store(source["store"]) as st:
         new = st.get_run(imported["id"])
-    assert new["launcher"] == "import" and new["pid"] is None
+    assert new.launcher == "import" and new.pid is None
     for field in ("kind", "status", "config", "spec", "created", "started", "ended",
                   "last_step", "total_steps", "exit_code", "host"):
         assert new[field] == head[field], field
@@ -137,7 +139,7 @@ def test_an_active_run_imports_as_lost(source: dict[str, Any], tmp_path: Path) -
     path = tmp_path / "live.jsonl"
     path.write_text("\n".join([json.dumps(head), *lines[1:]]) + "\n")
     (imported,) = json.loads(wb_inproc("import", "jsonl", str(path), "--json", check=True).stdout)
-    assert {r["id"]: r["status"] for r in _runs(source["store"])}[imported["id"]] == "lost"
+    assert {r.id: r.status for r in _runs(source["store"])}[imported["id"]] == "lost"
 
 
 def _bad_files(valid: list[str]) -> dict[str, tuple[str, str]]:
@@ -163,14 +165,14 @@ def _bad_files(valid: list[str]) -> dict[str, tuple[str, str]]:
 def test_bad_jsonl_is_one_error_line_and_leaves_nothing(source: dict[str, Any],
                                                          tmp_path: Path) -> None:
     valid = wb_inproc("export", source["id"], check=True).stdout.splitlines()
-    before = {r["id"] for r in _runs(source["store"])}
+    before = {r.id for r in _runs(source["store"])}
     folders = {p.name for p in source["store"].iterdir()}
     for name, (text, expected) in _bad_files(valid).items():
         path = tmp_path / f"{name.replace(' ', '_')}.jsonl"
         path.write_text(text)
         line = _error_line(wb_inproc("import", "jsonl", str(path)))
         assert expected in line, (name, line)
-        assert {r["id"] for r in _runs(source["store"])} == before, name  # no run row
+        assert {r.id for r in _runs(source["store"])} == before, name  # no run row
         assert {p.name for p in source["store"].iterdir()} == folders, name  # no folder
     assert "cannot read" in _error_line(wb_inproc("import", "jsonl", str(tmp_path / "missing")))
 
@@ -212,10 +214,10 @@ def test_import_tensorboard_folders(tmp_path: Path, store_dir: Path) -> None:
     with Store(store_dir) as st:
         for r in out:
             row = st.get_run(r["id"])
-            assert (row["kind"], row["launcher"], row["status"]) == ("tensorboard", "import",
+            assert (row.kind, row.launcher, row.status) == ("tensorboard", "import",
                                                                      "finished")
-            assert row["last_step"] == 19 and row["created"] == T0
-            assert json.loads(row["config"])["import"]["skipped_tags"] == [
+            assert row.last_step == 19 and row.created == T0
+            assert row.config["import"]["skipped_tags"] == [
                 "notes/text_summary"]  # torch's add_text names the tag so
             seed = 1 if r["name"] == "run_a" else 2
             loss = [(s, v, w) for _, s, k, v, w in st.scalars(r["id"], key="loss")]
@@ -225,25 +227,26 @@ def test_import_tensorboard_folders(tmp_path: Path, store_dir: Path) -> None:
             lr = st.scalars(r["id"], key="lr/group0")
             assert [v for *_, v, _ in lr] == pytest.approx([0.1 * seed] * 20, rel=1e-6)
             assert [(s, v) for _, s, _, v, _ in st.scalars(r["id"], key="tf2/acc")] == [(7, 0.75)]
-            dists = list(st.records(r["id"], tables=("dists",)))
+            dists = [d for d in st.records(r["id"], tables=("dists",))
+                     if isinstance(d, DistRecord)]
             for d in dists:
-                assert sum(d["counts"]) == d["count"] == 200
-                assert len(d["edges"]) == len(d["counts"]) + 1
-                assert d["min"] <= d["p50"] <= d["p90"] <= d["p99"] <= d["max"]
+                assert sum(d.counts) == d.count == 200
+                assert len(d.edges) == len(d.counts) + 1
+                assert d.min <= d.p50 <= d.p90 <= d.p99 <= d.max
             for step, v in written[r["name"]].items():
-                (d,) = [d for d in dists if d["key"] == "weights" and d["step"] == step]
+                (d,) = [d for d in dists if d.key == "weights" and d.step == step]
                 counts, edges = np.histogram(v, bins=10)
-                assert d["counts"] == counts.tolist() and d["edges"] == edges.tolist()
-                assert (d["min"], d["max"]) == (v.min(), v.max())
-                assert d["mean"] == pytest.approx(v.mean())
-                assert d["wall"] == T0 + 100 + step
-                (tf,) = [d for d in dists if d["key"] == "weights_tf" and d["step"] == step]
-                assert tf["p50"] == pytest.approx(np.median(v), abs=0.3)  # from buckets
-            (h,) = [d for d in dists if d["key"] == "tf2/hist"]
+                assert list(d.counts) == counts.tolist() and list(d.edges) == edges.tolist()
+                assert (d.min, d.max) == (v.min(), v.max())
+                assert d.mean == pytest.approx(v.mean())
+                assert d.wall == T0 + 100 + step
+                (tf,) = [d for d in dists if d.key == "weights_tf" and d.step == step]
+                assert tf.p50 == pytest.approx(np.median(v), abs=0.3)  # from buckets
+            (h,) = [d for d in dists if d.key == "tf2/hist"]
             ranges = make_ndarray(histogram_pb("x", written[r["name"]][0], buckets=5)
                                   .value[0].tensor)  # rows of (left, right, count)
-            assert h["counts"] == ranges[:, 2].astype(int).tolist()
-            assert h["edges"] == [ranges[0, 0], *ranges[:, 1]]
+            assert list(h.counts) == ranges[:, 2].astype(int).tolist()
+            assert list(h.edges) == [ranges[0, 0], *ranges[:, 1]]
     # Imported again: the names are taken, so NAME-N; --name makes a prefix.
     again = json.loads(wb_inproc("import", "tensorboard", str(logdir), "--json", check=True).stdout)
     assert [r["name"] for r in again] == ["run_a-1", "run_b-1"]
@@ -276,7 +279,8 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
     with Store(source["store"]) as st:
         scalars = st.scalars(source["id"])
         # (records() reads 10k at a time: one kind at a time here)
-        dists = [d for d in st.records(source["id"], tables=("dists",)) if d["count"]]
+        dists = [d for d in st.records(source["id"], tables=("dists",))
+                 if isinstance(d, DistRecord) and d.count]
     for key in ("train/loss", "train/grad_norm", "train/lr"):
         got = [(e.step, make_ndarray(e.tensor_proto).item(), e.wall_time)
                for e in acc.Tensors(key)]
@@ -285,20 +289,21 @@ def test_export_tensorboard_reads_back(source: dict[str, Any], tmp_path: Path) -
         for (gs, gv, gw), (ws, wv, ww) in zip(got, want, strict=True):
             assert gs == ws and gw == ww and (gv == wv or (math.isnan(gv) and math.isnan(wv)))
     for d in dists:
-        (h,) = [e for e in acc.Histograms(d["key"]) if e.step == d["step"]]
-        assert list(h.histogram_value.bucket) == [0, *d["counts"]]
-        assert list(h.histogram_value.bucket_limit) == d["edges"]
-        assert (h.histogram_value.num, h.wall_time) == (d["count"], d["wall"])
+        (h,) = [e for e in acc.Histograms(d.key) if e.step == d.step]
+        assert list(h.histogram_value.bucket) == [0, *d.counts]
+        assert list(h.histogram_value.bucket_limit) == list(d.edges)
+        assert (h.histogram_value.num, h.wall_time) == (d.count, d.wall)
     assert {f"{t}/text_summary" for t in ("events/stage", "events/loss_spike", "config")} \
         <= set(acc.Tags()[ea.TENSORS])
     # ... and back in: the same histograms.
     (back,) = json.loads(wb_inproc("import", "tensorboard", str(out), "--json", check=True).stdout)
     with Store(source["store"]) as st:
-        again = list(st.records(back["id"], tables=("dists",)))
+        again = [d for d in st.records(back["id"], tables=("dists",))
+                 if isinstance(d, DistRecord)]
         assert len(dists) == 2
-        assert [(d["key"], d["step"], d["edges"], d["counts"], d["count"], d["min"], d["max"])
-                for d in again] == [(d["key"], d["step"], d["edges"], d["counts"], d["count"],
-                                     d["min"], d["max"]) for d in dists]
+        assert [(d.key, d.step, d.edges, d.counts, d.count, d.min, d.max)
+                for d in again] == [(d.key, d.step, d.edges, d.counts, d.count,
+                                     d.min, d.max) for d in dists]
         assert len(st.scalars(back["id"])) == N_LOSS + 3
     # A folder that already holds event files is refused (TensorBoard would mix them).
     assert "already holds TensorBoard event files" in _error_line(
@@ -316,7 +321,8 @@ def test_export_parquet_reads_back(source: dict[str, Any], tmp_path: Path) -> No
     assert table.column_names == ["step", "key", "value", "wall"]
     with Store(source["store"]) as st:
         want = [(s, k, v, w) for _, s, k, v, w in st.scalars(source["id"])]
-        want_dists = list(st.records(source["id"], tables=("dists",)))
+        want_dists = [d for d in st.records(source["id"], tables=("dists",))
+                      if isinstance(d, DistRecord)]
     got = list(zip(*(table.column(c).to_pylist() for c in table.column_names), strict=True))
     assert len(got) == len(want)
     for g, w in zip(got, want, strict=True):
@@ -327,8 +333,7 @@ def test_export_parquet_reads_back(source: dict[str, Any], tmp_path: Path) -> No
 
     dists = pq.read_table(tmp_path / "out.dists.parquet").to_pylist()
     assert [(d["step"], d["key"], d["count"], d["edges"], d["counts"], d["p90"]) for d in dists] \
-        == [(d["step"], d["key"], d["count"], d["edges"], d["counts"], d["p90"])
-            for d in want_dists]
+        == [(d.step, d.key, d.count, list(d.edges), list(d.counts), d.p90) for d in want_dists]
     (matrix,) = pq.read_table(tmp_path / "out.matrices.parquet").to_pylist()
     assert (matrix["key"], matrix["shape"], matrix["values"]) == (
         "attn/max_logit_heads", [2, 3], [0.0, 1.0, 2.0, 3.0, 4.0, 5.0])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import subprocess
 import sys
@@ -56,9 +55,9 @@ def test_accelerate_loop_logs_into_the_store(store: Store, caplog: pytest.LogCap
     accelerator.end_training()
 
     row = store.get_run(run_id)
-    assert row["name"] == "toy-regression"  # the project name, made a valid run name
-    assert row["status"] == "finished" and row["launcher"] == "sdk"
-    assert json.loads(row["config"]) == {"lr": 0.1, "optimizer": "sgd"}
+    assert row.name == "toy-regression"  # the project name, made a valid run name
+    assert row.status == "finished" and row.launcher == "sdk"
+    assert row.config == {"lr": 0.1, "optimizer": "sgd"}
     got = _series(store, run_id, "train/loss")
     assert [s for s, _ in got] == [0, 1, 2, 3]
     assert [v for _, v in got] == pytest.approx(losses)
@@ -78,7 +77,7 @@ def test_accelerate_by_name_and_inside_a_launched_run(store: Store,
     status stays the launcher's and whose spec values win over the script's."""
     launched = store.create_run(kind="pretrain", name="launched", status="running",
                                 config={"lr": 0.5})
-    monkeypatch.setenv("WB_RUN_ID", launched["id"])
+    monkeypatch.setenv("WB_RUN_ID", launched.id)
     accelerator = Accelerator(cpu=True, log_with="workbench")
     accelerator.init_trackers("ignored-here", config={"lr": 0.1, "extra": 1})
     losses = _accelerate_loop(accelerator, steps=2)
@@ -86,10 +85,10 @@ def test_accelerate_by_name_and_inside_a_launched_run(store: Store,
     assert isinstance(tracker, WorkbenchTracker) and tracker.run_name == "ignored-here"
     accelerator.end_training()
 
-    row = store.get_run(launched["id"])
-    assert row["status"] == "running" and row["name"] == "launched"
-    assert json.loads(row["config"]) == {"lr": 0.5, "extra": 1}
-    assert [v for _, v in _series(store, row["id"], "train/loss")] == pytest.approx(losses)
+    row = store.get_run(launched.id)
+    assert row.status == "running" and row.name == "launched"
+    assert row.config == {"lr": 0.5, "extra": 1}
+    assert [v for _, v in _series(store, row.id, "train/loss")] == pytest.approx(losses)
     assert len(store.runs()) == 1
 
 
@@ -129,10 +128,10 @@ def test_trainer_callback_logs_loss_lr_and_grad_norm(store: Store, tmp_path: Pat
     trainer.train()
     assert callback.run is None  # finished at on_train_end
     (row,) = store.runs()
-    run_id = row["id"]
+    run_id = row.id
     row = store.get_run(run_id)
-    assert row["status"] == "finished" and row["name"] == "tiny-gpt2"
-    assert row["total_steps"] == 6
+    assert row.status == "finished" and row.name == "tiny-gpt2"
+    assert row.total_steps == 6
 
     steps = list(range(1, 7))
     loss = _series(store, run_id, "train/loss")
@@ -143,7 +142,7 @@ def test_trainer_callback_logs_loss_lr_and_grad_norm(store: Store, tmp_path: Pat
     assert all(0 < v < 10 for _, v in loss) and all(v > 0 for _, v in grad)
     assert lr[0][1] <= 1e-3 and all(a > b for (_, a), (_, b) in zip(lr, lr[1:], strict=False))
     assert store.scalars(run_id, "train/train_loss") == []  # a total, not a point
-    cfg = json.loads(row["config"])
+    cfg = row.config
     assert cfg["trainer"]["max_steps"] == 6 and cfg["model"]["n_embd"] == 32
     assert {"train_runtime", "train_loss"} <= set(cfg["summary"])
 
@@ -152,7 +151,7 @@ def test_trainer_callback_logs_loss_lr_and_grad_norm(store: Store, tmp_path: Pat
     assert [s for s, _ in _series(store, run_id, "val/loss")] == [6]
     assert [s for s, _ in _series(store, run_id, "eval/runtime")] == [6]
     callback.run.finish()
-    assert store.get_run(run_id)["status"] == "finished"  # the reopened writer owns nothing
+    assert store.get_run(run_id).status == "finished"  # the reopened writer owns nothing
 
 
 def test_trainer_metric_names() -> None:

@@ -41,7 +41,7 @@ def varied(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
         value = (1.0 / (i + 1), math.nan, math.inf)[i % 3]
         rows = [(s, key_metric(kind), value, now, flag_of(value)) for s in range(5)]
         events = [(3, "loss_spike", "warning", "{}", now)] * (i % 2)
-        store.write_batch(Batch(row["id"], scalars=rows, events=events), last_step=4)
+        store.write_batch(Batch(row.id, scalars=rows, events=events), last_step=4)
     return store
 
 
@@ -70,7 +70,7 @@ def test_fast_ls_is_the_path_taken_and_correct(varied: Store) -> None:
                  ["ls", "--json=1"], []):
         assert cli._ls_fast(argv) is None, argv
     rows = json.loads(wb_inproc("ls", "--json", check=True).stdout)
-    assert [r["id"] for r in rows] == [r["id"] for r in varied.runs()]
+    assert [r["id"] for r in rows] == [r.id for r in varied.runs()]
     assert rows[6]["status"] == "lost"
     assert rows[1]["key_metric"] == {"key": key_metric("rl"), "value": None}  # NaN
     assert rows[0]["event_counts"] == {} and rows[1]["event_counts"] == {"loss_spike": 1}
@@ -129,8 +129,8 @@ def test_runs_table_styles_the_header_and_each_status_cell(varied: Store) -> Non
     start = header_end + 1
     for row, line, span in zip(rows, lines[1:], body, strict=True):
         assert span.start == start + status_col
-        assert text.plain[span.start:span.end].rstrip() == row["status"]
-        assert span.style == STATUS_STYLE[row["status"]]
+        assert text.plain[span.start:span.end].rstrip() == row.status
+        assert span.style == STATUS_STYLE[row.status]
         start += len(line) + 1
 
 

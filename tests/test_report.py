@@ -37,7 +37,7 @@ def logged_run(store: Store, name: str, group: str | None = None, scale: float =
     run.event("loss_spike", step=150, value=2.0)
     run.log({"eval/accuracy/r4": 0.5, "eval/accuracy/r16": 0.8}, step=300)
     run.finish()
-    return row["id"]
+    return row.id
 
 
 def test_a_chart_downsamples_but_keeps_a_spike() -> None:

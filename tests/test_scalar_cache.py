@@ -36,13 +36,13 @@ def _cache(store: Store, run_id: str) -> Path:
 
 def test_history_equals_the_store_read_and_writes_a_cache_only_for_big_runs(
         store: Store) -> None:
-    small = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    small = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, small, range(10))
     assert store.scalar_history(small, min_rows=100)[1]["train/loss"][0].tolist() == \
         list(range(10))
     assert not _cache(store, small).exists()
 
-    big = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    big = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, big, range(100))
     store.write_batch(Batch(big, scalars=[(100, "train/loss", None, 1100.0, 1),
                                           (101, "train/loss", math.inf, 1101.0, 2)]))
@@ -57,7 +57,7 @@ def test_history_equals_the_store_read_and_writes_a_cache_only_for_big_runs(
 
 
 def test_new_points_after_the_cache_are_read_from_the_store(store: Store) -> None:
-    run = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    run = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, run, range(200))
     store.scalar_history(run, min_rows=100)
     written = _cache(store, run).stat().st_mtime_ns
@@ -76,7 +76,7 @@ def test_new_points_after_the_cache_are_read_from_the_store(store: Store) -> Non
 def test_a_feed_of_a_live_run_never_shows_a_stale_cache(
         store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("workbench.store.SCALAR_CACHE_MIN_ROWS", 50)
-    run = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    run = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, run, range(100))
     RunFeed(store, run).poll()  # writes the cache
     assert _cache(store, run).exists()
@@ -92,7 +92,7 @@ def test_a_feed_of_a_live_run_never_shows_a_stale_cache(
 def test_a_cache_is_refused_when_the_rows_it_copies_changed(store: Store) -> None:
     """The run deleted and made again under the same id (as a mirror or a re-import
     would), with the old cache put back: it describes rows that are gone."""
-    run = store.create_run(kind="custom", status="finished", launcher="sdk")["id"]
+    run = store.create_run(kind="custom", status="finished", launcher="sdk").id
     _write(store, run, range(200))
     store.scalar_history(run, min_rows=100)
     saved = _cache(store, run).read_bytes()
@@ -107,8 +107,8 @@ def test_a_cache_is_refused_when_the_rows_it_copies_changed(store: Store) -> Non
 
 
 def test_a_cache_of_another_run_or_a_broken_file_is_not_used(store: Store) -> None:
-    a = store.create_run(kind="custom", status="finished", launcher="sdk")["id"]
-    b = store.create_run(kind="custom", status="finished", launcher="sdk")["id"]
+    a = store.create_run(kind="custom", status="finished", launcher="sdk").id
+    b = store.create_run(kind="custom", status="finished", launcher="sdk").id
     _write(store, a, range(200))
     _write(store, b, range(200), offset=7.0)
     store.scalar_history(a, min_rows=100)
@@ -133,7 +133,7 @@ def test_the_run_screen_writes_the_cache_after_painting_and_reopens_from_it(
 
     monkeypatch.setattr(run_screen, "PROGRESSIVE_ROWS", 100)
     monkeypatch.setattr("workbench.store.SCALAR_CACHE_MIN_ROWS", 100)
-    run = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    run = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, run, range(300))
     reads: list[tuple[bool, int]] = []  # (from the start?, rows) of each read from SQLite
     columns = Store.scalar_columns
@@ -175,7 +175,7 @@ def test_without_the_helper_the_run_screen_reads_the_store_and_writes_the_cache(
     monkeypatch.setattr(run_screen, "CACHE_WRITE_DELAY_S", 0.0)
     monkeypatch.setattr("workbench.store.SCALAR_CACHE_MIN_ROWS", 100)
     monkeypatch.setattr(run_screen, "build_scalar_cache", lambda *a, **k: False)  # failed
-    run = store.create_run(kind="custom", status="running", launcher="sdk")["id"]
+    run = store.create_run(kind="custom", status="running", launcher="sdk").id
     _write(store, run, range(300))
 
     async def main() -> None:

@@ -16,6 +16,7 @@ from textual.widgets import Static, TabbedContent
 
 from tests.helpers import until, wait_for, wb
 from workbench.app import WorkbenchApp
+from workbench.run_record import RunRecord
 from workbench.screens.run import RunScreen
 from workbench.screens.runs import RunsScreen
 from workbench.screens.tabs.system import EMPTY, summary_text
@@ -70,7 +71,7 @@ def test_an_sdk_run_samples_its_process_without_moving_the_step(store: Store) ->
     assert all(0 < v <= 100 for _, v, _ in mem)
     assert {s for s, _, _ in cpu} <= {0, 1}  # at the run's step, wherever it was
     assert [s for _, s, *_ in store.scalars(run.id, "x")] == [0, 1]
-    assert store.get_run(run.id)["last_step"] == 1
+    assert store.get_run(run.id).last_step == 1
     rows = len(store.scalars(run.id))
     time.sleep(0.6)  # three intervals: nothing more comes after finish
     assert len(store.scalars(run.id)) == rows
@@ -90,7 +91,7 @@ def test_log_system_never_moves_the_step_and_is_quiet_after_finish(store: Store)
                                                                   (99, 70.0)]
     assert values(store, run.id, RSS) == []
     assert [s for _, s, *_ in store.scalars(run.id, "x")] == [10, 11]
-    assert store.get_run(run.id)["last_step"] == 11
+    assert store.get_run(run.id).last_step == 11
 
 
 def test_who_samples(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -171,14 +172,14 @@ def test_a_launched_run_has_one_sampler_over_its_process_tree(tmp_path: Path,
     run_id = wb("launch", str(spec), "--detach", check=True, timeout=60,
                 env={"WB_SYSTEM_METRICS_INTERVAL": str(interval)}).stdout.strip()
 
-    def ended() -> dict[str, Any] | None:
+    def ended() -> RunRecord | None:
         with Store(store_dir, create=False) as st:
             row = st.get_run(run_id)
-        return row if row["status"] not in ("queued", "running") else None
+        return row if not row.is_active else None
 
     row = wait_for(ended, 120, "the launched run to end")
     log = (store_dir / run_id / "stdout.log").read_text()
-    assert row["status"] == "finished", log
+    assert row.status == "finished", log
     with Store(store_dir, create=False) as st:
         cpu, rss = values(st, run_id, CPU), values(st, run_id, RSS)
         stage = st.events(run_id, kind="stage")
@@ -189,7 +190,7 @@ def test_a_launched_run_has_one_sampler_over_its_process_tree(tmp_path: Path,
     # One sampler: samples an interval apart. A second one would interleave its own,
     # leaving gaps of at most half an interval (and twice the rows).
     assert min(gaps) > interval / 2, gaps
-    assert len(cpu) <= (row["ended"] - row["started"]) / interval + 2
+    assert len(cpu) <= (row.ended - row.started) / interval + 2
     pairs = [(r[1], r[2], r[4]) for r in sys_rows]
     assert len(pairs) == len(set(pairs))  # no (step, key, wall) twice
     # The worker's tree includes the script's own subprocess: its 256 MiB show.
@@ -198,7 +199,7 @@ def test_a_launched_run_has_one_sampler_over_its_process_tree(tmp_path: Path,
     # At the step the script reached (read from the store), never past the last one.
     steps = [s for s, _, _ in cpu]
     assert steps == sorted(steps) and max(steps) >= 3 and max(steps) <= 7
-    assert row["last_step"] == 7
+    assert row.last_step == 7
     assert walls[-1] <= stage[-1]["wall"]  # stopped before the run's ending was written
 
 
@@ -299,8 +300,8 @@ def system_run(store: Store, gpus: int = 2) -> str:
                      (n, gpu_key(i, "mem_mib"), 40960.0, wall, 0),
                      (n, gpu_key(i, "temp_c"), 71.0, wall, 0)]
     rows.append((9, "train/loss", 1.0, t0, 0))
-    store.write_batch(Batch(row["id"], scalars=rows), last_step=9)
-    return row["id"]
+    store.write_batch(Batch(row.id, scalars=rows), last_step=9)
+    return row.id
 
 
 def open_run(store_dir: Path, run_id: str, body: Any) -> None:
@@ -354,7 +355,7 @@ def test_the_system_tab_without_gpus_and_a_run_without_system_metrics(
         store: Store, store_dir: Path) -> None:
     cpu_only = system_run(store, gpus=0)
     plain = store.create_run(kind="custom", name="plain", status="finished", launcher="sdk")
-    store.write_batch(Batch(plain["id"], scalars=[(0, "loss", 1.0, 0.0, 0)]), last_step=0)
+    store.write_batch(Batch(plain.id, scalars=[(0, "loss", 1.0, 0.0, 0)]), last_step=0)
 
     async def no_gpus(app: WorkbenchApp, pilot: Any, screen: RunScreen) -> None:
         await pilot.press("6")  # Overview, Metrics, Events, Logs, Config, System
@@ -375,7 +376,7 @@ def test_the_system_tab_without_gpus_and_a_run_without_system_metrics(
                         "Config"] and tabs.active == "tab-overview"
 
     open_run(store_dir, cpu_only, no_gpus)
-    open_run(store_dir, plain["id"], none)
+    open_run(store_dir, plain.id, none)
 
 
 def test_summary_keeps_eight_gpus_to_a_few_lines() -> None:
