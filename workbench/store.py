@@ -1057,15 +1057,18 @@ def new_run_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
-def __getattr__(name: str) -> Any:
-    """Transition: `strict_json` moved to the exporter (workbench/export.py), where the
-    JSON encoding lives; `from workbench.store import strict_json` still finds it until
-    its last importer moves."""
-    if name == "strict_json":
-        from workbench.export import strict_json
-
-        return strict_json
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+def strict_json(obj: Any) -> Any:
+    """Transition: the JSON encoding lives in the exporter (`export.strict_json`); this
+    copy stays only for the importers not moved yet (render.py, cli/reading.py,
+    cli/tools.py, selftest/report.py), and goes with them. (The store cannot import the
+    exporter, which imports it.)"""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    return obj
 
 
 __all__ = [
