@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from workbench.procs import pid_alive
 from workbench.records import DistRecord, EventRecord, MatrixRecord, Record, ScalarRecord
 from workbench.run_record import ACTIVE_STATUSES, RunRecord
+from workbench.scalar_log import LOG_NAME
 
 if TYPE_CHECKING:  # imported on first use: about 0.1 s that read paths (`wb ls`) skip
     import sqlite_utils
@@ -34,8 +35,8 @@ DB_NAME = "workbench.db"
 RUN_STATUSES = ("queued", "running", "finished", "failed", "stopped", "lost")
 # Seconds between heartbeats written by workers and SDK writer threads.
 HEARTBEAT_S = 2.0
-# A run's columnar copy of its scalars (`Store.scalar_history`), for runs this big.
-SCALAR_CACHE = ".scalars.npz"
+# A run's scalars as an append-only columnar file (scalar_log.py), kept for runs this big.
+SCALAR_CACHE = LOG_NAME
 SCALAR_CACHE_MIN_ROWS = 50_000
 
 # Non-finite flags on scalars. SQLite stores NaN as NULL, so the flag keeps it.
@@ -263,6 +264,15 @@ _SELECT = {
 
 
 @functools.cache
+def _log_read_dtype() -> Any:
+    """A scalar row as `scalar_history` reads it to fill the scalar log."""
+    import numpy as np
+
+    return np.dtype([("id", "<i8"), ("step", "<i8"), ("value", "<f8"), ("wall", "<f8"),
+                     ("key", "<i8"), ("flag", "<i8")])
+
+
+@functools.cache
 def _scalar_dtype() -> Any:
     """The structured row of scalar reads (numpy stays out of `import workbench.store`)."""
     import numpy as np
@@ -301,7 +311,7 @@ class Store:
             raise
         self._nums: dict[str, int] = {}
         self._key_ids: dict[str, int] = {}
-        self._cache_due: tuple | None = None  # a scalar cache write left for later
+        self._cache_due: tuple | None = None  # a scalar log write left for later
 
     def _init_db(self) -> None:
         # Setting WAL needs a brief exclusive lock; concurrent first opens may collide.
@@ -557,6 +567,7 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             seq = int(conn.execute("SELECT value FROM meta WHERE key = 'seq'").fetchone()[0])
+            first_scalar = seq + 1  # scalars are numbered first (RECORD_TABLES' order)
             keys = self._intern(r[1] for t in ("scalars", "dists", "matrices")
                                 for r in getattr(batch, t))
             for table in RECORD_TABLES:
@@ -588,6 +599,29 @@ class Store:
             conn.execute("ROLLBACK")
             self._key_ids.clear()  # ids of rolled-back new keys are void
             raise
+        if batch.scalars:
+            self._log_scalars(batch.run_id, first_scalar, batch.scalars, keys)
+
+    def _log_scalars(self, run_id: str, first: int, rows: Sequence[tuple],
+                     keys: dict[str, int]) -> None:
+        """After a commit: append the batch's scalars to the run's scalar log, or start
+        the log (from the store) once the run has SCALAR_CACHE_MIN_ROWS points. A small
+        run keeps none: SQLite reads it fast enough."""
+        from workbench import scalar_log
+
+        path = self.run_dir(run_id) / SCALAR_CACHE
+        if path.exists():
+            import numpy as np
+
+            recs = np.empty(len(rows), dtype=scalar_log.record_dtype())
+            recs["id"] = np.arange(first, first + len(rows))
+            recs["step"] = [r[0] for r in rows]
+            recs["key"] = [keys[r[1]] for r in rows]
+            recs["value"] = [value_of(r[2], r[4]) for r in rows]
+            recs["wall"] = [r[3] for r in rows]
+            scalar_log.append(path, recs)
+        elif self.scalar_span(run_id) >= SCALAR_CACHE_MIN_ROWS:
+            self.scalar_history(run_id, min_rows=0)  # reads the store once, writes the log
 
     def time_raw_scalar_inserts(self, run_id: str, rows: Sequence[tuple[int, str, float]],
                                 *, batch: int = 10_000) -> float:
@@ -689,115 +723,90 @@ class Store:
     def scalar_history(self, run_id: str, *, min_rows: int | None = None,
                        write: bool = True) -> tuple[int, dict[str, tuple[Any, Any, Any]]]:
         """What `scalar_columns(run_id)` returns (every scalar, as columns per key, and
-        the cursor), served from the run's columnar cache where it is valid.
+        the cursor), served from the run's scalar log (scalar_log.py) where it agrees
+        with the store.
 
-        The cache (`<run dir>/.scalars.npz`) is derived and disposable: the store stays
-        the only source of truth. It holds the run's scalars up to one record id (its
-        high-water mark) and is used only when the store still holds exactly those rows
-        (the run's number and creation time, the count, first id and high-water mark of
-        its rows up to that id, and the row at that id, all as recorded); rows committed
-        since are read from the store and appended. A run of at least `min_rows` points
-        (re)writes it when it had none or a quarter of its rows came from the store
-        (written to a temporary file, then renamed: a reader sees all of it or none).
-        Deleting the run removes its folder, and with it the cache.
-        `min_rows` defaults to SCALAR_CACHE_MIN_ROWS. `write=False` leaves a due write
-        to `write_scalar_cache()`, for a view that shows the history first.
+        The log is trusted up to the highest of a few of its ids below which the store
+        holds exactly as many of the run's rows as the log does (rows of a batch still
+        being appended, or appended out of order, only move that point back); the rest
+        is read from the store. A run of at least `min_rows` points (re)writes the log
+        when it had none or a quarter of its rows came from the store. `min_rows`
+        defaults to SCALAR_CACHE_MIN_ROWS. `write=False` leaves a due write to
+        `write_scalar_cache()`, for a view that shows the history first. Deleting the
+        run removes its folder, and with it the log.
         """
         import numpy as np
 
+        from workbench import scalar_log
+
         min_rows = SCALAR_CACHE_MIN_ROWS if min_rows is None else min_rows
         upto = self.last_id()
+        num = self.run_num(run_id)
         path = self.run_dir(run_id) / SCALAR_CACHE
-        cached = self._scalar_cache_load(path, run_id, upto) if path.exists() else None
-        since, base, meta = cached if cached is not None else (0, {}, None)
-        _, tail = self.scalar_columns(run_id, since, upto=upto)
-        columns = dict(base)
-        for key, (s, v, w) in tail.items():
-            old = columns.get(key)
-            columns[key] = (s, v, w) if old is None else (
-                np.concatenate([old[0], s]), np.concatenate([old[1], v]),
-                np.concatenate([old[2], w]))
-        fresh = sum(len(c[0]) for c in tail.values())
-        total = (meta["n"] if meta else 0) + fresh
-        if total >= min_rows and (meta is None or fresh >= total // 4):
-            self._cache_due = (path, run_id, upto, columns, total)
+        logged = scalar_log.read(path)
+        trusted = 0
+        if logged is not None:
+            logged = logged[logged["id"] <= upto]
+            trusted = self._log_agrees(num, logged["id"])
+            logged = logged[:trusted]
+        since = int(logged["id"][-1]) if trusted else 0
+        fresh = self._scalar_records(num, since, upto)
+        recs = np.concatenate([logged, fresh]) if trusted else fresh
+        total = len(recs)
+        if total >= min_rows and (not trusted or len(fresh) >= total // 4):
+            self._cache_due = (path, recs)
             if write:
                 self.write_scalar_cache()
-        return upto, columns
+        by_key = scalar_log.columns(recs)
+        names = self._key_names(list(by_key))
+        return upto, {names[k]: cols for k, cols in by_key.items()}
+
+    def _scalar_records(self, num: int, since: int, upto: int) -> Any:
+        """The run's scalar rows with `since < id <= upto` as scalar-log records (NaN
+        restored from the flag): what the log lacks."""
+        import numpy as np
+
+        from workbench import scalar_log
+
+        rows = np.fromiter(self.conn.execute(
+            "SELECT id, step, ifnull(value, 0.0), wall, key, flag FROM scalars "
+            "WHERE run = ? AND id > ? AND id <= ? ORDER BY id", (num, since, upto)),
+            dtype=_log_read_dtype())
+        recs = np.empty(len(rows), dtype=scalar_log.record_dtype())
+        for name in ("id", "step", "value", "wall", "key"):
+            recs[name] = rows[name]
+        recs["value"][rows["flag"] == NAN] = math.nan
+        return recs
+
+    def _log_agrees(self, num: int, ids: Any) -> int:
+        """How many of a log's records (their sorted ids) the store confirms: the
+        largest tried prefix whose last id has exactly that many of the run's rows at
+        or below it. Index counts only, at most four."""
+        n = len(ids)
+        for count in sorted({n, n - 1_000, n - 20_000, n // 2}, reverse=True):
+            if count <= 0:
+                break
+            (have,) = self.conn.execute(
+                "SELECT count(*) FROM scalars WHERE run = ? AND id <= ?",
+                (num, int(ids[count - 1]))).fetchone()
+            if have == count:
+                return count
+        return 0
+
+    def _key_names(self, key_ids: list[int]) -> dict[int, str]:
+        if not key_ids:
+            return {}
+        return dict(self.conn.execute(
+            f"SELECT id, name FROM keys WHERE id IN ({','.join('?' * len(key_ids))})",
+            key_ids).fetchall())
 
     def write_scalar_cache(self) -> None:
-        """Write the cache a `scalar_history(write=False)` left due, if any."""
+        """Write the scalar log a `scalar_history(write=False)` left due, if any."""
+        from workbench import scalar_log
+
         due, self._cache_due = self._cache_due, None
         if due is not None:
-            self._scalar_cache_save(*due)
-
-    def _scalar_cache_fingerprint(self, run_id: str, upto: int) -> dict[str, Any] | None:
-        """What a cache of the run's scalars up to id `upto` must match: None when the
-        run has no scalars up to there."""
-        num, created = self.conn.execute("SELECT num, created FROM runs WHERE id = ?",
-                                         (run_id,)).fetchone()
-        n, lo, hi = self.conn.execute(
-            "SELECT count(*), min(id), max(id) FROM scalars WHERE run = ? AND id <= ?",
-            (num, upto)).fetchone()
-        if not n:
-            return None
-        last = self.conn.execute("SELECT step, key, value, wall, flag FROM scalars "
-                                 "WHERE id = ?", (hi,)).fetchone()
-        return {"version": 1, "run": run_id, "num": num, "created": created, "n": n,
-                "min_id": lo, "max_id": hi, "last": list(last)}
-
-    def _scalar_cache_load(self, path: Path, run_id: str, upto: int,
-                           ) -> tuple[int, dict[str, tuple[Any, Any, Any]], dict] | None:
-        import zipfile
-
-        import numpy as np
-
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["meta"]).decode())
-                if meta.get("version") != 1 or meta.get("run") != run_id \
-                        or meta["max_id"] > upto:
-                    return None
-                if self._scalar_cache_fingerprint(run_id, meta["max_id"]) != \
-                        {k: meta[k] for k in ("version", "run", "num", "created", "n",
-                                              "min_id", "max_id", "last")}:
-                    return None
-                columns = {key: (data[f"s{i}"], data[f"v{i}"], data[f"w{i}"])
-                           for i, key in enumerate(meta["keys"])}
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
-            return None  # unreadable or half-gone: read the store
-        if sum(len(c[0]) for c in columns.values()) != meta["n"]:
-            return None
-        return meta["max_id"], columns, meta
-
-    def _scalar_cache_save(self, path: Path, run_id: str, upto: int,
-                           columns: dict[str, tuple[Any, Any, Any]], total: int) -> None:
-        import threading
-
-        import numpy as np
-
-        meta = self._scalar_cache_fingerprint(run_id, upto)
-        if meta is None or meta["n"] != total:  # changed under us: no cache this time
-            return
-        keys = sorted(columns)
-        meta["keys"] = keys
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)}
-        for i, key in enumerate(keys):
-            s, v, w = columns[key]
-            arrays.update({f"s{i}": s, f"v{i}": v, f"w{i}": w})
-        for stale in path.parent.glob(f"{path.name}.*.tmp"):  # a writer killed mid-write
-            try:
-                if stale.stat().st_mtime < time.time() - 600:
-                    stale.unlink()
-            except OSError:
-                pass
-        tmp = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        except OSError:  # a read-only or deleted run folder: no cache, no harm
-            tmp.unlink(missing_ok=True)
+            scalar_log.write(*due)
 
     def scalar_count(self, run_id: str, keys: Sequence[str] = ()) -> int:
         """How many scalar rows the run has, only those whose key matches one of the GLOB
@@ -976,9 +985,10 @@ class Store:
 
 def build_scalar_cache(root: str | os.PathLike[str], run_id: str, *,
                        min_rows: int | None = None, timeout: float = 300.0) -> bool:
-    """Write a run's scalar cache (`Store.scalar_history`) from a separate process, on
-    a core of its own. True when that process succeeded; a failure only means there
-    is no cache (the reader then reads the store itself)."""
+    """Write a run's scalar log (`Store.scalar_history`) from a separate process, on a
+    core of its own: for a big run written before it had one. True when that process
+    succeeded; a failure only means there is no log (the reader then reads the store
+    itself)."""
     import subprocess
     import sys
 
