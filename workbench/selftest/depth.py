@@ -27,7 +27,7 @@ from typing import Any
 from workbench.selftest import Context, Outcome, check
 from workbench.selftest.compare import Tolerance, add, compare
 
-# Huginn-0125 (RESEARCH.md section 3; its config.json), scaled from 55 heads to 4.
+# Huginn-0125 (Geiping et al. 2025, arXiv 2502.05171; its config.json), scaled from 55 heads to 4.
 PUBLISHED = {"n_embd": 5280, "n_heads": 55, "intermediate_size": 17920}
 HEADS = 4
 HEAD_DIM = PUBLISHED["n_embd"] // PUBLISHED["n_heads"]  # 96

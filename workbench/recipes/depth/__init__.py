@@ -1,4 +1,4 @@
-"""The `depth` kind: a recurrent-depth model (Huginn, RESEARCH.md §3) trained where
+"""The `depth` kind: a recurrent-depth model (Huginn, Geiping et al. 2025) trained where
 depth matters, then measured at inference.
 
 Stages (events `stage`: training, evaluating, done):

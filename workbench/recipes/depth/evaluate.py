@@ -1,4 +1,4 @@
-"""What depth buys, measured on a trained recurrent-depth model (RESEARCH.md §3).
+"""What depth buys, measured on a trained recurrent-depth model (Geiping et al. 2025).
 
 - Accuracy per fixed recurrence count r: one teacher-forced parallel forward per batch
   of evaluation sequences (the same computation as decoding with the full cache); an

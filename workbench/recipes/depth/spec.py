@@ -1,5 +1,5 @@
 """The `depth` spec: a recurrent-depth model trained on the built-in task, then
-evaluated for what depth buys (RESEARCH.md §3). Torch-free, like every spec.
+evaluated for what depth buys (Geiping et al. 2025). Torch-free, like every spec.
 
 The model, optimizer, training and stability sections are every trained kind's
 (`TrainedSpec`, recipes/common/trained_spec.py, pretrain's too; the model's arch is

@@ -11,8 +11,8 @@ Why it needs depth: every operation is a permutation of the ten digits and they 
 not commute, so the answer depends on all k of them in order; the natural algorithm
 carries the running value one operation per step. A model with a fixed stack of
 layers can follow only so many steps; a recurrent-depth model can loop its core once
-per step (and must: at r = 1 long chains fail, RESEARCH.md §3's "accuracy rises with
-r"). The operations are a fixed table of 3 x 10 entries, learned in a few hundred
+per step (and must: at r = 1 long chains fail; in Geiping et al. 2025 accuracy
+rises with r). The operations are a fixed table of 3 x 10 entries, learned in a few hundred
 steps, so a tiny model learns the task on a CPU in minutes.
 
 A training sequence is BOS followed by whole problems separated by `;` up to

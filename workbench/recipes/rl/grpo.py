@@ -1,4 +1,4 @@
-"""GRPO as modified by Magistral (RESEARCH.md §2): advantages and the clipped token loss.
+"""GRPO as modified by Magistral (arXiv 2506.10910): advantages and the clipped token loss.
 
 For a minibatch of completions, G per prompt (a "group"):
 

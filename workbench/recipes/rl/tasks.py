@@ -1,8 +1,8 @@
 """Verifiable reasoning tasks for RL: procedural generators and user JSONL problem sets.
 
 Why these tasks
-    Asynchronous RL pays off because rollout lengths are heavily skewed (RESEARCH.md
-    §2): a synchronous step waits for its longest completion. The skew must come from
+    Asynchronous RL pays off because rollout lengths are heavily skewed (Magistral,
+    PipelineRL): a synchronous step waits for its longest completion. The skew must come from
     generation itself, so every built-in task has a size k (list length, string
     length) drawn from a heavy-tailed (Pareto) distribution, and both the worked
     reasoning in the think block and, for `reverse`, the answer grow linearly with k.

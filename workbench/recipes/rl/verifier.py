@@ -15,7 +15,7 @@ of these hold, and the first that fails is the reason given:
 5. The answer (the box contents, stripped) is not empty.
 6. Nothing meaningful follows the box: only whitespace after its closing brace.
 
-Reward (`score`, Magistral; RESEARCH.md §2), |y| = n_tokens, the completion's length
+Reward (`score`, Magistral, arXiv 2506.10910), |y| = n_tokens, the completion's length
 in tokens (the engine's generated tokens, EOS included):
 
 - format violated: reward 0 exactly (no length penalty, no correctness bonus);
