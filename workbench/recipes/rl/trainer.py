@@ -181,23 +181,23 @@ def pretrain_row(ref: str, ctx: Context) -> tuple[dict[str, Any], Any]:
         row = store.resolve(ref)
     finally:
         store.close()
-    if row["kind"] != "pretrain":
-        raise ValueError(f"policy.init run:{ref} is a {row['kind']} run; give a pretrain run")
-    return row, parse_spec(row["spec"])
+    if row.kind != "pretrain":
+        raise ValueError(f"policy.init run:{ref} is a {row.kind} run; give a pretrain run")
+    return row, parse_spec(row.spec)
 
 
 def policy_from_run(ref: str, ctx: Context) -> GPT:
     """The latest checkpoint of a pretrain run in this store (its shape from its spec,
     which for a run started from a checkpoint is that checkpoint's)."""
     row, spec = pretrain_row(ref, ctx)
-    found = checkpoints_in(ctx.run.root / row["id"] / "checkpoints")
+    found = checkpoints_in(ctx.run.root / row.id / "checkpoints")
     if not found:
         raise ValueError(f"policy.init run:{ref} has no checkpoint yet")
     config = spec.model.gpt_config()
     config.attn_backend = "sdpa"
     model = GPT.empty(config)
     load_model(model, str(found[-1] / "model.safetensors"))
-    print(f"rl: policy from run {row['id']} ({found[-1].name})", flush=True)
+    print(f"rl: policy from run {row.id} ({found[-1].name})", flush=True)
     return model
 
 
