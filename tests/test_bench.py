@@ -207,7 +207,7 @@ def test_tui_big_store_is_built_once_per_parameter_set(tmp_path: Path,
     assert not list(tmp_path.glob("*.building-*"))
     st = Store(root, create=False)
     rows = st.runs()
-    assert [r["name"] for r in rows] == ["sdk-0000", "sdk-0001", "sdk-0002"]
-    assert all(r["status"] == "finished" and r["last_step"] == 9 for r in rows)
-    assert st.scalar_span(rows[-1]["id"]) == 10 * len(BIG_KEYS)
+    assert [r.name for r in rows] == ["sdk-0000", "sdk-0001", "sdk-0002"]
+    assert all(r.status == "finished" and r.last_step == 9 for r in rows)
+    assert st.scalar_span(rows[-1].id) == 10 * len(BIG_KEYS)
     st.close()

@@ -358,7 +358,7 @@ def test_context_manager_alert_and_reinit(store: Store) -> None:
     row = store.get_run(run.id)
     assert (row.status, row.exit_code) == ("failed", 1)
     [event] = store.events(run.id, kind="alert")
-    assert (event["step"], event["severity"], event["payload"]) == (
+    assert (event.step, event.severity, event.payload) == (
         0, "warning", {"title": "loss", "text": "diverged", "level": "WARN"})
 
     first = wandb.init(name="first")
@@ -379,7 +379,7 @@ def test_non_finite_values_reach_the_store_as_strict_json(store: Store) -> None:
     assert stored == {"eps": "inf", "wandb": {"summary": {"loss": "nan"}}}
     [(step, value)] = _points(store, run.id, "loss")
     assert step == 0 and value != value  # the point is kept, flagged NaN
-    assert [e["kind"] for e in store.events(run.id)] == ["nan"]
+    assert [e.kind for e in store.events(run.id)] == ["nan"]
 
 
 def test_inside_a_launched_worker_it_attaches_and_the_spec_wins(

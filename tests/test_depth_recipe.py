@@ -158,8 +158,8 @@ def test_pretrain_trains_a_recurrent_depth_model_with_muonclip(store: Store) -> 
     assert len(draws) == 6 and all(v >= 1 and v == int(v) for v in draws)
     assert len(set(draws)) > 1  # drawn per step, not fixed
     matrices = [r for r in store.records(rid, keys=["attn/max_logit_heads"])
-                if r["type"] == "matrix"]
-    assert [m["shape"] for m in matrices] == [[4, 2], [4, 2]]  # prelude + 2 core + coda
+                if r.type == "matrix"]
+    assert [m.shape for m in matrices] == [(4, 2), (4, 2)]  # prelude + 2 core + coda
     clips = store.events(rid, kind="qk_clip")
     assert clips, "tau 0.5 is below every head's max logit: QK-Clip must act"
     keys = {k for _, _, k, _, _ in store.scalars(rid)}
@@ -190,7 +190,7 @@ def test_a_depth_run_trains_then_logs_every_depth_metric(store: Store) -> None:
     loaded = load_spec("depth-tiny", DEPTH_TINY)
     row = inline(store, loaded.to_toml(), "depth", depth_run)
     rid = row.id
-    summary = store.events(rid, kind="depth_eval")[0]["payload"]
+    summary = store.events(rid, kind="depth_eval")[0].payload
     # perf/tokens_per_s is the training throughput only: the evaluation, logged at the
     # last training step, wrote the decoding speed there too.
     training = [v for _, _, k, v, _ in store.scalars(rid) if k == "perf/tokens_per_s"]
@@ -211,15 +211,15 @@ def test_a_depth_run_trains_then_logs_every_depth_metric(store: Store) -> None:
     assert value["depth/steps_fixed"] == 4 and 1 <= value["depth/steps_mean"] <= 4
     assert value["depth/kv_bytes"] < value["depth/kv_bytes_unshared"]
     dist = [r for r in store.records(rid, keys=["depth/steps_per_token"])
-            if r["type"] == "dist"]
-    assert len(dist) == 1 and 1 <= dist[0]["min"] <= dist[0]["max"] <= 4
-    sample = store.events(rid, kind="depth_sample")[0]["payload"]
+            if r.type == "dist"]
+    assert len(dist) == 1 and 1 <= dist[0].min <= dist[0].max <= 4
+    sample = store.events(rid, kind="depth_sample")[0].payload
     assert len(sample["tokens"]) == len(sample["depths"]) > 0
     assert "=" in "".join(sample["tokens"]) and all(1 <= d <= 4 for d in sample["depths"])
     assert summary["spec_equal"] is True  # speculative == plain greedy at verify depth
     assert value["depth/decode_tokens_per_s"] == summary["adaptive_tok_s"]
     assert value["depth/compute_ratio"] >= value["depth/steps_ratio"]  # readouts cost too
-    stages = [e["payload"]["stage"] for e in store.events(rid, kind="stage")]
+    stages = [e.payload["stage"] for e in store.events(rid, kind="stage")]
     assert stages[-3:] == ["training", "evaluating", "done"]
 
 
@@ -356,8 +356,8 @@ def test_short_recurrence_draws_are_watched_against_their_own_level(store: Store
         assert trainer.on_bad_step(step, StepOut(loss, 1.0, m, recurrence=r)) == "apply"
     run.finish()
     events = store.events(row.id, kind="loss_spike")
-    assert [e["step"] for e in events] == [spike_at]
-    assert events[0]["payload"]["baseline"] == pytest.approx(5.0, rel=0.03)  # r = 1's level
+    assert [e.step for e in events] == [spike_at]
+    assert events[0].payload["baseline"] == pytest.approx(5.0, rel=0.03)  # r = 1's level
 
 
 def test_depth_tab_figures_line_reads_the_evaluation_keys(store: Store) -> None:

@@ -137,9 +137,9 @@ def test_a_real_run_trains_the_checkpoint_with_muonclip(cpt: dict[str, Any]) -> 
     keys = {k for _, _, k, _, _ in st.scalars(row.id)}
     assert {"val/loss", "attn/max_logit", "qkclip/clipped_heads"} <= keys
     matrices = [r for r in st.records(row.id, keys=["attn/max_logit_heads"])
-                if r["type"] == "matrix"]
-    assert [m["step"] for m in matrices] == [1, 2, 3]
-    assert all(m["shape"] == [2, 4] for m in matrices)  # the checkpoint's 2 layers x 4 heads
+                if r.type == "matrix"]
+    assert [m.step for m in matrices] == [1, 2, 3]
+    assert all(m.shape == (2, 4) for m in matrices)  # the checkpoint's 2 layers x 4 heads
     config = row.config
     assert config["model_init"] == f"hf:{folder}"  # pinned to an absolute path at launch
     tok = config["tokenizer"]
@@ -245,5 +245,5 @@ def test_resume_continues_from_its_checkpoint_not_the_checkpoint_folder(
     resumed = run_inline(st, row.spec or "", resume_dir=previous)
     assert losses(st, resumed.id) == {3: losses(st, row.id)[3]}
     (event,) = [e for e in st.events(resumed.id, kind="checkpoint")
-                if e["payload"].get("action") == "resumed"]
-    assert event["step"] == 2
+                if e.payload.get("action") == "resumed"]
+    assert event.step == 2

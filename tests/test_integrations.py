@@ -64,7 +64,7 @@ def test_accelerate_loop_logs_into_the_store(store: Store, caplog: pytest.LogCap
     assert _series(store, run_id, "train/lr") == [(s, 0.1) for s in range(4)]
     assert _series(store, run_id, "grad/w") == [(s, s * 1.5) for s in range(4)]
     assert store.scalars(run_id, "odd") == [] and store.scalars(run_id, "phase") == []
-    texts = [(e["step"], e["payload"]) for e in store.events(run_id, kind="text")]
+    texts = [(e.step, e.payload) for e in store.events(run_id, kind="text")]
     assert texts == [(0, {"key": "phase", "value": "warmup"}),
                      (2, {"key": "phase", "value": "main"})]
     warned = [r.getMessage() for r in caplog.records if "odd" in r.getMessage()]

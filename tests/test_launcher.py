@@ -235,7 +235,7 @@ def test_stop_sigterm_then_resume(tmp_path: Path, store_dir: Path,
     step = int((tmp_path / "marker").read_text())
     assert "caught SIGTERM" in log_text(store_dir, run_id)
     with Store(store_dir, create=False) as st:
-        assert [e["step"] for e in st.events(run_id, kind="checkpoint")] == [step]
+        assert [e.step for e in st.events(run_id, kind="checkpoint")] == [step]
     # A second stop is harmless.
     assert "already stopped" in wb_inproc("stop", run_id, check=True).stdout
 
@@ -355,7 +355,7 @@ def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -
     with Store(store_dir, create=False) as st:
         saved = st.events(run_id, kind="checkpoint")
     assert len(saved) == 1
-    step = saved[0]["step"]
+    step = saved[0].step
     assert 20 <= step < 250
     assert "charlm: stopped at step" in log_text(store_dir, run_id)
 
@@ -368,8 +368,8 @@ def test_charlm_stop_and_resume_continues_from_the_checkpoint(store_dir: Path) -
     assert losses == list(range(step, 250))
     with Store(store_dir, create=False) as st:
         resumed = [e for e in st.events(new_id, kind="checkpoint")
-                   if e["payload"].get("action") == "resumed"]
-    assert [e["step"] for e in resumed] == [step]
+                   if e.payload.get("action") == "resumed"]
+    assert [e.step for e in resumed] == [step]
 
 
 # -- torchrun ------------------------------------------------------------------------------

@@ -201,9 +201,9 @@ def test_launch_end_to_end_logs_every_metric(store: Store) -> None:
     assert "perf/mfu" not in keys  # CUDA only
     assert sorted(losses(store, row.id)) == list(range(1, 21))
     matrices = [r for r in store.records(row.id, keys=["attn/max_logit_heads"])
-                if r["type"] == "matrix"]
-    assert [m["step"] for m in matrices] == [5, 10, 15, 20]
-    assert all(m["shape"] == [2, 4] for m in matrices)
+                if r.type == "matrix"]
+    assert [m.step for m in matrices] == [5, 10, 15, 20]
+    assert all(m.shape == (2, 4) for m in matrices)
     config = store.get_run(row.id).config
     assert config["muon_variant"] == "match_rms_adamw"
     assert {r["optimizer"] for r in config["routing"]} == {"muon", "adamw"}
@@ -224,7 +224,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(store: Store,
     monkeypatch.delenv("WB_FAULT_SLEEP_S")
 
     def past_checkpoint() -> bool:
-        ck = [e["step"] for e in store.events(b.id, kind="checkpoint")]
+        ck = [e.step for e in store.events(b.id, kind="checkpoint")]
         return bool(ck) and max(losses(store, b.id), default=0) > max(ck) + 1
 
     wait_for(past_checkpoint, 90, "run B to log past a checkpoint", interval=0.02)
@@ -236,9 +236,9 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(store: Store,
 
     c = wait_done(store, local.resume(store, killed))
     resumed = [e for e in store.events(c.id, kind="checkpoint")
-               if e["payload"].get("action") == "resumed"]
+               if e.payload.get("action") == "resumed"]
     assert len(resumed) == 1
-    start = resumed[0]["step"]
+    start = resumed[0].step
     assert start >= 10
     a_loss, c_loss = losses(store, ref.id), losses(store, c.id)
     assert sorted(c_loss) == list(range(start + 1, 41))
@@ -258,7 +258,7 @@ def test_stop_checkpoints_and_ends_as_stopped(store: Store,
     launched.process.wait(timeout=30)
     assert store.get_run(row.id).status == "stopped"
     (event,) = store.events(row.id, kind="checkpoint")
-    assert event["payload"]["reason"] == "stop" and 3 <= event["step"] < 200
+    assert event.payload["reason"] == "stop" and 3 <= event.step < 200
     assert (store.run_dir(row.id) / "checkpoints" / f"step-{event['step']:08d}").is_dir()
 
 
@@ -270,7 +270,7 @@ SPIKE_AT = 25
 def spike_events(store: Store, run_id: str) -> dict[str, list[dict[str, Any]]]:
     out: dict[str, list[dict[str, Any]]] = {}
     for e in store.events(run_id):
-        out.setdefault(e["kind"], []).append(e)
+        out.setdefault(e.kind, []).append(e)
     return out
 
 
@@ -279,7 +279,7 @@ def test_policy_alert_records_the_spike_and_applies_the_update(
     monkeypatch.setenv("WB_FAULT_CORRUPT_STEPS", str(SPIKE_AT))
     row = run_inline(store, tiny(steps=30, ckpt=1, keep=100, policy="alert"))
     ev = spike_events(store, row.id)
-    assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
+    assert [e.step for e in ev["loss_spike"]] == [SPIKE_AT]
     assert ev["loss_spike"][0]["payload"]["action"] == "apply"
     assert {"value", "baseline", "score"} <= ev["loss_spike"][0]["payload"].keys()
     assert "skip" not in ev and "rollback" not in ev
@@ -291,8 +291,8 @@ def test_policy_skip_drops_the_update(store: Store, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("WB_FAULT_CORRUPT_STEPS", str(SPIKE_AT))
     row = run_inline(store, tiny(steps=30, ckpt=1, keep=100, policy="skip"))
     ev = spike_events(store, row.id)
-    assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
-    assert [e["step"] for e in ev["skip"]] == [SPIKE_AT]
+    assert [e.step for e in ev["loss_spike"]] == [SPIKE_AT]
+    assert [e.step for e in ev["skip"]] == [SPIKE_AT]
     assert same_weights(ckpt(store, row.id, SPIKE_AT - 1), ckpt(store, row.id, SPIKE_AT))
     assert not same_weights(ckpt(store, row.id, SPIKE_AT),
                             ckpt(store, row.id, SPIKE_AT + 1))
@@ -304,7 +304,7 @@ def test_policy_rollback_restores_the_checkpoint_and_skips_the_window(
     text = tiny(steps=30, ckpt=10, keep=5, policy="rollback")
     row = run_inline(store, text.replace("[stability]", "[stability]\nrollback_skip_batches = 3"))
     ev = spike_events(store, row.id)
-    assert [e["step"] for e in ev["loss_spike"]] == [SPIKE_AT]
+    assert [e.step for e in ev["loss_spike"]] == [SPIKE_AT]
     (rb,) = ev["rollback"]
     assert rb["payload"]["from_step"] == SPIKE_AT and rb["payload"]["to_step"] == 20
     assert rb["payload"]["skipped_batches"] == (SPIKE_AT - 20) + 3
@@ -324,9 +324,9 @@ def test_nan_loss_is_never_applied(store: Store, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("WB_FAULT_NAN_STEPS", "15")
     row = run_inline(store, tiny(steps=20, ckpt=1, keep=100, policy="alert"))
     ev = spike_events(store, row.id)
-    assert [e["step"] for e in ev["nan"]] == [15]
+    assert [e.step for e in ev["nan"]] == [15]
     assert ev["nan"][0]["payload"]["action"] == "skip"
-    assert [e["step"] for e in ev["skip"]] == [15]
+    assert [e.step for e in ev["skip"]] == [15]
     assert same_weights(ckpt(store, row.id, 14), ckpt(store, row.id, 15))
     final = ckpt(store, row.id, 20)
     assert all(torch.isfinite(t).all() for t in final.values())
@@ -354,7 +354,7 @@ def test_muonclip_holds_the_max_logit_at_tau(store: Store) -> None:
             clipped = losses(store, row.id, "qkclip/clipped_heads")
             first = min(s for s, v in clipped.items() if v > 0)
             (event, *_) = store.events(row.id, kind="qk_clip")
-            payload = event["payload"]
+            payload = event.payload
             assert payload["count"] >= 1 and 0 < payload["min_gamma"] < 1
             assert len(payload["heads"]) == len(payload["gamma"]) == payload["count"]
             assert min(payload["gamma"]) == pytest.approx(payload["min_gamma"])
@@ -367,6 +367,6 @@ def test_a_validation_split_too_small_is_reported_not_hidden(store: Store) -> No
     row = run_inline(store, tiny(steps=3, ckpt=0).replace("max_bytes = 200000",
                                                           "max_bytes = 200000\nval_permille = 0"))
     (event,) = store.events(row.id, kind="data_warning")
-    assert event["severity"] == "warning" and "val/loss is measured on training data" in \
-        event["payload"]["message"]
+    assert event.severity == "warning" and "val/loss is measured on training data" in \
+        event.payload["message"]
     assert 3 in losses(store, row.id, "val/loss")

@@ -80,12 +80,12 @@ def test_stop_reaches_every_rank_and_resume_continues(store: Store,
     launched.process.wait(timeout=60)
     assert store.get_run(row.id).status == "stopped"
     (event,) = store.events(row.id, kind="checkpoint")
-    assert event["payload"]["reason"] == "stop" and 3 <= event["step"] < 40
+    assert event.payload["reason"] == "stop" and 3 <= event.step < 40
     wait_for(lambda: not any(pid_alive(p) for p in ranks), 30, "the ranks to exit")
 
     resumed = wait_done(store, local.resume(store, store.get_run(row.id)), timeout=180)
     steps = sorted(losses(store, resumed.id))
-    assert steps == list(range(event["step"] + 1, 41))
+    assert steps == list(range(event.step + 1, 41))
 
 
 def test_kill_9_of_the_worker_takes_the_ranks_down(store: Store,

@@ -172,10 +172,10 @@ def test_four_writers_and_a_polling_reader(tmp_path: Path, store: Store) -> None
             page = list(reader.records(run_id, since=cursor, limit=20_000))
             polls += 1
             if page:
-                ids = [r["id"] for r in page]
+                ids = [r.id for r in page]
                 assert ids[0] > cursor and ids == sorted(ids)
                 seen += ids
-                kinds.update(r["type"] for r in page)
+                kinds.update(r.type for r in page)
                 cursor = ids[-1]
             elif done:
                 drained = True
@@ -245,7 +245,7 @@ def test_incremental_reads_never_skip_a_committed_row(tmp_path: Path, store: Sto
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             done = proc.poll() is not None
-            page = [r["id"] for r in store.records(run_id, since=cursor)]
+            page = [r.id for r in store.records(run_id, since=cursor)]
             if page:
                 seen += page
                 cursor = page[-1]

@@ -14,6 +14,7 @@ import stat
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,9 @@ def _rows(root: Path, run_id: str) -> list[tuple]:
     with Store(root, create=False) as st:
         out = []
         for r in st.records(run_id, limit=1_000_000):
-            r = dict(r)
-            r.pop("id")
-            out.append(tuple(sorted((k, repr(v)) for k, v in r.items())))
+            fields = {**asdict(r), "type": r.type}
+            fields.pop("id")
+            out.append(tuple(sorted((k, repr(v)) for k, v in fields.items())))
         return out
 
 

@@ -137,11 +137,11 @@ def test_async_run_logs_every_rl_metric_and_bounds_staleness(store: Store) -> No
     drift = {k for _, _, k, _, _ in store.scalars(row.id) if k.startswith("rl/drift_kl/")}
     assert drift and drift <= {"rl/drift_kl/s0", "rl/drift_kl/s1"}
     assert all(v >= 0 for k in drift for v in values(store, row.id, k).values())
-    dists = {r["key"] for r in store.records(row.id) if r["type"] == "dist"}
+    dists = {r.key for r in store.records(row.id) if r.type == "dist"}
     assert {"rollout/length", "staleness"} <= dists
     syncs = store.events(row.id, kind="weight_sync")
-    assert [e["payload"]["version"] for e in syncs] == list(range(1, 7))
-    assert all(e["payload"]["seconds"] >= 0 for e in syncs)
+    assert [e.payload["version"] for e in syncs] == list(range(1, 7))
+    assert all(e.payload["seconds"] >= 0 for e in syncs)
     log = (store.run_dir(row.id) / "stdout.log").read_text()
     assert "2 generators" in log and "gloo broadcast" in log
     pids = [int(p) for p in re.findall(r"generator \d: pid (\d+)", log)]
@@ -176,7 +176,7 @@ def test_kill_9_of_a_generator_is_recorded_and_the_run_goes_on(store: Store,
     os.kill(pid, signal.SIGKILL)
     done = wait_end(store, launched)
     (lost,) = store.events(done.id, kind="generator_lost")
-    assert lost["payload"]["generator"] == 2 and lost["payload"]["remaining"] == 1
+    assert lost.payload["generator"] == 2 and lost.payload["remaining"] == 1
     assert sorted(values(store, done.id, "policy/version"))[-1] == 12
 
 
@@ -199,8 +199,8 @@ def test_trainer_killed_takes_its_roles_down_and_resume_continues(store: Store) 
     LAUNCHED.append(again)
     resumed = wait_end(store, again, timeout=240)
     (event,) = [e for e in store.events(resumed.id, kind="checkpoint")
-                if e["payload"].get("action") == "resumed"]
-    assert event["step"] == ckpt
+                if e.payload.get("action") == "resumed"]
+    assert event.step == ckpt
     assert sorted(values(store, resumed.id, "policy/version")) == list(range(ckpt + 1, 31))
 
 

@@ -178,8 +178,8 @@ def test_hf_policy_runs_records_its_tokenizer_and_resumes(example: Path, tmp_pat
         resumed = next(r for r in st.runs() if r.id != row.id)
         assert resumed.status == "finished"
         (event,) = [e for e in st.events(resumed.id, kind="checkpoint")
-                    if e["payload"].get("action") == "resumed"]
-        assert event["step"] == 3
+                    if e.payload.get("action") == "resumed"]
+        assert event.step == 3
 
 
 @pytest.mark.slow

@@ -130,9 +130,9 @@ def test_one_local_one_remote_generator_train_and_a_stranger_is_refused(
     assert values(store, done.id, "perf/gen_tokens_per_s/g1")
     assert values(store, done.id, "perf/gen_tokens_per_s/g2")
     (refused,) = store.events(done.id, kind="peer_refused")
-    assert refused["payload"]["reason"] == "wrong secret"
+    assert refused.payload["reason"] == "wrong secret"
     assert store.events(done.id, kind="generator_lost") == []
-    syncs = [e["payload"]["seconds"] for e in store.events(done.id, kind="weight_sync")]
+    syncs = [e.payload["seconds"] for e in store.events(done.id, kind="weight_sync")]
     floats = re.search(r"gloo broadcast \(([\d,]+) floats\)", log).group(1)
     print(f"weight broadcast to 2 generators (1 remote): mean {1e3 * sum(syncs) / len(syncs):.1f}"
           f" ms, max {1e3 * max(syncs):.1f} ms, {floats} floats")
@@ -151,8 +151,8 @@ def test_remote_generator_killed_is_lost_and_its_groups_restart_here(
     os.kill(pid, signal.SIGKILL)
     done = wait_end(store, launched, timeout=300)
     (lost,) = store.events(done.id, kind="generator_lost")
-    assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
-    assert lost["payload"]["remaining"] == 1
+    assert lost.payload["generator"] == 2 and lost.payload["host"] == "box"
+    assert lost.payload["remaining"] == 1
     assert sorted(values(store, done.id, "policy/version"))[-1] == 14
     assert max(values(store, done.id, "staleness/max").values()) <= 1
 
@@ -176,7 +176,7 @@ def test_ssh_connection_killed_declares_the_generator_lost_and_it_exits(
     print(f"ssh killed: generator lost and gone in {time.monotonic() - t0:.1f} s")
     done = wait_end(store, launched, timeout=300)
     (lost,) = store.events(done.id, kind="generator_lost")
-    assert lost["payload"]["generator"] == 2 and lost["payload"]["host"] == "box"
+    assert lost.payload["generator"] == 2 and lost.payload["host"] == "box"
 
 
 @pytest.mark.slow

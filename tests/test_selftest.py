@@ -150,9 +150,9 @@ def test_a_failing_check_exits_1_with_an_event_and_the_table_says_fail(
         events = st.events(row.id, kind="selftest_failure")
         failed = st.scalars(row.id, "selftest/failed")
     assert row.status == "failed" and row.exit_code == 1
-    assert len(events) == 1 and events[0]["severity"] == "error"
-    assert events[0]["payload"]["check"] == "store/roundtrip"
-    assert "WB_SELFTEST_FAIL" in events[0]["payload"]["reason"]
+    assert len(events) == 1 and events[0].severity == "error"
+    assert events[0].payload["check"] == "store/roundtrip"
+    assert "WB_SELFTEST_FAIL" in events[0].payload["reason"]
     assert [v for _, _, _, v, _ in failed] == [1.0]
     listed = wb("ls", "--kind", "selftest", check=True).stdout
     assert "failed" in listed and row.name in listed
@@ -256,7 +256,7 @@ def test_a_launched_selftest_with_a_failing_check_fails_its_run(
         run(spec, RecipeContext(run=handle, run_dir=store.run_dir(row.id)))
     handle.flush()
     (event,) = store.events(row.id, kind="selftest_failure")
-    assert event["payload"]["check"] == "store/roundtrip"
+    assert event.payload["check"] == "store/roundtrip"
     assert dict(store.get_run(row.id).config)["selftest"]["exit_code"] == 1
     handle.finish("failed", exit_code=1)
 

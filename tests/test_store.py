@@ -77,8 +77,8 @@ def test_every_record_kind_round_trips(store: Store) -> None:
     events = store.events(run.id)
     assert len(events) == 1
     ev = events[0]
-    assert (ev["kind"], ev["step"], ev["severity"]) == ("checkpoint", 1, "info")
-    assert ev["payload"] == {"path": "ckpt/1", "bytes": 123}
+    assert (ev.kind, ev.step, ev.severity) == ("checkpoint", 1, "info")
+    assert ev.payload == {"path": "ckpt/1", "bytes": 123}
     assert store.event_counts(run.id) == {"checkpoint": 1}
 
     records = list(store.records(run.id))
@@ -362,7 +362,7 @@ def test_ids_come_from_one_store_wide_sequence(store: Store) -> None:
     assert list(store.records(a.id, keys=["nothing*"])) == []
     # scalars(since) and events(since) share the same cursor
     assert all(i > 5 for i, *_ in store.scalars(a.id, since=5))
-    assert all(e["id"] > 5 for e in store.events(a.id, since=5))
+    assert all(e.id > 5 for e in store.events(a.id, since=5))
 
 
 def test_write_batch_numbers_rows_in_one_transaction(store: Store) -> None:
@@ -405,9 +405,9 @@ def test_nan_and_inf_are_kept_flagged_and_warned_once_per_key(store: Store) -> N
     assert flags[("c", 0)] == store_mod.NEG_INF and flags[("d", 0)] == store_mod.FINITE
 
     warnings = store.events(run.id, kind="nan")
-    assert sorted(e["payload"]["key"] for e in warnings) == ["a", "b", "c", "d"]
-    assert all(e["severity"] == "warning" for e in warnings)
-    labels = {e["payload"]["key"]: e["payload"]["value"] for e in warnings}
+    assert sorted(e.payload["key"] for e in warnings) == ["a", "b", "c", "d"]
+    assert all(e.severity == "warning" for e in warnings)
+    labels = {e.payload["key"]: e.payload["value"] for e in warnings}
     assert labels == {"a": "nan", "b": "inf", "c": "-inf", "d": "nan"}
 
 
@@ -628,11 +628,12 @@ def test_typed_records_are_frozen_and_decoded_once(store: Store) -> None:
     assert list(store.records(run.id, tables=("matrices",))) == [matrix]
 
 
-def test_strict_json_of_the_exporter_and_its_transitional_copy_agree() -> None:
-    """Moved to the exporter; the store's copy serves the importers not moved yet."""
+def test_strict_json_lives_in_the_exporter_only() -> None:
+    """The JSON encoding belongs to the exporter; the store has no copy of it."""
+    import workbench.store
     from workbench.export import strict_json
-    from workbench.store import strict_json as old
 
     value = {"a": [math.nan, 1.0, (math.inf, -math.inf)], "b": {"c": math.nan}, "d": "x"}
     want = {"a": [None, 1.0, [None, None]], "b": {"c": None}, "d": "x"}
-    assert strict_json(value) == old(value) == want
+    assert strict_json(value) == want
+    assert not hasattr(workbench.store, "strict_json")

@@ -200,7 +200,7 @@ def test_a_launched_run_has_one_sampler_over_its_process_tree(tmp_path: Path,
     steps = [s for s, _, _ in cpu]
     assert steps == sorted(steps) and max(steps) >= 3 and max(steps) <= 7
     assert row.last_step == 7
-    assert walls[-1] <= stage[-1]["wall"]  # stopped before the run's ending was written
+    assert walls[-1] <= stage[-1].wall  # stopped before the run's ending was written
 
 
 # -- GPUs ------------------------------------------------------------------------------

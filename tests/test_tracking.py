@@ -243,12 +243,12 @@ def test_event_payload_and_severity(store: Store) -> None:
         with pytest.raises(ValueError, match="severity"):
             run.event("stage", severity="fatal")
     evs = store.events(run.id)
-    assert [(e["kind"], e["step"], e["severity"]) for e in evs] == [
+    assert [(e.kind, e.step, e.severity) for e in evs] == [
         ("checkpoint", 7, "info"), ("loss_spike", 8, "warning"), ("stage", 7, "debug"),
         ("stage", 7, "info"), ("stage", 7, "error")]  # an event does not advance the step
-    assert evs[0]["payload"] == {"path": "c/7"}
-    assert evs[1]["payload"] == {"z": 4.2, "keys": ["a", "b"]}
-    assert store.events(run.id, kind="stage")[0]["severity"] == "debug"
+    assert evs[0].payload == {"path": "c/7"}
+    assert evs[1].payload == {"z": 4.2, "keys": ["a", "b"]}
+    assert store.events(run.id, kind="stage")[0].severity == "debug"
 
 
 def test_finish_records_status_once(store: Store) -> None:
@@ -471,7 +471,7 @@ def test_many_processes_log_to_one_run(tmp_path: Path, store: Store) -> None:
     assert len(ids) == len(set(ids)) == 3015 and ids == sorted(ids)
     after = store.get_run(row.id)
     assert after.status == "running" and after.ended is None  # not theirs to change
-    assert after["launcher"] == "local" and after["last_step"] == 2499
+    assert after.launcher == "local" and after.last_step == 2499
     assert json.loads(after["config"]) == {"shared": 1}
     assert store.runs() == [after]  # attaching made no new run
 
@@ -503,7 +503,7 @@ def test_init_and_finish_do_not_leak_connections(store: Store) -> None:
 
 def test_attached_init_keeps_the_launched_config(store: Store, monkeypatch) -> None:
     row = store.create_run(kind="script", config={"steps": 500})
-    monkeypatch.setenv("WB_RUN_ID", row["id"])
+    monkeypatch.setenv("WB_RUN_ID", row.id)
     with init(config={"steps": 10, "lr": 0.1}) as run:
         assert run.config == {"steps": 500, "lr": 0.1}  # the spec wins over defaults
-    assert store.get_run(row["id"])["status"] == "queued"  # attached: status untouched
+    assert store.get_run(row.id).status == "queued"  # attached: status untouched

@@ -111,7 +111,7 @@ def test_a_parquet_corpus_with_a_bpe_tokenizer_learns(corpus: dict[str, Path], t
         loss = [v for *_, v, _ in st.scalars(row.id, "train/loss")]
         bpb = [v for *_, v, _ in st.scalars(row.id, "val/bits_per_byte")]
         config = st.get_run(row.id).config
-        stages = [e["payload"] for e in st.events(row.id, kind="stage")]
+        stages = [e.payload for e in st.events(row.id, kind="stage")]
     tokenizing = [p for p in stages if p["stage"] == "tokenizing"]
     assert tokenizing[0]["done"] == 0 and tokenizing[-1]["done"] == tokenizing[-1]["total"] > 0
     assert row.status == "finished"
@@ -203,7 +203,7 @@ def test_a_mixture_logs_its_fractions_and_resumes_exactly_after_kill_9(
 
     def past_checkpoint() -> bool:
         with Store(store_dir, create=False) as st:
-            saved = [e["step"] for e in st.events(run_id, kind="checkpoint")]
+            saved = [e.step for e in st.events(run_id, kind="checkpoint")]
             return bool(saved) and (st.get_run(run_id).last_step or 0) >= saved[-1] + 20
     wait_for(past_checkpoint, 300, "a checkpoint and 20 more steps")
     os.killpg(run_row(store_dir, run_id).pid, signal.SIGKILL)

@@ -59,8 +59,8 @@ def follow_run(st: Store, launched: Launched, console: Console,
                 current = st.get_run(run_id)
                 offset = _tail(log_path, offset, progress.console)
                 for e in st.events(run_id, since=cursor):
-                    cursor = e["id"]
-                    if e["kind"] != "stage":
+                    cursor = e.id
+                    if e.kind != "stage":
                         progress.console.print(event_line(e), highlight=False)
                 latest = st.latest_value(run_id, metric)
                 step = current.last_step
@@ -186,8 +186,8 @@ def _poll_member(st: Store, m: _Member, progress: Progress) -> None:
     run_id, name = m.current.id, m.current.name
     cur = m.current = st.get_run(run_id)
     for e in st.events(run_id, since=m.cursor):
-        m.cursor = e["id"]
-        if e["kind"] != "stage":
+        m.cursor = e.id
+        if e.kind != "stage":
             progress.console.print(Text(f"{name}: ").append_text(event_line(e)),
                                    highlight=False)
     if cur.status == "running" and not m.started:

@@ -12,41 +12,15 @@ This module imports nothing from the workbench, so any layer may use it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import numpy as np
 
 
-class _DictReads:
-    """Transition only: the dict-style reads (`rec["key"]`, `rec.get("type")`,
-    `dict(rec)`) that `records()` callers used when it yielded dicts, in the shapes they
-    had (tuples as lists). Removed once no caller uses them, like RunRecord's."""
-
-    __slots__ = ()
-    type: ClassVar[str]
-
-    def keys(self) -> list[str]:
-        return ["type", *(f.name for f in fields(self))]  # type: ignore[arg-type]
-
-    def __getitem__(self, key: str) -> Any:
-        if key == "type":
-            return self.type
-        if key not in (f.name for f in fields(self)):  # type: ignore[arg-type]
-            raise KeyError(key)
-        value = getattr(self, key)
-        return list(value) if isinstance(value, tuple) else value
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default
-
-
 @dataclass(frozen=True, slots=True)
-class ScalarRecord(_DictReads):
+class ScalarRecord:
     """One logged number. `value` is NaN or +-inf as logged; `flag` says which
     (store.FINITE, NAN, POS_INF, NEG_INF), since SQLite keeps NaN as NULL."""
 
@@ -60,7 +34,7 @@ class ScalarRecord(_DictReads):
 
 
 @dataclass(frozen=True, slots=True)
-class DistRecord(_DictReads):
+class DistRecord:
     """A distribution's summary and histogram (`len(edges) == len(counts) + 1`; empty
     when it had no finite value). `nonfinite` counts the NaN and inf values left out."""
 
@@ -82,7 +56,7 @@ class DistRecord(_DictReads):
 
 
 @dataclass(frozen=True, slots=True)
-class MatrixRecord(_DictReads):
+class MatrixRecord:
     """A small array (attention heads x layers, say), row-major `data` of `dtype`."""
 
     id: int
@@ -103,7 +77,7 @@ class MatrixRecord(_DictReads):
 
 
 @dataclass(frozen=True, slots=True)
-class EventRecord(_DictReads):
+class EventRecord:
     """Something that happened at a step: `kind` (loss_spike, checkpoint, stage, ...),
     `severity` and a JSON `payload` (parsed; usually a dict)."""
 

@@ -11,9 +11,11 @@ from rich.control import strip_control_codes
 from rich.table import Table
 from rich.text import Span, Text
 
+from workbench.export import strict_json
 from workbench.kinds import declared
+from workbench.records import EventRecord
 from workbench.run_record import RunRecord
-from workbench.store import Store, strict_json
+from workbench.store import Store
 
 STATUS_STYLE = {
     "queued": "cyan", "running": "bold green", "finished": "blue", "failed": "bold red",
@@ -287,21 +289,21 @@ def payload_text(payload: dict[str, Any]) -> str:
                     for k, v in payload.items())
 
 
-def event_line(e: dict[str, Any]) -> Text:
-    line = Text(f"event {e['kind']}", style=SEVERITY_STYLE.get(e["severity"], ""))
-    line.append(f" step {e['step']} {payload_text(e['payload'])}")
+def event_line(e: EventRecord) -> Text:
+    line = Text(f"event {e.kind}", style=SEVERITY_STYLE.get(e.severity or "", ""))
+    line.append(f" step {e.step} {payload_text(e.payload)}")
     return line
 
 
-def events_table(rows: list[dict[str, Any]]) -> Table:
+def events_table(rows: list[EventRecord]) -> Table:
     table = Table(box=None, header_style="bold", pad_edge=False)
     for col in ("id", "time", "step", "kind", "severity", "payload"):
         table.add_column(col, justify="right" if col in ("id", "step") else "left")
     for e in rows:
-        payload = payload_text(e["payload"])
-        table.add_row(str(e["id"]), time.strftime("%H:%M:%S", time.localtime(e["wall"])),
-                      str(e["step"]), e["kind"],
-                      Text(e["severity"], style=SEVERITY_STYLE.get(e["severity"], "")), payload)
+        severity = e.severity or ""
+        table.add_row(str(e.id), time.strftime("%H:%M:%S", time.localtime(e.wall or 0.0)),
+                      str(e.step), e.kind, Text(severity, style=SEVERITY_STYLE.get(severity, "")),
+                      payload_text(e.payload))
     return table
 
 

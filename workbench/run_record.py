@@ -47,25 +47,6 @@ class RunRecord:
     after: str | None = None  # the run a queued group member waits for
     stored_status: str | None = None
 
-    @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> RunRecord:
-        """Build from a `runs` row (config as JSON text, group as `grp`)."""
-        text = row.get("config")
-        try:
-            config = json.loads(text) if isinstance(text, str) and text else (text or {})
-        except ValueError:
-            config = {}
-        return cls(
-            id=row["id"], num=row["num"], name=row["name"], kind=row["kind"],
-            status=row["status"], host=row.get("host") or "", launcher=row.get("launcher") or "",
-            created=row["created"], dir=row.get("dir") or "", config=config,
-            spec=row.get("spec"), pid=row.get("pid"), started=row.get("started"),
-            ended=row.get("ended"), heartbeat=row.get("heartbeat"),
-            exit_code=row.get("exit_code"), resumed_from=row.get("resumed_from"),
-            last_step=row.get("last_step"), total_steps=row.get("total_steps"),
-            group=row.get("grp"), after=row.get("after"), stored_status=row["status"],
-        )
-
     def to_dict(self) -> dict[str, Any]:
         """The row under the table's column names, config as JSON text: the shape the
         JSON outputs have always printed."""
@@ -98,20 +79,3 @@ class RunRecord:
         """The per-node runs of a multi-node launch, `{node, host, run}` each, recorded
         on node 0's run (launch/nodes.py); empty for a one-node run."""
         return list(self.config.get("node_runs") or [])
-
-    # -- transition: dict-style reads, removed once no caller uses them --------------
-    def __getitem__(self, key: str) -> Any:
-        if key == "grp":
-            return self.group
-        if key == "config":
-            return json.dumps(dict(self.config), default=str)
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
-    def get(self, key: str, default: Any = None) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            return default

@@ -17,7 +17,7 @@ import re
 import socket
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -416,7 +416,7 @@ class Store:
             self.conn.execute("ROLLBACK")
             run_dir.rmdir()
             raise
-        return RunRecord.from_row(row)
+        return run_record(row)
 
     def _next_suffix(self, base: str, column: str = "name") -> int:
         """1 + the largest N among runs named (or grouped, column `grp`) BASE-N."""
@@ -938,13 +938,16 @@ class Store:
         )
         return dict(rows.fetchall())
 
-    def events(self, run_id: str, since: int = 0, kind: str | None = None) -> list[dict]:
+    def events(self, run_id: str, since: int = 0,
+               kind: str | None = None) -> list[EventRecord]:
+        """The run's events after id `since`, oldest first, of one kind if given."""
         sql = _SELECT["events"] + " WHERE r.run = ? AND r.id > ?"
         args: list[Any] = [self.run_num(run_id), since]
         if kind:
             sql += " AND r.kind = ?"
             args.append(kind)
-        return [_event_row(r) for r in _query(self.conn, sql + " ORDER BY r.id", args)]
+        rows = self.conn.execute(sql + " ORDER BY r.id", args)
+        return [_record("events", r) for r in rows]
 
     def records(self, run_id: str, since: int = 0, keys: Sequence[str] = (),
                 limit: int = 10_000, tables: Sequence[str] = RECORD_TABLES,
@@ -1010,11 +1013,6 @@ def _dicts(cursor: sqlite3.Cursor) -> Iterator[dict[str, Any]]:
         yield dict(zip(cols, row, strict=True))
 
 
-def _query(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[dict[str, Any]]:
-    """Runs when first iterated, as sqlite_utils' `Database.query` does."""
-    yield from _dicts(conn.execute(sql, args))
-
-
 def _lazy(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[tuple]:
     """Runs when first iterated, so a merge of several reads starts them together."""
     yield from conn.execute(sql, args)
@@ -1023,12 +1021,6 @@ def _lazy(conn: sqlite3.Connection, sql: str, args: Sequence[Any]) -> Iterator[t
 def _tagged(table: str, rows: Iterable[tuple]) -> Iterator[tuple[int, str, tuple]]:
     for row in rows:
         yield row[0], table, row
-
-
-def _event_row(row: dict[str, Any]) -> dict[str, Any]:
-    row = dict(row)
-    row["payload"] = json.loads(row["payload"] or "{}")
-    return row
 
 
 def _record(table: str, row: tuple) -> Record:
@@ -1047,12 +1039,32 @@ def _record(table: str, row: tuple) -> Record:
     return EventRecord(i, step, kind, severity, json.loads(payload or "{}"), wall)
 
 
+def run_record(row: Mapping[str, Any]) -> RunRecord:
+    """A `runs` row as a RunRecord: config parsed once, `grp` as `group`. The one place
+    a run row is read by column name."""
+    text = row.get("config")
+    try:
+        config = json.loads(text) if isinstance(text, str) and text else (text or {})
+    except ValueError:
+        config = {}
+    return RunRecord(
+        id=row["id"], num=row["num"], name=row["name"], kind=row["kind"],
+        status=row["status"], host=row.get("host") or "", launcher=row.get("launcher") or "",
+        created=row["created"], dir=row.get("dir") or "", config=config,
+        spec=row.get("spec"), pid=row.get("pid"), started=row.get("started"),
+        ended=row.get("ended"), heartbeat=row.get("heartbeat"),
+        exit_code=row.get("exit_code"), resumed_from=row.get("resumed_from"),
+        last_step=row.get("last_step"), total_steps=row.get("total_steps"),
+        group=row.get("grp"), after=row.get("after"), stored_status=row["status"],
+    )
+
+
 def _with_liveness(row: dict[str, Any] | RunRecord) -> RunRecord:
     """Show a queued/running run whose process is gone as `lost` (read-time, not stored).
 
     A remote run carries its host's own judgement, copied by its mirror.
     """
-    rec = row if isinstance(row, RunRecord) else RunRecord.from_row(row)
+    rec = row if isinstance(row, RunRecord) else run_record(row)
     if (rec.stored_status in ACTIVE_STATUSES and rec.pid and not rec.is_remote
             and rec.host == socket.gethostname() and not pid_alive(rec.pid)):
         return rec.with_status("lost")
@@ -1065,20 +1077,6 @@ def new_run_id() -> str:
 
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
     return "".join(secrets.choice(alphabet) for _ in range(8))
-
-
-def strict_json(obj: Any) -> Any:
-    """Transition: the JSON encoding lives in the exporter (`export.strict_json`); this
-    copy stays only for the importers not moved yet (render.py, cli/reading.py,
-    cli/tools.py, selftest/report.py), and goes with them. (The store cannot import the
-    exporter, which imports it.)"""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {k: strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [strict_json(v) for v in obj]
-    return obj
 
 
 __all__ = [

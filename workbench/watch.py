@@ -51,14 +51,14 @@ def chart(feed: RunFeed, key: str, width: int, height: int, color: bool) -> str:
         if len(x):
             plt.plot(x.tolist(), y.tolist(), label=name, marker="braille")
             drew = True
-    spikes = [e for e in feed.events_of(*SPIKE_KINDS) if e.get("step") is not None]
+    spikes = [e.step for e in feed.events_of(*SPIKE_KINDS) if e.step is not None]
     s = feed.series(key)
     if spikes and len(s):
         steps = s.step
         xs, ys = [], []
-        for e in spikes:
-            i = min(int(steps.searchsorted(e["step"])), len(steps) - 1)
-            xs.append(e["step"])
+        for step in spikes:
+            i = min(int(steps.searchsorted(step)), len(steps) - 1)
+            xs.append(step)
             ys.append(float(s.value[i]))
         plt.scatter(xs, ys, marker="x", color="red", label="spike")
     if not drew:

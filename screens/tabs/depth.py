@@ -115,7 +115,7 @@ class DepthTab(RunTab):
         self.query_one("#depth-figures", Static).update(depth_figures(feed))
         samples = feed.events_of("depth_sample")
         if samples:
-            p = samples[-1]["payload"]
+            p = samples[-1].payload
             self.query_one("#sample", Static).update(
                 depth_text([str(t) for t in p.get("tokens", [])],
                            [int(d) for d in p.get("depths", [])], str(p.get("prompt", ""))))

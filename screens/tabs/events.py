@@ -26,10 +26,10 @@ class EventsTab(RunTab):
         table = self.query_one(DataTable)
         follow = table.cursor_row >= table.row_count - 1
         for e in feed.events[self._shown:]:
-            sev = e["severity"]
-            table.add_row(str(e["step"]), e["kind"],
+            sev = e.severity or ""
+            table.add_row(str(e.step), e.kind,
                           Text(sev, style="" if sev == "info" else sev_style(sev)),
-                          payload_text(e["payload"]), key=str(e["id"]))
+                          payload_text(e.payload), key=str(e.id))
         self._shown = len(feed.events)
         if follow and table.row_count:
             table.move_cursor(row=table.row_count - 1)

@@ -98,7 +98,7 @@ def stage_of(feed: RunFeed) -> str | None:
     stages = feed.events_of("stage")
     if not stages:
         return None
-    payload = stages[-1].get("payload") or {}
+    payload = stages[-1].payload or {}
     name = str(payload.get("stage", ""))
     if name not in PREPARING:
         return None
@@ -165,7 +165,7 @@ class OverviewTab(RunTab):
             if key and len(s := feed.series(key)):
                 chart.set_series(key, s.step, s.value)
         for kind, label in MARKS.items():
-            marks = [e["step"] for e in feed.events_of(kind) if e.get("step") is not None]
+            marks = [e.step for e in feed.events_of(kind) if e.step is not None]
             chart.set_markers(marks, label=label)
 
         for i, (title, key) in enumerate(small_keys(feed, {main, companion or main})):

@@ -120,18 +120,18 @@ class RolloutsTab(RunTab):
         self._lines("#version", "policy version", ("policy/version",), feed)
         syncs = feed.events_of("weight_sync")
         self.query_one("#version", LineChart).set_markers(
-            [e["step"] for e in syncs if e.get("step") is not None], label="sync")
+            [e.step for e in syncs if e.step is not None], label="sync")
         table = self.query_one("#syncs", DataTable)
         shown = syncs[-SYNCS_SHOWN:]
         if table.row_count != len(shown) or (shown and table.row_count and
-                                              str(shown[-1]["id"]) not in table.rows):
+                                              str(shown[-1].id) not in table.rows):
             table.clear()
             for e in shown:
-                p = e["payload"]
+                p = e.payload
                 seconds = p.get("seconds", p.get("duration_s"))
-                table.add_row(str(e["step"]), str(p.get("version", "-")),
+                table.add_row(str(e.step), str(p.get("version", "-")),
                               "-" if seconds is None else f"{float(seconds):.2f}",
-                              key=str(e["id"]))
+                              key=str(e.id))
             if table.row_count:  # newest last: keep it in view, not the oldest
                 table.move_cursor(row=table.row_count - 1)
         self._lines("#idle", "idle fraction per role", IDLE, feed)

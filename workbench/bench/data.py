@@ -138,8 +138,8 @@ def _bpe_vs_bytes(progress: Console | None) -> dict[str, Any]:
             t0 = time.monotonic()
             row = run_to_end(st, spec, [], progress, label, timeout=3600)
             out[f"{label}_wall_s"] = round(time.monotonic() - t0, 1)
-            bpb = [v for *_, v, _ in st.scalars(row["id"], "val/bits_per_byte")]
-            loss = [v for *_, v, _ in st.scalars(row["id"], "val/loss")]
+            bpb = [v for *_, v, _ in st.scalars(row.id, "val/bits_per_byte")]
+            loss = [v for *_, v, _ in st.scalars(row.id, "val/loss")]
             out[f"{label}_val_bits_per_byte"] = round(bpb[-1], 4) if bpb else None
             out[f"{label}_val_loss"] = round(loss[-1], 4) if loss else None
     b, y = out["bpe_val_bits_per_byte"], out["bytes_val_bits_per_byte"]

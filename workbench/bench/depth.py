@@ -59,7 +59,7 @@ def bench_depth(quick: bool = False, progress: Console | None = None,
         store.close()
     if not events:
         raise RuntimeError("the depth run finished without a depth_eval event")
-    e = events[-1]["payload"]
+    e = events[-1].payload
     return {
         "eval_split": e["eval_split"], "seen_acc": e["seen_acc"],
         "fixed_steps_mean": e["fixed_steps_mean"], "adaptive_steps_mean": e["adaptive_steps_mean"],

@@ -90,8 +90,8 @@ def bench_mirror(quick: bool = False, progress: Console | None = None) -> dict[s
             while time.monotonic() < deadline:
                 now = time.time()
                 for rec in local.records(row.id, since=cursor, keys=["bench/steady"]):
-                    lags.append(now - rec["wall"])
-                    cursor = rec["id"]
+                    lags.append(now - (rec.wall or now))
+                    cursor = rec.id
                 if not local.get_run(row.id).is_active:
                     break
                 time.sleep(0.005)
@@ -110,10 +110,8 @@ def bench_mirror(quick: bool = False, progress: Console | None = None) -> dict[s
             t0 = time.perf_counter()
             outcome = Mirror(fresh, row.id, host, log=io.StringIO()).run(give_up_s=30)
             seconds = time.perf_counter() - t0
-            rows = fresh.conn.execute("SELECT count(*) FROM scalars").fetchone()[0]
-            ours = fresh.conn.execute(  # the run may log system metrics besides
-                "SELECT count(*) FROM scalars s JOIN keys k ON k.id = s.key "
-                "WHERE k.name GLOB 'bench/*'").fetchone()[0]
+            rows = fresh.scalar_count(row.id)
+            ours = fresh.scalar_count(row.id, keys=["bench/*"])  # besides system metrics
             if outcome != "done" or ours != steady + burst:
                 raise RuntimeError(f"catch-up ended {outcome} with {ours} of "
                                    f"{steady + burst} rows")

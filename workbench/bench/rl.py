@@ -85,7 +85,7 @@ def time_to_target(points: list[tuple[int, float, float]], start: float, target:
 def _one(store: Any, overrides: list[str], progress: Console | None, label: str,
          timeout: float, target: float, window: int) -> dict[str, Any]:
     row = run_to_end(store, SPEC, overrides, progress, label, timeout)
-    stages = {e["payload"].get("stage"): e["wall"] for e in store.events(row.id, kind="stage")}
+    stages = {e.payload.get("stage"): e.wall for e in store.events(row.id, kind="stage")}
     seconds = stages["done"] - stages["training"]
 
     def points(key: str) -> list[tuple[int, float, float]]:

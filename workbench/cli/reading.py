@@ -142,7 +142,7 @@ def show(run: RunArg, as_json: JsonOpt = False, store: StoreOpt = None,
 
         data = run_summary(st, row.id)
         if as_json:
-            from workbench.store import strict_json
+            from workbench.export import strict_json
 
             print_json(strict_json(data))
         else:
@@ -205,13 +205,15 @@ def events(
 
     Example: wb events charlm-3 --kind loss_spike
     """
+    from dataclasses import asdict
+
+    from workbench.export import strict_json
     from workbench.render import events_table
-    from workbench.store import strict_json
 
     st = open_store(store)
-    rows = st.events(find_run(st, run)["id"], kind=kind)
+    rows = st.events(find_run(st, run).id, kind=kind)
     if as_json:
-        print_json(strict_json(rows))
+        print_json(strict_json([asdict(e) for e in rows]))
     else:
         common.console.print(events_table(rows))
 

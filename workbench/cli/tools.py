@@ -72,8 +72,8 @@ QuickOpt = Annotated[bool, typer.Option(
 
 def print_selftest(results: list[Any], data: dict[str, Any], title: str,
                     as_json: bool) -> None:
+    from workbench.export import strict_json
     from workbench.selftest.report import table, verdict_line
-    from workbench.store import strict_json
 
     if as_json:
         print_json(strict_json(data))

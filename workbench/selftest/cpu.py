@@ -210,7 +210,7 @@ def store_check(ctx: Context) -> Outcome:
         out.require(types == ["dist", "event", "matrix", "scalar"],
                     f"record kinds read back: {types}")
         events = st.events(row.id, kind="note")
-        out.require(len(events) == 1 and events[0]["payload"] == {"text": "héllo", "n": 3},
+        out.require(len(events) == 1 and events[0].payload == {"text": "héllo", "n": 3},
                     f"the event read back as {events}")
         buf = io.StringIO()
         export_run(st, st.get_run(row.id), buf)

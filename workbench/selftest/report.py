@@ -21,8 +21,8 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from workbench.export import strict_json
 from workbench.selftest import FAIL, KIND, PASS, SKIP, Facts, Result, counts, exit_code
-from workbench.store import strict_json
 
 STATUS_STYLE = {PASS: "green", FAIL: "bold red", SKIP: "dim"}
 
