@@ -52,7 +52,7 @@ from workbench.hosts import LOCAL, Host, HostError, load_hosts, local_check
 from workbench.run_record import ACTIVE_STATUSES, RunRecord
 from workbench.runs_view import RunView
 from workbench.screens.widgets.run_table import RunTable
-from workbench.selftest import FAIL, PASS, REMOTE_LAUNCHER, SKIP
+from workbench.selftest import FAIL, PASS, SKIP
 from workbench.selftest import KIND as SELFTEST_KIND
 from workbench.selftest.report import summary_of_config
 from workbench.themes import stylesheet
@@ -191,7 +191,7 @@ def host_of(row: RunRecord) -> str:
     """The host a run ran on: its configured host for a remote run (a mirror) or an
     `ssh-selftest` run (a host's selftest answer); every other launcher (local, sdk,
     torchrun, selftest) ran here."""
-    return (row.host or "?") if row.is_remote or row.launcher == REMOTE_LAUNCHER else LOCAL
+    return (row.host or "?") if row.ran_elsewhere else LOCAL
 
 
 def generator_hosts(row: RunRecord) -> set[str]:

@@ -17,6 +17,8 @@ from typing import Any
 ACTIVE_STATUSES = ("queued", "running")
 # `launcher` values of runs that another host executes and a mirror copies here.
 REMOTE_LAUNCHERS = ("ssh",)
+# `launcher` of a host's `wb selftest` answer, copied here by selftest/remote.py.
+HOST_ANSWER_LAUNCHER = "ssh-selftest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +70,12 @@ class RunRecord:
     def is_remote(self) -> bool:
         """Executed on another host; this store holds its mirror."""
         return self.launcher in REMOTE_LAUNCHERS
+
+    @property
+    def ran_elsewhere(self) -> bool:
+        """Ran on its configured host, not here: a mirrored run or a host's copied
+        selftest answer. Every other launcher (local, sdk, torchrun, selftest) ran here."""
+        return self.is_remote or self.launcher == HOST_ANSWER_LAUNCHER
 
     @property
     def is_active(self) -> bool:

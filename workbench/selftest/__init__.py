@@ -37,10 +37,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from workbench.run_record import HOST_ANSWER_LAUNCHER
+
 FAIL_ENV = "WB_SELFTEST_FAIL"
 KIND = "selftest"  # the run kind (registered in workbench.recipes)
 LAUNCHER = "selftest"  # runs written by `wb selftest` on this machine
-REMOTE_LAUNCHER = "ssh-selftest"  # the local copy of a host's `wb selftest` answer
+REMOTE_LAUNCHER = HOST_ANSWER_LAUNCHER  # the local copy of a host's `wb selftest` answer
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 GROUPS = ("kernels", "train", "dist", "vllm_check", "depth", "system", "cpu")
 NEEDS = ("cuda", "triton", "gpus2", "vllm", "nvml", "no-cuda")
