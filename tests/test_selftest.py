@@ -785,11 +785,16 @@ def test_nvml_sample_judgement_on_a_stand_in() -> None:
 
 
 def test_recipe_runs_are_judged_on_status_and_metrics() -> None:
+    from workbench.run_record import RunRecord
     from workbench.selftest.cpu import judge_recipe_run
 
-    assert judge_recipe_run({"status": "finished"}, {"train/loss", "val/loss"},
+    def run(status: str) -> RunRecord:
+        return RunRecord(id="x", num=1, name="x", kind="pretrain", status=status, host="",
+                         launcher="selftest", created=0.0, dir="")
+
+    assert judge_recipe_run(run("finished"), {"train/loss", "val/loss"},
                             ["train/loss"]) == []
-    assert judge_recipe_run({"status": "failed"}, set(), ["train/loss", "val/loss"]) == [
+    assert judge_recipe_run(run("failed"), set(), ["train/loss", "val/loss"]) == [
         "the run ended failed", "it logged no train/loss, val/loss"]
 
 
