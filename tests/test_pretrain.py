@@ -259,7 +259,7 @@ def test_stop_checkpoints_and_ends_as_stopped(store: Store,
     assert store.get_run(row.id).status == "stopped"
     (event,) = store.events(row.id, kind="checkpoint")
     assert event.payload["reason"] == "stop" and 3 <= event.step < 200
-    assert (store.run_dir(row.id) / "checkpoints" / f"step-{event['step']:08d}").is_dir()
+    assert (store.run_dir(row.id) / "checkpoints" / f"step-{event.step:08d}").is_dir()
 
 
 # ----------------------------------------------------------------------------- spikes

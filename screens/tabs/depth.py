@@ -104,8 +104,8 @@ class DepthTab(RunTab):
     def update_from(self, feed: RunFeed) -> None:
         if (d := feed.dist("depth/steps_per_token")) is not None:
             self.query_one("#steps-hist", Histogram).set_histogram(
-                d["edges"], d["counts"], title=f"recurrence steps per token, step {d['step']}",
-                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+                d.edges, d.counts, title=f"recurrence steps per token, step {d.step}",
+                quantiles={"p50": d.p50, "p90": d.p90, "p99": d.p99})
         chart = self.query_one("#accuracy", LineChart)
         chart.set_title("accuracy vs recurrence steps")
         chart.x_label = "recurrence steps"

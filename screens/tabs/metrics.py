@@ -195,9 +195,9 @@ class MetricsTab(RunTab):
             return
         history = self.feed.dist_history(key)  # a distribution: its quantile band
         if history:
-            steps = [h["step"] for h in history]
+            steps = [h.step for h in history]
             for q in BAND:
-                cell.set_series(q, steps, [h[q] for h in history])
+                cell.set_series(q, steps, [getattr(h, q) for h in history])
 
     # -- layout -------------------------------------------------------------------------
 

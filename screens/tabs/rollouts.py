@@ -102,14 +102,14 @@ class RolloutsTab(RunTab):
     def update_from(self, feed: RunFeed) -> None:
         if (d := feed.dist("rollout/length")) is not None:
             self.query_one("#len-hist", Histogram).set_histogram(
-                d["edges"], d["counts"], title=f"rollout length, step {d['step']}",
-                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+                d.edges, d.counts, title=f"rollout length, step {d.step}",
+                quantiles={"p50": d.p50, "p90": d.p90, "p99": d.p99})
         self._lines("#len-tails", "length tails", TAILS, feed)
         self._lines("#truncated", "truncated fraction", ("rollout/truncated_frac",), feed)
         if (d := feed.dist("staleness")) is not None:
             self.query_one("#stale-hist", Histogram).set_histogram(
-                d["edges"], d["counts"], title=f"staleness (versions), step {d['step']}",
-                quantiles={"p50": d["p50"], "p90": d["p90"], "p99": d["p99"]})
+                d.edges, d.counts, title=f"staleness (versions), step {d.step}",
+                quantiles={"p50": d.p50, "p90": d.p90, "p99": d.p99})
         self._lines("#stale-lines", "staleness mean / max",
                     ("staleness/mean", "staleness/max"), feed)
         self._lines("#mismatch", "train/inference mismatch (k3)",

@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     sampler = start_sampler(run, step=StoreStep(run, store.root))
     resume_dir = store.run_dir(row.resumed_from) if row.resumed_from else None
     ctx = Context(run=run, run_dir=store.run_dir(run_id), stop=stop, resume_dir=resume_dir)
-    print(f"workbench: run {run_id} ({row['name']}, kind {row['kind']}) pid {os.getpid()}",
+    print(f"workbench: run {run_id} ({row.name}, kind {row.kind}) pid {os.getpid()}",
           flush=True)
     status, code = "finished", 0
     try:
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             recipe, procs = get(row.kind), spec.resources.procs
             nodes = spec.resources.nodes
             if nodes > 1 and not recipe.per_rank:
-                raise RuntimeError(f"resources.nodes = {nodes}, but kind {row['kind']} runs "
+                raise RuntimeError(f"resources.nodes = {nodes}, but kind {row.kind} runs "
                                    "its own processes, not one per rank — set "
                                    "resources.nodes = 1")
             if (procs > 1 or nodes > 1) and recipe.per_rank:  # under torchrun
