@@ -107,7 +107,7 @@ def test_jsonl_round_trip_is_exact(source: dict[str, Any], tmp_path: Path) -> No
     assert new.launcher == "import" and new.pid is None
     for field in ("kind", "status", "config", "spec", "created", "started", "ended",
                   "last_step", "total_steps", "exit_code", "host"):
-        assert new[field] == head[field], field
+        assert new.to_dict()[field] == head[field], field
     # Into another store the name is free, and the round trip holds there too.
     other = tmp_path / "other"
     (again,) = json.loads(wb_inproc("import", "jsonl", str(path), "--json", "--store", str(other),

@@ -8,7 +8,6 @@ import os
 import signal
 import statistics
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -19,6 +18,7 @@ from workbench.launch import local
 from workbench.launch.local import Launched
 from workbench.recipes import Context
 from workbench.recipes import pretrain as pt
+from workbench.records import EventRecord
 from workbench.run_record import RunRecord
 from workbench.spec import LoadedSpec, SpecError, dump_toml, load_spec, parse_spec
 from workbench.store import Store
@@ -267,8 +267,8 @@ def test_stop_checkpoints_and_ends_as_stopped(store: Store,
 SPIKE_AT = 25
 
 
-def spike_events(store: Store, run_id: str) -> dict[str, list[dict[str, Any]]]:
-    out: dict[str, list[dict[str, Any]]] = {}
+def spike_events(store: Store, run_id: str) -> dict[str, list[EventRecord]]:
+    out: dict[str, list[EventRecord]] = {}
     for e in store.events(run_id):
         out.setdefault(e.kind, []).append(e)
     return out
@@ -280,8 +280,8 @@ def test_policy_alert_records_the_spike_and_applies_the_update(
     row = run_inline(store, tiny(steps=30, ckpt=1, keep=100, policy="alert"))
     ev = spike_events(store, row.id)
     assert [e.step for e in ev["loss_spike"]] == [SPIKE_AT]
-    assert ev["loss_spike"][0]["payload"]["action"] == "apply"
-    assert {"value", "baseline", "score"} <= ev["loss_spike"][0]["payload"].keys()
+    assert ev["loss_spike"][0].payload["action"] == "apply"
+    assert {"value", "baseline", "score"} <= ev["loss_spike"][0].payload.keys()
     assert "skip" not in ev and "rollback" not in ev
     assert not same_weights(ckpt(store, row.id, SPIKE_AT - 1),
                             ckpt(store, row.id, SPIKE_AT))
@@ -306,8 +306,8 @@ def test_policy_rollback_restores_the_checkpoint_and_skips_the_window(
     ev = spike_events(store, row.id)
     assert [e.step for e in ev["loss_spike"]] == [SPIKE_AT]
     (rb,) = ev["rollback"]
-    assert rb["payload"]["from_step"] == SPIKE_AT and rb["payload"]["to_step"] == 20
-    assert rb["payload"]["skipped_batches"] == (SPIKE_AT - 20) + 3
+    assert rb.payload["from_step"] == SPIKE_AT and rb.payload["to_step"] == 20
+    assert rb.payload["skipped_batches"] == (SPIKE_AT - 20) + 3
     # Steps 21..25 ran twice: once before the rollback, once on fresh data after it.
     points = [(s, v) for _, s, _, v, _ in store.scalars(row.id, "train/loss")]
     steps = [s for s, _ in points]
@@ -325,7 +325,7 @@ def test_nan_loss_is_never_applied(store: Store, monkeypatch: pytest.MonkeyPatch
     row = run_inline(store, tiny(steps=20, ckpt=1, keep=100, policy="alert"))
     ev = spike_events(store, row.id)
     assert [e.step for e in ev["nan"]] == [15]
-    assert ev["nan"][0]["payload"]["action"] == "skip"
+    assert ev["nan"][0].payload["action"] == "skip"
     assert [e.step for e in ev["skip"]] == [15]
     assert same_weights(ckpt(store, row.id, 14), ckpt(store, row.id, 15))
     final = ckpt(store, row.id, 20)

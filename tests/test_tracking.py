@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import signal
 import subprocess
@@ -472,7 +471,7 @@ def test_many_processes_log_to_one_run(tmp_path: Path, store: Store) -> None:
     after = store.get_run(row.id)
     assert after.status == "running" and after.ended is None  # not theirs to change
     assert after.launcher == "local" and after.last_step == 2499
-    assert json.loads(after["config"]) == {"shared": 1}
+    assert dict(after.config) == {"shared": 1}
     assert store.runs() == [after]  # attaching made no new run
 
 
