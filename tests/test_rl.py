@@ -325,3 +325,90 @@ def test_time_to_target() -> None:
     assert time_to_target(points, 100.0, 0.5, window=1) == (2.0, 2)
     assert time_to_target(points, 100.0, 0.5, window=2) is None
     assert time_to_target(points, 100.0, 0.0, window=5) is None  # shorter than the window
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("generator_timeout_s", "0", "greater than or equal to 1"),
+    ("trainer_timeout_s", "-5", "greater than or equal to 1"),
+    ("join_timeout_s", "0", "greater than 0"),
+    ("weights_timeout_s", "inf", "less than or equal to 86400"),
+    ("weights_timeout_s", '"soon"', "valid number"),
+])
+def test_bad_rollout_timeouts_are_refused_at_launch_in_one_line(
+        store: Store, tmp_path: Path, option: str, value: str, expected: str) -> None:
+    """A timeout the run could not keep is refused by `wb launch` before anything starts:
+    exit 2, one line naming the key and how to fix it."""
+    from tests.helpers import wb_inproc
+
+    spec = tmp_path / "rl.toml"
+    spec.write_text(smoke().replace("[grpo]", f"{option} = {value}\n[grpo]"))
+    r = wb_inproc("launch", str(spec))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"rollout.{option}" in lines[0] and expected in lines[0], lines[0]
+    assert f"--set rollout.{option}=VALUE" in lines[0]
+    assert store.runs() == []
+
+
+def test_join_timeout_bounds_the_start(store: Store) -> None:
+    """rollout.join_timeout_s reaches the trainer: generators that cannot start and join
+    (spawn and imports take seconds) within 0.5 s fail the run in one line."""
+    launched = launch(store, smoke().replace("[grpo]", "join_timeout_s = 0.5\n[grpo]"))
+    launched.process.wait(timeout=120)
+    done = store.get_run(launched.record.id)
+    log = (store.run_dir(done.id) / "stdout.log").read_text()
+    assert done.status == "failed", log[-2000:]
+    assert re.search(r"generator \d on local did not join within 0.5 s "
+                     r"\(rollout.join_timeout_s\)", log), log[-2000:]
+
+
+def test_silence_timeouts_reach_the_trainer_and_the_generators(store: Store) -> None:
+    """rollout.generator_timeout_s, rollout.weights_timeout_s and
+    rollout.trainer_timeout_s (3 s, 8 s, 3 s; defaults 20, 120, 20) reach the hub, the
+    weights groups and the generators. A generator frozen by SIGSTOP is declared lost
+    after 3 s of silence, or, when the trainer was already broadcasting to it, when
+    that broadcast times out after 8 s (not new_group's 30-minute default); the run
+    goes on. Then with the trainer frozen, the other generator leaves within about 3 s
+    (its parent watch cannot fire: the parent lives)."""
+    import time
+
+    text = smoke(steps=200, staleness=1).replace(
+        "[grpo]", "generator_timeout_s = 3\ntrainer_timeout_s = 3\n"
+                  "weights_timeout_s = 8\n[grpo]")
+    launched = launch(store, text)
+    row = launched.record
+    log_path = store.run_dir(row.id) / "stdout.log"
+
+    def pids() -> dict[int, int] | None:
+        found = dict(re.findall(r"generator (\d): pid (\d+)", log_path.read_text()))
+        ready = len(found) == 2 and len(values(store, row.id, "policy/version")) >= 2
+        return {int(k): int(v) for k, v in found.items()} if ready else None
+
+    pid = wait_for(pids, 120, "both generators and two steps", interval=0.1)
+    try:
+        os.kill(pid[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        (lost, *more) = wait_for(lambda: store.events(row.id, kind="generator_lost"), 30,
+                           "generator 1 declared lost", interval=0.1)
+        lost_s = time.monotonic() - t0
+        assert lost["payload"]["generator"] == 1 and not more, (lost, more)
+        if lost["payload"]["reason"].startswith("silent for 3 s"):  # the hub's bound
+            assert 2.5 < lost_s < 8, lost_s
+        else:  # the trainer was in a broadcast to it: gloo's bound
+            assert "timed out" in lost["payload"]["reason"].lower(), lost["payload"]
+            assert 7.5 < lost_s < 16, lost_s
+        steps = len(values(store, row.id, "policy/version"))
+        wait_for(lambda: len(values(store, row.id, "policy/version")) >= steps + 2, 60,
+                 "two more steps with one generator", interval=0.1)
+        os.kill(row.pid, signal.SIGSTOP)  # the trainer (and its hub) freezes
+        t1 = time.monotonic()
+        wait_for(lambda: not pid_alive(pid[2]), 15, "generator 2 to leave")
+        left_s = time.monotonic() - t1
+        assert left_s < 12, left_s  # 3 s (+ a decode step), not the 20 s default
+        print(f"silence timeouts of 3 s: generator lost after {lost_s:.1f} s "
+              f"({lost['payload']['reason'][:40]}), "
+              f"generator left {left_s:.1f} s after the trainer froze")
+    finally:
+        for p in (row.pid, pid[1]):
+            if pid_alive(p):
+                os.kill(p, signal.SIGKILL)

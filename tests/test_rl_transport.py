@@ -273,7 +273,7 @@ def test_the_rollout_and_weights_endpoints_listen_on_the_bind_address_alone() ->
     from workbench.recipes.rl.trainer import rendezvous
 
     hub = Hub(new_secret())
-    port, store = rendezvous("127.0.0.1", 1)
+    port, store = rendezvous("127.0.0.1", 1, 30.0)
     try:
         ports = {hub.port: "hub", port: "rendezvous"}
         listening = {c.laddr.port: c.laddr.ip

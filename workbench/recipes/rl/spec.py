@@ -147,6 +147,21 @@ class RolloutSection(Section):
     inflight: bool = Field(True, description="Load new weights mid-generation, keeping the KV "
                            "cache (Magistral); false = finish in-flight sequences on the old "
                            "weights first.")
+    # Bounded waits (issue 21: never block on a dead peer for longer than a bound).
+    # ge=1 for the two silences: both sides beat every 0.5 s (transport.BEAT_S), so a
+    # shorter bound would declare healthy peers lost.
+    generator_timeout_s: float = Field(20.0, ge=1, le=86400, description="A generator "
+                                       "the trainer has not heard from for this long is "
+                                       "declared lost (generator_lost) and its groups go "
+                                       "to the others.")
+    trainer_timeout_s: float = Field(20.0, ge=1, le=86400, description="A generator that "
+                                     "has not heard from the trainer for this long exits.")
+    join_timeout_s: float = Field(180.0, gt=0, le=86400, description="For every generator "
+                                  "to start (ssh, imports) and join the trainer; the run "
+                                  "fails in one line past it.")
+    weights_timeout_s: float = Field(120.0, gt=0, le=86400, description="torch.distributed's "
+                                     "timeout for the weights group: its rendezvous and "
+                                     "every weights broadcast to one generator.")
 
 
 class GRPOSection(Section):

@@ -37,9 +37,10 @@ the generator's own weights version); a `want` is retried until answered, and a
 repeated one gets the same answer, so a lost reply loses no group.
 
 Bounded waits. Both sides send at least every `BEAT_S`; a generator the hub has not
-heard from for `peer_timeout_s` (timed from its first message after the handshake: it
-loads its engine in between, and its process is watched meanwhile) is reported lost,
-and a generator that has not heard from the trainer for as long leaves. The
+heard from for its `peer_timeout_s` (`rollout.generator_timeout_s`; timed from its first
+message after the handshake: it loads its engine in between, and its process is watched
+meanwhile) is reported lost, and a generator that has not heard from the trainer for
+the link's `peer_timeout_s` (`rollout.trainer_timeout_s`) leaves. The
 handshake has its own timeout. The hub's
 socket is served by a thread of the trainer, so generators get groups and acks while
 the trainer computes a step.
