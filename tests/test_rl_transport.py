@@ -22,6 +22,7 @@ from workbench.recipes.rl.messages import (
     Inbound,
     PeerRefused,
     Rollout,
+    WeightsReady,
 )
 from workbench.recipes.rl.transport import Groups, Hub, Link, LinkError, new_secret
 
@@ -144,13 +145,14 @@ def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere
 
 class Proxy:
     """A TCP forwarder between a link and the hub that can swallow what the client
-    sends and cut every connection: a network drop, seen by both ends."""
+    sends (`swallow`) or what the hub sends (`swallow_replies`) and cut every
+    connection: a network drop, seen by both ends."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.swallow = False
+        self.swallow = self.swallow_replies = False
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -170,7 +172,7 @@ class Proxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
-                if not (from_client and self.swallow):
+                if not (self.swallow if from_client else self.swallow_replies):
                     dst.sendall(data)
         except OSError:
             pass
@@ -210,6 +212,47 @@ def test_a_rollout_lost_in_a_dropped_connection_is_sent_again_after_reconnecting
         got = [item.message for item in items if isinstance(item, FromGenerator)]
         assert sorted(r.key for r in got) == [(0, 0), (0, 1), (1, 0)]  # type: ignore[union-attr]
         assert len(items) - len(got) == 2  # joined: the first session and the new one
+    finally:
+        link.close()
+        proxy.close()
+
+
+def test_a_weights_announcement_lost_in_a_dropped_connection_is_sent_again(
+        hub: Hub) -> None:
+    """Issue 21: the trainer announces new weights (then waits in the gloo broadcast)
+    while the generator's connection drops; the announcement is lost with it. On the
+    generator's new session the hub announces the pending weights again, until the
+    trainer says the broadcast is over; then a later reconnection announces nothing."""
+    proxy = Proxy(hub.port)
+    link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
+    try:
+        pump(link, 0.6)  # a beat: the session is in use
+        proxy.swallow_replies = True
+        hub.announce(1, WeightsReady(5))
+        time.sleep(0.3)  # sent into the dying connection
+        assert pump(link, 0.3) == []
+        t0 = time.monotonic()
+        proxy.cut()
+        proxy.swallow_replies = False
+        got: list[Any] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(isinstance(m, WeightsReady)
+                                                      for m in got):
+            got += link.poll(20)
+        resent_s = time.monotonic() - t0
+        assert link.handshakes == 2
+        assert [m for m in got if isinstance(m, WeightsReady)] == [WeightsReady(5)]
+        joined = [m for m in drain(hub, (GeneratorJoined,), 0.5)
+                  if isinstance(m, GeneratorJoined)]
+        assert [(j.again, j.weights_resent) for j in joined] == [(False, None), (True, 5)]
+        print(f"weights announcement resent {resent_s:.2f} s after the cut")
+        hub.broadcast_done(1)  # the broadcast went through: nothing pending any more
+        proxy.cut()
+        pump(link, 15, until=lambda: link.handshakes == 3)
+        assert link.handshakes == 3
+        assert not any(isinstance(m, WeightsReady) for m in pump(link, 1))
+        (again,) = drain(hub, (GeneratorJoined,), 0.5)
+        assert isinstance(again, GeneratorJoined) and again.weights_resent is None
     finally:
         link.close()
         proxy.close()

@@ -288,6 +288,7 @@ class Loop:
                                    answer_format=t.answer_format) if t.path else None
         self.room = room  # prompt tokens that leave l_max for the answer
         self.pending: tuple[dict[str, Any], int] | None = None  # weights waiting to load
+        self.received = engine.version  # the newest weights version received
         self.granted: list[int] = []  # groups the trainer gave this generator, not started
         self.refused_at: tuple[int, float] | None = None  # (engine version, when) of a "none"
         self.tally = Tally()
@@ -317,9 +318,12 @@ class Loop:
             match message:
                 case Stop():
                     return True
+                case WeightsReady(version) if version <= self.received:
+                    pass  # announced again after a reconnection, but already received
                 case WeightsReady(version):
                     state = {k: v.clone() for k, v in self.weights.receive().items()}
                     self.pending = (state, version)
+                    self.received = version
                 case Granted(groups=groups):  # [] = none admissible now
                     self.granted += groups
                     self.refused_at = None if groups else (self.engine.version,

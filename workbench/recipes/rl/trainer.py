@@ -325,6 +325,8 @@ class Trainer:
         self.roles: Roles | None = None
         self.saved_version = -1
         self.tokens_by: dict[int, int] = {}  # generator rank -> tokens in its stats
+        self.taken = 0  # rollouts the hub passed on since the last step (each key once)
+        self.duplicates_seen = 0  # the hub's count of dropped copies, at the last step
 
     # -- weights ----------------------------------------------------------------------
 
@@ -345,11 +347,13 @@ class Trainer:
             if not roles.generators[r].is_alive():
                 self.generator_lost(r)
                 continue
-            roles.hub.send(r, WeightsReady(self.version))
+            roles.hub.announce(r, WeightsReady(self.version))  # again if it reconnects
             try:
                 dist.broadcast(flat, src=0, group=roles.groups[r])
             except RuntimeError as exc:  # the peer died mid-transfer
                 self.generator_lost(r, str(exc))
+            finally:
+                roles.hub.broadcast_done(r)
         return time.perf_counter() - t0
 
     def generator_lost(self, rank: int, why: str = "") -> None:
@@ -428,6 +432,7 @@ class Trainer:
                 if rank in roles.lost:  # its groups restart elsewhere
                     return
                 self.gen_tokens += len(r.tokens)
+                self.taken += 1
                 self.pending[self.next_key] = Sample.of(rank, r)
                 roles.verifiers.submit(self.next_key, r.problem, r.text, len(r.tokens))
                 self.next_key += 1
@@ -440,6 +445,14 @@ class Trainer:
             case GeneratorLost(rank, reason):
                 if rank in roles.generators:
                     self.generator_lost(rank, reason)
+            case GeneratorJoined(rank, again=True, weights_resent=resent):
+                # a new session after a dropped connection (ZeroMQ reconnected)
+                self.ctx.run.event("generator_reconnected", step=self.version,
+                                   severity="warning", generator=rank,
+                                   host=roles.hosts.get(rank, LOCAL), weights_resent=resent)
+                print(f"rl: generator {rank} reconnected"
+                      + ("" if resent is None else f"; weights {resent} announced again"),
+                      flush=True)
             case GeneratorJoined():
                 pass  # wait_joined reads Hub.joined()
             case PeerRefused():
@@ -494,6 +507,8 @@ class Trainer:
         wall = now - self.t_mark
         self.t_mark = now
         gen_total = self.gen_busy + self.gen_idle
+        with self.roles.hub.lock:
+            duplicates = self.roles.hub.duplicates
         q = quantiles(lengths)
         metrics = {
             "rl/reward": float(rewards.mean()),
@@ -512,7 +527,11 @@ class Trainer:
             "perf/generator_idle_frac": self.gen_idle / gen_total if gen_total else 0.0,
             "perf/train_step_s": train_s,
             "sync/seconds": sync_s, "policy/version": float(self.version),
+            # delivery (transport.py): new rollouts taken, and copies dropped as repeats
+            "rl/rollouts": float(self.taken),
+            "rl/duplicates_dropped": float(duplicates - self.duplicates_seen),
         }
+        self.taken, self.duplicates_seen = 0, duplicates
         metrics.update(policy_kl_metrics(upd.k3_by_staleness))
         # per generator (its host in the run's config, `generator_hosts`)
         for r, n in sorted(self.tokens_by.items()):
@@ -642,9 +661,9 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     secret = new_secret()  # this run's; never in the store
     ro = spec.rollout
-    hub = Hub(secret, bind, groups=Groups(trainer.version * spec.grpo.groups_per_step,
-                                          spec.grpo.groups_per_step,
-                                          ro.max_staleness, spec.grpo.steps),
+    per = spec.grpo.groups_per_step
+    hub = Hub(secret, bind,
+              groups=Groups(trainer.version * per, per, ro.max_staleness, spec.grpo.steps),
               peer_timeout_s=ro.generator_timeout_s)
     port, store = rendezvous(bind, world, ro.weights_timeout_s)
     dist_address = endpoint(bind, port).removeprefix("tcp://")
