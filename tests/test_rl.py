@@ -412,3 +412,80 @@ def test_silence_timeouts_reach_the_trainer_and_the_generators(store: Store) -> 
         for p in (row.pid, pid[1]):
             if pid_alive(p):
                 os.kill(p, signal.SIGKILL)
+
+
+def test_bad_rollout_connect_is_refused_in_one_line() -> None:
+    for bad in ("nowhere", "127.0.0.1:0", "127.0.0.1:http", ":5555"):
+        with pytest.raises(SpecError) as info:
+            parse_spec(smoke(), [f"rollout.connect={bad}"])
+        assert "give 'host:port'" in str(info.value) and "\n" not in str(info.value)
+    assert parse_spec(smoke(), ["rollout.connect=10.0.0.5:5555"]).rollout.connect
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_connections_cut_mid_run_lose_no_rollout_and_train_on_none_twice(
+        store: Store) -> None:
+    """Issue 21 item 3 inside a full run: the generators dial the trainer through a TCP
+    proxy (rollout.connect; the hub on a fixed rollout.port), and their connections are
+    cut twice mid-run. First the trainer's replies vanish for 3 s before the cut (acks,
+    grants, and a weights announcement: the trainer waits in that broadcast), then the
+    generators' rollouts vanish for 1 s before the cut. The run finishes with both
+    generators; every (group, index) of every trained batch was taken exactly once
+    (rl/rollouts sums to steps x groups_per_step x group_size), copies were dropped
+    (rl/duplicates_dropped), and the lost announcement was sent again."""
+    import time
+
+    from tests.test_rl_transport import Proxy
+
+    steps, per, size = 30, 2, 4
+    port = free_port()
+    proxy = Proxy(port)
+    text = smoke(steps=steps, staleness=1).replace(
+        "[grpo]", f'port = {port}\nconnect = "127.0.0.1:{proxy.port}"\n[grpo]')
+    try:
+        launched = launch(store, text)
+        row = launched.record
+
+        def version() -> int:
+            return len(values(store, row.id, "policy/version"))
+
+        wait_for(lambda: version() >= 3, 180, "three steps", interval=0.1)
+        proxy.swallow_replies = True  # the hub's messages vanish, then the connection
+        time.sleep(3)
+        cut_at = time.time()
+        proxy.cut()
+        proxy.swallow_replies = False
+        wait_for(lambda: version() >= 12, 120, "steps after the first cut", interval=0.1)
+        proxy.swallow = True  # the generators' rollouts vanish, then the connection
+        time.sleep(1)
+        proxy.cut()
+        proxy.swallow = False
+        done = wait_end(store, launched, timeout=240)
+    finally:
+        proxy.close()
+    log = (store.run_dir(done.id) / "stdout.log").read_text()
+    assert f"dialled at 127.0.0.1:{proxy.port}" in log
+    assert sorted(values(store, done.id, "policy/version")) == list(range(1, steps + 1))
+    assert store.events(done.id, kind="generator_lost") == []
+    taken = values(store, done.id, "rl/rollouts")
+    dropped = values(store, done.id, "rl/duplicates_dropped")
+    assert sum(taken.values()) == steps * per * size, taken  # none lost, none twice
+    assert sum(dropped.values()) >= 1, dropped  # acks were lost: copies came again
+    rejoined = store.events(done.id, kind="generator_reconnected")
+    assert len(rejoined) >= 4, rejoined  # both generators, after each cut
+    resent = [e for e in rejoined if e["payload"]["weights_resent"] is not None]
+    assert resent, rejoined  # the announcement lost in the first cut came again
+    syncs = {e["step"]: e for e in store.events(done.id, kind="weight_sync")}
+    stuck = syncs[resent[0]["payload"]["weights_resent"]]
+    print(f"cuts in a {steps}-step run: {sum(dropped.values()):.0f} copies dropped, "
+          f"{len(rejoined)} reconnections; the broadcast waiting on the lost announcement "
+          f"ended {stuck['wall'] - cut_at:.2f} s after the cut "
+          f"(weight_sync {stuck['payload']['seconds']:.2f} s)")

@@ -136,6 +136,13 @@ class RolloutSection(Section):
                       "and weights (torch.distributed) endpoints bind: an address of this "
                       "machine that the generators' hosts reach. Loopback by default; "
                       "never 0.0.0.0 unless set.")
+    port: int = Field(0, ge=0, le=65535, description="TCP port of the rollout (ZeroMQ) "
+                      "endpoint; 0 = a free one. Fix it for a firewall or a port forward.")
+    connect: str = Field("", description="'host:port' the generators dial for the rollout "
+                         "endpoint when it is not rollout.bind and its port: a port forward "
+                         "or proxy in front of the trainer (with bind = 0.0.0.0, this "
+                         "machine's address). Empty = bind and port. The weights rendezvous "
+                         "is still reached at rollout.bind.")
     slots: int = Field(16, ge=1, le=4096, description="Sequences each generator decodes at "
                        "once (continuous batching).")
     l_max: int = Field(160, ge=8, description="Hard cap on completion tokens.")
@@ -162,6 +169,15 @@ class RolloutSection(Section):
     weights_timeout_s: float = Field(120.0, gt=0, le=86400, description="torch.distributed's "
                                      "timeout for the weights group: its rendezvous and "
                                      "every weights broadcast to one generator.")
+
+    @field_validator("connect")
+    @classmethod
+    def _host_port(cls, connect: str) -> str:
+        host, _, port = connect.rpartition(":")
+        if connect and not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"rollout.connect {connect!r}: give 'host:port' (port 1-65535), "
+                             "or leave it empty")
+        return connect
 
 
 class GRPOSection(Section):

@@ -662,7 +662,7 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     secret = new_secret()  # this run's; never in the store
     ro = spec.rollout
     per = spec.grpo.groups_per_step
-    hub = Hub(secret, bind,
+    hub = Hub(secret, bind, ro.port,
               groups=Groups(trainer.version * per, per, ro.max_staleness, spec.grpo.steps),
               peer_timeout_s=ro.generator_timeout_s)
     port, store = rendezvous(bind, world, ro.weights_timeout_s)
@@ -670,7 +670,9 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     model_config = {k: v for k, v in vars(trainer.model.config).items()}
     own = spec.model_copy(deep=True)  # the generators' copy: where they run is not theirs
     own.rollout.hosts = []              # to check (a remote host has its own hosts file)
-    common = GeneratorStart(rank=0, world=world, address=hub.address,
+    via_host, _, via_port = ro.connect.rpartition(":")  # a forward in front of the hub
+    address = endpoint(via_host.strip("[]"), int(via_port)) if ro.connect else hub.address
+    common = GeneratorStart(rank=0, world=world, address=address,
                             dist_address=dist_address, spec_toml=dump_toml(own),
                             model_config=model_config, tokenizer_name=tokenizer_name,
                             secret=secret, version=trainer.version)
@@ -710,7 +712,8 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     pids = ", ".join(str(p.pid) for p in procs.values())
     print(f"rl: {len(hosts)} generator{'' if len(hosts) == 1 else 's'} (pids {pids}{where}), "
           f"{spec.verifier.procs} verifier{'' if spec.verifier.procs == 1 else 's'}, "
-          f"rollouts over ZeroMQ at {hub.address}, weights by gloo broadcast "
+          f"rollouts over ZeroMQ at {hub.address}"
+          f"{f' (dialled at {ro.connect})' if ro.connect else ''}, weights by gloo broadcast "
           f"({flat.numel():,} floats)", flush=True)
     return roles
 
