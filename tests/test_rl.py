@@ -435,8 +435,9 @@ def test_connections_cut_mid_run_lose_no_rollout_and_train_on_none_twice(
         store: Store) -> None:
     """Issue 21 item 3 inside a full run: the generators dial the trainer through a TCP
     proxy (rollout.connect; the hub on a fixed rollout.port), and their connections are
-    cut twice mid-run. First the trainer's replies vanish for 3 s before the cut (acks,
-    grants, and a weights announcement: the trainer waits in that broadcast), then the
+    cut twice mid-run. First the trainer's replies vanish for 3 s before the cut, from
+    a rollout on (its ack, grants, and a weights announcement: the trainer waits in
+    that broadcast), then the
     generators' rollouts vanish for 1 s before the cut. The run finishes with both
     generators; every (group, index) of every trained batch was taken exactly once
     (rl/rollouts sums to steps x groups_per_step x group_size), copies were dropped
@@ -458,8 +459,9 @@ def test_connections_cut_mid_run_lose_no_rollout_and_train_on_none_twice(
             return len(values(store, row.id, "policy/version"))
 
         wait_for(lambda: version() >= 3, 180, "three steps", interval=0.1)
-        proxy.swallow_replies = True  # the hub's messages vanish, then the connection
-        time.sleep(3)
+        proxy.arm_at_rollout = True  # the hub's messages vanish from the next rollout on
+        wait_for(lambda: proxy.swallow_replies, 60, "a rollout", interval=0.01)
+        time.sleep(3)  # then the connection
         cut_at = time.time()
         proxy.cut()
         proxy.swallow_replies = False

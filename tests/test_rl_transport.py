@@ -146,13 +146,15 @@ def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere
 class Proxy:
     """A TCP forwarder between a link and the hub that can swallow what the client
     sends (`swallow`) or what the hub sends (`swallow_replies`) and cut every
-    connection: a network drop, seen by both ends."""
+    connection: a network drop, seen by both ends. `arm_at_rollout`: swallow the hub's
+    messages from the next chunk the client sends that is as large as a rollout (a
+    small one is about 900 bytes; beats and stats under 150), so its ack is lost."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.swallow = self.swallow_replies = False
+        self.swallow = self.swallow_replies = self.arm_at_rollout = False
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -172,6 +174,8 @@ class Proxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
+                if from_client and self.arm_at_rollout and len(data) >= 700:
+                    self.swallow_replies, self.arm_at_rollout = True, False
                 if not (self.swallow if from_client else self.swallow_replies):
                     dst.sendall(data)
         except OSError:
@@ -253,6 +257,30 @@ def test_a_weights_announcement_lost_in_a_dropped_connection_is_sent_again(
         assert not any(isinstance(m, WeightsReady) for m in pump(link, 1))
         (again,) = drain(hub, (GeneratorJoined,), 0.5)
         assert isinstance(again, GeneratorJoined) and again.weights_resent is None
+    finally:
+        link.close()
+        proxy.close()
+
+
+def test_groups_granted_in_a_reply_lost_with_the_connection_are_granted_again(
+        hub: Hub) -> None:
+    """A `Granted` lost with a dropped connection: the generator asks again on its new
+    session and gets the same groups (the hub keeps its answers by rank, not by
+    session), so no group stays owned by a generator that never heard of it."""
+    proxy = Proxy(hub.port)
+    link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
+    try:
+        proxy.swallow_replies = True
+        link.ask(2, 0)
+        time.sleep(0.3)  # granted by the hub, the reply lost
+        with hub.lock:
+            assert hub.groups.owner == {0: 1, 1: 1}
+        proxy.cut()
+        proxy.swallow_replies = False
+        got = pump(link, 15, until=lambda: link.want is None)
+        assert link.handshakes == 2
+        assert [m.groups for m in got if isinstance(m, Granted)] == [[0, 1]]
+        assert groups_for(link, 1) == []  # nothing else was granted meanwhile
     finally:
         link.close()
         proxy.close()

@@ -34,7 +34,8 @@ session): at-least-once. The hub takes a key once, from the group's current owne
 copy: the trainer trains on none twice. Group ids are granted by the hub (`want` ->
 `groups`), under the same staleness rule as on one node (`take_group`, against
 the generator's own weights version); a `want` is retried until answered, and a
-repeated one gets the same answer, so a lost reply loses no group. The copies it does
+repeated one gets the same answer, on whichever session of that generator it comes
+(the answers are kept by rank), so a reply lost with a connection loses no group. The copies it does
 not take are counted (`Hub.duplicates`, the trainer's `rl/duplicates_dropped`).
 
 Weights announcements. A `WeightsReady` routed to a connection that has just dropped is
@@ -74,7 +75,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -267,7 +268,6 @@ class Peer:
     hello: Hello
     last_seen: float
     active: bool = False  # has sent since the handshake: its silence is timed from then
-    answers: dict[int, list[int]] = field(default_factory=dict)  # want id -> groups
 
 
 @dataclass(frozen=True)
@@ -311,6 +311,10 @@ class Hub:
         self.routes: dict[int, bytes] = {}  # rank -> its current routing id
         self.lost: set[int] = set()
         self.ranks_seen: set[int] = set()  # every rank that ever had a session
+        # rank -> (its last want id, the groups granted for it): by rank, not by session,
+        # so a `Granted` lost with a dropped connection is answered the same on the next
+        # session instead of granting new groups and stranding the first ones
+        self.answers: dict[int, tuple[int, list[int]]] = {}
         self.challenges: dict[bytes, tuple[bytes, bytes, float]] = {}  # rid -> nonce, hello
         self.refused: set[bytes] = set()
         self.rehello_at: dict[bytes, float] = {}
@@ -469,9 +473,11 @@ class Hub:
                 self._send(rid, Ack((message.key,)), peer.key)
             case Want(want_id, n, version):
                 with self.lock:
-                    if want_id not in peer.answers:
-                        peer.answers = {want_id: self.groups.grant(peer.rank, n, version)}
-                    answer = peer.answers[want_id]
+                    last = self.answers.get(peer.rank)
+                    if last is None or last[0] != want_id:
+                        last = (want_id, self.groups.grant(peer.rank, n, version))
+                        self.answers[peer.rank] = last
+                    answer = last[1]
                 self._send(rid, Granted(want_id, answer), peer.key)
             case Stats():
                 self.inbox.put(FromGenerator(peer.rank, message))
