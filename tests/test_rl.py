@@ -325,3 +325,169 @@ def test_time_to_target() -> None:
     assert time_to_target(points, 100.0, 0.5, window=1) == (2.0, 2)
     assert time_to_target(points, 100.0, 0.5, window=2) is None
     assert time_to_target(points, 100.0, 0.0, window=5) is None  # shorter than the window
+
+
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("generator_timeout_s", "0", "greater than or equal to 1"),
+    ("trainer_timeout_s", "-5", "greater than or equal to 1"),
+    ("join_timeout_s", "0", "greater than 0"),
+    ("weights_timeout_s", "inf", "less than or equal to 86400"),
+    ("weights_timeout_s", '"soon"', "valid number"),
+])
+def test_bad_rollout_timeouts_are_refused_at_launch_in_one_line(
+        store: Store, tmp_path: Path, option: str, value: str, expected: str) -> None:
+    """A timeout the run could not keep is refused by `wb launch` before anything starts:
+    exit 2, one line naming the key and how to fix it."""
+    from tests.helpers import wb_inproc
+
+    spec = tmp_path / "rl.toml"
+    spec.write_text(smoke().replace("[grpo]", f"{option} = {value}\n[grpo]"))
+    r = wb_inproc("launch", str(spec))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert f"rollout.{option}" in lines[0] and expected in lines[0], lines[0]
+    assert f"--set rollout.{option}=VALUE" in lines[0]
+    assert store.runs() == []
+
+
+def test_join_timeout_bounds_the_start(store: Store) -> None:
+    """rollout.join_timeout_s reaches the trainer: generators that cannot start and join
+    (spawn and imports take seconds) within 0.5 s fail the run in one line."""
+    launched = launch(store, smoke().replace("[grpo]", "join_timeout_s = 0.5\n[grpo]"))
+    launched.process.wait(timeout=120)
+    done = store.get_run(launched.record.id)
+    log = (store.run_dir(done.id) / "stdout.log").read_text()
+    assert done.status == "failed", log[-2000:]
+    assert re.search(r"generator \d on local did not join within 0.5 s "
+                     r"\(rollout.join_timeout_s\)", log), log[-2000:]
+
+
+def test_silence_timeouts_reach_the_trainer_and_the_generators(store: Store) -> None:
+    """rollout.generator_timeout_s, rollout.weights_timeout_s and
+    rollout.trainer_timeout_s (3 s, 8 s, 3 s; defaults 20, 120, 20) reach the hub, the
+    weights groups and the generators. A generator frozen by SIGSTOP is declared lost
+    after 3 s of silence, or, when the trainer was already broadcasting to it, when
+    that broadcast times out after 8 s (not new_group's 30-minute default); the run
+    goes on. Then with the trainer frozen, the other generator leaves within about 3 s
+    (its parent watch cannot fire: the parent lives)."""
+    import time
+
+    text = smoke(steps=200, staleness=1).replace(
+        "[grpo]", "generator_timeout_s = 3\ntrainer_timeout_s = 3\n"
+                  "weights_timeout_s = 8\n[grpo]")
+    launched = launch(store, text)
+    row = launched.record
+    log_path = store.run_dir(row.id) / "stdout.log"
+
+    def pids() -> dict[int, int] | None:
+        found = dict(re.findall(r"generator (\d): pid (\d+)", log_path.read_text()))
+        ready = len(found) == 2 and len(values(store, row.id, "policy/version")) >= 2
+        return {int(k): int(v) for k, v in found.items()} if ready else None
+
+    pid = wait_for(pids, 120, "both generators and two steps", interval=0.1)
+    try:
+        os.kill(pid[1], signal.SIGSTOP)
+        t0 = time.monotonic()
+        (lost, *more) = wait_for(lambda: store.events(row.id, kind="generator_lost"), 30,
+                           "generator 1 declared lost", interval=0.1)
+        lost_s = time.monotonic() - t0
+        assert lost["payload"]["generator"] == 1 and not more, (lost, more)
+        if lost["payload"]["reason"].startswith("silent for 3 s"):  # the hub's bound
+            assert 2.5 < lost_s < 8, lost_s
+        else:  # the trainer was in a broadcast to it: gloo's bound
+            assert "timed out" in lost["payload"]["reason"].lower(), lost["payload"]
+            assert 7.5 < lost_s < 16, lost_s
+        steps = len(values(store, row.id, "policy/version"))
+        wait_for(lambda: len(values(store, row.id, "policy/version")) >= steps + 2, 60,
+                 "two more steps with one generator", interval=0.1)
+        os.kill(row.pid, signal.SIGSTOP)  # the trainer (and its hub) freezes
+        t1 = time.monotonic()
+        wait_for(lambda: not pid_alive(pid[2]), 15, "generator 2 to leave")
+        left_s = time.monotonic() - t1
+        assert left_s < 12, left_s  # 3 s (+ a decode step), not the 20 s default
+        print(f"silence timeouts of 3 s: generator lost after {lost_s:.1f} s "
+              f"({lost['payload']['reason'][:40]}), "
+              f"generator left {left_s:.1f} s after the trainer froze")
+    finally:
+        for p in (row.pid, pid[1]):
+            if pid_alive(p):
+                os.kill(p, signal.SIGKILL)
+
+
+def test_bad_rollout_connect_is_refused_in_one_line() -> None:
+    for bad in ("nowhere", "127.0.0.1:0", "127.0.0.1:http", ":5555"):
+        with pytest.raises(SpecError) as info:
+            parse_spec(smoke(), [f"rollout.connect={bad}"])
+        assert "give 'host:port'" in str(info.value) and "\n" not in str(info.value)
+    assert parse_spec(smoke(), ["rollout.connect=10.0.0.5:5555"]).rollout.connect
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.slow
+def test_connections_cut_mid_run_lose_no_rollout_and_train_on_none_twice(
+        store: Store) -> None:
+    """Issue 21 item 3 inside a full run: the generators dial the trainer through a TCP
+    proxy (rollout.connect; the hub on a fixed rollout.port), and their connections are
+    cut twice mid-run. First the trainer's replies vanish for 3 s before the cut, from
+    a rollout on (its ack, grants, and a weights announcement: the trainer waits in
+    that broadcast), then the
+    generators' rollouts vanish for 1 s before the cut. The run finishes with both
+    generators; every (group, index) of every trained batch was taken exactly once
+    (rl/rollouts sums to steps x groups_per_step x group_size), copies were dropped
+    (rl/duplicates_dropped), and the lost announcement was sent again."""
+    import time
+
+    from tests.test_rl_transport import Proxy
+
+    steps, per, size = 30, 2, 4
+    port = free_port()
+    proxy = Proxy(port)
+    text = smoke(steps=steps, staleness=1).replace(
+        "[grpo]", f'port = {port}\nconnect = "127.0.0.1:{proxy.port}"\n[grpo]')
+    try:
+        launched = launch(store, text)
+        row = launched.record
+
+        def version() -> int:
+            return len(values(store, row.id, "policy/version"))
+
+        wait_for(lambda: version() >= 3, 180, "three steps", interval=0.1)
+        proxy.arm_at_rollout = True  # the hub's messages vanish from the next rollout on
+        wait_for(lambda: proxy.swallow_replies, 60, "a rollout", interval=0.01)
+        time.sleep(3)  # then the connection
+        cut_at = time.time()
+        proxy.cut()
+        proxy.swallow_replies = False
+        wait_for(lambda: version() >= 12, 120, "steps after the first cut", interval=0.1)
+        proxy.swallow = True  # the generators' rollouts vanish, then the connection
+        time.sleep(1)
+        proxy.cut()
+        proxy.swallow = False
+        done = wait_end(store, launched, timeout=240)
+    finally:
+        proxy.close()
+    log = (store.run_dir(done.id) / "stdout.log").read_text()
+    assert f"dialled at 127.0.0.1:{proxy.port}" in log
+    assert sorted(values(store, done.id, "policy/version")) == list(range(1, steps + 1))
+    assert store.events(done.id, kind="generator_lost") == []
+    taken = values(store, done.id, "rl/rollouts")
+    dropped = values(store, done.id, "rl/duplicates_dropped")
+    assert sum(taken.values()) == steps * per * size, taken  # none lost, none twice
+    assert sum(dropped.values()) >= 1, dropped  # acks were lost: copies came again
+    rejoined = store.events(done.id, kind="generator_reconnected")
+    assert len(rejoined) >= 4, rejoined  # both generators, after each cut
+    resent = [e for e in rejoined if e["payload"]["weights_resent"] is not None]
+    assert resent, rejoined  # the announcement lost in the first cut came again
+    syncs = {e["step"]: e for e in store.events(done.id, kind="weight_sync")}
+    stuck = syncs[resent[0]["payload"]["weights_resent"]]
+    print(f"cuts in a {steps}-step run: {sum(dropped.values()):.0f} copies dropped, "
+          f"{len(rejoined)} reconnections; the broadcast waiting on the lost announcement "
+          f"ended {stuck['wall'] - cut_at:.2f} s after the cut "
+          f"(weight_sync {stuck['payload']['seconds']:.2f} s)")

@@ -300,3 +300,28 @@ def test_hosts_screen_lists_an_rl_run_under_its_generators_hosts() -> None:
     by_host = runs_of_hosts(rows)
     assert [r.id for r in by_host["local"]] == ["a", "b"]
     assert [r.id for r in by_host["box"]] == ["a"]
+
+
+@pytest.mark.slow
+def test_rollout_timeouts_reach_a_remote_generator(box: SSHServer, store: Store) -> None:
+    """rollout.trainer_timeout_s travels to a remote generator (in its GeneratorStart's
+    spec): with the trainer frozen by SIGSTOP, its ssh client lives and the remote
+    generator's stdin stays open, so only that 3 s silence bound (default 20 s) makes it
+    leave."""
+    text = SPEC.format(steps=200).replace("[grpo]", "trainer_timeout_s = 3\n[grpo]")
+    launched = launch(store, text)
+    row = launched.record
+    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
+                   len(values(store, row.id, "policy/version")) >= 2 and p,
+                   300, "the remote generator and two steps", interval=0.2)
+    try:
+        assert ssh_clients(row.pid)  # alive under a frozen trainer: the stdin stays open
+        os.kill(row.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        wait_for(lambda: not pid_alive(pid), 15, "the remote generator to leave")
+        left_s = time.monotonic() - t0
+        print(f"trainer frozen: remote generator left after {left_s:.1f} s")
+        assert left_s < 12, left_s
+    finally:
+        if pid_alive(row.pid):
+            os.kill(row.pid, signal.SIGKILL)

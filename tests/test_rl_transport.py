@@ -22,6 +22,7 @@ from workbench.recipes.rl.messages import (
     Inbound,
     PeerRefused,
     Rollout,
+    WeightsReady,
 )
 from workbench.recipes.rl.transport import Groups, Hub, Link, LinkError, new_secret
 
@@ -144,13 +145,16 @@ def test_only_the_owner_of_a_group_delivers_it_and_restarted_groups_go_elsewhere
 
 class Proxy:
     """A TCP forwarder between a link and the hub that can swallow what the client
-    sends and cut every connection: a network drop, seen by both ends."""
+    sends (`swallow`) or what the hub sends (`swallow_replies`) and cut every
+    connection: a network drop, seen by both ends. `arm_at_rollout`: swallow the hub's
+    messages from the next chunk the client sends that is as large as a rollout (a
+    small one is about 900 bytes; beats and stats under 150), so its ack is lost."""
 
     def __init__(self, target_port: int) -> None:
         self.target = target_port
         self.server = socket.create_server(("127.0.0.1", 0))
         self.port = self.server.getsockname()[1]
-        self.swallow = False
+        self.swallow = self.swallow_replies = self.arm_at_rollout = False
         self.conns: list[socket.socket] = []
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -170,7 +174,9 @@ class Proxy:
     def _pipe(self, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         try:
             while data := src.recv(65536):
-                if not (from_client and self.swallow):
+                if from_client and self.arm_at_rollout and len(data) >= 700:
+                    self.swallow_replies, self.arm_at_rollout = True, False
+                if not (self.swallow if from_client else self.swallow_replies):
                     dst.sendall(data)
         except OSError:
             pass
@@ -210,6 +216,71 @@ def test_a_rollout_lost_in_a_dropped_connection_is_sent_again_after_reconnecting
         got = [item.message for item in items if isinstance(item, FromGenerator)]
         assert sorted(r.key for r in got) == [(0, 0), (0, 1), (1, 0)]  # type: ignore[union-attr]
         assert len(items) - len(got) == 2  # joined: the first session and the new one
+    finally:
+        link.close()
+        proxy.close()
+
+
+def test_a_weights_announcement_lost_in_a_dropped_connection_is_sent_again(
+        hub: Hub) -> None:
+    """Issue 21: the trainer announces new weights (then waits in the gloo broadcast)
+    while the generator's connection drops; the announcement is lost with it. On the
+    generator's new session the hub announces the pending weights again, until the
+    trainer says the broadcast is over; then a later reconnection announces nothing."""
+    proxy = Proxy(hub.port)
+    link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
+    try:
+        pump(link, 0.6)  # a beat: the session is in use
+        proxy.swallow_replies = True
+        hub.announce(1, WeightsReady(5))
+        time.sleep(0.3)  # sent into the dying connection
+        assert pump(link, 0.3) == []
+        t0 = time.monotonic()
+        proxy.cut()
+        proxy.swallow_replies = False
+        got: list[Any] = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not any(isinstance(m, WeightsReady)
+                                                      for m in got):
+            got += link.poll(20)
+        resent_s = time.monotonic() - t0
+        assert link.handshakes == 2
+        assert [m for m in got if isinstance(m, WeightsReady)] == [WeightsReady(5)]
+        joined = [m for m in drain(hub, (GeneratorJoined,), 0.5)
+                  if isinstance(m, GeneratorJoined)]
+        assert [(j.again, j.weights_resent) for j in joined] == [(False, None), (True, 5)]
+        print(f"weights announcement resent {resent_s:.2f} s after the cut")
+        hub.broadcast_done(1)  # the broadcast went through: nothing pending any more
+        proxy.cut()
+        pump(link, 15, until=lambda: link.handshakes == 3)
+        assert link.handshakes == 3
+        assert not any(isinstance(m, WeightsReady) for m in pump(link, 1))
+        (again,) = drain(hub, (GeneratorJoined,), 0.5)
+        assert isinstance(again, GeneratorJoined) and again.weights_resent is None
+    finally:
+        link.close()
+        proxy.close()
+
+
+def test_groups_granted_in_a_reply_lost_with_the_connection_are_granted_again(
+        hub: Hub) -> None:
+    """A `Granted` lost with a dropped connection: the generator asks again on its new
+    session and gets the same groups (the hub keeps its answers by rank, not by
+    session), so no group stays owned by a generator that never heard of it."""
+    proxy = Proxy(hub.port)
+    link = Link(f"tcp://127.0.0.1:{proxy.port}", hub.secret, rank=1)
+    try:
+        proxy.swallow_replies = True
+        link.ask(2, 0)
+        time.sleep(0.3)  # granted by the hub, the reply lost
+        with hub.lock:
+            assert hub.groups.owner == {0: 1, 1: 1}
+        proxy.cut()
+        proxy.swallow_replies = False
+        got = pump(link, 15, until=lambda: link.want is None)
+        assert link.handshakes == 2
+        assert [m.groups for m in got if isinstance(m, Granted)] == [[0, 1]]
+        assert groups_for(link, 1) == []  # nothing else was granted meanwhile
     finally:
         link.close()
         proxy.close()
@@ -273,7 +344,7 @@ def test_the_rollout_and_weights_endpoints_listen_on_the_bind_address_alone() ->
     from workbench.recipes.rl.trainer import rendezvous
 
     hub = Hub(new_secret())
-    port, store = rendezvous("127.0.0.1", 1)
+    port, store = rendezvous("127.0.0.1", 1, 30.0)
     try:
         ports = {hub.port: "hub", port: "rendezvous"}
         listening = {c.laddr.port: c.laddr.ip

@@ -40,7 +40,7 @@ trainer step that received none (a step shorter than that, async) has no
 (one batch), so a synchronous run's occupancy is at most that over `slots`, and lower
 while the batch's long tail finishes.
 
-Stop: on a `Stop` message (or the trainer silent for the transport's timeout) the
+Stop: on a `Stop` message (or the trainer silent for `rollout.trainer_timeout_s`) the
 loop ends and the process leaves with os._exit (`leave`): nothing it holds is needed
 any more, and the interpreter's teardown of torch and the gloo group took seconds (longer than
 `wb stop`'s grace on a busy host), during which the trainer waited to join it.
@@ -79,7 +79,6 @@ if TYPE_CHECKING:
 
 STATS_EVERY_S = 0.25
 ASK_AGAIN_S = 0.1  # a refused ask for a group is repeated after this, weights unchanged
-DIST_TIMEOUT_S = 120  # torch.distributed's: the join and every weights broadcast
 
 
 def flat_numel(params: list[Any]) -> int:
@@ -164,8 +163,8 @@ def generator_main(start: GeneratorStart) -> None:
 
     torch.set_num_threads(1)
     spec: RLSpec = parse_spec(start.spec_toml)  # type: ignore[assignment]
-    link = connect(start)  # first: the trainer waits for every handshake before the rendezvous
-    weights = join_weights_group(start)
+    link = connect(start, spec)  # first: the trainer waits for every handshake
+    weights = join_weights_group(start, spec)
     seed_everything(spec.seed)
     engine, tokenizer = load_engine(spec, start, weights)
     room = start.model_config["seq_len"] - spec.rollout.l_max  # leaves l_max for the answer
@@ -179,13 +178,15 @@ def generator_main(start: GeneratorStart) -> None:
 # ----------------------------------------------------------------------------- setup
 
 
-def connect(start: GeneratorStart) -> Link:
+def connect(start: GeneratorStart, spec: RLSpec) -> Link:
     """The link to the trainer's hub (transport.Link), handshake done; leave(1) on a
-    refusal or no answer."""
+    refusal or no answer. It leaves once the trainer is silent for
+    `rollout.trainer_timeout_s`."""
     from workbench.recipes.rl.transport import Link, LinkError
 
     try:
-        return Link(start.address, start.secret, start.rank)
+        return Link(start.address, start.secret, start.rank,
+                    peer_timeout_s=spec.rollout.trainer_timeout_s)
     except LinkError as exc:
         print(f"generator {start.rank}: {exc}", flush=True)
         leave(1)
@@ -208,20 +209,24 @@ class Weights:
         return unflatten(self.flat, self.named)
 
 
-def join_weights_group(start: GeneratorStart) -> Weights:
+def join_weights_group(start: GeneratorStart, spec: RLSpec) -> Weights:
     """Join the trainer's torch.distributed group (gloo, its TCPStore on `dist_address`)
-    and make every {0, i} group, as every rank must, in the same order."""
+    and make every {0, i} group, as every rank must, in the same order. Every wait in
+    it (the join, each broadcast) is bounded by `rollout.weights_timeout_s`, as the
+    trainer's."""
     import torch.distributed as dist
 
     if start.dist_address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     host, _, port = start.dist_address.rpartition(":")
+    timeout = timedelta(seconds=spec.rollout.weights_timeout_s)
     store = dist.TCPStore(host.strip("[]"), int(port), world_size=start.world,
                           is_master=False,
-                          timeout=timedelta(seconds=DIST_TIMEOUT_S))  # as the trainer's
+                          timeout=timeout)
     dist.init_process_group("gloo", store=store, rank=start.rank, world_size=start.world,
-                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
-    groups = [dist.new_group([0, i]) for i in range(1, start.world)]
+                            timeout=timeout)
+    # new_group's own default is 30 minutes, not init_process_group's timeout
+    groups = [dist.new_group([0, i], timeout=timeout) for i in range(1, start.world)]
     return Weights(groups[start.rank - 1])
 
 
@@ -283,6 +288,7 @@ class Loop:
                                    answer_format=t.answer_format) if t.path else None
         self.room = room  # prompt tokens that leave l_max for the answer
         self.pending: tuple[dict[str, Any], int] | None = None  # weights waiting to load
+        self.received = engine.version  # the newest weights version received
         self.granted: list[int] = []  # groups the trainer gave this generator, not started
         self.refused_at: tuple[int, float] | None = None  # (engine version, when) of a "none"
         self.tally = Tally()
@@ -312,9 +318,12 @@ class Loop:
             match message:
                 case Stop():
                     return True
+                case WeightsReady(version) if version <= self.received:
+                    pass  # announced again after a reconnection, but already received
                 case WeightsReady(version):
                     state = {k: v.clone() for k, v in self.weights.receive().items()}
                     self.pending = (state, version)
+                    self.received = version
                 case Granted(groups=groups):  # [] = none admissible now
                     self.granted += groups
                     self.refused_at = None if groups else (self.engine.version,

@@ -235,10 +235,14 @@ class FromGenerator:
 @dataclass(frozen=True, slots=True)
 class GeneratorJoined:
     """A generator completed the handshake: the trainer waits for every one before the
-    weights rendezvous."""
+    weights rendezvous. `again`: a new session of a generator that had one (it
+    reconnected); `weights_resent`: the version of the weights announcement the hub
+    sent again on it (one pending when the connection dropped), else None."""
 
     rank: int
     hello: Hello
+    again: bool = False
+    weights_resent: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

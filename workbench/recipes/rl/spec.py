@@ -136,6 +136,13 @@ class RolloutSection(Section):
                       "and weights (torch.distributed) endpoints bind: an address of this "
                       "machine that the generators' hosts reach. Loopback by default; "
                       "never 0.0.0.0 unless set.")
+    port: int = Field(0, ge=0, le=65535, description="TCP port of the rollout (ZeroMQ) "
+                      "endpoint; 0 = a free one. Fix it for a firewall or a port forward.")
+    connect: str = Field("", description="'host:port' the generators dial for the rollout "
+                         "endpoint when it is not rollout.bind and its port: a port forward "
+                         "or proxy in front of the trainer (with bind = 0.0.0.0, this "
+                         "machine's address). Empty = bind and port. The weights rendezvous "
+                         "is still reached at rollout.bind.")
     slots: int = Field(16, ge=1, le=4096, description="Sequences each generator decodes at "
                        "once (continuous batching).")
     l_max: int = Field(160, ge=8, description="Hard cap on completion tokens.")
@@ -147,6 +154,30 @@ class RolloutSection(Section):
     inflight: bool = Field(True, description="Load new weights mid-generation, keeping the KV "
                            "cache (Magistral); false = finish in-flight sequences on the old "
                            "weights first.")
+    # Bounded waits (issue 21: never block on a dead peer for longer than a bound).
+    # ge=1 for the two silences: both sides beat every 0.5 s (transport.BEAT_S), so a
+    # shorter bound would declare healthy peers lost.
+    generator_timeout_s: float = Field(20.0, ge=1, le=86400, description="A generator "
+                                       "the trainer has not heard from for this long is "
+                                       "declared lost (generator_lost) and its groups go "
+                                       "to the others.")
+    trainer_timeout_s: float = Field(20.0, ge=1, le=86400, description="A generator that "
+                                     "has not heard from the trainer for this long exits.")
+    join_timeout_s: float = Field(180.0, gt=0, le=86400, description="For every generator "
+                                  "to start (ssh, imports) and join the trainer; the run "
+                                  "fails in one line past it.")
+    weights_timeout_s: float = Field(120.0, gt=0, le=86400, description="torch.distributed's "
+                                     "timeout for the weights group: its rendezvous and "
+                                     "every weights broadcast to one generator.")
+
+    @field_validator("connect")
+    @classmethod
+    def _host_port(cls, connect: str) -> str:
+        host, _, port = connect.rpartition(":")
+        if connect and not (host and port.isdigit() and 0 < int(port) < 65536):
+            raise ValueError(f"rollout.connect {connect!r}: give 'host:port' (port 1-65535), "
+                             "or leave it empty")
+        return connect
 
 
 class GRPOSection(Section):

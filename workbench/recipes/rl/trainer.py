@@ -70,7 +70,7 @@ from workbench.models.hf_config import HF_PREFIX, hf_folder
 from workbench.recipes import Context
 from workbench.recipes.common.checkpoint import checkpoints_in, clean_tmp, write_checkpoint
 from workbench.recipes.common.seeding import seed_everything
-from workbench.recipes.rl.generator import DIST_TIMEOUT_S, generator_main
+from workbench.recipes.rl.generator import generator_main
 from workbench.recipes.rl.grpo import group_advantages
 from workbench.recipes.rl.messages import (
     FromGenerator,
@@ -94,7 +94,6 @@ from workbench.spec import dump_toml
 POLL_S = 0.05
 VERIFY_POLL_S = 0.002
 STOP_GRACE_S = 3.0  # for the generators to leave once told to stop (then killed)
-JOIN_TIMEOUT_S = 180.0  # for a generator to start (ssh, imports) and join the hub
 KEEP_CHECKPOINTS = 2  # the newest kept on disk, as pretrain's default keep_checkpoints
 
 
@@ -326,6 +325,8 @@ class Trainer:
         self.roles: Roles | None = None
         self.saved_version = -1
         self.tokens_by: dict[int, int] = {}  # generator rank -> tokens in its stats
+        self.taken = 0  # rollouts the hub passed on since the last step (each key once)
+        self.duplicates_seen = 0  # the hub's count of dropped copies, at the last step
 
     # -- weights ----------------------------------------------------------------------
 
@@ -339,17 +340,20 @@ class Trainer:
         assert roles is not None
         t0 = time.perf_counter()
         flat = self.flat()
-        live = [r for r in roles.generators if r not in roles.lost]
-        for r in live:
-            roles.hub.send(r, WeightsReady(self.version))
-        for r in live:
+        # Announced to each generator just before its own broadcast, not to all first: a
+        # generator told early would wait in its broadcast, silent, behind a frozen one
+        # for up to rollout.weights_timeout_s, and time out (lost) as well.
+        for r in [r for r in roles.generators if r not in roles.lost]:
             if not roles.generators[r].is_alive():
                 self.generator_lost(r)
                 continue
+            roles.hub.announce(r, WeightsReady(self.version))  # again if it reconnects
             try:
                 dist.broadcast(flat, src=0, group=roles.groups[r])
             except RuntimeError as exc:  # the peer died mid-transfer
                 self.generator_lost(r, str(exc))
+            finally:
+                roles.hub.broadcast_done(r)
         return time.perf_counter() - t0
 
     def generator_lost(self, rank: int, why: str = "") -> None:
@@ -428,6 +432,7 @@ class Trainer:
                 if rank in roles.lost:  # its groups restart elsewhere
                     return
                 self.gen_tokens += len(r.tokens)
+                self.taken += 1
                 self.pending[self.next_key] = Sample.of(rank, r)
                 roles.verifiers.submit(self.next_key, r.problem, r.text, len(r.tokens))
                 self.next_key += 1
@@ -440,6 +445,14 @@ class Trainer:
             case GeneratorLost(rank, reason):
                 if rank in roles.generators:
                     self.generator_lost(rank, reason)
+            case GeneratorJoined(rank, again=True, weights_resent=resent):
+                # a new session after a dropped connection (ZeroMQ reconnected)
+                self.ctx.run.event("generator_reconnected", step=self.version,
+                                   severity="warning", generator=rank,
+                                   host=roles.hosts.get(rank, LOCAL), weights_resent=resent)
+                print(f"rl: generator {rank} reconnected"
+                      + ("" if resent is None else f"; weights {resent} announced again"),
+                      flush=True)
             case GeneratorJoined():
                 pass  # wait_joined reads Hub.joined()
             case PeerRefused():
@@ -494,6 +507,8 @@ class Trainer:
         wall = now - self.t_mark
         self.t_mark = now
         gen_total = self.gen_busy + self.gen_idle
+        with self.roles.hub.lock:
+            duplicates = self.roles.hub.duplicates
         q = quantiles(lengths)
         metrics = {
             "rl/reward": float(rewards.mean()),
@@ -512,7 +527,11 @@ class Trainer:
             "perf/generator_idle_frac": self.gen_idle / gen_total if gen_total else 0.0,
             "perf/train_step_s": train_s,
             "sync/seconds": sync_s, "policy/version": float(self.version),
+            # delivery (transport.py): new rollouts taken, and copies dropped as repeats
+            "rl/rollouts": float(self.taken),
+            "rl/duplicates_dropped": float(duplicates - self.duplicates_seen),
         }
+        self.taken, self.duplicates_seen = 0, duplicates
         metrics.update(policy_kl_metrics(upd.k3_by_staleness))
         # per generator (its host in the run's config, `generator_hosts`)
         for r, n in sorted(self.tokens_by.items()):
@@ -604,7 +623,7 @@ class Trainer:
 # ----------------------------------------------------------------------------- wiring
 
 
-def rendezvous(bind: str, world: int) -> tuple[int, Any]:
+def rendezvous(bind: str, world: int, timeout_s: float) -> tuple[int, Any]:
     """(port, TCPStore) of torch.distributed's rendezvous for the weights group,
     listening on `bind` alone: a store made from an `init_method` listens on every
     interface, so the socket is bound here and handed over (`master_listen_fd`; the
@@ -614,7 +633,7 @@ def rendezvous(bind: str, world: int) -> tuple[int, Any]:
     listener.listen()
     port = int(listener.getsockname()[1])
     store = dist.TCPStore(bind, port, world_size=world, is_master=True,
-                          timeout=timedelta(seconds=DIST_TIMEOUT_S),
+                          timeout=timedelta(seconds=timeout_s),
                           master_listen_fd=listener.detach(), wait_for_workers=False)
     return port, store
 
@@ -641,15 +660,19 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     if bind in ("127.0.0.1", "localhost"):
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     secret = new_secret()  # this run's; never in the store
-    hub = Hub(secret, bind, groups=Groups(trainer.version * spec.grpo.groups_per_step,
-                                          spec.grpo.groups_per_step,
-                                          spec.rollout.max_staleness, spec.grpo.steps))
-    port, store = rendezvous(bind, world)
+    ro = spec.rollout
+    per = spec.grpo.groups_per_step
+    hub = Hub(secret, bind, ro.port,
+              groups=Groups(trainer.version * per, per, ro.max_staleness, spec.grpo.steps),
+              peer_timeout_s=ro.generator_timeout_s)
+    port, store = rendezvous(bind, world, ro.weights_timeout_s)
     dist_address = endpoint(bind, port).removeprefix("tcp://")
     model_config = {k: v for k, v in vars(trainer.model.config).items()}
     own = spec.model_copy(deep=True)  # the generators' copy: where they run is not theirs
     own.rollout.hosts = []              # to check (a remote host has its own hosts file)
-    common = GeneratorStart(rank=0, world=world, address=hub.address,
+    via_host, _, via_port = ro.connect.rpartition(":")  # a forward in front of the hub
+    address = endpoint(via_host.strip("[]"), int(via_port)) if ro.connect else hub.address
+    common = GeneratorStart(rank=0, world=world, address=address,
                             dist_address=dist_address, spec_toml=dump_toml(own),
                             model_config=model_config, tokenizer_name=tokenizer_name,
                             secret=secret, version=trainer.version)
@@ -669,13 +692,16 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
                   rendezvous=store)
     trainer.roles = roles
     try:
-        wait_joined(trainer, roles)
+        wait_joined(trainer, roles, ro.join_timeout_s)
     except BaseException:
         stop_roles(roles, grace_s=1.0)
         raise
     dist.init_process_group("gloo", store=store, rank=0, world_size=world,
-                            timeout=timedelta(seconds=DIST_TIMEOUT_S))
-    roles.groups.update({r: dist.new_group([0, r]) for r in range(1, world)})
+                            timeout=timedelta(seconds=ro.weights_timeout_s))
+    # new_group's own default is 30 minutes, not init_process_group's timeout: a
+    # broadcast to a frozen generator would block that long
+    timeout = timedelta(seconds=ro.weights_timeout_s)
+    roles.groups.update({r: dist.new_group([0, r], timeout=timeout) for r in range(1, world)})
     trainer.ctx.run.update_config({"generator_hosts": {str(r): h for r, h in
                                                        roles.hosts.items()}})
     flat = trainer.flat()
@@ -686,12 +712,13 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     pids = ", ".join(str(p.pid) for p in procs.values())
     print(f"rl: {len(hosts)} generator{'' if len(hosts) == 1 else 's'} (pids {pids}{where}), "
           f"{spec.verifier.procs} verifier{'' if spec.verifier.procs == 1 else 's'}, "
-          f"rollouts over ZeroMQ at {hub.address}, weights by gloo broadcast "
+          f"rollouts over ZeroMQ at {hub.address}"
+          f"{f' (dialled at {ro.connect})' if ro.connect else ''}, weights by gloo broadcast "
           f"({flat.numel():,} floats)", flush=True)
     return roles
 
 
-def wait_joined(trainer: Trainer, roles: Roles, timeout_s: float = JOIN_TIMEOUT_S) -> None:
+def wait_joined(trainer: Trainer, roles: Roles, timeout_s: float) -> None:
     """Until every generator has its session with the hub, before the rendezvous (which
     would wait for a dead one for its whole timeout). A generator that exits first, or
     does not join in time, fails the start in one line. Other inbox items (a refused
@@ -708,7 +735,8 @@ def wait_joined(trainer: Trainer, roles: Roles, timeout_s: float = JOIN_TIMEOUT_
                 raise RuntimeError(f"{where} exited before joining (exit code "
                                    f"{roles.generators[r].exitcode}); its output is above")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{where} did not join within {timeout_s:.0f} s")
+                raise RuntimeError(f"{where} did not join within {timeout_s:g} s "
+                                   "(rollout.join_timeout_s)")
         try:
             trainer.handle(roles.hub.inbox.get(timeout=POLL_S))
         except queue.Empty:

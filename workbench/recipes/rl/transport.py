@@ -34,12 +34,22 @@ session): at-least-once. The hub takes a key once, from the group's current owne
 copy: the trainer trains on none twice. Group ids are granted by the hub (`want` ->
 `groups`), under the same staleness rule as on one node (`take_group`, against
 the generator's own weights version); a `want` is retried until answered, and a
-repeated one gets the same answer, so a lost reply loses no group.
+repeated one gets the same answer, on whichever session of that generator it comes
+(the answers are kept by rank), so a reply lost with a connection loses no group. The copies it does
+not take are counted (`Hub.duplicates`, the trainer's `rl/duplicates_dropped`).
+
+Weights announcements. A `WeightsReady` routed to a connection that has just dropped is
+lost (ZeroMQ drops what goes to a closed peer), and the trainer, already waiting in the
+gloo broadcast it announced, would wait there for the whole weights timeout. So the hub
+keeps the announcement pending (`announce`) until the trainer says that broadcast is
+over (`broadcast_done`), and sends it again right after the welcome of the generator's
+next session; the generator ignores a version it already received.
 
 Bounded waits. Both sides send at least every `BEAT_S`; a generator the hub has not
-heard from for `peer_timeout_s` (timed from its first message after the handshake: it
-loads its engine in between, and its process is watched meanwhile) is reported lost,
-and a generator that has not heard from the trainer for as long leaves. The
+heard from for its `peer_timeout_s` (`rollout.generator_timeout_s`; timed from its first
+message after the handshake: it loads its engine in between, and its process is watched
+meanwhile) is reported lost, and a generator that has not heard from the trainer for
+the link's `peer_timeout_s` (`rollout.trainer_timeout_s`) leaves. The
 handshake has its own timeout. The hub's
 socket is served by a thread of the trainer, so generators get groups and acks while
 the trainer computes a step.
@@ -65,7 +75,7 @@ import secrets
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import zmq
@@ -258,7 +268,6 @@ class Peer:
     hello: Hello
     last_seen: float
     active: bool = False  # has sent since the handshake: its silence is timed from then
-    answers: dict[int, list[int]] = field(default_factory=dict)  # want id -> groups
 
 
 @dataclass(frozen=True)
@@ -301,10 +310,19 @@ class Hub:
         self.sessions: dict[bytes, Peer] = {}  # routing id -> peer
         self.routes: dict[int, bytes] = {}  # rank -> its current routing id
         self.lost: set[int] = set()
+        self.ranks_seen: set[int] = set()  # every rank that ever had a session
+        # rank -> (its last want id, the groups granted for it): by rank, not by session,
+        # so a `Granted` lost with a dropped connection is answered the same on the next
+        # session instead of granting new groups and stranding the first ones
+        self.answers: dict[int, tuple[int, list[int]]] = {}
         self.challenges: dict[bytes, tuple[bytes, bytes, float]] = {}  # rid -> nonce, hello
         self.refused: set[bytes] = set()
         self.rehello_at: dict[bytes, float] = {}
+        # rank -> the weights announced to it whose broadcast has not completed yet:
+        # sent again on its next session, lest a reconnection lose it (`announce`)
+        self.announced: dict[int, WeightsReady] = {}
         self.received = self.sent_bytes = self.received_bytes = 0
+        self.duplicates = 0  # rollout copies not taken (see `_handle`)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="wb-rl-hub", daemon=True)
         self._thread.start()
@@ -316,10 +334,26 @@ class Hub:
         without a session (not joined yet, or lost)."""
         self._out.put(_Post(rank, message))
 
+    def announce(self, rank: int, message: WeightsReady) -> None:
+        """Tell generator `rank` to enter the broadcast of new weights, and keep telling
+        it, on every new session, until `broadcast_done(rank)`: an announcement sent
+        while its connection drops is lost with that connection (ZeroMQ drops what is
+        routed to a closed peer), and the trainer would then wait in the broadcast for
+        the whole weights timeout. The generator ignores a version it already has."""
+        with self.lock:
+            self.announced[rank] = message
+        self.send(rank, message)
+
+    def broadcast_done(self, rank: int) -> None:
+        """The broadcast `announce` prepared is over (done, or failed): stop repeating."""
+        with self.lock:
+            self.announced.pop(rank, None)
+
     def drop(self, rank: int) -> None:
         """A lost generator: its session ends and anything it still sends is ignored."""
         with self.lock:
             self.lost.add(rank)
+            self.announced.pop(rank, None)
             rid = self.routes.pop(rank, None)
             if rid is not None:
                 self.sessions.pop(rid, None)
@@ -432,14 +466,18 @@ class Hub:
                 with self.lock:
                     new = (self.groups.accept(peer.rank, message.group, message.index)
                            and peer.rank not in self.lost)
+                    if not new:  # a repeat of a delivered key, or not the owner's
+                        self.duplicates += 1
                 if new:
                     self.inbox.put(FromGenerator(peer.rank, message))
                 self._send(rid, Ack((message.key,)), peer.key)
             case Want(want_id, n, version):
                 with self.lock:
-                    if want_id not in peer.answers:
-                        peer.answers = {want_id: self.groups.grant(peer.rank, n, version)}
-                    answer = peer.answers[want_id]
+                    last = self.answers.get(peer.rank)
+                    if last is None or last[0] != want_id:
+                        last = (want_id, self.groups.grant(peer.rank, n, version))
+                        self.answers[peer.rank] = last
+                    answer = last[1]
                 self._send(rid, Granted(want_id, answer), peer.key)
             case Stats():
                 self.inbox.put(FromGenerator(peer.rank, message))
@@ -488,8 +526,15 @@ class Hub:
                     self.sessions.pop(old, None)
                 self.sessions[rid] = Peer(rank, key, said, time.monotonic())
                 self.routes[rank] = rid
+                pending = self.announced.get(rank)
+                again = rank in self.ranks_seen
+                self.ranks_seen.add(rank)
             self._send_frames(rid, [b"welcome", b"", _mac(key, b"welcome", b"")])
-            self.inbox.put(GeneratorJoined(rank, said))
+            if pending is not None:  # after the welcome: the link reads it as a session's
+                self._send(rid, pending, key)
+            self.inbox.put(GeneratorJoined(
+                rank, said, again=again,
+                weights_resent=None if pending is None else pending.version))
         elif len(rest) == 2:  # a session message from a connection we do not know: the
             # peer reconnected (new routing id) or we forgot it; ask for a new handshake
             now = time.monotonic()
