@@ -2,8 +2,12 @@
 
 `corpus`: the byte-level tokenizer, text sources (the Python stdlib by default,
 or `data.path`), the train/val split and the on-disk token cache.
-`loader`: deterministic, resumable, data-parallel batches. It imports torch, so it
-is loaded lazily: `import workbench.data` stays light.
+`byte_level`: the byte tokenizer and its ids, shared by `corpus` and `tokenizer`.
+`tokenizer`: one `Tokenizer` protocol over bytes, `tokenizers` JSON, HF and GPT-2 .bin.
+`shards`: llm.c / modded-nanogpt `.bin` token shards, memory-mapped.
+`loader`: deterministic, resumable, data-parallel batches; `mixture`: batches drawn
+from several sources by weight. They import torch, so this package imports neither
+(`BatchLoader` and `eval_batches` load on first use): `import workbench.data` stays light.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 `gpt`: a decoder-only GPT (RMSNorm, RoPE, SwiGLU, MHA/GQA) whose forward pass can
 report the per-(layer, head) max pre-softmax attention logit that QK-Clip needs.
 It imports torch and is loaded on first use: `import workbench.models` stays light.
+`recurrent_depth`: the Huginn-style recurrent-depth model (its config is in `config`).
+`hf_config`, `hf`: Llama / Qwen2 / Qwen3 checkpoint folders, read and written.
+`example`: the tiny HF checkpoint of `wb example-model`.
 """
 
 from __future__ import annotations

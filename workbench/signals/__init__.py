@@ -1,7 +1,8 @@
 """Pure, streaming signal detectors and summaries (no I/O, no torch).
 
-Used by the tracking SDK (distribution records), training recipes (live loss-spike
-detection) and the async-RL recipe (staleness accounting).
+Used by the tracking SDK (distribution records) and the training recipes (live
+loss-spike detection). `staleness` and `tails.TailWindow` are used only by the tests
+today: the RL trainer computes its staleness metrics inline.
 """
 
 from .spikes import (
