@@ -391,11 +391,11 @@ def test_silence_timeouts_reach_the_trainer_and_the_generators(store: Store) -> 
         (lost, *more) = wait_for(lambda: store.events(row.id, kind="generator_lost"), 30,
                            "generator 1 declared lost", interval=0.1)
         lost_s = time.monotonic() - t0
-        assert lost["payload"]["generator"] == 1 and not more, (lost, more)
-        if lost["payload"]["reason"].startswith("silent for 3 s"):  # the hub's bound
+        assert lost.payload["generator"] == 1 and not more, (lost, more)
+        if lost.payload["reason"].startswith("silent for 3 s"):  # the hub's bound
             assert 2.5 < lost_s < 8, lost_s
         else:  # the trainer was in a broadcast to it: gloo's bound
-            assert "timed out" in lost["payload"]["reason"].lower(), lost["payload"]
+            assert "timed out" in lost.payload["reason"].lower(), lost.payload
             assert 7.5 < lost_s < 16, lost_s
         steps = len(values(store, row.id, "policy/version"))
         wait_for(lambda: len(values(store, row.id, "policy/version")) >= steps + 2, 60,
@@ -406,7 +406,7 @@ def test_silence_timeouts_reach_the_trainer_and_the_generators(store: Store) -> 
         left_s = time.monotonic() - t1
         assert left_s < 12, left_s  # 3 s (+ a decode step), not the 20 s default
         print(f"silence timeouts of 3 s: generator lost after {lost_s:.1f} s "
-              f"({lost['payload']['reason'][:40]}), "
+              f"({lost.payload['reason'][:40]}), "
               f"generator left {left_s:.1f} s after the trainer froze")
     finally:
         for p in (row.pid, pid[1]):
@@ -483,11 +483,11 @@ def test_connections_cut_mid_run_lose_no_rollout_and_train_on_none_twice(
     assert sum(dropped.values()) >= 1, dropped  # acks were lost: copies came again
     rejoined = store.events(done.id, kind="generator_reconnected")
     assert len(rejoined) >= 4, rejoined  # both generators, after each cut
-    resent = [e for e in rejoined if e["payload"]["weights_resent"] is not None]
+    resent = [e for e in rejoined if e.payload["weights_resent"] is not None]
     assert resent, rejoined  # the announcement lost in the first cut came again
-    syncs = {e["step"]: e for e in store.events(done.id, kind="weight_sync")}
-    stuck = syncs[resent[0]["payload"]["weights_resent"]]
+    syncs = {e.step: e for e in store.events(done.id, kind="weight_sync")}
+    stuck = syncs[resent[0].payload["weights_resent"]]
     print(f"cuts in a {steps}-step run: {sum(dropped.values()):.0f} copies dropped, "
           f"{len(rejoined)} reconnections; the broadcast waiting on the lost announcement "
-          f"ended {stuck['wall'] - cut_at:.2f} s after the cut "
-          f"(weight_sync {stuck['payload']['seconds']:.2f} s)")
+          f"ended {stuck.wall - cut_at:.2f} s after the cut "
+          f"(weight_sync {stuck.payload['seconds']:.2f} s)")
