@@ -12,9 +12,10 @@ Live, the grid redraws only the charts whose keys got new points, and at most
 LIVE_REDRAWS of them every LIVE_TICK_S, those waiting longest first: a plotext chart
 costs 15-20 ms to rebuild, so redrawing a page of 16 changed charts at once took about
 300 ms, and every poll of a run logging 50 keys froze the keys for that long (issue 20).
-A page of 16 changing charts now comes round in 16 / LIVE_REDRAWS ticks (2 s), a few
-changing charts at the poll's pace. Paging, the filter, a resize and showing the tab
-draw the whole page at once.
+A poll with news draws the LIVE_REDRAWS cells waiting longest at once and restarts the
+tick, so new points show within a frame. A page of 16 changing charts comes round in
+about 16 / LIVE_REDRAWS ticks (2 s), a few changing charts at the poll's pace. Paging,
+the filter, a resize and showing the tab draw the whole page at once.
 """
 
 from __future__ import annotations
@@ -144,7 +145,11 @@ class MetricsTab(RunTab):
                 self._pending.add(i)
             else:
                 self._fill(cell, key, i)
-        if self._pending and self._drain_timer is None:
+        if self._pending and (live or self._drain_timer is None):
+            # A poll's news shows at once in the cells waiting longest; the tick restarts,
+            # so a poll costs at most LIVE_REDRAWS builds, as a tick does.
+            if self._drain_timer is not None:
+                self._drain_timer.stop()
             self._drain()
         total = len(self.all_keys(self.feed))
         what = f"{len(self.keys)} of {total} keys" if self.pattern else f"{total} keys"

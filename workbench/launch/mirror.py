@@ -64,11 +64,14 @@ class Mirror:
         if logs:
             copier.start()
         try:
-            outcome = self._run_records(give_up_s)
+            outcome, error = self._run_records(give_up_s)
         finally:
             stop.set()
         if logs and outcome == "done":
             copier.join(timeout=LOG_JOIN_S)  # the output's last lines
+        # Recorded after the output's copy: a mirror that reads `done` has all of it.
+        self.store.set_mirror(self.run_id, state=outcome, error=error)
+        self.say(outcome if not error else f"{outcome}: {error}")
         return outcome
 
     def copy_log(self, stop: threading.Event) -> None:
@@ -94,21 +97,18 @@ class Mirror:
             stop.wait(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
             failures += 1
 
-    def _run_records(self, give_up_s: float) -> str:
+    def _run_records(self, give_up_s: float) -> tuple[str, str | None]:
+        """Stream the records until the run has ended; (outcome, error) for run()."""
         failures, offline_since = 0, None
         while True:
             outcome, error, got_data = self.stream_once()
             if outcome in ("done", "gone"):
-                self.store.set_mirror(self.run_id, state=outcome, error=error)
-                self.say(outcome if not error else f"{outcome}: {error}")
-                return outcome
+                return outcome, error
             if got_data:
                 failures, offline_since = 0, None
             offline_since = offline_since or time.monotonic()
             if time.monotonic() - offline_since > give_up_s:
-                self.store.set_mirror(self.run_id, state="gave up", error=error)
-                self.say(f"gave up after {give_up_s:.0f} s offline: {error}")
-                return "gave up"
+                return "gave up", f"offline for {give_up_s:.0f} s: {error}"
             wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
             failures += 1
             self.store.set_mirror(self.run_id, state="reconnecting", error=error)
