@@ -165,6 +165,15 @@ def test_hosts_must_match_nodes_and_be_configured() -> None:
     assert ok.resources.hosts == ["gpu1", "gpu2"]
 
 
+def test_only_a_per_rank_kind_spans_nodes() -> None:
+    script = 'kind = "script"\nname = "s"\n[script]\ncommand = ["python", "t.py"]\n'
+    with pytest.raises(SpecError) as info:
+        parse_spec(script, ["resources.nodes=2"])
+    assert "a script runs on one node — set resources.nodes = 1" in str(info.value)
+    assert "\n" not in str(info.value)
+    assert parse_spec(script).resources.nodes == 1
+
+
 def test_every_rank_of_every_node_takes_an_equal_share() -> None:
     with pytest.raises(SpecError, match=r"resources.nodes \* resources.procs \(4 \* 1\) must "
                                         r"divide the micro-batch"):

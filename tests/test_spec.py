@@ -219,14 +219,15 @@ def test_refusals_name_the_fix(spec_file: Path) -> None:
                                              "master_addr")
 
 
-def test_nodes_and_hosts(spec_file: Path) -> None:
-    """`nodes` without `hosts` runs every node here; with `hosts`, one per node."""
-    res = load_spec(str(spec_file)).spec.resources
+def test_nodes_and_hosts() -> None:
+    """`nodes` without `hosts` runs every node here; with `hosts`, one per node (a
+    per-rank kind: pretrain; the others are refused in test_multinode.py)."""
+    res = load_spec("muon-tiny").spec.resources
     assert (res.nodes, res.hosts, res.rdzv_port) == (1, [], 29400)
-    res = load_spec(str(spec_file), ["resources.nodes=3"]).spec.resources
-    assert (res.nodes, res.hosts) == (3, [])
-    res = load_spec(str(spec_file), ["resources.nodes=2", 'resources.hosts=["local", "local"]',
-                                     "resources.rdzv_port=29555"]).spec.resources
+    res = load_spec("muon-tiny", ["resources.nodes=2"]).spec.resources
+    assert (res.nodes, res.hosts) == (2, [])
+    res = load_spec("muon-tiny", ["resources.nodes=2", 'resources.hosts=["local", "local"]',
+                                  "resources.rdzv_port=29555"]).spec.resources
     assert (res.nodes, res.hosts, res.rdzv_port) == (2, ["local", "local"], 29555)
 
 

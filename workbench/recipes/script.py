@@ -50,6 +50,13 @@ class ScriptSpec(SpecBase):
         return spec
 
     @model_validator(mode="after")
+    def _one_node(self) -> ScriptSpec:
+        if self.resources.nodes > 1:  # refused before MultiNode starts any node
+            raise ValueError("a script runs on one node — set resources.nodes = 1 (run a "
+                             "multi-node job with kind = \"pretrain\")")
+        return self
+
+    @model_validator(mode="after")
     def _torchrun_needs_python(self) -> ScriptSpec:
         if self.resources.procs > 1 and self.script.command[0] != "python":
             raise ValueError(
