@@ -31,6 +31,9 @@ from workbench.spec import SpecError, parse_spec
 from workbench.store import Store
 
 pytestmark = pytest.mark.timeout(600)
+# Long enough that a kill after step 2 lands mid-run: a step of the tiny policy below
+# takes 20-40 ms on 2 cores, and 14 steps once ended before the kill.
+KILL_STEPS = 100
 
 SPEC = """
 kind = "rl"
@@ -67,6 +70,15 @@ def box(sshd: SSHServer, tmp_path: Path) -> SSHServer:
 def log_of(store: Store, run_id: str) -> str:
     path = store.run_dir(run_id) / "stdout.log"
     return path.read_text() if path.exists() else ""
+
+
+def remote_pid_at_step(store: Store, run_id: str, step: int) -> int | None:
+    """The remote generator's pid once the trainer has printed `step` (its log is
+    written at once; the store's metrics come a flush later, when a short run may have
+    ended, its generators with it)."""
+    log = log_of(store, run_id)
+    pid = remote_pid(store, run_id)
+    return pid if pid is not None and re.search(rf"^step {step}/", log, re.M) else None
 
 
 def remote_pid(store: Store, run_id: str) -> int | None:
@@ -143,28 +155,26 @@ def test_one_local_one_remote_generator_train_and_a_stranger_is_refused(
 @pytest.mark.slow
 def test_remote_generator_killed_is_lost_and_its_groups_restart_here(
         box: SSHServer, store: Store) -> None:
-    launched = launch(store, SPEC.format(steps=14))
+    launched = launch(store, SPEC.format(steps=KILL_STEPS))
     row = launched.record
-    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
-                   len(values(store, row.id, "policy/version")) >= 2 and p,
-                   300, "the remote generator and two steps", interval=0.2)
+    pid = wait_for(lambda: remote_pid_at_step(store, row.id, 2), 300,
+                   "the remote generator and two steps", interval=0.02)
     os.kill(pid, signal.SIGKILL)
     done = wait_end(store, launched, timeout=300)
     (lost,) = store.events(done.id, kind="generator_lost")
     assert lost.payload["generator"] == 2 and lost.payload["host"] == "box"
-    assert lost.payload["remaining"] == 1
-    assert sorted(values(store, done.id, "policy/version"))[-1] == 14
+    assert lost.payload["remaining"] == 1 and 2 <= lost.step < KILL_STEPS
+    assert sorted(values(store, done.id, "policy/version"))[-1] == KILL_STEPS
     assert max(values(store, done.id, "staleness/max").values()) <= 1
 
 
 @pytest.mark.slow
 def test_ssh_connection_killed_declares_the_generator_lost_and_it_exits(
         box: SSHServer, store: Store) -> None:
-    launched = launch(store, SPEC.format(steps=14))
+    launched = launch(store, SPEC.format(steps=KILL_STEPS))
     row = launched.record
-    pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
-                   len(values(store, row.id, "policy/version")) >= 2 and p,
-                   300, "the remote generator and two steps", interval=0.2)
+    pid = wait_for(lambda: remote_pid_at_step(store, row.id, 2), 300,
+                   "the remote generator and two steps", interval=0.02)
     clients = ssh_clients(row.pid)
     assert clients
     t0 = time.monotonic()
@@ -182,11 +192,11 @@ def test_ssh_connection_killed_declares_the_generator_lost_and_it_exits(
 @pytest.mark.slow
 def test_trainer_killed_remote_generator_exits_and_resume_restarts_it(
         box: SSHServer, store: Store) -> None:
-    launched = launch(store, SPEC.format(steps=40))
+    launched = launch(store, SPEC.format(steps=KILL_STEPS))
     row = launched.record
     pid = wait_for(lambda: (p := remote_pid(store, row.id)) and
                    store.events(row.id, kind="checkpoint") and p,
-                   300, "the remote generator and a checkpoint", interval=0.2)
+                   300, "the remote generator and a checkpoint", interval=0.02)
     t0 = time.monotonic()
     os.kill(row.pid, signal.SIGKILL)
     launched.process.wait(timeout=30)
@@ -199,7 +209,7 @@ def test_trainer_killed_remote_generator_exits_and_resume_restarts_it(
     resumed = wait_end(store, again, timeout=400)
     log = log_of(store, resumed.id)
     assert "1 on box" in log and remote_pid(store, resumed.id) not in (None, pid)
-    assert sorted(values(store, resumed.id, "policy/version"))[-1] == 40
+    assert sorted(values(store, resumed.id, "policy/version"))[-1] == KILL_STEPS
 
 
 
