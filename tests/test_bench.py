@@ -176,7 +176,8 @@ def test_tui_tiny_prints_its_figures(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setenv("WB_BENCH_CACHE", str(tmp_path / "cache"))
     r = BENCHES["tui"](quick=True, progress=None, tiny=True)
-    figures = ["first_frame_s", "refresh_ms", "open_run_s", "first_paint_s", "open_run_again_s",
+    figures = ["first_frame_s", "refresh_ms", "open_run_s", "open_run_idle_s", "first_paint_s",
+               "open_run_again_s",
                "grid_refresh_ms", "grid_frame_max_ms", "grid_lag_max_s", "big_store_ls_s",
                "big_store_first_frame_s", "big_store_open_run_s"]
     _finite(r, figures)
