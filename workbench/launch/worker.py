@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         if not stop.is_set():
             spec = parse_spec(row.spec or "", label=f"run {run_id} spec")
             recipe, procs = get(row.kind), spec.resources.procs
-            nodes = spec.resources.nodes  # > 1 only for per-rank kinds (parse_spec)
+            nodes = spec.resources.nodes  # > 1 only for per-rank kinds (their specs)
             if (procs > 1 or nodes > 1) and recipe.per_rank:  # under torchrun
                 from workbench.launch.distributed import node_settings, run_ranks
 

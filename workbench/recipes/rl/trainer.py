@@ -696,11 +696,10 @@ def start_roles(spec: RLSpec, trainer: Trainer, tokenizer_name: str = "bytes") -
     except BaseException:
         stop_roles(roles, grace_s=1.0)
         raise
-    dist.init_process_group("gloo", store=store, rank=0, world_size=world,
-                            timeout=timedelta(seconds=ro.weights_timeout_s))
+    timeout = timedelta(seconds=ro.weights_timeout_s)
+    dist.init_process_group("gloo", store=store, rank=0, world_size=world, timeout=timeout)
     # new_group's own default is 30 minutes, not init_process_group's timeout: a
     # broadcast to a frozen generator would block that long
-    timeout = timedelta(seconds=ro.weights_timeout_s)
     roles.groups.update({r: dist.new_group([0, r], timeout=timeout) for r in range(1, world)})
     trainer.ctx.run.update_config({"generator_hosts": {str(r): h for r, h in
                                                        roles.hosts.items()}})
